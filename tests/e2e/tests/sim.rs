@@ -1,0 +1,404 @@
+//! The simulated cluster itself, for real (root): lifecycle and cleanup, pod networking,
+//! ClusterIP and names, Istio's sample apps, and refusal of bad manifests.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use mesh_e2e::{TestLab, istio_sample, require_root, unique_name};
+use mesh_sim::{Lab, LabOptions};
+
+fn netns_of(lab: &str) -> Vec<String> {
+    let prefix = format!("msim-{lab}-");
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn cgroup_of(lab: &str) -> PathBuf {
+    PathBuf::from("/sys/fs/cgroup/unified/mesh-sim").join(lab)
+}
+
+fn pids_below(dir: &Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            pids.extend(text.lines().filter_map(|l| l.parse::<i32>().ok()));
+        }
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.path().is_dir() {
+                dirs.push(entry.path());
+            }
+        }
+    }
+    pids
+}
+
+/// Alive and not a zombie.
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+fn assert_nothing_left(lab: &str, pids: &[i32]) {
+    assert!(
+        netns_of(lab).is_empty(),
+        "namespaces left: {:?}",
+        netns_of(lab)
+    );
+    assert!(
+        !cgroup_of(lab).exists(),
+        "cgroup {} left",
+        cgroup_of(lab).display()
+    );
+    assert!(!Lab::state_dir(lab).exists(), "state folder left");
+    let alive: Vec<i32> = pids.iter().copied().filter(|p| running(*p)).collect();
+    assert!(alive.is_empty(), "processes left: {alive:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let needle = format!("msim-{lab}-");
+    assert!(!mounts.contains(&needle), "mounts left for {needle}");
+}
+
+#[test]
+fn up_then_down_leaves_nothing_behind_even_without_state() {
+    require_root();
+    let httpbin = istio_sample("httpbin/httpbin.yaml");
+    let curl = istio_sample("curl/curl.yaml");
+
+    // A normal lifecycle.
+    let lab = TestLab::up("dwn", 2, &[httpbin.clone(), curl.clone()]);
+    let name = lab.name.clone();
+    assert_eq!(netns_of(&name).len(), 1 + 2 + 2, "network, 2 nodes, 2 pods");
+    let pids = pids_below(&cgroup_of(&name));
+    assert!(pids.len() >= 2, "pod processes: {pids:?}");
+    drop(lab);
+    assert_nothing_left(&name, &pids);
+
+    // A crashed `sim up`: the state file is gone, the namespaces and processes are not.
+    let lab = TestLab::up("crs", 2, &[httpbin, curl]);
+    let name = lab.name.clone();
+    let pids = pids_below(&cgroup_of(&name));
+    std::fs::remove_file(Lab::state_dir(&name).join("state.json")).unwrap();
+    let removed = Lab::down(&name).unwrap();
+    assert!(
+        removed.iter().any(|r| r.starts_with("netns")),
+        "{removed:?}"
+    );
+    assert_nothing_left(&name, &pids);
+    assert!(Lab::down(&name).unwrap().is_empty(), "down is idempotent");
+    drop(lab);
+}
+
+#[test]
+fn pods_reach_each_other_by_pod_ip_cluster_ip_and_service_names() {
+    let lab = TestLab::up(
+        "net",
+        2,
+        &[
+            istio_sample("httpbin/httpbin.yaml"),
+            istio_sample("curl/curl.yaml"),
+        ],
+    );
+    let server = lab.pod("httpbin").clone();
+    let client = lab.pod("curl").clone();
+    assert_ne!(
+        server.node, client.node,
+        "round-robin puts them on different nodes"
+    );
+    let cluster_ip = lab.lab.state().services["default/httpbin"]
+        .cluster_ip
+        .unwrap();
+
+    for url in [
+        format!("http://{}:8080/ip", server.ip),
+        format!("http://{cluster_ip}:8000/ip"),
+        "http://httpbin:8000/ip".to_owned(),
+        "http://httpbin.default:8000/ip".to_owned(),
+        "http://httpbin.default.svc.cluster.local:8000/ip".to_owned(),
+    ] {
+        let body = lab
+            .curl("curl", &[&url])
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        let origin: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            origin["origin"],
+            client.ip.to_string(),
+            "{url}: the server sees the client pod's IP"
+        );
+    }
+
+    // Another namespace: qualified names resolve, the short name does not.
+    let dir = std::env::temp_dir().join(format!("{}-other", lab.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = dir.join("other.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: other\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: client\n  namespace: other\n  labels:\n    app: curl\nspec:\n  containers:\n  - name: curl\n    image: curlimages/curl\n",
+    )
+    .unwrap();
+    let mut lab = lab;
+    lab.lab.apply(&[manifest], "default").unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let body = lab
+        .curl("other/client", &["http://httpbin.default:8000/get"])
+        .unwrap();
+    assert!(body.contains("\"url\""), "{body}");
+    assert!(
+        lab.curl("other/client", &["http://httpbin:8000/get"])
+            .is_err()
+    );
+
+    // A pod reaching itself through its own service (hairpin).
+    let body = lab.curl("httpbin", &["http://httpbin:8000/ip"]).unwrap();
+    assert!(body.contains("origin"), "{body}");
+}
+
+#[test]
+fn bookinfo_from_istios_file_renders_every_review_version_and_its_apis() {
+    let lab = TestLab::up(
+        "bki",
+        2,
+        &[
+            istio_sample("bookinfo/platform/kube/bookinfo.yaml"),
+            istio_sample("curl/curl.yaml"),
+        ],
+    );
+    let mut seen = BTreeSet::new();
+    for _ in 0..60 {
+        let page = lab
+            .curl("curl", &["http://productpage:9080/productpage"])
+            .unwrap();
+        assert!(page.contains("<title>Simple Bookstore App</title>"));
+        assert!(page.contains("The Comedy of Errors"));
+        seen.insert(if page.contains("<font color=\"red\">") {
+            "v3"
+        } else if page.contains("<font color=\"black\">") {
+            "v2"
+        } else {
+            "v1"
+        });
+        if seen.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        3,
+        "review versions seen in 60 requests: {seen:?}"
+    );
+
+    let products: serde_json::Value = serde_json::from_str(
+        &lab.curl("curl", &["http://productpage:9080/api/v1/products"])
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(products[0]["id"], 0);
+    assert_eq!(products[0]["title"], "The Comedy of Errors");
+    let details: serde_json::Value = serde_json::from_str(
+        &lab.curl("curl", &["http://productpage:9080/api/v1/products/0"])
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(details["author"], "William Shakespeare");
+    assert_eq!(details["ISBN-10"], "1234567890");
+    let ratings: serde_json::Value = serde_json::from_str(
+        &lab.curl(
+            "curl",
+            &["http://productpage:9080/api/v1/products/0/ratings"],
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(ratings["ratings"]["Reviewer1"], 5);
+    let reviews: serde_json::Value = serde_json::from_str(
+        &lab.curl(
+            "curl",
+            &["http://productpage:9080/api/v1/products/0/reviews"],
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(reviews["reviews"].as_array().unwrap().len(), 2);
+    assert!(
+        reviews["podname"]
+            .as_str()
+            .unwrap()
+            .starts_with("reviews-v")
+    );
+
+    // Sign in as jason: the page greets him, and end-user reaches ratings through reviews.
+    let jar = format!("/tmp/{}-cookies", lab.name);
+    lab.curl(
+        "curl",
+        &[
+            "-c",
+            &jar,
+            "-d",
+            "username=jason",
+            "-d",
+            "passwd=x",
+            "http://productpage:9080/login",
+        ],
+    )
+    .unwrap();
+    let mut greeted = false;
+    for _ in 0..30 {
+        let page = lab
+            .curl("curl", &["-b", &jar, "http://productpage:9080/productpage"])
+            .unwrap();
+        greeted |= page.contains("jason");
+        if page.contains("<font color=") {
+            break;
+        }
+    }
+    let _ = std::fs::remove_file(&jar);
+    assert!(greeted, "productpage does not show the signed-in user");
+    let ratings_log = lab.lab.logs(lab.pod("ratings-v1")).unwrap();
+    assert!(
+        ratings_log.contains("jason"),
+        "ratings never saw end-user: jason:\n{ratings_log}"
+    );
+}
+
+#[test]
+fn tcp_echo_and_helloworld_behave_as_istios_samples() {
+    let lab = TestLab::up(
+        "smp",
+        2,
+        &[
+            istio_sample("tcp-echo/tcp-echo-services.yaml"),
+            istio_sample("helloworld/helloworld.yaml"),
+            istio_sample("curl/curl.yaml"),
+        ],
+    );
+    let mut words = BTreeSet::new();
+    for _ in 0..40 {
+        let reply = lab
+            .exec(
+                "curl",
+                "bash",
+                &[
+                    "-c",
+                    "exec 3<>/dev/tcp/tcp-echo/9000; echo world >&3; head -n1 <&3",
+                ],
+            )
+            .unwrap();
+        words.insert(reply.trim().to_owned());
+        if words.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        words,
+        BTreeSet::from(["one world".to_owned(), "two world".to_owned()])
+    );
+
+    let mut versions = BTreeSet::new();
+    for _ in 0..40 {
+        let reply = lab.curl("curl", &["http://helloworld:5000/hello"]).unwrap();
+        let pod = reply.trim().rsplit("instance: ").next().unwrap().to_owned();
+        assert!(reply.starts_with("Hello version: v"), "{reply}");
+        assert!(pod.starts_with("helloworld-v"), "{reply}");
+        let version = reply.split(',').next().unwrap().to_owned();
+        versions.insert(version);
+        if versions.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        versions,
+        BTreeSet::from([
+            "Hello version: v1".to_owned(),
+            "Hello version: v2".to_owned()
+        ])
+    );
+}
+
+#[test]
+fn bad_manifests_are_refused_with_clear_errors_and_change_nothing() {
+    require_root();
+    let dir = std::env::temp_dir().join(unique_name("bad"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good_service = "apiVersion: v1\nkind: Service\nmetadata:\n  name: good\nspec:\n  ports:\n  - port: 80\n  selector:\n    app: good\n---\n";
+    let cases = [
+        (
+            "invalid-yaml",
+            "apiVersion: v1\nkind: Service\nmetadata: [oops\n",
+            "invalid YAML",
+        ),
+        (
+            "no-ports",
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  selector:\n    matchLabels:\n      app: httpbin\n  template:\n    metadata:\n      labels:\n        app: httpbin\n    spec:\n      containers:\n      - name: httpbin\n        image: x\n",
+            "declares no ports",
+        ),
+        (
+            "unknown-kind",
+            "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w\n",
+            "no kind \"Widget\"",
+        ),
+        (
+            "duplicate",
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: twice\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: twice\n",
+            "defined twice",
+        ),
+        (
+            "no-namespace",
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: a\n  namespace: nowhere\n",
+            "namespace \"nowhere\" not found",
+        ),
+    ];
+
+    // `up` with a bad file builds nothing.
+    let bad_up = dir.join("bad-up.yaml");
+    std::fs::write(&bad_up, format!("{good_service}{}", cases[1].1)).unwrap();
+    let name = unique_name("bup");
+    let options = LabOptions {
+        name: name.clone(),
+        nodes: 2,
+        sample_app: None,
+    };
+    let error = Lab::up(&options, &[bad_up])
+        .err()
+        .expect("a bad manifest fails `up`")
+        .to_string();
+    assert!(error.contains("declares no ports"), "{error}");
+    assert!(
+        netns_of(&name).is_empty() && !Lab::state_dir(&name).exists(),
+        "`up` left state behind"
+    );
+
+    // `apply` of a bad file changes nothing, even the good object beside the bad one.
+    let mut lab = TestLab::up("bap", 1, &[]);
+    let before = lab.lab.state().objects.clone();
+    for (case, text, expected) in cases {
+        let file = dir.join(format!("{case}.yaml"));
+        std::fs::write(&file, format!("{good_service}{text}")).unwrap();
+        let error = lab
+            .lab
+            .apply(std::slice::from_ref(&file), "default")
+            .err()
+            .unwrap_or_else(|| panic!("{case} was accepted"))
+            .to_string();
+        assert!(error.contains(expected), "{case}: {error}");
+        assert!(
+            error.contains(&file.display().to_string()),
+            "{case}: the error names the file: {error}"
+        );
+        assert_eq!(lab.lab.state().objects, before, "{case} changed the lab");
+        assert!(lab.lab.state().pods.is_empty() && lab.lab.state().services.is_empty());
+    }
+    assert_eq!(
+        netns_of(&lab.name).len(),
+        2,
+        "only the network and the node"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

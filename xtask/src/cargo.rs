@@ -1,0 +1,70 @@
+//! Running cargo and other steps from xtask, with a progress line per step.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+/// The repository root (xtask lives one level below it).
+pub(crate) fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_owned()
+}
+
+pub(crate) fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// `cargo ARGS…` in the workspace root, with the cargo that runs xtask.
+pub(crate) fn cargo(args: &[&str]) -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command.args(args).current_dir(workspace_root());
+    command
+}
+
+/// Runs one named step with inherited output, timing it.
+pub(crate) fn step(name: &str, mut command: Command) -> Result<()> {
+    println!("==> {name}");
+    let started = Instant::now();
+    let status = command
+        .status()
+        .with_context(|| format!("{name}: cannot start {command:?}"))?;
+    if !status.success() {
+        bail!(
+            "{name} failed ({status}) after {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    println!("==> {name}: ok in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Builds the binary every simulated container runs and returns its path.
+pub(crate) fn build_sample_app() -> Result<PathBuf> {
+    step(
+        "build sample-app",
+        cargo(&["build", "--quiet", "--package", "sample-app"]),
+    )?;
+    let path = target_dir().join("debug").join("sample-app");
+    if !path.is_file() {
+        bail!("cargo built sample-app but {} is missing", path.display());
+    }
+    Ok(path)
+}
+
+/// Istio's sample manifests, kept beside the repository in `../shared/istio-samples`.
+pub(crate) fn istio_samples() -> Result<PathBuf> {
+    let path = workspace_root().join("../shared/istio-samples");
+    if !path.is_dir() {
+        bail!(
+            "{} is missing: the demo and tests use Istio's sample manifests from ../shared beside the repository",
+            path.display()
+        );
+    }
+    Ok(path)
+}

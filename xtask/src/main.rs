@@ -1,0 +1,75 @@
+//! `cargo xtask`: the one entry point for developers and CI.
+
+mod cargo;
+mod demo;
+mod setup;
+mod sim;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Developer and CI tasks for the mesh")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the Debian packages and bpf-linker the build needs (idempotent; root).
+    Setup,
+    /// Everything CI runs: setup, fmt, clippy, unit and integration tests (root).
+    Test,
+    /// The single-machine mesh lab: bookinfo on two simulated nodes, with requests shown.
+    Demo,
+    /// The simulated cluster: up, apply, delete, get, exec, logs, down.
+    Sim(sim::SimArgs),
+}
+
+fn main() -> Result<ExitCode> {
+    match Cli::parse().command {
+        Command::Setup => setup::run().map(|()| ExitCode::SUCCESS),
+        Command::Test => test().map(|()| ExitCode::SUCCESS),
+        Command::Demo => demo::run().map(|()| ExitCode::SUCCESS),
+        Command::Sim(args) => sim::run(args),
+    }
+}
+
+fn test() -> Result<()> {
+    setup::run()?;
+    cargo::step(
+        "cargo fmt --check",
+        cargo::cargo(&["fmt", "--all", "--", "--check"]),
+    )?;
+    cargo::step(
+        "cargo fmt --check (mesh-ebpf)",
+        cargo::cargo(&[
+            "fmt",
+            "--manifest-path",
+            "mesh-ebpf/Cargo.toml",
+            "--",
+            "--check",
+        ]),
+    )?;
+    cargo::step(
+        "cargo clippy -D warnings",
+        cargo::cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    cargo::build_sample_app()?;
+    cargo::step(
+        "cargo test (unit, eBPF and simulated-cluster tests)",
+        cargo::cargo(&["test", "--workspace", "--no-fail-fast"]),
+    )?;
+    println!("all checks passed");
+    Ok(())
+}
