@@ -3,3 +3,4 @@
 //! Free of eBPF and of process setup.
 
 pub mod manifest;
+pub mod source;

@@ -44,6 +44,17 @@ enum SimCommand {
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
     },
+    /// Change labels live: `sim label ns default istio.io/dataplane-mode=ambient`,
+    /// `sim label pod default/curl app-`, `sim label svc default/reviews k=v`.
+    Label {
+        /// ns, pod, svc, sa or deploy.
+        kind: String,
+        /// NAME or NAMESPACE/NAME.
+        name: String,
+        /// key=value to set, key- to remove.
+        #[arg(required = true)]
+        changes: Vec<String>,
+    },
     /// Show nodes, pods or services.
     Get {
         what: What,
@@ -110,6 +121,17 @@ pub(crate) fn run(args: SimArgs) -> Result<ExitCode> {
         SimCommand::Delete { files, namespace } => {
             let applied = Lab::open(&lab)?.delete(&files, &namespace)?;
             report(&applied);
+            Ok(ExitCode::SUCCESS)
+        }
+        SimCommand::Label {
+            kind,
+            name,
+            changes,
+        } => {
+            println!(
+                "{}",
+                Lab::open(&lab)?.label(&format!("{kind}/{name}"), &changes)?
+            );
             Ok(ExitCode::SUCCESS)
         }
         SimCommand::Get { what, output } => {

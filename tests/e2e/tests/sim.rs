@@ -402,3 +402,76 @@ fn bad_manifests_are_refused_with_clear_errors_and_change_nothing() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn labels_change_live_without_restarting_pods() {
+    let mut lab = TestLab::up(
+        "lbl",
+        2,
+        &[
+            istio_sample("httpbin/httpbin.yaml"),
+            istio_sample("curl/curl.yaml"),
+        ],
+    );
+    let config = lab.lab.config_dir();
+    let server = lab.pod("httpbin").clone();
+    let pids_before = pids_below(&server.cgroup);
+
+    lab.lab
+        .label(
+            "ns/default",
+            &["istio.io/dataplane-mode=ambient".to_owned()],
+        )
+        .unwrap();
+    let namespace =
+        std::fs::read_to_string(config.join("_cluster.namespace.core.default.yaml")).unwrap();
+    assert!(
+        namespace.contains("istio.io/dataplane-mode: ambient"),
+        "{namespace}"
+    );
+
+    // Without its app label the pod leaves the service: no endpoint, a fast failure.
+    lab.lab
+        .label(&format!("pod/{}", server.key()), &["app-".to_owned()])
+        .unwrap();
+    let slice =
+        std::fs::read_to_string(config.join("default.endpointslice.discovery.k8s.io.httpbin.yaml"))
+            .unwrap();
+    assert!(!slice.contains(&server.ip.to_string()), "{slice}");
+    let started = std::time::Instant::now();
+    assert!(lab.curl("curl", &["http://httpbin:8000/ip"]).is_err());
+    assert!(
+        started.elapsed().as_secs() < 5,
+        "a ClusterIP without endpoints must fail fast"
+    );
+
+    lab.lab
+        .label(
+            &format!("pod/{}", server.key()),
+            &["app=httpbin".to_owned()],
+        )
+        .unwrap();
+    assert!(
+        lab.curl("curl", &["http://httpbin:8000/ip"])
+            .unwrap()
+            .contains("origin")
+    );
+    assert_eq!(
+        pids_below(&server.cgroup),
+        pids_before,
+        "the pod kept running"
+    );
+
+    let error = lab
+        .lab
+        .label("ns/nowhere", &["a=b".to_owned()])
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("Namespace nowhere not found"), "{error}");
+    let error = lab
+        .lab
+        .label("ns/default", &["=b".to_owned()])
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("key=value"), "{error}");
+}

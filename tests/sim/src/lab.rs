@@ -271,6 +271,84 @@ impl Lab {
         Ok(applied)
     }
 
+    /// Changes labels live, as `kubectl label`: `key=value` sets, `key-` removes. `target`
+    /// is `ns/NAME`, `pod/[NS/]NAME` or `KIND/[NS/]NAME` for any stored kind (`svc`, `sa`,
+    /// `deploy` short names work). Pods keep running; services, endpoints, hosts files and
+    /// the config folder follow.
+    pub fn label(&mut self, target: &str, changes: &[String]) -> Result<String> {
+        let (kind, rest) = target.split_once('/').ok_or_else(|| {
+            Error::Invalid(format!(
+                "{target:?}: name a KIND/NAME, e.g. ns/default or pod/default/curl"
+            ))
+        })?;
+        let mut edits = Vec::new();
+        for change in changes {
+            let edit = match change.strip_suffix('-') {
+                Some(key) if !change.contains('=') => (key.to_owned(), None),
+                _ => match change.split_once('=') {
+                    Some((key, value)) if !key.is_empty() => {
+                        (key.to_owned(), Some(value.to_owned()))
+                    }
+                    _ => {
+                        return Err(Error::Invalid(format!(
+                            "label change {change:?} must be key=value (set) or key- (remove)"
+                        )));
+                    }
+                },
+            };
+            edits.push(edit);
+        }
+        let apply = |labels: &mut BTreeMap<String, String>| {
+            for (key, value) in &edits {
+                match value {
+                    Some(value) => labels.insert(key.clone(), value.clone()),
+                    None => labels.remove(key),
+                };
+            }
+        };
+        let described = if matches!(kind, "pod" | "pods" | "po") {
+            let key = self.pod(rest)?.key();
+            let pod = self.state.pods.get_mut(&key).expect("found above");
+            apply(&mut pod.labels);
+            format!("pod/{key} labeled")
+        } else {
+            let (group, kind, scoped) = match kind {
+                "ns" | "namespace" | "namespaces" => ("", "Namespace", false),
+                "svc" | "service" | "services" => ("", "Service", true),
+                "sa" | "serviceaccount" => ("", "ServiceAccount", true),
+                "deploy" | "deployment" => ("apps", "Deployment", true),
+                other => {
+                    return Err(Error::Invalid(format!(
+                        "cannot label {other:?}: use ns, pod, svc, sa or deploy"
+                    )));
+                }
+            };
+            let (ns, name) = match (scoped, rest.split_once('/')) {
+                (false, _) => (None, rest),
+                (true, Some((ns, name))) => (Some(ns), name),
+                (true, None) => (Some("default"), rest),
+            };
+            let key = object_key(group, kind, ns, name);
+            let object = self.state.objects.get_mut(&key).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{} not found in lab {}",
+                    display(kind, ns, name),
+                    self.state.lab
+                ))
+            })?;
+            let mut labels: BTreeMap<String, String> = object
+                .pointer("/metadata/labels")
+                .and_then(|l| serde_json::from_value(l.clone()).ok())
+                .unwrap_or_default();
+            apply(&mut labels);
+            object["metadata"]["labels"] = json!(labels);
+            format!("{} labeled", display(kind, ns, name))
+        };
+        let mut applied = Applied::default();
+        self.reconcile(&mut applied)?;
+        Ok(described)
+    }
+
     fn kinds<'a>(&'a self, extra: impl IntoIterator<Item = &'a Value>) -> Kinds {
         let crds = self
             .state
@@ -430,11 +508,13 @@ impl Lab {
             ),
             None => template.name.clone(),
         };
+        let uid = workload::pod_uid();
         let pod = Pod {
             netns: netns_name(&self.state.lab, &format!("{}.{name}", template.namespace)),
-            cgroup: node
-                .pods_cgroup
-                .join(format!("{}_{name}", template.namespace)),
+            // Named as kubelet's cgroupfs driver names pod cgroups, so a node agent finds a
+            // pod's cgroup from the Pod's metadata.uid the same way on a real node.
+            cgroup: node.pods_cgroup.join(format!("pod{uid}")),
+            uid,
             host_veth: format!("pod{}", ip.octets()[3]),
             namespace: template.namespace.clone(),
             name,

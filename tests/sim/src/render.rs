@@ -133,6 +133,7 @@ pub(crate) fn pod_object(pod: &Pod, template: Option<&Value>) -> Value {
         "metadata": {
             "name": pod.name,
             "namespace": pod.namespace,
+            "uid": pod.uid,
             "labels": pod.labels,
         },
         "spec": {
@@ -211,6 +212,7 @@ mod tests {
         Pod {
             namespace: "default".into(),
             name: name.into(),
+            uid: format!("uid-{name}"),
             owner: Some("reviews-v1".into()),
             template_hash: "abc".into(),
             node: "node1".into(),

@@ -51,6 +51,8 @@ pub enum PodPhase {
 pub struct Pod {
     pub namespace: String,
     pub name: String,
+    /// `metadata.uid`; the pod's cgroup is `<node pods cgroup>/pod<uid>`.
+    pub uid: String,
     /// The Deployment that owns it, if any.
     pub owner: Option<String>,
     /// Hash of the pod template: a changed template replaces the pod.
