@@ -3,6 +3,7 @@
 //! [`Object`]s, and nothing downstream knows which source it is.
 
 pub mod files;
+pub mod kube;
 
 use std::fmt;
 

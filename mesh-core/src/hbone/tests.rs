@@ -1,0 +1,184 @@
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::*;
+use crate::identity::tls::{client_config, server_config};
+use crate::identity::{CertificateAuthority, WorkloadCertificate, WorkloadKey};
+
+const TD: &str = "cluster.local";
+
+fn issue(ca: &CertificateAuthority, sa: &str) -> WorkloadCertificate {
+    let identity = Identity::new(TD, "default", sa);
+    let key = WorkloadKey::generate().unwrap();
+    let chain = ca
+        .sign(
+            &key.csr(&identity).unwrap(),
+            &identity,
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    WorkloadCertificate::new(key, chain).unwrap()
+}
+
+/// An echo server that upper-cases nothing: it writes back what it reads until EOF, then
+/// closes, so half-close is observable.
+async fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = socket.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// An HBONE server whose handler connects to the requested destination and records who
+/// asked; destinations on port 1 are refused with 403.
+async fn hbone_server(
+    ca: &CertificateAuthority,
+) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Inbound>) {
+    let cert = issue(ca, "server");
+    let acceptor = TlsAcceptor::from(Arc::new(
+        server_config(&cert, &[ca.root().clone()]).unwrap(),
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen_tx, seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, peer)) = listener.accept().await {
+            let seen_tx = seen_tx.clone();
+            let handler = move |inbound: Inbound| {
+                let seen_tx = seen_tx.clone();
+                async move {
+                    let destination = inbound.destination;
+                    let _ = seen_tx.send(inbound);
+                    if destination.port() == 1 {
+                        return Err(StatusCode::FORBIDDEN);
+                    }
+                    TcpStream::connect(destination)
+                        .await
+                        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)
+                }
+            };
+            tokio::spawn(serve_connection(acceptor.clone(), tcp, peer, handler));
+        }
+    });
+    (addr, seen)
+}
+
+fn connector(ca: &CertificateAuthority, client: &str, server: &str) -> Arc<TlsConnector> {
+    let cert = issue(ca, client);
+    let config = client_config(
+        &cert,
+        &[ca.root().clone()],
+        Identity::new(TD, "default", server),
+    )
+    .unwrap();
+    Arc::new(TlsConnector::from(Arc::new(config)))
+}
+
+#[tokio::test]
+async fn tunnels_carry_bytes_both_ways_with_half_close_and_share_a_connection() {
+    let ca = CertificateAuthority::new(TD).unwrap();
+    let echo = echo_server().await;
+    let (server, mut seen) = hbone_server(&ca).await;
+    let connection = Connection::connect(connector(&ca, "client", "server"), server)
+        .await
+        .unwrap();
+
+    let mut tunnels = Vec::new();
+    for i in 0..3u8 {
+        let mut tunnel = connection.tunnel(echo).await.unwrap();
+        let payload = vec![i; 256 * 1024];
+        tunnel.write_all(&payload).await.unwrap();
+        tunnel.shutdown().await.unwrap();
+        tunnels.push((tunnel, payload));
+    }
+    for (mut tunnel, payload) in tunnels {
+        let mut back = Vec::new();
+        tunnel.read_to_end(&mut back).await.unwrap();
+        assert_eq!(
+            back, payload,
+            "echoed through the tunnel, ended by the half-close"
+        );
+    }
+    let first = seen.recv().await.unwrap();
+    assert_eq!(
+        first.peer_identity.to_string(),
+        "spiffe://cluster.local/ns/default/sa/client"
+    );
+    assert_eq!(first.destination, echo);
+    let peers: Vec<SocketAddr> = [
+        first,
+        seen.recv().await.unwrap(),
+        seen.recv().await.unwrap(),
+    ]
+    .iter()
+    .map(|i| i.peer)
+    .collect();
+    assert!(
+        peers.iter().all(|p| *p == peers[0]),
+        "one TLS connection carried every tunnel"
+    );
+    assert!(connection.is_open());
+}
+
+#[tokio::test]
+async fn a_refused_destination_is_an_error_not_a_hang() {
+    let ca = CertificateAuthority::new(TD).unwrap();
+    let (server, _seen) = hbone_server(&ca).await;
+    let connection = Connection::connect(connector(&ca, "client", "server"), server)
+        .await
+        .unwrap();
+    let forbidden = tokio::time::timeout(
+        Duration::from_secs(5),
+        connection.tunnel("127.0.0.1:1".parse().unwrap()),
+    )
+    .await
+    .expect("an answer in time");
+    assert!(
+        matches!(
+            forbidden,
+            Err(Error::Refused {
+                status: StatusCode::FORBIDDEN,
+                ..
+            })
+        ),
+        "{forbidden:?}"
+    );
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let unavailable = connection.tunnel(closed).await;
+    assert!(
+        matches!(
+            unavailable,
+            Err(Error::Refused {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                ..
+            })
+        ),
+        "{unavailable:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_server_with_the_wrong_identity_is_refused() {
+    let ca = CertificateAuthority::new(TD).unwrap();
+    let (server, _seen) = hbone_server(&ca).await;
+    let result = Connection::connect(connector(&ca, "client", "someone-else"), server).await;
+    assert!(
+        matches!(result, Err(Error::Handshake { .. })),
+        "{:?}",
+        result.err()
+    );
+}

@@ -1,0 +1,130 @@
+//! The mesh CA: a self-signed root per trust domain that signs workload certificates for
+//! identities its caller has authenticated. The identity in a certificate comes from that
+//! authentication, never from what the CSR asks for.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer};
+
+use super::{Error, Identity, Result};
+
+/// Clocks of nodes and CA differ a little: certificates start this much in the past.
+const CLOCK_SKEW: Duration = Duration::from_secs(60);
+const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+pub struct CertificateAuthority {
+    trust_domain: String,
+    root: CertificateDer<'static>,
+    root_params: CertificateParams,
+    key: KeyPair,
+}
+
+impl fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("trust_domain", &self.trust_domain)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl CertificateAuthority {
+    /// A new root for `trust_domain`, valid for ten years.
+    pub fn new(trust_domain: &str) -> Result<CertificateAuthority> {
+        let mut params = CertificateParams::default();
+        let mut name = DistinguishedName::new();
+        name.push(DnType::OrganizationName, trust_domain);
+        name.push(DnType::CommonName, "mesh root CA");
+        params.distinguished_name = name;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = SystemTime::now();
+        params.not_before = (now - CLOCK_SKEW).into();
+        params.not_after = (now + ROOT_VALIDITY).into();
+        let key = KeyPair::generate()?;
+        let root = params.self_signed(&key)?;
+        Ok(CertificateAuthority {
+            trust_domain: trust_domain.to_owned(),
+            root: root.der().clone(),
+            root_params: params,
+            key,
+        })
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// The root certificate: every workload's trust anchor.
+    pub fn root(&self) -> &CertificateDer<'static> {
+        &self.root
+    }
+
+    /// Signs a CSR (DER) for `identity`, valid from now for `validity`. Returns the chain,
+    /// leaf first, root last (the shape of Istio's `CreateCertificate` answer).
+    pub fn sign(
+        &self,
+        csr: &[u8],
+        identity: &Identity,
+        validity: Duration,
+    ) -> Result<Vec<CertificateDer<'static>>> {
+        let now = SystemTime::now();
+        self.sign_for_window(csr, identity, now - CLOCK_SKEW, now + validity)
+    }
+
+    /// Signs for an explicit validity window (tests make expired certificates with it).
+    pub fn sign_for_window(
+        &self,
+        csr: &[u8],
+        identity: &Identity,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<Vec<CertificateDer<'static>>> {
+        if identity.trust_domain != self.trust_domain {
+            return Err(Error::Csr(format!(
+                "{identity} is not in this CA's trust domain {}",
+                self.trust_domain
+            )));
+        }
+        let request = CertificateSigningRequestParams::from_der(
+            &CertificateSigningRequestDer::from(csr.to_vec()),
+        )
+        .map_err(|e| Error::Csr(e.to_string()))?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = vec![SanType::URI(
+            identity
+                .to_string()
+                .try_into()
+                .map_err(|e: rcgen::Error| Error::Csr(e.to_string()))?,
+        )];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.not_before = not_before.into();
+        params.not_after = not_after.into();
+        params.use_authority_key_identifier_extension = true;
+        let issuer = Issuer::from_params(&self.root_params, &self.key);
+        let leaf = CertificateSigningRequestParams {
+            params,
+            public_key: request.public_key,
+        }
+        .signed_by(&issuer)?;
+        Ok(vec![leaf.der().clone(), self.root.clone()])
+    }
+}
