@@ -1,0 +1,532 @@
+//! The indexed, read-only view the data planes use: destination `ip:port` → service → ready
+//! endpoints (with pod labels, for subsets), the waypoint that applies, and the Istio rules
+//! that apply. A [`Model`] is an immutable snapshot (cheap to clone); [`super::Store`]
+//! publishes a new one after every update.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::host;
+use super::istio::{AuthorizationPolicy, DestinationRule, PeerAuthentication, VirtualService};
+use super::resource::{Kind, Resource, ResourceKey};
+use super::shard_map::ShardMap;
+
+/// The label that names a waypoint, on a namespace, service, pod or service account.
+pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
+/// Beside [`USE_WAYPOINT`]: the waypoint's namespace when it is not the object's own.
+pub const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
+/// The label tying an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// A namespaced name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Name {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Name {
+    pub fn new(namespace: &str, name: &str) -> Name {
+        Name {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+}
+
+/// What the model keeps of a Namespace or ServiceAccount: its labels.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LabelledInfo {
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What the model keeps of a Pod.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PodInfo {
+    pub name: Name,
+    pub uid: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub service_account: String,
+    pub node: Option<String>,
+    pub ips: Vec<IpAddr>,
+    /// The pod's `Ready` condition is true (and it is not terminating).
+    pub ready: bool,
+    /// Named container ports, for Services whose `targetPort` is a name.
+    pub named_ports: BTreeMap<String, u16>,
+}
+
+/// A Service's target port: a number, or the name of a container port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServicePortInfo {
+    pub name: Option<String>,
+    pub port: u16,
+    pub target_port: TargetPort,
+    pub protocol: String,
+    pub app_protocol: Option<String>,
+}
+
+/// What the model keeps of a Service.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServiceInfo {
+    pub name: Name,
+    /// `name.namespace.svc.cluster.local`.
+    pub hostname: String,
+    pub cluster_ips: Vec<IpAddr>,
+    pub ports: Vec<ServicePortInfo>,
+    /// `None` for services without a selector (endpoints come from EndpointSlices only).
+    pub selector: Option<BTreeMap<String, String>>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One endpoint of an EndpointSlice.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SliceEndpoint {
+    pub ips: Vec<IpAddr>,
+    pub ready: bool,
+    pub pod: Option<Name>,
+    pub node: Option<String>,
+}
+
+/// What the model keeps of an EndpointSlice.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SliceInfo {
+    pub name: Name,
+    pub service: Option<Name>,
+    /// Port name (as the Service's port names it) → endpoint port.
+    pub ports: Vec<(Option<String>, u16)>,
+    pub endpoints: Vec<SliceEndpoint>,
+}
+
+/// A ready endpoint of a service port, with the pod behind it (for its labels) if known.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub pod: Option<Arc<PodInfo>>,
+    pub node: Option<String>,
+}
+
+impl Endpoint {
+    /// The pod's labels (empty when the endpoint has no known pod).
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+        self.pod.as_ref().map_or(&EMPTY, |p| &p.labels)
+    }
+}
+
+/// Where the `istio.io/use-waypoint` label that applies was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum WaypointSource {
+    Pod,
+    ServiceAccount,
+    Service,
+    Namespace,
+}
+
+/// The waypoint that serves a service or workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Waypoint {
+    pub gateway: Name,
+    pub source: WaypointSource,
+}
+
+/// The PeerAuthentications that apply to a workload, most specific first to win.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PeerAuthentications {
+    /// A policy in the workload's namespace whose selector matches it.
+    pub workload: Option<Arc<PeerAuthentication>>,
+    /// The workload namespace's policy without a selector.
+    pub namespace: Option<Arc<PeerAuthentication>>,
+    /// The root namespace's policy without a selector.
+    pub mesh: Option<Arc<PeerAuthentication>>,
+}
+
+/// An immutable snapshot of the config model.
+#[derive(Debug, Clone, Default)]
+pub struct Model {
+    pub(crate) namespaces: ShardMap<String, Arc<LabelledInfo>>,
+    pub(crate) service_accounts: ShardMap<Name, Arc<LabelledInfo>>,
+    pub(crate) pods: ShardMap<Name, Arc<PodInfo>>,
+    pub(crate) pods_by_ip: ShardMap<IpAddr, Name>,
+    pub(crate) services: ShardMap<Name, Arc<ServiceInfo>>,
+    pub(crate) services_by_host: ShardMap<String, Name>,
+    pub(crate) services_by_addr: ShardMap<SocketAddr, Name>,
+    /// Pods a service's selector picks (for services without EndpointSlices).
+    pub(crate) selected: ShardMap<Name, Arc<BTreeSet<String>>>,
+    pub(crate) slices: ShardMap<Name, Arc<SliceInfo>>,
+    /// Service → names of its EndpointSlices.
+    pub(crate) slices_by_service: ShardMap<Name, Arc<BTreeSet<String>>>,
+    /// Istio objects by key.
+    pub(crate) istio: ShardMap<ResourceKey, Resource>,
+    /// Resolved host (exact) → VirtualServices / DestinationRules naming it.
+    pub(crate) rules_by_host: ShardMap<(Kind, String), Arc<BTreeSet<ResourceKey>>>,
+    /// Wildcard hosts of VirtualServices / DestinationRules (few; scanned).
+    pub(crate) wildcard_rules: Arc<BTreeSet<(Kind, String, ResourceKey)>>,
+    /// Namespace → PeerAuthentications / AuthorizationPolicies in it.
+    pub(crate) policies_by_namespace: ShardMap<(Kind, String), Arc<BTreeSet<ResourceKey>>>,
+    /// Objects refused, each with the reason and fix.
+    pub(crate) problems: Arc<BTreeMap<String, String>>,
+}
+
+impl Model {
+    pub fn pod(&self, name: &Name) -> Option<&Arc<PodInfo>> {
+        self.pods.get(name)
+    }
+
+    pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&Arc<PodInfo>> {
+        self.pods_by_ip
+            .get(&ip)
+            .and_then(|name| self.pods.get(name))
+    }
+
+    pub fn service(&self, name: &Name) -> Option<&Arc<ServiceInfo>> {
+        self.services.get(name)
+    }
+
+    /// The service a destination `ip:port` (a ClusterIP and service port) belongs to.
+    pub fn service_by_addr(&self, addr: SocketAddr) -> Option<&Arc<ServiceInfo>> {
+        self.services_by_addr
+            .get(&addr)
+            .and_then(|name| self.services.get(name))
+    }
+
+    /// A service by hostname (`name.ns.svc.cluster.local`).
+    pub fn service_by_host(&self, hostname: &str) -> Option<&Arc<ServiceInfo>> {
+        self.services_by_host
+            .get(hostname)
+            .and_then(|name| self.services.get(name))
+    }
+
+    pub fn counts(&self) -> BTreeMap<&'static str, usize> {
+        let mut counts = BTreeMap::from([
+            ("Namespace", self.namespaces.len()),
+            ("ServiceAccount", self.service_accounts.len()),
+            ("Pod", self.pods.len()),
+            ("Service", self.services.len()),
+            ("EndpointSlice", self.slices.len()),
+        ]);
+        for resource in self.istio.values() {
+            *counts.entry(resource.kind().name()).or_default() += 1;
+        }
+        counts
+    }
+
+    /// Objects the store refused, as `Kind ns/name` → reason; they are not in the model.
+    pub fn problems(&self) -> &BTreeMap<String, String> {
+        &self.problems
+    }
+
+    /// The ready endpoints of a service port: from the service's EndpointSlices when it has
+    /// any, else from the ready pods its selector picks.
+    pub fn ready_endpoints(&self, service: &ServiceInfo, port: u16) -> Vec<Endpoint> {
+        let Some(service_port) = service.ports.iter().find(|p| p.port == port) else {
+            return Vec::new();
+        };
+        let mut endpoints = Vec::new();
+        if let Some(slices) = self.slices_by_service.get(&service.name) {
+            for slice in slices.iter().filter_map(|s| {
+                self.slices
+                    .get(&Name::new(&service.name.namespace, s))
+                    .cloned()
+            }) {
+                let Some(target) = slice
+                    .ports
+                    .iter()
+                    .find(|(name, _)| *name == service_port.name)
+                    .map(|(_, p)| *p)
+                else {
+                    continue;
+                };
+                for endpoint in slice.endpoints.iter().filter(|e| e.ready) {
+                    let pod = endpoint
+                        .pod
+                        .as_ref()
+                        .and_then(|p| self.pods.get(p))
+                        .cloned();
+                    for ip in &endpoint.ips {
+                        endpoints.push(Endpoint {
+                            addr: SocketAddr::new(*ip, target),
+                            pod: pod.clone(),
+                            node: endpoint.node.clone(),
+                        });
+                    }
+                }
+            }
+            return endpoints;
+        }
+        let Some(selected) = self.selected.get(&service.name) else {
+            return endpoints;
+        };
+        for pod_name in selected.iter() {
+            let Some(pod) = self.pods.get(&Name::new(&service.name.namespace, pod_name)) else {
+                continue;
+            };
+            if !pod.ready {
+                continue;
+            }
+            let target = match &service_port.target_port {
+                TargetPort::Number(n) => Some(*n),
+                TargetPort::Name(name) => pod.named_ports.get(name).copied(),
+            };
+            let Some(target) = target else { continue };
+            for ip in &pod.ips {
+                endpoints.push(Endpoint {
+                    addr: SocketAddr::new(*ip, target),
+                    pod: Some(pod.clone()),
+                    node: pod.node.clone(),
+                });
+            }
+        }
+        endpoints
+    }
+
+    fn label_waypoint(
+        labels: &BTreeMap<String, String>,
+        own_namespace: &str,
+        source: WaypointSource,
+    ) -> Option<Option<Waypoint>> {
+        let name = labels.get(USE_WAYPOINT)?;
+        if name == "none" {
+            return Some(None);
+        }
+        let namespace = labels
+            .get(USE_WAYPOINT_NAMESPACE)
+            .map_or(own_namespace, String::as_str);
+        Some(Some(Waypoint {
+            gateway: Name::new(namespace, name),
+            source,
+        }))
+    }
+
+    fn namespace_waypoint(&self, namespace: &str) -> Option<Waypoint> {
+        let ns = self.namespaces.get(namespace)?;
+        Model::label_waypoint(&ns.labels, namespace, WaypointSource::Namespace).flatten()
+    }
+
+    /// The waypoint for traffic addressed to a service: the service's label, else its
+    /// namespace's. `istio.io/use-waypoint: none` opts out at that level.
+    pub fn waypoint_for_service(&self, service: &ServiceInfo) -> Option<Waypoint> {
+        match Model::label_waypoint(
+            &service.labels,
+            &service.name.namespace,
+            WaypointSource::Service,
+        ) {
+            Some(found) => found,
+            None => self.namespace_waypoint(&service.name.namespace),
+        }
+    }
+
+    /// The waypoint for traffic addressed to a workload: the pod's label, else its service
+    /// account's, else its namespace's.
+    pub fn waypoint_for_pod(&self, pod: &PodInfo) -> Option<Waypoint> {
+        let ns = &pod.name.namespace;
+        if let Some(found) = Model::label_waypoint(&pod.labels, ns, WaypointSource::Pod) {
+            return found;
+        }
+        let account = self
+            .service_accounts
+            .get(&Name::new(ns, &pod.service_account));
+        if let Some(found) = account
+            .and_then(|sa| Model::label_waypoint(&sa.labels, ns, WaypointSource::ServiceAccount))
+        {
+            return found;
+        }
+        self.namespace_waypoint(ns)
+    }
+
+    /// Keys of VirtualServices or DestinationRules whose hosts match `hostname` (exact
+    /// matches first, then wildcards), visible from `client_ns` per `exportTo`.
+    fn rules_for(&self, kind: Kind, hostname: &str, client_ns: &str) -> Vec<ResourceKey> {
+        let exact = self
+            .rules_by_host
+            .get(&(kind, hostname.to_owned()))
+            .into_iter()
+            .flat_map(|keys| keys.iter().cloned());
+        let wildcard = self
+            .wildcard_rules
+            .iter()
+            .filter(|(k, pattern, _)| *k == kind && host::matches(pattern, hostname))
+            .map(|(_, _, key)| key.clone());
+        let mut keys: Vec<ResourceKey> = Vec::new();
+        for key in exact.chain(wildcard) {
+            if !keys.contains(&key) && self.exported_to(&key, client_ns) {
+                keys.push(key);
+            }
+        }
+        keys
+    }
+
+    fn exported_to(&self, key: &ResourceKey, client_ns: &str) -> bool {
+        match self.istio.get(key) {
+            Some(Resource::VirtualService(vs)) => {
+                host::visible(&vs.spec.export_to, &key.namespace, client_ns)
+            }
+            Some(Resource::DestinationRule(dr)) => {
+                host::visible(&dr.spec.export_to, &key.namespace, client_ns)
+            }
+            _ => false,
+        }
+    }
+
+    /// The VirtualServices for mesh traffic to `hostname` from `client_ns`, in the order
+    /// they apply (exact host before wildcard, then by namespace/name). Rules bound only to
+    /// gateways other than `mesh` are left out.
+    pub fn virtual_services_for(
+        &self,
+        hostname: &str,
+        client_ns: &str,
+    ) -> Vec<Arc<VirtualService>> {
+        self.rules_for(Kind::VirtualService, hostname, client_ns)
+            .iter()
+            .filter_map(|key| match self.istio.get(key) {
+                Some(Resource::VirtualService(vs)) => Some(vs.clone()),
+                _ => None,
+            })
+            .filter(|vs| {
+                vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh")
+            })
+            .collect()
+    }
+
+    /// The DestinationRule for `hostname` seen from `client_ns`: Istio looks in the client's
+    /// namespace, then the service's, then the root namespace; an exact host beats a wildcard.
+    pub fn destination_rule_for(
+        &self,
+        hostname: &str,
+        client_ns: &str,
+    ) -> Option<Arc<DestinationRule>> {
+        let keys = self.rules_for(Kind::DestinationRule, hostname, client_ns);
+        let service_ns = self
+            .service_by_host(hostname)
+            .map(|s| s.name.namespace.clone());
+        let rank = |key: &ResourceKey| {
+            if key.namespace == client_ns {
+                0
+            } else if Some(&key.namespace) == service_ns.as_ref() {
+                1
+            } else if key.namespace == host::ROOT_NAMESPACE {
+                2
+            } else {
+                3
+            }
+        };
+        let best = keys.iter().min_by_key(|key| rank(key))?;
+        match self.istio.get(best) {
+            Some(Resource::DestinationRule(dr)) => Some(dr.clone()),
+            _ => None,
+        }
+    }
+
+    fn policies_in<'a>(
+        &'a self,
+        kind: Kind,
+        namespace: &str,
+    ) -> impl Iterator<Item = &'a Resource> {
+        self.policies_by_namespace
+            .get(&(kind, namespace.to_owned()))
+            .into_iter()
+            .flat_map(|keys| keys.iter())
+            .filter_map(|key| self.istio.get(key))
+    }
+
+    /// The PeerAuthentications that apply to a pod.
+    pub fn peer_authentications_for(&self, pod: &PodInfo) -> PeerAuthentications {
+        let mut found = PeerAuthentications::default();
+        for resource in self.policies_in(Kind::PeerAuthentication, &pod.name.namespace) {
+            let Resource::PeerAuthentication(pa) = resource else {
+                continue;
+            };
+            match pa
+                .spec
+                .selector
+                .as_ref()
+                .filter(|s| !s.match_labels.is_empty())
+            {
+                Some(selector) if selects(&selector.match_labels, &pod.labels) => {
+                    found.workload.get_or_insert_with(|| pa.clone());
+                }
+                Some(_) => {}
+                None => {
+                    found.namespace.get_or_insert_with(|| pa.clone());
+                }
+            }
+        }
+        for resource in self.policies_in(Kind::PeerAuthentication, host::ROOT_NAMESPACE) {
+            let Resource::PeerAuthentication(pa) = resource else {
+                continue;
+            };
+            if pa
+                .spec
+                .selector
+                .as_ref()
+                .is_none_or(|s| s.match_labels.is_empty())
+            {
+                found.mesh.get_or_insert_with(|| pa.clone());
+            }
+        }
+        found
+    }
+
+    /// The AuthorizationPolicies (selector-based) that apply to a pod: the root namespace's
+    /// and the pod namespace's whose selector is empty or matches. Policies with a
+    /// `targetRef` attach to services and waypoints instead ([`Self::authorization_policies_for_service`]).
+    pub fn authorization_policies_for(&self, pod: &PodInfo) -> Vec<Arc<AuthorizationPolicy>> {
+        let mut namespaces = vec![host::ROOT_NAMESPACE];
+        if pod.name.namespace != host::ROOT_NAMESPACE {
+            namespaces.push(&pod.name.namespace);
+        }
+        namespaces
+            .into_iter()
+            .flat_map(|ns| self.policies_in(Kind::AuthorizationPolicy, ns))
+            .filter_map(|resource| match resource {
+                Resource::AuthorizationPolicy(ap) => Some(ap.clone()),
+                _ => None,
+            })
+            .filter(|ap| ap.spec.target_ref.is_none() && ap.spec.target_refs.is_empty())
+            .filter(|ap| {
+                ap.spec
+                    .selector
+                    .as_ref()
+                    .is_none_or(|s| selects(&s.match_labels, &pod.labels))
+            })
+            .collect()
+    }
+
+    /// The AuthorizationPolicies attached to a service by `targetRef(s)` of kind Service.
+    pub fn authorization_policies_for_service(
+        &self,
+        service: &ServiceInfo,
+    ) -> Vec<Arc<AuthorizationPolicy>> {
+        self.policies_in(Kind::AuthorizationPolicy, &service.name.namespace)
+            .filter_map(|resource| match resource {
+                Resource::AuthorizationPolicy(ap) => Some(ap.clone()),
+                _ => None,
+            })
+            .filter(|ap| {
+                ap.spec
+                    .target_ref
+                    .iter()
+                    .chain(&ap.spec.target_refs)
+                    .any(|t| t.kind == "Service" && t.name == service.name.name)
+            })
+            .collect()
+    }
+
+    /// An Istio object by key.
+    pub fn istio_object(&self, key: &ResourceKey) -> Option<&Resource> {
+        self.istio.get(key)
+    }
+}
+
+/// Whether a label selector (all pairs must match; empty matches all) selects `labels`.
+pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}

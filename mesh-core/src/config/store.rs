@@ -1,0 +1,598 @@
+//! The one writer of the config model: applies a source's [`Update`]s (snapshot, upsert,
+//! delete) to the indexes incrementally — one pod update touches that pod's entries and the
+//! services that select it, never a full rebuild — and publishes an `Arc<Model>` snapshot for
+//! the many readers after each update. Objects that fail to convert or validate are kept out
+//! (an update to a known object keeps its last good version) and reported, naming the object
+//! and the fix; everything else keeps serving.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use tokio::sync::{mpsc, watch};
+
+use super::model::{
+    LabelledInfo, Model, Name, PodInfo, SERVICE_NAME_LABEL, ServiceInfo, ServicePortInfo,
+    SliceEndpoint, SliceInfo, TargetPort, selects,
+};
+use super::resource::{Kind, Resource, ResourceKey};
+use super::{host, validate};
+use crate::manifest::Object;
+use crate::source::{ObjectKey, Update};
+
+/// The writer. Readers call [`Store::subscribe`] (or [`Store::model`]) and get snapshots.
+pub struct Store {
+    model: Model,
+    /// Pod names by namespace (writer-only: finds the pods a new selector picks).
+    pods_by_namespace: HashMap<String, HashSet<String>>,
+    /// Hash of (namespace, label key, value) → services whose selector has that pair.
+    selector_index: HashMap<u64, HashSet<Name>>,
+    problems: BTreeMap<String, String>,
+    published: watch::Sender<Arc<Model>>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store::new()
+    }
+}
+
+fn pair_hash(namespace: &str, key: &str, value: &str) -> u64 {
+    BuildHasherDefault::<DefaultHasher>::default().hash_one((namespace, key, value))
+}
+
+/// Applying kinds in this order lets a snapshot index services before the pods they select.
+fn apply_rank(kind: Option<Kind>) -> u8 {
+    match kind {
+        Some(Kind::Namespace) => 0,
+        Some(Kind::ServiceAccount) => 1,
+        Some(Kind::Service) => 2,
+        Some(Kind::Pod) => 3,
+        _ => 4,
+    }
+}
+
+impl Store {
+    pub fn new() -> Store {
+        let (published, _) = watch::channel(Arc::new(Model::default()));
+        Store {
+            model: Model::default(),
+            pods_by_namespace: HashMap::new(),
+            selector_index: HashMap::new(),
+            problems: BTreeMap::new(),
+            published,
+        }
+    }
+
+    /// The latest snapshot.
+    pub fn model(&self) -> Arc<Model> {
+        self.published.borrow().clone()
+    }
+
+    /// A receiver that always holds the latest snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Model>> {
+        self.published.subscribe()
+    }
+
+    /// Applies updates until the source closes its channel.
+    pub async fn run(mut self, mut updates: mpsc::Receiver<Update>) {
+        while let Some(update) = updates.recv().await {
+            self.apply(update);
+        }
+    }
+
+    /// Applies one update and publishes the new snapshot.
+    pub fn apply(&mut self, update: Update) {
+        self.apply_all([update]);
+    }
+
+    /// Applies a batch of updates (consumed one at a time) and publishes once at the end:
+    /// for a source that has several updates ready at once.
+    pub fn apply_all(&mut self, updates: impl IntoIterator<Item = Update>) {
+        for update in updates {
+            self.apply_unpublished(update);
+        }
+        self.model.problems = Arc::new(self.problems.clone());
+        self.published.send_replace(Arc::new(self.model.clone()));
+    }
+
+    fn apply_unpublished(&mut self, update: Update) {
+        match update {
+            Update::Snapshot(mut objects) => {
+                *self = Store {
+                    published: self.published.clone(),
+                    ..Store::new()
+                };
+                objects.sort_by_key(|o| apply_rank(Kind::of(o.group(), &o.kind)));
+                for object in objects {
+                    self.upsert(object);
+                }
+            }
+            Update::Upsert(object) => self.upsert(object),
+            Update::Delete(key) => self.delete(&key),
+            Update::Problems(problems) => {
+                for problem in problems {
+                    tracing::warn!(%problem, "config source problem");
+                }
+            }
+        }
+    }
+
+    fn upsert(&mut self, object: Object) {
+        let display = object.display_name();
+        let resource = match Resource::from_object(object) {
+            Ok(resource) => resource,
+            Err(super::resource::Error::UnknownKind { .. }) => return,
+            Err(error) => return self.refuse(display, error.to_string()),
+        };
+        let errors: Vec<String> = validate::object(&resource)
+            .into_iter()
+            .filter(|f| f.severity == validate::Severity::Error)
+            .map(|f| f.message)
+            .collect();
+        if !errors.is_empty() {
+            let key = key_of(&resource);
+            return self.refuse(key.to_string(), format!("{key}: {}", errors.join("; ")));
+        }
+        self.problems.remove(&key_of(&resource).to_string());
+        self.problems.remove(&display);
+        self.insert(resource);
+    }
+
+    fn refuse(&mut self, object: String, reason: String) {
+        tracing::warn!(%object, %reason, "config object refused; the last good version (if any) stays");
+        self.problems.insert(object, reason);
+    }
+
+    fn delete(&mut self, key: &ObjectKey) {
+        let Some(kind) = Kind::of(&key.group, &key.kind) else {
+            return;
+        };
+        let key = ResourceKey::new(kind, key.namespace.as_deref(), &key.name);
+        self.problems.remove(&key.to_string());
+        let name = Name::new(&key.namespace, &key.name);
+        match kind {
+            Kind::Namespace => {
+                self.model.namespaces.remove(&key.name);
+            }
+            Kind::ServiceAccount => {
+                self.model.service_accounts.remove(&name);
+            }
+            Kind::Pod => self.remove_pod(&name),
+            Kind::Service => self.remove_service(&name),
+            Kind::EndpointSlice => self.remove_slice(&name),
+            _ => self.remove_istio(&key),
+        }
+    }
+
+    fn insert(&mut self, resource: Resource) {
+        match resource {
+            Resource::Namespace(ns) => {
+                let name = ns.metadata.name.clone().unwrap_or_default();
+                let labels = ns.metadata.labels.clone().unwrap_or_default();
+                self.model
+                    .namespaces
+                    .insert(name, Arc::new(LabelledInfo { labels }));
+            }
+            Resource::ServiceAccount(sa) => {
+                let name = meta_name(&sa.metadata);
+                let labels = sa.metadata.labels.clone().unwrap_or_default();
+                self.model
+                    .service_accounts
+                    .insert(name, Arc::new(LabelledInfo { labels }));
+            }
+            Resource::Pod(pod) => self.insert_pod(pod_info(&pod)),
+            Resource::Service(service) => self.insert_service(service_info(&service)),
+            Resource::EndpointSlice(slice) => self.insert_slice(slice_info(&slice)),
+            other => self.insert_istio(other),
+        }
+    }
+
+    fn insert_pod(&mut self, pod: PodInfo) {
+        let name = pod.name.clone();
+        let old = self.model.pods.get(&name).cloned();
+        if let Some(old) = &old {
+            for ip in &old.ips {
+                if self.model.pods_by_ip.get(ip) == Some(&name) {
+                    self.model.pods_by_ip.remove(ip);
+                }
+            }
+        }
+        for ip in &pod.ips {
+            self.model.pods_by_ip.insert(*ip, name.clone());
+        }
+        self.pods_by_namespace
+            .entry(name.namespace.clone())
+            .or_default()
+            .insert(name.name.clone());
+        // Services that might select the pod before or after the change.
+        let mut candidates: HashSet<Name> = HashSet::new();
+        for labels in old.iter().map(|o| &o.labels).chain([&pod.labels]) {
+            for (k, v) in labels {
+                if let Some(services) = self.selector_index.get(&pair_hash(&name.namespace, k, v)) {
+                    candidates.extend(services.iter().cloned());
+                }
+            }
+        }
+        for service in candidates {
+            let Some(selector) = self
+                .model
+                .services
+                .get(&service)
+                .and_then(|s| s.selector.clone())
+            else {
+                continue;
+            };
+            self.set_selected(&service, &name.name, selects(&selector, &pod.labels));
+        }
+        self.model.pods.insert(name, Arc::new(pod));
+    }
+
+    fn set_selected(&mut self, service: &Name, pod: &str, selected: bool) {
+        let set = self.model.selected.get(service);
+        if set.is_some_and(|s| s.contains(pod)) == selected {
+            return;
+        }
+        let set = Arc::make_mut(self.model.selected.get_or_default(service.clone()));
+        if selected {
+            set.insert(pod.to_owned());
+        } else {
+            set.remove(pod);
+        }
+    }
+
+    fn remove_pod(&mut self, name: &Name) {
+        let Some(old) = self.model.pods.remove(name) else {
+            return;
+        };
+        for ip in &old.ips {
+            if self.model.pods_by_ip.get(ip) == Some(name) {
+                self.model.pods_by_ip.remove(ip);
+            }
+        }
+        if let Some(pods) = self.pods_by_namespace.get_mut(&name.namespace) {
+            pods.remove(&name.name);
+        }
+        let mut candidates: HashSet<Name> = HashSet::new();
+        for (k, v) in &old.labels {
+            if let Some(services) = self.selector_index.get(&pair_hash(&name.namespace, k, v)) {
+                candidates.extend(services.iter().cloned());
+            }
+        }
+        for service in candidates {
+            self.set_selected(&service, &name.name, false);
+        }
+    }
+
+    fn insert_service(&mut self, service: ServiceInfo) {
+        let name = service.name.clone();
+        self.remove_service(&name);
+        self.model
+            .services_by_host
+            .insert(service.hostname.clone(), name.clone());
+        for ip in &service.cluster_ips {
+            for port in &service.ports {
+                self.model
+                    .services_by_addr
+                    .insert(SocketAddr::new(*ip, port.port), name.clone());
+            }
+        }
+        if let Some(selector) = service.selector.as_ref().filter(|s| !s.is_empty()) {
+            for (k, v) in selector {
+                self.selector_index
+                    .entry(pair_hash(&name.namespace, k, v))
+                    .or_default()
+                    .insert(name.clone());
+            }
+            let selected: BTreeSet<String> = self
+                .pods_by_namespace
+                .get(&name.namespace)
+                .into_iter()
+                .flatten()
+                .filter(|pod| {
+                    self.model
+                        .pods
+                        .get(&Name::new(&name.namespace, pod))
+                        .is_some_and(|p| selects(selector, &p.labels))
+                })
+                .cloned()
+                .collect();
+            self.model.selected.insert(name.clone(), Arc::new(selected));
+        }
+        self.model.services.insert(name, Arc::new(service));
+    }
+
+    fn remove_service(&mut self, name: &Name) {
+        let Some(old) = self.model.services.remove(name) else {
+            return;
+        };
+        if self.model.services_by_host.get(&old.hostname) == Some(name) {
+            self.model.services_by_host.remove(&old.hostname);
+        }
+        for ip in &old.cluster_ips {
+            for port in &old.ports {
+                let addr = SocketAddr::new(*ip, port.port);
+                if self.model.services_by_addr.get(&addr) == Some(name) {
+                    self.model.services_by_addr.remove(&addr);
+                }
+            }
+        }
+        for (k, v) in old.selector.iter().flatten() {
+            let hash = pair_hash(&name.namespace, k, v);
+            if let Some(services) = self.selector_index.get_mut(&hash) {
+                services.remove(name);
+                if services.is_empty() {
+                    self.selector_index.remove(&hash);
+                }
+            }
+        }
+        self.model.selected.remove(name);
+    }
+
+    fn insert_slice(&mut self, slice: SliceInfo) {
+        let name = slice.name.clone();
+        self.remove_slice(&name);
+        if let Some(service) = &slice.service {
+            Arc::make_mut(self.model.slices_by_service.get_or_default(service.clone()))
+                .insert(name.name.clone());
+        }
+        self.model.slices.insert(name, Arc::new(slice));
+    }
+
+    fn remove_slice(&mut self, name: &Name) {
+        let Some(old) = self.model.slices.remove(name) else {
+            return;
+        };
+        if let Some(service) = &old.service
+            && let Some(slices) = self.model.slices_by_service.get_mut(service)
+        {
+            Arc::make_mut(slices).remove(&name.name);
+            if slices.is_empty() {
+                self.model.slices_by_service.remove(service);
+            }
+        }
+    }
+
+    fn insert_istio(&mut self, resource: Resource) {
+        let key = key_of(&resource);
+        self.remove_istio(&key);
+        for (kind, hostname) in rule_hosts(&resource, &key.namespace) {
+            if hostname.starts_with('*') {
+                Arc::make_mut(&mut self.model.wildcard_rules).insert((kind, hostname, key.clone()));
+            } else {
+                Arc::make_mut(self.model.rules_by_host.get_or_default((kind, hostname)))
+                    .insert(key.clone());
+            }
+        }
+        if matches!(
+            key.kind,
+            Kind::PeerAuthentication | Kind::AuthorizationPolicy
+        ) {
+            Arc::make_mut(
+                self.model
+                    .policies_by_namespace
+                    .get_or_default((key.kind, key.namespace.clone())),
+            )
+            .insert(key.clone());
+        }
+        self.model.istio.insert(key, resource);
+    }
+
+    fn remove_istio(&mut self, key: &ResourceKey) {
+        let Some(old) = self.model.istio.remove(key) else {
+            return;
+        };
+        for (kind, hostname) in rule_hosts(&old, &key.namespace) {
+            if hostname.starts_with('*') {
+                Arc::make_mut(&mut self.model.wildcard_rules).remove(&(
+                    kind,
+                    hostname,
+                    key.clone(),
+                ));
+            } else if let Some(keys) = self.model.rules_by_host.get_mut(&(kind, hostname.clone())) {
+                Arc::make_mut(keys).remove(key);
+                if keys.is_empty() {
+                    self.model.rules_by_host.remove(&(kind, hostname));
+                }
+            }
+        }
+        let policy_key = (key.kind, key.namespace.clone());
+        if let Some(keys) = self.model.policies_by_namespace.get_mut(&policy_key) {
+            Arc::make_mut(keys).remove(key);
+            if keys.is_empty() {
+                self.model.policies_by_namespace.remove(&policy_key);
+            }
+        }
+    }
+}
+
+/// The key of a typed object (its namespace already defaulted).
+pub fn key_of(resource: &Resource) -> ResourceKey {
+    let meta = match resource {
+        Resource::Namespace(o) => &o.metadata,
+        Resource::Pod(o) => &o.metadata,
+        Resource::Service(o) => &o.metadata,
+        Resource::EndpointSlice(o) => &o.metadata,
+        Resource::ServiceAccount(o) => &o.metadata,
+        Resource::VirtualService(o) => &o.metadata,
+        Resource::DestinationRule(o) => &o.metadata,
+        Resource::Gateway(o) => &o.metadata,
+        Resource::ServiceEntry(o) => &o.metadata,
+        Resource::Sidecar(o) => &o.metadata,
+        Resource::PeerAuthentication(o) => &o.metadata,
+        Resource::AuthorizationPolicy(o) => &o.metadata,
+        Resource::RequestAuthentication(o) => &o.metadata,
+    };
+    ResourceKey::new(
+        resource.kind(),
+        meta.namespace.as_deref(),
+        meta.name.as_deref().unwrap_or_default(),
+    )
+}
+
+/// The resolved hosts a VirtualService or DestinationRule is indexed under.
+fn rule_hosts(resource: &Resource, namespace: &str) -> Vec<(Kind, String)> {
+    match resource {
+        Resource::VirtualService(vs) => vs
+            .spec
+            .hosts
+            .iter()
+            .map(|h| (Kind::VirtualService, host::resolve(h, namespace)))
+            .collect(),
+        Resource::DestinationRule(dr) => {
+            vec![(
+                Kind::DestinationRule,
+                host::resolve(&dr.spec.host, namespace),
+            )]
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn meta_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Name {
+    Name::new(
+        meta.namespace
+            .as_deref()
+            .unwrap_or(super::resource::DEFAULT_NAMESPACE),
+        meta.name.as_deref().unwrap_or_default(),
+    )
+}
+
+fn parse_ips<'a>(ips: impl IntoIterator<Item = &'a String>) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    for ip in ips.into_iter().filter_map(|s| s.parse().ok()) {
+        if !out.contains(&ip) {
+            out.push(ip);
+        }
+    }
+    out
+}
+
+fn port_u16(port: i32) -> Option<u16> {
+    u16::try_from(port).ok().filter(|p| *p != 0)
+}
+
+/// What the model keeps of a Pod.
+pub(crate) fn pod_info(pod: &Pod) -> PodInfo {
+    let spec = pod.spec.as_ref();
+    let status = pod.status.as_ref();
+    let ready = pod.metadata.deletion_timestamp.is_none()
+        && status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let ips = status.map_or_else(Vec::new, |s| {
+        parse_ips(
+            s.pod_ip
+                .iter()
+                .chain(s.pod_ips.iter().flatten().map(|p| &p.ip)),
+        )
+    });
+    let named_ports = spec
+        .into_iter()
+        .flat_map(|s| &s.containers)
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| Some((p.name.clone()?, port_u16(p.container_port)?)))
+        .collect();
+    PodInfo {
+        name: meta_name(&pod.metadata),
+        uid: pod.metadata.uid.clone(),
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        service_account: spec
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| "default".to_owned()),
+        node: spec.and_then(|s| s.node_name.clone()),
+        ips,
+        ready,
+        named_ports,
+    }
+}
+
+/// What the model keeps of a Service.
+pub(crate) fn service_info(service: &Service) -> ServiceInfo {
+    let name = meta_name(&service.metadata);
+    let spec = service.spec.as_ref();
+    let cluster_ips = spec.map_or_else(Vec::new, |s| {
+        parse_ips(s.cluster_ip.iter().chain(s.cluster_ips.iter().flatten()))
+    });
+    let ports = spec
+        .and_then(|s| s.ports.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let port = port_u16(p.port)?;
+            let target_port = match &p.target_port {
+                None => TargetPort::Number(port),
+                Some(IntOrString::Int(n)) => TargetPort::Number(port_u16(*n)?),
+                Some(IntOrString::String(s)) => match s.parse::<i32>() {
+                    Ok(n) => TargetPort::Number(port_u16(n)?),
+                    Err(_) => TargetPort::Name(s.clone()),
+                },
+            };
+            Some(ServicePortInfo {
+                name: p.name.clone().filter(|n| !n.is_empty()),
+                port,
+                target_port,
+                protocol: p.protocol.clone().unwrap_or_else(|| "TCP".to_owned()),
+                app_protocol: p.app_protocol.clone(),
+            })
+        })
+        .collect();
+    ServiceInfo {
+        hostname: host::service_fqdn(&name.name, &name.namespace),
+        name,
+        cluster_ips,
+        ports,
+        selector: spec.and_then(|s| s.selector.clone()),
+        labels: service.metadata.labels.clone().unwrap_or_default(),
+    }
+}
+
+/// What the model keeps of an EndpointSlice.
+pub(crate) fn slice_info(slice: &EndpointSlice) -> SliceInfo {
+    let name = meta_name(&slice.metadata);
+    let service = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .map(|s| Name::new(&name.namespace, s));
+    let ports = slice
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| Some((p.name.clone().filter(|n| !n.is_empty()), port_u16(p.port?)?)))
+        .collect();
+    let endpoints = slice
+        .endpoints
+        .iter()
+        .map(|e| SliceEndpoint {
+            ips: parse_ips(&e.addresses),
+            // Kubernetes: an unknown readiness is to be taken as ready.
+            ready: e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true),
+            pod: e
+                .target_ref
+                .as_ref()
+                .filter(|r| r.kind.as_deref() == Some("Pod"))
+                .and_then(|r| {
+                    Some(Name::new(
+                        r.namespace.as_deref().unwrap_or(&name.namespace),
+                        r.name.as_deref()?,
+                    ))
+                }),
+            node: e.node_name.clone(),
+        })
+        .collect();
+    SliceInfo {
+        name,
+        service,
+        ports,
+        endpoints,
+    }
+}
+
+#[cfg(test)]
+mod tests;
