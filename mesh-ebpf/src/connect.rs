@@ -1,33 +1,29 @@
-//! cgroup `connect4` hook: sees every IPv4 `connect()` made by a process in the cgroup (or a
-//! descendant) it is attached to.
+//! cgroup `connect4`/`connect6` hooks: see every `connect()` made by a process in the cgroup
+//! (or a descendant) they are attached to.
 //!
-//! Today it counts TCP connects in [`CONNECT4_STATS`] and always lets the call proceed. This
-//! is the seed of the redirect: the later version checks whether the caller is an enrolled pod,
-//! records the original destination and rewrites it to the node proxy (15001).
+//! For a TCP socket of an enrolled pod (its cgroup id is in `ENROLLED`), the destination is
+//! rewritten to the node proxy's outbound listener and the original destination recorded by
+//! socket cookie (`sock_ops` moves it to the 4-tuple once the socket is established). Other
+//! sockets, other cgroups and non-TCP protocols pass untouched. The programs fail open:
+//! whatever goes wrong in the bookkeeping, the `connect()` proceeds unchanged.
 
 use aya_ebpf::{
-    macros::{cgroup_sock_addr, map},
-    maps::PerCpuArray,
+    EbpfContext as _,
+    helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
+    macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
 use aya_log_ebpf::debug;
-use mesh_ebpf_common::{
-    CONNECT4_STATS_LEN, CONNECT4_STATS_TOTAL, Connect4Stats, map_names, str_eq,
-};
+use mesh_ebpf_common::{OrigDst, Settings};
+
+use crate::maps::{ENROLLED, ORIG_BY_COOKIE, count, settings};
 
 /// Return value of a cgroup sock_addr program that lets the `connect()` proceed.
 const ALLOW: i32 = 1;
-
-/// `SOCK_STREAM` from `<linux/net.h>`: TCP, for an `AF_INET` socket.
+/// `SOCK_STREAM` from `<linux/net.h>`: TCP.
 const SOCK_STREAM: u32 = 1;
 
-#[map(name = "CONNECT4_STATS")]
-static CONNECT4_STATS: PerCpuArray<Connect4Stats> =
-    PerCpuArray::with_max_entries(CONNECT4_STATS_LEN, 0);
-const _: () = assert!(str_eq(map_names::CONNECT4_STATS, "CONNECT4_STATS"));
-
-/// Entry point (program name `program_names::CONNECT4`). Fails open: whatever goes wrong in
-/// our bookkeeping, the pod's `connect()` proceeds.
+/// Entry point (program name `program_names::CONNECT4`).
 #[cgroup_sock_addr(connect4)]
 fn mesh_connect4(ctx: SockAddrContext) -> i32 {
     match try_connect4(&ctx) {
@@ -35,40 +31,123 @@ fn mesh_connect4(ctx: SockAddrContext) -> i32 {
     }
 }
 
+/// Entry point (program name `program_names::CONNECT6`).
+#[cgroup_sock_addr(connect6)]
+fn mesh_connect6(ctx: SockAddrContext) -> i32 {
+    match try_connect6(&ctx) {
+        Ok(verdict) | Err(verdict) => verdict,
+    }
+}
+
 fn try_connect4(ctx: &SockAddrContext) -> Result<i32, i32> {
-    #[allow(unsafe_code, reason = "reading the kernel's bpf_sock_addr context")]
-    // SAFETY: `sock_addr` is the context pointer the kernel passed to this program; `type_`,
-    // `user_ip4` and `user_port` are readable fields for connect4 (the verifier checks each
-    // access against the context layout).
-    let (sock_type, ip, port) = unsafe {
-        let sa = &*ctx.sock_addr;
-        (sa.type_, sa.user_ip4, sa.user_port)
-    };
-
-    let stats = CONNECT4_STATS
-        .get_ptr_mut(CONNECT4_STATS_TOTAL)
-        .ok_or(ALLOW)?;
-
+    let sa = ctx.sock_addr;
+    let (sock_type, ip, port) = (
+        ctx_field!(sa, type_),
+        ctx_field!(sa, user_ip4),
+        ctx_field!(sa, user_port),
+    );
     if sock_type != SOCK_STREAM {
-        #[allow(unsafe_code, reason = "updating a per-CPU map value in place")]
-        // SAFETY: `stats` comes from a successful lookup of this CPU's slot, which stays valid
-        // for the whole program run; no other program instance writes this CPU's slot meanwhile.
-        unsafe {
-            (*stats).other_connects += 1;
-        }
+        count(|s| &mut s.other_connects);
         return Ok(ALLOW);
     }
+    count(|s| &mut s.tcp_connects);
+    // Network order; the port sits in the low 16 bits of `user_port`.
+    let host_port = u16::from_be(port as u16);
+    debug!(ctx, "connect4: tcp to {:i}:{}", u32::from_be(ip), host_port);
 
-    #[allow(unsafe_code, reason = "updating a per-CPU map value in place")]
-    // SAFETY: as above.
+    let Some(settings) = redirect_settings(ip, host_port) else {
+        return Ok(ALLOW);
+    };
+    record(ctx, ip, host_port)?;
+    #[allow(
+        unsafe_code,
+        reason = "rewriting the destination in the bpf_sock_addr context"
+    )]
+    // SAFETY: `user_ip4` and `user_port` are writable (4-byte stores) for connect4.
     unsafe {
-        (*stats).tcp_connects += 1;
+        let sa = &mut *ctx.sock_addr;
+        sa.user_ip4 = settings.proxy_ip4;
+        sa.user_port = u32::from((settings.proxy_port as u16).to_be());
     }
-
-    // Both are in network byte order; the port sits in the low 16 bits of `user_port`.
-    let ip = u32::from_be(ip);
-    let port = u16::from_be(port as u16);
-    debug!(ctx, "connect4: tcp to {:i}:{}", ip, port);
-
+    count(|s| &mut s.redirected);
+    debug!(
+        ctx,
+        "connect4: redirected {:i}:{} to the node proxy",
+        u32::from_be(ip),
+        host_port
+    );
     Ok(ALLOW)
+}
+
+/// IPv6 sockets: only IPv4-mapped destinations (`::ffff:a.b.c.d`) are redirected, to the
+/// proxy's IPv4 address mapped the same way. The node proxy listens on IPv4 only, so native
+/// IPv6 destinations pass untouched (and are counted).
+fn try_connect6(ctx: &SockAddrContext) -> Result<i32, i32> {
+    let sa = ctx.sock_addr;
+    let sock_type = ctx_field!(sa, type_);
+    let port = ctx_field!(sa, user_port);
+    let ip6 = [
+        ctx_field!(sa, user_ip6[0]),
+        ctx_field!(sa, user_ip6[1]),
+        ctx_field!(sa, user_ip6[2]),
+        ctx_field!(sa, user_ip6[3]),
+    ];
+    if sock_type != SOCK_STREAM {
+        count(|s| &mut s.other_connects);
+        return Ok(ALLOW);
+    }
+    count(|s| &mut s.tcp6_connects);
+    let mapped = ip6[0] == 0 && ip6[1] == 0 && u32::from_be(ip6[2]) == 0xffff;
+    if !mapped {
+        return Ok(ALLOW);
+    }
+    let ip = ip6[3];
+    let host_port = u16::from_be(port as u16);
+    let Some(settings) = redirect_settings(ip, host_port) else {
+        return Ok(ALLOW);
+    };
+    record(ctx, ip, host_port)?;
+    #[allow(
+        unsafe_code,
+        reason = "rewriting the destination in the bpf_sock_addr context"
+    )]
+    // SAFETY: `user_ip6[3]` and `user_port` are writable (4-byte stores) for connect6; the
+    // first three words already hold the IPv4-mapped prefix.
+    unsafe {
+        let sa = &mut *ctx.sock_addr;
+        sa.user_ip6[3] = settings.proxy_ip4;
+        sa.user_port = u32::from((settings.proxy_port as u16).to_be());
+    }
+    count(|s| &mut s.redirected);
+    Ok(ALLOW)
+}
+
+/// The settings when this connect is to be redirected: the mesh is on, the caller's cgroup is
+/// enrolled, and the destination is not the proxy itself.
+fn redirect_settings(ip: u32, host_port: u16) -> Option<Settings> {
+    let settings = settings()?;
+    if ip == settings.proxy_ip4 && u32::from(host_port) == settings.proxy_port {
+        return None;
+    }
+    #[allow(unsafe_code, reason = "a BPF helper call")]
+    // SAFETY: takes no arguments; allowed for cgroup sock_addr programs.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    #[allow(unsafe_code, reason = "reading a hash map value")]
+    // SAFETY: the value is a plain u32 copied out at once; concurrent removal by userspace
+    // only ever frees it after this program's RCU section.
+    let enrolled = unsafe { ENROLLED.get(&cgroup) }.copied().unwrap_or(0);
+    (enrolled != 0).then_some(settings)
+}
+
+/// Records the original destination under the socket's cookie.
+fn record(ctx: &SockAddrContext, ip: u32, host_port: u16) -> Result<(), i32> {
+    #[allow(unsafe_code, reason = "a BPF helper call")]
+    // SAFETY: the context pointer is the one the kernel passed in.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let orig = OrigDst {
+        ip4: ip,
+        port: u32::from(host_port),
+    };
+    // Fail open: without a record the proxy could not forward, so do not redirect.
+    ORIG_BY_COOKIE.insert(&cookie, &orig, 0).map_err(|_| ALLOW)
 }

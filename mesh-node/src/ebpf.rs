@@ -1,6 +1,11 @@
 //! The one place that touches aya: loads the eBPF object built from `mesh-ebpf` (embedded at
 //! build time), forwards its aya-log records into `tracing`, attaches programs to cgroups and
-//! reads their maps, behind a small typed API.
+//! reads their maps, behind a small typed API. [`Dataplane`] is the pinned redirect install
+//! the node agent runs; [`Ebpf`] is a bare, unpinned load for `ebpf-check` and tests.
+
+mod dataplane;
+
+pub use dataplane::{Dataplane, DataplaneOptions, MapSizes, Redirect, uninstall};
 
 use std::{
     fs::File,
@@ -88,6 +93,26 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "pinning eBPF {what} failed (is bpffs mounted at /sys/fs/bpf? `cargo xtask setup` mounts it)"
+    )]
+    Pin {
+        what: String,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("bpffs pin folder {path}: {source} (is bpffs mounted at /sys/fs/bpf?)")]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("eBPF program {name}: its cgroup link is not a bpf_link (Linux 5.7+ is needed)")]
+    Link {
+        name: &'static str,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
     #[error("forwarding eBPF logs (aya-log map AYA_LOGS) could not start")]
     Logger(#[source] aya_log::Error),
     #[error("forwarding eBPF logs: cannot register the log ring buffer with Tokio")]
@@ -127,13 +152,7 @@ impl Ebpf {
 
         let logger =
             EbpfLogger::init_with_logger(&mut ebpf, LogTracer::new()).map_err(Error::Logger)?;
-        #[allow(unsafe_code, reason = "tokio's fd registration is unsafe (I/O safety)")]
-        // SAFETY: the logger owns the ring buffer map's fd (an `OwnedFd` inside its `MapData`);
-        // it stays open, and `as_raw_fd` keeps returning it, for as long as the `AsyncFd` owns
-        // the logger.
-        let logger = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
-            .map_err(|e| Error::LoggerFd(e.into()))?;
-        let log_task = runtime.spawn(forward_logs(logger));
+        let log_task = start_log_task(&runtime, logger)?;
 
         let mut this = Self { ebpf, log_task };
         this.connect4()?
@@ -193,6 +212,20 @@ impl Drop for Ebpf {
     fn drop(&mut self) {
         self.log_task.abort();
     }
+}
+
+/// Registers the log ring buffer with Tokio and spawns the task that drains it.
+fn start_log_task(
+    runtime: &tokio::runtime::Handle,
+    logger: EbpfLogger<LogTracer>,
+) -> Result<JoinHandle<()>> {
+    #[allow(unsafe_code, reason = "tokio's fd registration is unsafe (I/O safety)")]
+    // SAFETY: the logger owns the ring buffer map's fd (an `OwnedFd` inside its `MapData`);
+    // it stays open, and `as_raw_fd` keeps returning it, for as long as the `AsyncFd` owns
+    // the logger.
+    let logger = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
+        .map_err(|e| Error::LoggerFd(e.into()))?;
+    Ok(runtime.spawn(forward_logs(logger)))
 }
 
 /// Moves records from the aya-log ring buffer into `tracing` whenever the kernel signals data.

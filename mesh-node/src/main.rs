@@ -1,9 +1,10 @@
 //! `mesh-node`: the node agent's command line.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use mesh_node::agent::{NodeConfig, RedirectMode};
 use mesh_node::ebpf::Ebpf;
 use tracing_subscriber::EnvFilter;
 
@@ -16,6 +17,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the node agent: redirect enrolled pods' TCP to the outbound listener with eBPF,
+    /// forward it, keep enrollment in sync with the config folder (root).
+    Run(RunArgs),
+    /// Remove every eBPF program, link, map and pin a `run` left under --pin-dir (stop the
+    /// agent first).
+    Uninstall {
+        #[arg(long)]
+        pin_dir: PathBuf,
+    },
     /// Load the eBPF programs, attach the connect4 counter to a cgroup and print what it counts
     /// (checks that this kernel and these privileges support the mesh; needs root).
     EbpfCheck {
@@ -28,6 +38,43 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The node this agent serves (pods with spec.nodeName equal to it).
+    #[arg(long)]
+    node: String,
+    /// The files config source: a folder of Kubernetes YAML, watched.
+    #[arg(long)]
+    config_dir: PathBuf,
+    /// The cgroup v2 folder holding the node's pod cgroups (`pod<uid>`).
+    #[arg(long)]
+    pods_cgroup: PathBuf,
+    /// The agent's own cgroup, for the fast path's proxy side (default: the one it runs in).
+    #[arg(long)]
+    agent_cgroup: Option<PathBuf>,
+    /// bpffs folder for this node's pins.
+    #[arg(long)]
+    pin_dir: PathBuf,
+    /// The address the outbound listener binds (the node's IP).
+    #[arg(long)]
+    proxy_ip: Ipv4Addr,
+    #[arg(long, default_value_t = 15001)]
+    outbound_port: u16,
+    #[arg(long, default_value_t = 15000)]
+    admin_port: u16,
+    /// The sock_ops + sk_msg sockhash fast path for same-node legs.
+    #[arg(long, value_enum, default_value_t = OnOff::Off)]
+    fast_path: OnOff,
+    #[arg(long, value_enum, default_value_t = RedirectMode::Ebpf)]
+    redirect: RedirectMode,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -38,7 +85,48 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::EbpfCheck { cgroup, seconds } => ebpf_check(cgroup, seconds).await,
+        Command::Run(args) => {
+            let agent_cgroup = match args.agent_cgroup {
+                Some(path) => Some(path),
+                None => own_cgroup()?,
+            };
+            let config = NodeConfig {
+                node: args.node,
+                config_dir: args.config_dir,
+                pods_cgroup: args.pods_cgroup,
+                agent_cgroup,
+                pin_dir: args.pin_dir,
+                proxy_ip: args.proxy_ip,
+                outbound_port: args.outbound_port,
+                admin_port: args.admin_port,
+                fast_path: args.fast_path == OnOff::On,
+                redirect: args.redirect,
+            };
+            Ok(mesh_node::agent::run(config).await?)
+        }
+        Command::Uninstall { pin_dir } => {
+            let removed = mesh_node::ebpf::uninstall(&pin_dir)?;
+            if removed.is_empty() {
+                println!("nothing pinned under {}", pin_dir.display());
+            }
+            for path in removed {
+                println!("removed {path}");
+            }
+            Ok(())
+        }
     }
+}
+
+/// The cgroup v2 folder this process runs in (from `/proc/self/cgroup`), unless it is the
+/// root (attaching sock_ops there would cover the whole host).
+fn own_cgroup() -> anyhow::Result<Option<PathBuf>> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
+    let relative = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| p.trim_start_matches('/'))
+        .filter(|p| !p.is_empty());
+    Ok(relative.map(|p| PathBuf::from(mesh_node::ebpf::CGROUP2_MOUNT).join(p)))
 }
 
 async fn ebpf_check(cgroup: PathBuf, seconds: Option<u64>) -> anyhow::Result<()> {

@@ -57,6 +57,19 @@ pub(crate) fn build_sample_app() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Builds the node agent and returns its path.
+pub(crate) fn build_mesh_node() -> Result<PathBuf> {
+    step(
+        "build mesh-node",
+        cargo(&["build", "--quiet", "--package", "mesh-node"]),
+    )?;
+    let path = target_dir().join("debug").join("mesh-node");
+    if !path.is_file() {
+        bail!("cargo built mesh-node but {} is missing", path.display());
+    }
+    Ok(path)
+}
+
 /// Istio's sample manifests, kept beside the repository in `../shared/istio-samples`.
 pub(crate) fn istio_samples() -> Result<PathBuf> {
     let path = workspace_root().join("../shared/istio-samples");

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use mesh_sim::{Lab, LabOptions};
+use mesh_sim::{Lab, LabOptions, MeshOptions};
 
 use crate::{cargo, setup, sim};
 
@@ -13,6 +13,7 @@ const LAB: &str = "mesh";
 pub(crate) fn run() -> Result<()> {
     setup::run()?;
     let sample_app = cargo::build_sample_app()?;
+    let mesh_node = cargo::build_mesh_node()?;
     let samples = cargo::istio_samples()?;
     if Lab::list().iter().any(|l| l == LAB) {
         println!("==> lab {LAB} is already up: taking it down first");
@@ -29,7 +30,7 @@ pub(crate) fn run() -> Result<()> {
         nodes: 2,
         sample_app: Some(sample_app),
     };
-    let (lab, applied) = Lab::up(&options, &files)?;
+    let (mut lab, applied) = Lab::up(&options, &files)?;
     sim::report(&applied);
     if !applied.warnings.is_empty() {
         bail!(
@@ -45,6 +46,20 @@ pub(crate) fn run() -> Result<()> {
     for pod in lab.state().pods.values() {
         println!("  {:<45} {:<15} {}", pod.key(), pod.ip, pod.node);
     }
+    println!(
+        "\n==> mesh on: a mesh-node per node; label namespace default istio.io/dataplane-mode=ambient"
+    );
+    lab.start_mesh(&MeshOptions {
+        binary: Some(mesh_node),
+        fast_path: false,
+        netfilter: false,
+    })?;
+    lab.label(
+        "ns/default",
+        &["istio.io/dataplane-mode=ambient".to_owned()],
+    )?;
+    wait_enrolled(&lab)?;
+    println!("    every pod's outbound TCP now passes its node's proxy (eBPF connect4 redirect)");
     println!();
     let curl = lab.pod("default/curl")?;
     let run = |args: &[&str]| -> Result<String> {
@@ -93,9 +108,43 @@ pub(crate) fn run() -> Result<()> {
             .unwrap_or("no stars");
         println!("    served by {pod:<40} ratings: {color}");
     }
+    println!("==> per-pod counters of the node proxies (GET :15000/stats/redirect on each node)");
+    for node in &lab.state().nodes {
+        let (_, body) = lab.agent_get(&node.name, "/stats/redirect")?;
+        let stats: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        for (pod, entry) in stats["pods"].as_object().into_iter().flatten() {
+            let c = &entry["counters"];
+            println!(
+                "    {:<6} {pod:<45} connections {:>3}  sent {:>6} B  received {:>7} B",
+                node.name, c["connections"], c["bytes_sent"], c["bytes_received"]
+            );
+        }
+    }
     println!(
-        "\nThe lab stays up. Try:\n  cargo xtask sim get all\n  cargo xtask sim exec curl -- curl -s http://reviews:9080/reviews/0\n  cargo xtask sim exec curl -- curl -s -c /tmp/j -d username=jason -d passwd=x http://productpage:9080/login\n  cargo xtask sim logs default/{}\n  cargo xtask sim apply -f ../shared/istio-samples/httpbin/httpbin.yaml\n  cargo xtask sim down",
+        "\nThe lab stays up. Try:\n  cargo xtask sim get all\n  cargo xtask sim exec curl -- curl -s http://reviews:9080/reviews/0\n  cargo xtask sim exec curl -- curl -s -c /tmp/j -d username=jason -d passwd=x http://productpage:9080/login\n  cargo xtask sim logs default/{}\n  cargo xtask sim label ns default istio.io/dataplane-mode-   (leave the mesh)\n  cargo xtask sim apply -f ../shared/istio-samples/httpbin/httpbin.yaml\n  cargo xtask sim down",
         lab.pod("default/productpage-v1")?.name
     );
     Ok(())
+}
+
+/// Waits until every node agent lists the curl pod's namespace as enrolled (1 s budget).
+fn wait_enrolled(lab: &Lab) -> Result<()> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    let curl = lab.pod("default/curl")?;
+    loop {
+        let (_, body) = lab.agent_get(&curl.node, "/config_dump")?;
+        let dump: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let enrolled = dump["local_pods"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p["name"] == curl.name.as_str() && p["enrolled"] == true);
+        if enrolled {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the curl pod was not enrolled within 5 s; see /run/mesh-sim/{LAB}/agents/");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

@@ -1,5 +1,7 @@
 //! `cargo xtask`: the one entry point for developers and CI.
 
+mod bench_config;
+mod bench_redirect;
 mod cargo;
 mod demo;
 mod setup;
@@ -27,6 +29,14 @@ enum Command {
     Demo,
     /// The simulated cluster: up, apply, delete, get, exec, logs, down.
     Sim(sim::SimArgs),
+    /// Benchmarks that print a table: `bench config` (the config model).
+    Bench(bench_config::BenchArgs),
+    /// A benchmark's client or server, run inside a pod by `bench redirect` (internal).
+    #[command(hide = true)]
+    BenchPeer {
+        #[command(subcommand)]
+        peer: bench_redirect::Peer,
+    },
 }
 
 fn main() -> Result<ExitCode> {
@@ -35,6 +45,8 @@ fn main() -> Result<ExitCode> {
         Command::Test => test().map(|()| ExitCode::SUCCESS),
         Command::Demo => demo::run().map(|()| ExitCode::SUCCESS),
         Command::Sim(args) => sim::run(args),
+        Command::BenchPeer { peer } => bench_redirect::peer(peer).map(|()| ExitCode::SUCCESS),
+        Command::Bench(args) => bench_config::run(args).map(|()| ExitCode::SUCCESS),
     }
 }
 

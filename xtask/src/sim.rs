@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use mesh_sim::{Applied, Lab, LabOptions, State};
+use mesh_sim::{Applied, Lab, LabOptions, MeshOptions, State};
 
 use crate::cargo;
 
@@ -28,6 +28,12 @@ enum SimCommand {
         /// Manifest files or folders (repeatable).
         #[arg(short = 'f', long = "filename")]
         files: Vec<PathBuf>,
+        /// Run the mesh: one mesh-node per node (eBPF redirect of enrolled pods).
+        #[arg(long)]
+        mesh: bool,
+        /// The sock_ops + sk_msg fast path of the node agents (with --mesh).
+        #[arg(long, value_enum, default_value_t = OnOff::Off)]
+        fast_path: OnOff,
     },
     /// Create or update objects from manifests (all are checked before any applies).
     Apply {
@@ -76,6 +82,12 @@ enum SimCommand {
     List,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum OnOff {
+    On,
+    Off,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum What {
     Nodes,
@@ -94,16 +106,43 @@ enum Output {
 pub(crate) fn run(args: SimArgs) -> Result<ExitCode> {
     let lab = args.lab;
     match args.command {
-        SimCommand::Up { nodes, files } => {
+        SimCommand::Up {
+            nodes,
+            files,
+            mesh,
+            fast_path,
+        } => {
             let sample_app = cargo::build_sample_app()?;
+            let mesh_node = if mesh {
+                Some(cargo::build_mesh_node()?)
+            } else {
+                None
+            };
             let started = Instant::now();
             let options = LabOptions {
                 name: lab.clone(),
                 nodes,
                 sample_app: Some(sample_app),
             };
-            let (lab_handle, applied) = Lab::up(&options, &files)?;
+            let (mut lab_handle, applied) = Lab::up(&options, &files)?;
             report(&applied);
+            if let Some(binary) = mesh_node {
+                let mesh = MeshOptions {
+                    binary: Some(binary),
+                    fast_path: fast_path == OnOff::On,
+                    netfilter: false,
+                };
+                if let Err(err) = lab_handle.start_mesh(&mesh) {
+                    drop(lab_handle);
+                    let _ = Lab::down(&lab);
+                    return Err(err.into());
+                }
+                println!(
+                    "mesh on: a mesh-node per node (fast path {}); label a namespace \
+                     istio.io/dataplane-mode=ambient to enroll its pods",
+                    if mesh.fast_path { "on" } else { "off" }
+                );
+            }
             println!(
                 "lab {lab} is up: {nodes} nodes, {} pods, {} services in {:.1} s (state in {})",
                 lab_handle.state().pods.len(),

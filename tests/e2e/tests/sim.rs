@@ -60,6 +60,14 @@ fn assert_nothing_left(lab: &str, pids: &[i32]) {
         cgroup_of(lab).display()
     );
     assert!(!Lab::state_dir(lab).exists(), "state folder left");
+    let pins: Vec<String> = std::fs::read_dir(mesh_sim::BPFFS)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&format!("msim-{lab}-")))
+        .collect();
+    assert!(pins.is_empty(), "bpffs pins left: {pins:?}");
     let alive: Vec<i32> = pids.iter().copied().filter(|p| running(*p)).collect();
     assert!(alive.is_empty(), "processes left: {alive:?}");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -74,11 +82,20 @@ fn up_then_down_leaves_nothing_behind_even_without_state() {
     let curl = istio_sample("curl/curl.yaml");
 
     // A normal lifecycle.
-    let lab = TestLab::up("dwn", 2, &[httpbin.clone(), curl.clone()]);
+    let mut lab = TestLab::up("dwn", 2, &[httpbin.clone(), curl.clone()]);
     let name = lab.name.clone();
     assert_eq!(netns_of(&name).len(), 1 + 2 + 2, "network, 2 nodes, 2 pods");
+    // With the mesh on: node agents (processes in the lab cgroup) and their bpffs pins.
+    lab.lab
+        .start_mesh(&mesh_sim::MeshOptions {
+            binary: None,
+            fast_path: false,
+            netfilter: false,
+        })
+        .unwrap();
+    assert!(mesh_sim::pin_dir(&name, "node1").exists());
     let pids = pids_below(&cgroup_of(&name));
-    assert!(pids.len() >= 2, "pod processes: {pids:?}");
+    assert!(pids.len() >= 4, "pod and agent processes: {pids:?}");
     drop(lab);
     assert_nothing_left(&name, &pids);
 

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use crate::error::{Error, Result};
 use crate::kinds::{Kinds, Scope};
 use crate::process::{PodContext, enter_pod};
+use crate::render::SERVICE_CIDR;
 use crate::state::{Node, Pod, PodPhase, Service, State, object_key};
 use crate::workload::{self, PodTemplate};
 use crate::{cgroup, net, render};
@@ -48,8 +49,8 @@ pub struct Applied {
 
 /// An open lab, holding its lock until dropped.
 pub struct Lab {
-    dir: PathBuf,
-    state: State,
+    pub(crate) dir: PathBuf,
+    pub(crate) state: State,
     _lock: Flock<File>,
 }
 
@@ -129,6 +130,13 @@ impl Lab {
                 index,
             };
             net::create_node(&network, &node.netns, index, node.ip)?;
+            // A route for the service range, as a real node's default route gives: a node-local
+            // process (the node agent) connecting to a ClusterIP needs one before the output
+            // hook's DNAT picks the endpoint.
+            net::ip_in(
+                &node.netns,
+                &format!("route replace {SERVICE_CIDR} dev eth0"),
+            )?;
             cgroup::create(&node.pods_cgroup)?;
             nodes.push(node);
         }
@@ -748,7 +756,7 @@ impl Lab {
         Ok(())
     }
 
-    fn save(&self) -> Result<()> {
+    pub(crate) fn save(&self) -> Result<()> {
         let text = serde_json::to_string_pretty(&self.state)
             .map_err(|e| Error::Invalid(format!("serialising the lab state: {e}")))?;
         write_atomically(&self.dir.join("state.json"), &text)
@@ -825,6 +833,8 @@ impl Lab {
             cgroup::remove_tree(&lab_cgroup)?;
             removed.push(format!("cgroup {}", lab_cgroup.display()));
         }
+        // The node agents died with the cgroup; their pinned eBPF goes now.
+        removed.extend(crate::agent::remove_pins(name)?);
         let prefix = netns_name(name, "");
         let mut namespaces: Vec<String> = net::list_netns()
             .into_iter()
@@ -854,7 +864,14 @@ impl Lab {
                     .collect()
             })
             .unwrap_or_default();
-        for netns in net::list_netns() {
+        let pins = std::fs::read_dir(crate::agent::BPFFS)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        for netns in net::list_netns().into_iter().chain(pins) {
             if let Some(rest) = netns.strip_prefix("msim-")
                 && let Some((lab, _)) = rest.split_once('-')
             {

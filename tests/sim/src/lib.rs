@@ -11,6 +11,7 @@
 //! `config/` (every applied object plus the Pods, Services and EndpointSlices the cluster
 //! made, one YAML file each, for config consumers such as the node agent), and per-pod logs.
 
+mod agent;
 mod cgroup;
 mod error;
 mod kinds;
@@ -21,6 +22,7 @@ mod render;
 mod state;
 mod workload;
 
+pub use agent::{ADMIN_PORT, BPFFS, MeshOptions, OUTBOUND_PORT, http_get_in, pin_dir};
 pub use error::{Error, Result};
 pub use lab::{Applied, Lab, LabOptions, STATE_ROOT};
 pub use state::{

@@ -10,6 +10,10 @@ use serde_json::{Value, json};
 
 use crate::state::{Pod, Service, State};
 
+/// The range ClusterIPs come from. Traffic to it that no rule DNATed (a service without
+/// ready endpoints, or an unused address) is refused at once, as kube-proxy does.
+pub(crate) const SERVICE_CIDR: &str = "10.96.0.0/16";
+
 /// Marks hairpin connections (a pod reaching itself through a ClusterIP) for masquerade.
 const HAIRPIN_MARK: u32 = 0x4000;
 
@@ -121,7 +125,7 @@ pub(crate) fn nft_ruleset(state: &State) -> String {
         }
     }
     format!(
-        "table ip msim\ndelete table ip msim\ntable ip msim {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n    jump services\n  }}\n  chain output {{\n    type nat hook output priority -100; policy accept;\n    jump services\n  }}\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    meta mark & {HAIRPIN_MARK:#x} == {HAIRPIN_MARK:#x} masquerade\n  }}\n  chain services {{\n{services}  }}\n{chains}}}\n"
+        "table ip msim\ndelete table ip msim\ntable ip msim {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n    jump services\n  }}\n  chain output {{\n    type nat hook output priority -100; policy accept;\n    jump services\n  }}\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    meta mark & {HAIRPIN_MARK:#x} == {HAIRPIN_MARK:#x} masquerade\n  }}\n  chain services {{\n{services}  }}\n  chain unserved_forward {{\n    type filter hook forward priority filter; policy accept;\n    jump unserved\n  }}\n  chain unserved_output {{\n    type filter hook output priority filter; policy accept;\n    jump unserved\n  }}\n  chain unserved {{\n    ip daddr {SERVICE_CIDR} meta l4proto tcp reject with tcp reset\n    ip daddr {SERVICE_CIDR} reject\n  }}\n{chains}}}\n"
     )
 }
 

@@ -23,6 +23,9 @@ pub struct State {
     pub objects: BTreeMap<String, Value>,
     /// Round-robin scheduling counter.
     pub scheduled: u64,
+    /// The node agents, when the lab runs the mesh (`sim up --mesh`).
+    #[serde(default)]
+    pub mesh: Option<crate::agent::MeshOptions>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,0 +1,193 @@
+//! The interim outbound listener (15001): accepts each redirected connection, finds where it
+//! was going, and forwards it there as plain TCP (the mTLS tunnel replaces this), counting
+//! connections and bytes per source pod address.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::net::{TcpListener, TcpStream};
+
+/// How long the forwarder waits for the original destination to accept.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Finds the original destination of an accepted connection.
+pub trait OriginalDst: Send + Sync + 'static {
+    /// `None` when the connection was not redirected (nothing recorded for it).
+    fn original_dst(
+        &self,
+        stream: &TcpStream,
+        peer: SocketAddrV4,
+        local: SocketAddrV4,
+    ) -> io::Result<Option<SocketAddrV4>>;
+}
+
+/// Per source pod address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PodCounters {
+    /// Connections accepted from this address.
+    pub connections: u64,
+    /// Of those, the ones whose original destination refused, timed out or was unknown.
+    pub failed: u64,
+    /// Bytes from the pod to the destination, counted when a connection ends.
+    pub bytes_sent: u64,
+    /// Bytes from the destination back to the pod, counted when a connection ends.
+    pub bytes_received: u64,
+    /// Connections open now.
+    pub open: u64,
+}
+
+/// Counters by source address, shared by the forwarder and the admin page.
+#[derive(Debug, Default)]
+pub struct Counters(Mutex<BTreeMap<Ipv4Addr, PodCounters>>);
+
+impl Counters {
+    fn update(&self, ip: Ipv4Addr, f: impl FnOnce(&mut PodCounters)) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        f(map.entry(ip).or_default());
+    }
+
+    /// A copy of every counter.
+    pub fn snapshot(&self) -> BTreeMap<Ipv4Addr, PodCounters> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Accepts and forwards until the task is dropped.
+pub async fn serve(listener: TcpListener, lookup: Arc<dyn OriginalDst>, counters: Arc<Counters>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                tracing::warn!(%err, "outbound listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let lookup = lookup.clone();
+        let counters = counters.clone();
+        tokio::spawn(async move {
+            if let Err(err) = forward(stream, peer, &*lookup, &counters).await {
+                tracing::debug!(%peer, %err, "outbound connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn forward(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    lookup: &dyn OriginalDst,
+    counters: &Counters,
+) -> io::Result<()> {
+    let (SocketAddr::V4(peer), SocketAddr::V4(local)) = (peer, client.local_addr()?) else {
+        return reset(client);
+    };
+    counters.update(*peer.ip(), |c| c.connections += 1);
+    let orig = match lookup.original_dst(&client, peer, local) {
+        Ok(Some(orig)) if orig != local => orig,
+        Ok(_) => {
+            tracing::warn!(%peer, "outbound: no original destination recorded; resetting");
+            counters.update(*peer.ip(), |c| c.failed += 1);
+            return reset(client);
+        }
+        Err(err) => {
+            tracing::warn!(%peer, %err, "outbound: original destination lookup failed");
+            counters.update(*peer.ip(), |c| c.failed += 1);
+            return reset(client);
+        }
+    };
+    let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(orig)).await {
+        Ok(Ok(upstream)) => upstream,
+        Ok(Err(err)) => {
+            tracing::debug!(%peer, %orig, %err, "outbound: destination refused");
+            counters.update(*peer.ip(), |c| c.failed += 1);
+            return reset(client);
+        }
+        Err(_) => {
+            tracing::debug!(%peer, %orig, "outbound: destination timed out");
+            counters.update(*peer.ip(), |c| c.failed += 1);
+            return reset(client);
+        }
+    };
+    tracing::debug!(%peer, %orig, "outbound: forwarding");
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+    counters.update(*peer.ip(), |c| c.open += 1);
+    let mut upstream = upstream;
+    let result = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    counters.update(*peer.ip(), |c| {
+        c.open = c.open.saturating_sub(1);
+        if let Ok((sent, received)) = result {
+            c.bytes_sent += sent;
+            c.bytes_received += received;
+        }
+    });
+    result.map(|_| ())
+}
+
+/// Closes with a RST, so the client fails at once (as a refused connect would).
+fn reset(client: TcpStream) -> io::Result<()> {
+    // A zero linger never blocks: the close sends a RST at once.
+    #[allow(
+        deprecated,
+        reason = "SO_LINGER 0 is the way to reset; it does not block"
+    )]
+    client.set_linger(Some(Duration::ZERO))?;
+    drop(client);
+    Ok(())
+}
+
+/// `SO_ORIGINAL_DST` from netfilter's connection tracking: the original destination of a
+/// connection that an iptables/nftables REDIRECT or DNAT rule sent here (benchmarks only).
+pub struct SoOriginalDst;
+
+impl OriginalDst for SoOriginalDst {
+    fn original_dst(
+        &self,
+        stream: &TcpStream,
+        _peer: SocketAddrV4,
+        _local: SocketAddrV4,
+    ) -> io::Result<Option<SocketAddrV4>> {
+        use std::os::fd::AsRawFd as _;
+        /// `SO_ORIGINAL_DST` from `<linux/netfilter_ipv4.h>`.
+        const SO_ORIGINAL_DST: libc::c_int = 80;
+        let mut addr: libc::sockaddr_in = libc::sockaddr_in {
+            sin_family: 0,
+            sin_port: 0,
+            sin_addr: libc::in_addr { s_addr: 0 },
+            sin_zero: [0; 8],
+        };
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        #[allow(
+            unsafe_code,
+            reason = "getsockopt has no safe wrapper for SO_ORIGINAL_DST"
+        )]
+        // SAFETY: `addr` and `len` are valid for writes of a sockaddr_in; the fd is open (it
+        // belongs to `stream`, borrowed for the call).
+        let rc = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_IP,
+                SO_ORIGINAL_DST,
+                (&raw mut addr).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            return if err.raw_os_error() == Some(libc::ENOENT) {
+                Ok(None)
+            } else {
+                Err(err)
+            };
+        }
+        Ok(Some(SocketAddrV4::new(
+            Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
+            u16::from_be(addr.sin_port),
+        )))
+    }
+}

@@ -1,0 +1,530 @@
+//! eBPF redirection on the lab, for real (root): enrolled pods' TCP passes the node proxy,
+//! everything else does not; enrollment follows labels live; restarts adopt the pinned data
+//! plane; uninstall removes it. Every scenario runs with the fast path off and on.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use mesh_e2e::TestLab;
+use mesh_sim::{MeshOptions, pin_dir};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+const MANIFEST: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: plain}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, labels: {app: curl}}
+spec:
+  containers:
+  - {name: curl, image: curlimages/curl, command: ["/bin/sleep", "infinity"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server-a, labels: {app: httpbin, role: a}}
+spec:
+  containers:
+  - {name: httpbin, image: mccutchen/go-httpbin, ports: [{containerPort: 8080}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server-b, labels: {app: httpbin, role: b}}
+spec:
+  containers:
+  - {name: httpbin, image: mccutchen/go-httpbin, ports: [{containerPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: server-b}
+spec:
+  selector: {role: b}
+  ports: [{name: http, port: 8000, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: outsider, namespace: plain, labels: {app: curl}}
+spec:
+  containers:
+  - {name: curl, image: curlimages/curl, command: ["/bin/sleep", "infinity"]}
+"#;
+
+/// Enrollment must take effect for new connections within this.
+const ENROLL_DEADLINE: Duration = Duration::from_secs(1);
+
+/// A two-node lab with the mesh on and `default` enrolled: client and server-b on node1,
+/// server-a and plain/outsider on node2.
+fn mesh_lab(tag: &str, fast_path: bool) -> TestLab {
+    let dir = std::env::temp_dir().join(format!("mesh-redirect-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("lab.yaml");
+    std::fs::write(&file, MANIFEST).unwrap();
+    let mut lab = TestLab::up(tag, 2, &[file]);
+    let _ = std::fs::remove_dir_all(&dir);
+    lab.lab
+        .start_mesh(&MeshOptions {
+            binary: None,
+            fast_path,
+            netfilter: false,
+        })
+        .unwrap_or_else(|e| panic!("lab {}: the mesh did not start: {e}", lab.name));
+    for (pod, node) in [
+        ("client", "node1"),
+        ("server-b", "node1"),
+        ("server-a", "node2"),
+        ("plain/outsider", "node2"),
+    ] {
+        assert_eq!(lab.pod(pod).node, node, "scheduling of {pod} changed");
+    }
+    lab.lab
+        .label("ns/default", &["istio.io/dataplane-mode=ambient".into()])
+        .unwrap();
+    within(ENROLL_DEADLINE, || {
+        enrolled(&lab, "node1", "default/client")
+    })
+    .expect("the client is enrolled within 1 s of the namespace label");
+    lab
+}
+
+/// Whether the node agent lists `pod` as enrolled.
+fn enrolled(lab: &TestLab, node: &str, pod: &str) -> bool {
+    let Ok((200, body)) = lab.lab.agent_get(node, "/config_dump") else {
+        return false;
+    };
+    let dump: Value = serde_json::from_str(&body).unwrap_or_default();
+    dump["local_pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|p| {
+            format!(
+                "{}/{}",
+                p["namespace"].as_str().unwrap_or(""),
+                p["name"].as_str().unwrap_or("")
+            ) == pod
+                && p["enrolled"] == true
+        })
+}
+
+/// The peer address httpbin saw (its `/ip`), fetched by `pod`.
+fn origin(lab: &TestLab, pod: &str, url: &str) -> Result<String> {
+    let body = lab.curl(pod, &["--max-time", "5", url])?;
+    let value: Value = serde_json::from_str(&body).with_context(|| format!("body {body:?}"))?;
+    Ok(value["origin"].as_str().unwrap_or_default().to_owned())
+}
+
+fn stats(lab: &TestLab, node: &str) -> Value {
+    let (status, body) = lab.lab.agent_get(node, "/stats/redirect").unwrap();
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn pod_counter(stats: &Value, pod: &str, counter: &str) -> u64 {
+    stats["pods"][pod]["counters"][counter]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+fn ebpf_stat(stats: &Value, name: &str) -> u64 {
+    stats["ebpf"]["stats"][name].as_u64().unwrap_or(0)
+}
+
+/// Polls until `check` is true, failing after `deadline`; returns how long it took.
+fn within(deadline: Duration, mut check: impl FnMut() -> bool) -> Result<Duration> {
+    let started = Instant::now();
+    while !check() {
+        if started.elapsed() > deadline {
+            bail!("not within {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(started.elapsed())
+}
+
+fn acceptance(tag: &str, fast_path: bool) {
+    let lab = mesh_lab(tag, fast_path);
+    let node1_ip = lab.lab.node("node1").unwrap().ip.to_string();
+    let client = lab.pod("client").clone();
+    let outsider = lab.pod("plain/outsider").clone();
+    let server_a = lab.pod("server-a").ip;
+    let server_b = lab.pod("server-b").ip;
+    let client_key = client.key();
+
+    // From an enrolled pod: a ClusterIP, a pod on the other node, a pod on the same node.
+    let before = stats(&lab, "node1");
+    for url in [
+        "http://server-b:8000/ip".to_owned(),
+        format!("http://{server_a}:8080/ip"),
+        format!("http://{server_b}:8080/ip"),
+    ] {
+        let seen = origin(&lab, "client", &url).unwrap();
+        assert_eq!(seen, node1_ip, "{url}: the server must see the node proxy");
+    }
+    let after = stats(&lab, "node1");
+    let connections = |s: &Value| pod_counter(s, &client_key, "connections");
+    assert_eq!(connections(&after) - connections(&before), 3, "{after:#}");
+    assert!(
+        pod_counter(&after, &client_key, "bytes_received") > 0,
+        "{after:#}"
+    );
+    // Only the pods' connects were redirected: the agent's own upstream connects were not.
+    assert_eq!(
+        ebpf_stat(&after, "redirected"),
+        connections(&after),
+        "{after:#}"
+    );
+    if fast_path {
+        assert!(ebpf_stat(&after, "fast_path_sockets") > 0, "{after:#}");
+        assert!(ebpf_stat(&after, "msg_redirected") > 0, "{after:#}");
+    } else {
+        assert_eq!(ebpf_stat(&after, "fast_path_sockets"), 0, "{after:#}");
+    }
+
+    // Not enrolled: plain/outsider reaches the server directly.
+    let seen = origin(
+        &lab,
+        "plain/outsider",
+        &format!("http://{server_a}:8080/ip"),
+    )
+    .unwrap();
+    assert_eq!(seen, outsider.ip.to_string());
+    assert_eq!(ebpf_stat(&stats(&lab, "node2"), "redirected"), 0);
+
+    // The host (a node-local process outside the pods' cgroup) is not redirected.
+    let before = stats(&lab, "node1");
+    let output = lab
+        .lab
+        .node_command("node1", "curl")
+        .unwrap()
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://{server_b}:8080/ip"),
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let after = stats(&lab, "node1");
+    assert_eq!(
+        ebpf_stat(&after, "tcp_connects"),
+        ebpf_stat(&before, "tcp_connects")
+    );
+    assert_eq!(connections(&after), connections(&before));
+
+    // Nobody listening: the client fails fast (reset by the proxy), no hang.
+    let started = Instant::now();
+    let result = lab.curl(
+        "client",
+        &["--max-time", "5", &format!("http://{server_b}:9/")],
+    );
+    assert!(result.is_err(), "{result:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // An open connection survives its pod leaving the mesh; new ones then go direct within 1 s.
+    let slow = {
+        let mut command = lab
+            .lab
+            .exec_command(
+                &client,
+                "curl",
+                &[
+                    "-sS".into(),
+                    "--max-time".into(),
+                    "10".into(),
+                    format!("http://{server_a}:8080/delay/2"),
+                ],
+            )
+            .unwrap();
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        command.spawn().unwrap()
+    };
+    within(Duration::from_secs(5), || {
+        pod_counter(&stats(&lab, "node1"), &client_key, "open") > 0
+    })
+    .expect("the slow request is open through the proxy");
+    let mut lab = lab;
+    lab.lab
+        .label(
+            &format!("pod/{client_key}"),
+            &["istio.io/dataplane-mode=none".into()],
+        )
+        .unwrap();
+    let took = within(ENROLL_DEADLINE, || {
+        origin(&lab, "client", &format!("http://{server_a}:8080/ip")).unwrap()
+            == client.ip.to_string()
+    })
+    .expect("opt-out by pod label takes effect for new connections");
+    eprintln!("opt-out took {took:?}");
+    let output = slow.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("origin"));
+
+    // Enroll a namespace live, then take it out again.
+    lab.lab
+        .label("ns/plain", &["istio.io/dataplane-mode=ambient".into()])
+        .unwrap();
+    let url = format!("http://{server_a}:8080/ip");
+    let node2_ip = lab.lab.node("node2").unwrap().ip.to_string();
+    let took = within(ENROLL_DEADLINE, || {
+        origin(&lab, "plain/outsider", &url).unwrap() == node2_ip
+    })
+    .expect("enrollment by namespace label takes effect within 1 s");
+    eprintln!("enroll took {took:?}");
+    lab.lab
+        .label("ns/plain", &["istio.io/dataplane-mode-".into()])
+        .unwrap();
+    let took = within(ENROLL_DEADLINE, || {
+        origin(&lab, "plain/outsider", &url).unwrap() == outsider.ip.to_string()
+    })
+    .expect("un-enrollment takes effect within 1 s");
+    eprintln!("un-enroll took {took:?}");
+}
+
+#[test]
+fn enrolled_pods_pass_the_node_proxy_and_nothing_else_does_fast_path_off() {
+    acceptance("rdo", false);
+}
+
+#[test]
+fn enrolled_pods_pass_the_node_proxy_and_nothing_else_does_fast_path_on() {
+    acceptance("rdn", true);
+}
+
+/// A client in the pod that connects every 10 ms for `seconds` and prints, per attempt,
+/// `ms ok|fail`, after printing `started` once the first attempt succeeded.
+const LOOP: &str = r#"
+import socket, sys, time
+host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+start = time.monotonic(); said = False
+while time.monotonic() - start < seconds:
+    t = time.monotonic()
+    ok = False
+    try:
+        s = socket.create_connection((host, port), timeout=1)
+        s.sendall(b"GET /ip HTTP/1.0\r\n\r\n")
+        ok = b" 200 " in s.recv(64)[:16]
+        s.close()
+    except OSError:
+        pass
+    print(f"{(t - start) * 1000:.0f} {'ok' if ok else 'fail'}", flush=True)
+    if ok and not said:
+        print("started", flush=True); said = True
+    time.sleep(0.01)
+"#;
+
+fn restart_and_uninstall(tag: &str, fast_path: bool) {
+    let lab = mesh_lab(tag, fast_path);
+    let client = lab.pod("client").clone();
+    let server_b = lab.pod("server-b").ip.to_string();
+    let server_a = lab.pod("server-a").ip;
+
+    let mut load = lab
+        .lab
+        .exec_command(
+            &client,
+            "python3",
+            &[
+                "-c".into(),
+                LOOP.into(),
+                server_b.clone(),
+                "8080".into(),
+                "4".into(),
+            ],
+        )
+        .unwrap();
+    let mut load = load.stdout(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(load.stdout.take().unwrap()).lines();
+    let mut attempts = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line == "started" {
+            break;
+        }
+        attempts.push(line);
+    }
+    // An in-flight connection through the forwarder: it is the forwarder's socket, so it dies
+    // with the agent (the README says so; this checks it stays true).
+    let in_flight = lab
+        .lab
+        .exec_command(
+            &client,
+            "curl",
+            &[
+                "-sS".into(),
+                "--max-time".into(),
+                "10".into(),
+                format!("http://{server_a}:8080/delay/2"),
+            ],
+        )
+        .unwrap()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    within(Duration::from_secs(5), || {
+        pod_counter(&stats(&lab, "node1"), &client.key(), "open") > 0
+    })
+    .expect("the slow request is open through the proxy");
+    let killed = Instant::now();
+    lab.lab.stop_agent("node1", Signal::SIGKILL).unwrap();
+    lab.lab.start_agent("node1").unwrap();
+    let restarted = killed.elapsed();
+    attempts.extend(lines.map(|l| l.unwrap()));
+    load.wait().unwrap();
+    let failures: Vec<u64> = attempts
+        .iter()
+        .filter(|l| l.ends_with("fail"))
+        .filter_map(|l| l.split(' ').next()?.parse().ok())
+        .collect();
+    let last_ok_after_failures = attempts.last().is_some_and(|l| l.ends_with("ok"));
+    eprintln!(
+        "restart (SIGKILL, fast path {fast_path}): agent ready again after {restarted:?}; {} of {} connects failed, spanning {:?} ms",
+        failures.len(),
+        attempts.len(),
+        failures.first().zip(failures.last()).map(|(a, b)| b - a)
+    );
+    assert!(last_ok_after_failures, "{attempts:?}");
+    let in_flight = in_flight.wait_with_output().unwrap();
+    eprintln!(
+        "in-flight request across the restart: {} ({})",
+        in_flight.status,
+        String::from_utf8_lossy(&in_flight.stderr).trim()
+    );
+    assert!(
+        !in_flight.status.success(),
+        "an in-flight connection survived the forwarder's death: update the README"
+    );
+
+    // The restarted agent adopted the pinned programs and redirects again.
+    let (_, dump) = lab.lab.agent_get("node1", "/config_dump").unwrap();
+    let dump: Value = serde_json::from_str(&dump).unwrap();
+    assert_eq!(dump["ebpf"]["adopted"], true, "{dump:#}");
+    let program_ids: Vec<u64> = dump["ebpf"]["program_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    let node1_ip = lab.lab.node("node1").unwrap().ip.to_string();
+    assert_eq!(
+        origin(&lab, "client", &format!("http://{server_a}:8080/ip")).unwrap(),
+        node1_ip
+    );
+
+    // Uninstall: stop the agent, remove everything it pinned; the kernel drops the programs.
+    lab.lab.stop_agent("node1", Signal::SIGTERM).unwrap();
+    let pins = pin_dir(&lab.name, "node1");
+    assert!(pins.exists());
+    let binary = std::env::current_exe()
+        .unwrap()
+        .ancestors()
+        .nth(2)
+        .unwrap()
+        .join("mesh-node");
+    let output = std::process::Command::new(&binary)
+        .arg("uninstall")
+        .arg("--pin-dir")
+        .arg(&pins)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(!pins.exists(), "pins left at {}", pins.display());
+    within(Duration::from_secs(5), || {
+        let loaded = loaded_program_ids();
+        program_ids.iter().all(|id| !loaded.contains(id))
+    })
+    .expect("the uninstalled programs are gone from the kernel");
+    assert_eq!(
+        origin(&lab, "client", &format!("http://{server_a}:8080/ip")).unwrap(),
+        client.ip.to_string(),
+        "after uninstall the client connects directly"
+    );
+}
+
+/// Ids of the eBPF programs loaded now (`bpftool prog list` would say the same).
+fn loaded_program_ids() -> Vec<u64> {
+    let output = std::process::Command::new("bpftool")
+        .args(["-j", "prog", "list"])
+        .output()
+        .expect("bpftool (cargo xtask setup installs it)");
+    let list: Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["id"].as_u64())
+        .collect()
+}
+
+#[test]
+fn restart_adopts_pins_and_uninstall_removes_them_fast_path_off() {
+    restart_and_uninstall("rso", false);
+}
+
+#[test]
+fn restart_adopts_pins_and_uninstall_removes_them_fast_path_on() {
+    restart_and_uninstall("rsn", true);
+}
+
+/// The original-destination map tracks open connections only: after 100k connections
+/// through the proxy it holds about as many entries as before.
+#[test]
+fn original_destination_map_does_not_grow_over_100k_connections() -> Result<()> {
+    const CONNECTIONS: u32 = 100_000;
+    let lab = mesh_lab("grw", false);
+    let client = lab.pod("client").clone();
+    let server_b = lab.pod("server-b").ip.to_string();
+    // Close with a RST, so 100k connections do not wait out TIME_WAIT on the client's ports.
+    let script = r#"
+import socket, struct, sys
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+linger = struct.pack("ii", 1, 0)
+ok = 0
+for _ in range(n):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+    try:
+        s.connect((host, port)); ok += 1
+    except OSError:
+        pass
+    s.close()
+print(ok)
+"#;
+    let output = lab
+        .lab
+        .exec_command(
+            &client,
+            "python3",
+            &[
+                "-c".into(),
+                script.into(),
+                server_b,
+                "8080".into(),
+                CONNECTIONS.to_string(),
+            ],
+        )?
+        .output()?;
+    ensure!(output.status.success(), "{output:?}");
+    let connected: u32 = String::from_utf8_lossy(&output.stdout).trim().parse()?;
+    let stats = stats(&lab, "node1");
+    eprintln!("{connected} connections; node1 eBPF: {:#}", stats["ebpf"]);
+    ensure!(
+        connected >= CONNECTIONS * 99 / 100,
+        "only {connected} connected"
+    );
+    ensure!(ebpf_stat(&stats, "redirected") >= u64::from(connected));
+    within(Duration::from_secs(10), || {
+        let maps = &self::stats(&lab, "node1")["ebpf"]["maps"];
+        maps["orig_dst"].as_u64().unwrap_or(u64::MAX) < 100
+    })
+    .context("ORIG_DST still holds entries of closed connections")?;
+    Ok(())
+}

@@ -1,0 +1,305 @@
+//! The mesh in the lab: one `mesh-node` per node, started inside the node's network namespace
+//! and in its own cgroup (`<lab>/<node>/agent`, beside the pods' cgroup, so the redirect never
+//! sees the agent's own sockets), reading the lab's config folder as its files config source,
+//! pinning its eBPF under `/sys/fs/bpf/msim-<lab>-<node>/`. `down` kills agents with the rest of
+//! the lab's cgroup and removes the pins.
+#![allow(unsafe_code)] // pre_exec runs between fork and exec; the kernel calls need libc.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::lab::Lab;
+use crate::state::Node;
+use crate::{cgroup, net};
+
+/// Where bpffs is mounted (`cargo xtask setup` mounts it).
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// The agent's admin port (readiness, config dump, counters).
+pub const ADMIN_PORT: u16 = 15000;
+/// The outbound listener the redirect sends pods' connections to.
+pub const OUTBOUND_PORT: u16 = 15001;
+/// How long an agent gets to become ready.
+const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How the lab runs its node agents; kept in the lab state so restarts use the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshOptions {
+    /// The `mesh-node` binary; found beside the running executable when `None`.
+    pub binary: Option<PathBuf>,
+    /// The sock_ops + sk_msg fast path.
+    pub fast_path: bool,
+    /// Run the agents with `--redirect netfilter` (no eBPF: someone else's NAT rules send
+    /// traffic to the outbound listener; for the benchmark's comparison).
+    #[serde(default)]
+    pub netfilter: bool,
+}
+
+/// The bpffs folder of one node's pins.
+pub fn pin_dir(lab: &str, node: &str) -> PathBuf {
+    Path::new(BPFFS).join(format!("msim-{lab}-{node}"))
+}
+
+/// Every pin folder of a lab (`/sys/fs/bpf/msim-<lab>-*`).
+pub(crate) fn pin_dirs(lab: &str) -> Vec<PathBuf> {
+    let prefix = format!("msim-{lab}-");
+    std::fs::read_dir(BPFFS)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Removes a lab's pins (after its agents are gone): the kernel then frees the programs.
+pub(crate) fn remove_pins(lab: &str) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for dir in pin_dirs(lab) {
+        std::fs::remove_dir_all(&dir)
+            .map_err(Error::io(format!("removing pins {}", dir.display())))?;
+        removed.push(format!("pins {}", dir.display()));
+    }
+    Ok(removed)
+}
+
+fn agent_cgroup(node: &Node) -> PathBuf {
+    node.pods_cgroup
+        .parent()
+        .map_or_else(|| node.pods_cgroup.join("agent"), |p| p.join("agent"))
+}
+
+impl Lab {
+    /// Starts a mesh-node on every node and waits until each is ready.
+    pub fn start_mesh(&mut self, options: &MeshOptions) -> Result<()> {
+        let binary = match &options.binary {
+            Some(path) => path.clone(),
+            None => find_mesh_node()?,
+        };
+        self.state.mesh = Some(MeshOptions {
+            binary: Some(binary),
+            fast_path: options.fast_path,
+            netfilter: options.netfilter,
+        });
+        self.save()?;
+        let nodes: Vec<String> = self.state.nodes.iter().map(|n| n.name.clone()).collect();
+        for node in nodes {
+            self.start_agent(&node)?;
+        }
+        Ok(())
+    }
+
+    /// Starts the node's agent (the mesh must be on) and waits for its readiness.
+    pub fn start_agent(&self, node: &str) -> Result<()> {
+        let mesh = self.state.mesh.clone().ok_or_else(|| {
+            Error::Invalid(format!(
+                "lab {} runs no mesh; start it with `sim up --mesh`",
+                self.state.lab
+            ))
+        })?;
+        let binary = mesh.binary.clone().map_or_else(find_mesh_node, Ok)?;
+        let node = self.node(node)?.clone();
+        let cgroup = agent_cgroup(&node);
+        cgroup::create(&cgroup)?;
+        let logs = self.dir.join("agents");
+        std::fs::create_dir_all(&logs)
+            .map_err(Error::io(format!("creating {}", logs.display())))?;
+        let log_path = logs.join(format!("{}.log", node.name));
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(Error::io(format!("opening {}", log_path.display())))?;
+        let log_err = log
+            .try_clone()
+            .map_err(Error::io("duplicating a log file"))?;
+        let mut command = Command::new(&binary);
+        command
+            .arg("run")
+            .args(["--node", &node.name])
+            .arg("--config-dir")
+            .arg(self.config_dir())
+            .arg("--pods-cgroup")
+            .arg(&node.pods_cgroup)
+            .arg("--agent-cgroup")
+            .arg(&cgroup)
+            .arg("--pin-dir")
+            .arg(pin_dir(&self.state.lab, &node.name))
+            .args(["--proxy-ip", &node.ip.to_string()])
+            .args(["--fast-path", if mesh.fast_path { "on" } else { "off" }])
+            .args([
+                "--redirect",
+                if mesh.netfilter { "netfilter" } else { "ebpf" },
+            ])
+            .env(
+                "RUST_LOG",
+                std::env::var("MESH_SIM_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        enter_node(&mut command, &node.netns, &cgroup)?;
+        let mut child = command.spawn().map_err(Error::io(format!(
+            "starting {} on {}",
+            binary.display(),
+            node.name
+        )))?;
+        let pid = child.id();
+        std::thread::spawn(move || child.wait());
+        let admin = SocketAddr::from((node.ip, ADMIN_PORT));
+        let deadline = Instant::now() + AGENT_READY_TIMEOUT;
+        loop {
+            if let Ok((200, _)) = http_get_in(&node.netns, admin, "/healthz/ready") {
+                return Ok(());
+            }
+            let alive = std::fs::metadata(format!("/proc/{pid}")).is_ok()
+                && !cgroup::pids(&cgroup).is_empty();
+            if !alive || Instant::now() > deadline {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                return Err(Error::Invalid(format!(
+                    "mesh-node on {} did not become ready ({}); last log lines ({}):\n{}",
+                    node.name,
+                    if alive { "timed out" } else { "it exited" },
+                    log_path.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the node's agent with `signal` (SIGTERM: a clean stop; SIGKILL: a crash) and
+    /// waits until it is gone. Its pinned eBPF stays.
+    pub fn stop_agent(&self, node: &str, signal: nix::sys::signal::Signal) -> Result<()> {
+        let node = self.node(node)?.clone();
+        let cgroup = agent_cgroup(&node);
+        for pid in cgroup::pids(&cgroup) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cgroup::pids(&cgroup).is_empty() {
+            if Instant::now() > deadline {
+                return Err(Error::Invalid(format!(
+                    "mesh-node on {} still running 10 s after {signal}",
+                    node.name
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    /// `GET path` on the node agent's admin port: the status code and body.
+    pub fn agent_get(&self, node: &str, path: &str) -> Result<(u16, String)> {
+        let node = self.node(node)?;
+        http_get_in(&node.netns, SocketAddr::from((node.ip, ADMIN_PORT)), path)
+    }
+
+    /// The node agent's log.
+    pub fn agent_log(&self, node: &str) -> String {
+        std::fs::read_to_string(self.dir.join("agents").join(format!("{node}.log")))
+            .unwrap_or_default()
+    }
+
+    /// A command that runs in the node's network namespace (not in any pod's cgroup), as a
+    /// node-local process such as the kubelet or a host-network pod would.
+    pub fn node_command(&self, node: &str, program: &str) -> Result<Command> {
+        let node = self.node(node)?;
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &node.netns, program]);
+        Ok(command)
+    }
+}
+
+/// A one-shot HTTP/1.1 GET from inside a network namespace.
+pub fn http_get_in(netns: &str, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let ns_path = format!("{}/{netns}", net::NETNS_DIR);
+    let file =
+        File::open(&ns_path).map_err(Error::io(format!("opening network namespace {ns_path}")))?;
+    let what = format!("GET http://{addr}{path} in {netns}");
+    let path = path.to_owned();
+    // setns changes only the calling thread's namespace, so ask from a thread of our own.
+    std::thread::spawn(move || -> io::Result<(u16, String)> {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Ok((status, body))
+    })
+    .join()
+    .map_err(|_| Error::Invalid("the HTTP probe thread panicked".into()))?
+    .map_err(Error::io(what))
+}
+
+/// Configures `command` to start in the node's network namespace and the given cgroup, in a
+/// session of its own (it outlives the command that started it).
+fn enter_node(command: &mut Command, netns: &str, cgroup: &Path) -> Result<()> {
+    let netns_path = format!("{}/{netns}", net::NETNS_DIR);
+    let netns: OwnedFd = File::open(&netns_path)
+        .map_err(Error::io(format!("opening {netns_path}")))?
+        .into();
+    let procs_path = cgroup.join("cgroup.procs");
+    let procs: OwnedFd = OpenOptions::new()
+        .write(true)
+        .open(&procs_path)
+        .map_err(Error::io(format!("opening {}", procs_path.display())))?
+        .into();
+    // SAFETY: the closure only makes async-signal-safe system calls on fds opened before
+    // fork; it allocates nothing and takes no locks.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::setsid() == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+/// `mesh-node` beside the running executable (or one folder up, for test binaries in
+/// `target/*/deps`), unless `MESH_SIM_MESH_NODE` names it.
+fn find_mesh_node() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("MESH_SIM_MESH_NODE") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().map_err(Error::io("finding the running executable"))?;
+    let mut dirs = exe.ancestors().skip(1).take(2);
+    dirs.find_map(|dir| Some(dir.join("mesh-node")).filter(|p| p.is_file()))
+        .ok_or_else(|| {
+            Error::Missing(format!(
+                "the mesh-node binary is not beside {}; build it with `cargo build -p mesh-node` or set MESH_SIM_MESH_NODE",
+                exe.display()
+            ))
+        })
+}
