@@ -2,5 +2,8 @@
 //! Kubernetes manifests today; the config model, identity/TLS and HBONE as they land.
 //! Free of eBPF and of process setup.
 
+pub mod config;
+pub mod hbone;
+pub mod identity;
 pub mod manifest;
 pub mod source;
