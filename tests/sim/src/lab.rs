@@ -3,22 +3,25 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use mesh_core::manifest;
 use nix::fcntl::{Flock, FlockArg};
 use serde_json::{Value, json};
 
+mod admission;
+mod pods;
+
 use crate::error::{Error, Result};
-use crate::kinds::{Kinds, Scope};
-use crate::process::{PodContext, enter_pod};
+use crate::kinds::Kinds;
 use crate::render::SERVICE_CIDR;
-use crate::state::{Node, Pod, PodPhase, Service, State, object_key};
+use crate::state::{Node, Pod, Service, State, object_key};
 use crate::workload::{self, PodTemplate};
 use crate::{cgroup, net, render};
+use admission::{describe, display, namespace_for, validate_files};
 
 /// Where labs keep their state.
 pub const STATE_ROOT: &str = "/run/mesh-sim";
@@ -496,208 +499,6 @@ impl Lab {
         Ok(())
     }
 
-    fn pod_dir(&self, pod: &Pod) -> PathBuf {
-        self.dir
-            .join("pods")
-            .join(format!("{}_{}", pod.namespace, pod.name))
-    }
-
-    fn start_pod(&mut self, template: &PodTemplate) -> Result<Pod> {
-        let node = self.state.nodes
-            [(self.state.scheduled % self.state.nodes.len() as u64) as usize]
-            .clone();
-        self.state.scheduled += 1;
-        let ip = self.allocate_pod_ip(&node)?;
-        let name = match &template.owner {
-            Some(owner) => format!(
-                "{owner}-{}-{}",
-                template.template_hash,
-                workload::pod_suffix()
-            ),
-            None => template.name.clone(),
-        };
-        let uid = workload::pod_uid();
-        let pod = Pod {
-            netns: netns_name(&self.state.lab, &format!("{}.{name}", template.namespace)),
-            // Named as kubelet's cgroupfs driver names pod cgroups, so a node agent finds a
-            // pod's cgroup from the Pod's metadata.uid the same way on a real node.
-            cgroup: node.pods_cgroup.join(format!("pod{uid}")),
-            uid,
-            host_veth: format!("pod{}", ip.octets()[3]),
-            namespace: template.namespace.clone(),
-            name,
-            owner: template.owner.clone(),
-            template_hash: template.template_hash.clone(),
-            node: node.name.clone(),
-            ip,
-            labels: template.labels.clone(),
-            service_account: template.service_account.clone(),
-            containers: template.containers.clone(),
-            phase: PodPhase::NotReady,
-        };
-        let started = self.create_pod(&node, &pod);
-        if started.is_err() {
-            let _ = self.remove_pod(&pod);
-        }
-        started.map(|()| pod)
-    }
-
-    fn create_pod(&self, node: &Node, pod: &Pod) -> Result<()> {
-        let dir = self.pod_dir(pod);
-        std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
-        net::create_pod_network(&node.netns, &pod.netns, &pod.host_veth, pod.ip)?;
-        cgroup::create(&pod.cgroup)?;
-        write_if_changed(&dir.join("hosts"), &render::hosts_file(&self.state, pod))?;
-        write_if_changed(&dir.join("resolv.conf"), &render::resolv_conf(pod))?;
-        for container in &pod.containers {
-            let log_path = dir.join(format!("{}.log", container.name));
-            let log = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log_path)
-                .map_err(Error::io(format!("opening {}", log_path.display())))?;
-            let log_err = log
-                .try_clone()
-                .map_err(Error::io("duplicating a log file"))?;
-            let mut command = Command::new(&self.state.sample_app);
-            command
-                .args(["--app", &container.app, "--version", &container.version])
-                .args(["--pod", &pod.name, "--namespace", &pod.namespace]);
-            for port in &container.ports {
-                command.args(["--port", &port.port.to_string()]);
-            }
-            if !container.args.is_empty() {
-                command.arg("--").args(&container.args);
-            }
-            command
-                .envs(container.env.iter().map(|(k, v)| (k, v)))
-                .env("POD_NAME", &pod.name)
-                .env("POD_NAMESPACE", &pod.namespace)
-                .env("POD_IP", pod.ip.to_string())
-                .env("NODE_NAME", &pod.node)
-                .env("SERVICE_ACCOUNT", &pod.service_account)
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log_err);
-            self.enter(&mut command, pod, true)?;
-            let mut child = command.spawn().map_err(Error::io(format!(
-                "starting {} for pod {}",
-                self.state.sample_app.display(),
-                pod.key()
-            )))?;
-            // Reap it whenever it exits, so no zombie outlives it in a long-running caller.
-            std::thread::spawn(move || child.wait());
-        }
-        Ok(())
-    }
-
-    fn enter(&self, command: &mut Command, pod: &Pod, detach: bool) -> Result<()> {
-        let dir = self.pod_dir(pod);
-        enter_pod(
-            command,
-            &PodContext {
-                netns: &pod.netns,
-                cgroup: &pod.cgroup,
-                hosts: &dir.join("hosts"),
-                resolv: &dir.join("resolv.conf"),
-                hostname: render::hostname(&pod.name),
-                detach,
-            },
-        )
-    }
-
-    fn remove_pod(&self, pod: &Pod) -> Result<()> {
-        cgroup::remove_tree(&pod.cgroup)?;
-        let node_netns = self
-            .state
-            .nodes
-            .iter()
-            .find(|n| n.name == pod.node)
-            .map(|n| n.netns.clone())
-            .unwrap_or_default();
-        net::delete_pod_network(&node_netns, &pod.netns, &pod.host_veth)?;
-        let dir = self.pod_dir(pod);
-        let _ = std::fs::remove_dir_all(dir);
-        Ok(())
-    }
-
-    fn allocate_pod_ip(&self, node: &Node) -> Result<Ipv4Addr> {
-        let used: BTreeSet<Ipv4Addr> = self
-            .state
-            .pods
-            .values()
-            .filter(|p| p.node == node.name)
-            .map(|p| p.ip)
-            .collect();
-        (2..=254)
-            .map(|host| Ipv4Addr::new(10, 244, node.index, host))
-            .find(|ip| !used.contains(ip))
-            .ok_or_else(|| Error::Invalid(format!("node {} has no free pod address", node.name)))
-    }
-
-    /// Waits until every port of the new pods accepts connections, or the deadline.
-    fn wait_ready(&mut self, started: &[String], applied: &mut Applied) {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        for key in started {
-            let pod = &self.state.pods[key];
-            let ports: Vec<u16> = pod
-                .containers
-                .iter()
-                .flat_map(|c| &c.ports)
-                .filter(|p| p.protocol == "TCP")
-                .map(|p| p.port)
-                .collect();
-            let mut pending = ports.clone();
-            let phase = loop {
-                if pod.containers.is_empty() || cgroup::pids(&pod.cgroup).is_empty() {
-                    break PodPhase::Failed;
-                }
-                pending.retain(|port| {
-                    let addr = SocketAddr::from((pod.ip, *port));
-                    !net::can_connect_in(&pod.netns, addr, Duration::from_millis(200))
-                        .unwrap_or(false)
-                });
-                if pending.is_empty() {
-                    break PodPhase::Running;
-                }
-                if Instant::now() > deadline {
-                    break PodPhase::NotReady;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            };
-            if phase != PodPhase::Running {
-                let reason = match phase {
-                    PodPhase::Failed => "its process exited".to_owned(),
-                    _ => format!(
-                        "ports {pending:?} did not accept connections within {READY_TIMEOUT:?}"
-                    ),
-                };
-                applied.warnings.push(format!(
-                    "pod {key} is not ready: {reason}\n{}",
-                    self.logs_tail(pod, 10)
-                ));
-            }
-            let pod = self.state.pods.get_mut(key).expect("pod was just started");
-            pod.phase = phase;
-        }
-    }
-
-    /// Marks pods whose processes are gone as failed (a pod is not restarted).
-    pub fn refresh_phases(&mut self) -> Result<()> {
-        let mut changed = false;
-        for pod in self.state.pods.values_mut() {
-            if pod.phase != PodPhase::Failed && cgroup::pids(&pod.cgroup).is_empty() {
-                pod.phase = PodPhase::Failed;
-                changed = true;
-            }
-        }
-        if changed {
-            self.refresh_derived()?;
-            self.save()?;
-        }
-        Ok(())
-    }
-
     /// Rewrites what derives from pods and services: hosts files, routing rules, config.
     fn refresh_derived(&self) -> Result<()> {
         for pod in self.state.pods.values() {
@@ -798,27 +599,6 @@ impl Lab {
             .iter()
             .find(|n| n.name == name)
             .ok_or_else(|| Error::Invalid(format!("no node {name} in lab {}", self.state.lab)))
-    }
-
-    /// Every container log of a pod, each headed by the container name when there are several.
-    pub fn logs(&self, pod: &Pod) -> Result<String> {
-        let mut out = String::new();
-        for container in &pod.containers {
-            let path = self.pod_dir(pod).join(format!("{}.log", container.name));
-            let text = std::fs::read_to_string(&path)
-                .map_err(Error::io(format!("reading {}", path.display())))?;
-            if pod.containers.len() > 1 {
-                out.push_str(&format!("==> {} <==\n", container.name));
-            }
-            out.push_str(&text);
-        }
-        Ok(out)
-    }
-
-    fn logs_tail(&self, pod: &Pod, lines: usize) -> String {
-        let text = self.logs(pod).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     /// Removes everything a lab created: processes (by cgroup), namespaces (by name), cgroups
@@ -928,131 +708,6 @@ fn default_objects() -> BTreeMap<String, Value> {
         "metadata": {"name": "default", "labels": {"kubernetes.io/metadata.name": "default"}},
     });
     BTreeMap::from([(object_key("", "Namespace", None, "default"), namespace)])
-}
-
-fn namespace_for(
-    scope: Scope,
-    object: &manifest::Object,
-    default_namespace: &str,
-) -> Option<String> {
-    match scope {
-        Scope::Cluster => None,
-        Scope::Namespaced => Some(
-            object
-                .namespace
-                .clone()
-                .unwrap_or_else(|| default_namespace.to_owned()),
-        ),
-    }
-}
-
-fn display(kind: &str, namespace: Option<&str>, name: &str) -> String {
-    match namespace {
-        Some(ns) => format!("{kind} {ns}/{name}"),
-        None => format!("{kind} {name}"),
-    }
-}
-
-fn describe(value: &Value) -> String {
-    let text = |p: &str| value.pointer(p).and_then(Value::as_str);
-    display(
-        text("/kind").unwrap_or_default(),
-        text("/metadata/namespace"),
-        text("/metadata/name").unwrap_or_default(),
-    )
-}
-
-/// Reads and checks manifests against the lab's current objects. Returns the objects keyed
-/// for storage (namespace defaulted) or every error found.
-fn validate_files(
-    state: &State,
-    files: &[PathBuf],
-    default_namespace: &str,
-) -> Result<Vec<(String, Value)>> {
-    if files.is_empty() {
-        return Ok(Vec::new());
-    }
-    let loaded = manifest::load_paths(files);
-    let mut errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
-    let incoming_crds = loaded
-        .objects
-        .iter()
-        .filter(|o| o.kind == "CustomResourceDefinition")
-        .map(|o| &o.value);
-    let crds = state
-        .objects
-        .values()
-        .filter(|v| v["kind"] == "CustomResourceDefinition")
-        .chain(incoming_crds);
-    let kinds = Kinds::new(crds);
-    let mut namespaces: BTreeSet<String> = state
-        .objects
-        .values()
-        .filter(|v| v["apiVersion"] == "v1" && v["kind"] == "Namespace")
-        .filter_map(|v| {
-            v.pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        })
-        .collect();
-    namespaces.extend(
-        loaded
-            .objects
-            .iter()
-            .filter(|o| o.api_version == "v1" && o.kind == "Namespace")
-            .map(|o| o.name.clone()),
-    );
-    let mut seen: BTreeMap<String, String> = BTreeMap::new();
-    let mut out = Vec::new();
-    for object in loaded.objects {
-        let scope = match kinds.scope(object.group(), &object.kind, &object.api_version) {
-            Ok(scope) => scope,
-            Err(message) => {
-                errors.push(format!("{}: {message}", object.origin));
-                continue;
-            }
-        };
-        let ns = namespace_for(scope, &object, default_namespace);
-        let name = display(&object.kind, ns.as_deref(), &object.name);
-        if let Some(ns) = &ns
-            && !namespaces.contains(ns)
-        {
-            errors.push(format!(
-                "{}: {name}: namespace {ns:?} not found; apply a Namespace named {ns} first (or in the same files)",
-                object.origin
-            ));
-            continue;
-        }
-        let key = object_key(object.group(), &object.kind, ns.as_deref(), &object.name);
-        if let Some(first) = seen.insert(key.clone(), object.origin.to_string()) {
-            errors.push(format!(
-                "{}: {name} is defined twice (first in {first}); names must be unique per kind and namespace",
-                object.origin
-            ));
-            continue;
-        }
-        if let Err(message) = workload::validate(
-            object.group(),
-            &object.kind,
-            ns.as_deref().unwrap_or_default(),
-            &object.value,
-        ) {
-            errors.push(format!("{}: {name}: {message}", object.origin));
-            continue;
-        }
-        let mut value = object.value;
-        if let Some(ns) = &ns {
-            value["metadata"]["namespace"] = json!(ns);
-        } else if let Some(metadata) = value.get_mut("metadata").and_then(Value::as_object_mut) {
-            metadata.remove("namespace");
-        }
-        out.push((key, value));
-    }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(Error::Manifests(errors))
-    }
 }
 
 /// `<namespace>.<kind>.<group>.<name>.yaml` (namespace `_cluster` for cluster-scoped kinds).
