@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::lab::Lab;
+use crate::process::log_to;
 use crate::state::Node;
 use crate::{cgroup, net};
 
@@ -114,14 +115,6 @@ impl Lab {
         std::fs::create_dir_all(&logs)
             .map_err(Error::io(format!("creating {}", logs.display())))?;
         let log_path = logs.join(format!("{}.log", node.name));
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(Error::io(format!("opening {}", log_path.display())))?;
-        let log_err = log
-            .try_clone()
-            .map_err(Error::io("duplicating a log file"))?;
         let mut command = Command::new(&binary);
         command
             .arg("run")
@@ -144,9 +137,8 @@ impl Lab {
                 "RUST_LOG",
                 std::env::var("MESH_SIM_AGENT_LOG").unwrap_or_else(|_| "info".into()),
             )
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err);
+            .stdin(Stdio::null());
+        log_to(&mut command, &log_path)?;
         enter_node(&mut command, &node.netns, &cgroup)?;
         let mut child = command.spawn().map_err(Error::io(format!(
             "starting {} on {}",

@@ -35,6 +35,20 @@ struct Prepared {
     detach: bool,
 }
 
+/// Sends a command's stdout and stderr to the end of a log file.
+pub(crate) fn log_to(command: &mut Command, path: &Path) -> Result<()> {
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(Error::io(format!("opening {}", path.display())))?;
+    let log_err = log
+        .try_clone()
+        .map_err(Error::io("duplicating a log file"))?;
+    command.stdout(log).stderr(log_err);
+    Ok(())
+}
+
 fn c_path(path: &Path) -> Result<CString> {
     CString::new(path.as_os_str().as_bytes())
         .map_err(|_| Error::Invalid(format!("path {} contains a NUL byte", path.display())))

@@ -2,7 +2,6 @@
 //! them, readiness, logs and removal.
 
 use std::collections::BTreeSet;
-use std::fs::OpenOptions;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -10,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::{Applied, Lab, READY_TIMEOUT, netns_name, write_if_changed};
 use crate::error::{Error, Result};
-use crate::process::{PodContext, enter_pod};
+use crate::process::{PodContext, enter_pod, log_to};
 use crate::state::{Node, Pod, PodPhase};
 use crate::workload::{self, PodTemplate};
 use crate::{cgroup, net, render};
@@ -71,14 +70,6 @@ impl Lab {
         write_if_changed(&dir.join("resolv.conf"), &render::resolv_conf(pod))?;
         for container in &pod.containers {
             let log_path = dir.join(format!("{}.log", container.name));
-            let log = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log_path)
-                .map_err(Error::io(format!("opening {}", log_path.display())))?;
-            let log_err = log
-                .try_clone()
-                .map_err(Error::io("duplicating a log file"))?;
             let mut command = Command::new(&self.state.sample_app);
             command
                 .args(["--app", &container.app, "--version", &container.version])
@@ -96,9 +87,8 @@ impl Lab {
                 .env("POD_IP", pod.ip.to_string())
                 .env("NODE_NAME", &pod.node)
                 .env("SERVICE_ACCOUNT", &pod.service_account)
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log_err);
+                .stdin(Stdio::null());
+            log_to(&mut command, &log_path)?;
             self.enter(&mut command, pod, true)?;
             let mut child = command.spawn().map_err(Error::io(format!(
                 "starting {} for pod {}",
