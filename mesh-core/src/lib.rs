@@ -1,6 +1,6 @@
-//! Code shared by the node agent (`mesh-node`) and the waypoint (`mesh-waypoint`): reading
-//! Kubernetes manifests today; the config model, identity/TLS and HBONE as they land.
-//! Free of eBPF and of process setup.
+//! Code shared by the node agent (`mesh-node`) and the waypoint (`mesh-waypoint`): Kubernetes
+//! manifests, config sources (files, kube) and the typed config model, workload identity
+//! (CA, mTLS) and HBONE tunnels. Free of eBPF and of process setup.
 
 pub mod config;
 pub mod hbone;
