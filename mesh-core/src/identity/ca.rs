@@ -128,3 +128,20 @@ impl CertificateAuthority {
         Ok(vec![leaf.der().clone(), self.root.clone()])
     }
 }
+
+/// The identity a CSR asks for (its `spiffe://` URI SAN), checking the CSR's signature.
+pub fn requested_identity(csr: &[u8]) -> Result<Identity> {
+    let request = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(
+        csr.to_vec(),
+    ))
+    .map_err(|e| Error::Csr(e.to_string()))?;
+    request
+        .params
+        .subject_alt_names
+        .iter()
+        .find_map(|san| match san {
+            SanType::URI(uri) => uri.as_str().parse().ok(),
+            _ => None,
+        })
+        .ok_or_else(|| Error::Csr("the CSR asks for no spiffe:// identity (URI SAN)".into()))
+}

@@ -1,0 +1,127 @@
+//! The CA over gRPC, in the shape of Istio's `istio.v1.auth.IstioCertificateService/
+//! CreateCertificate` (PEM CSR and validity in, PEM chain out). A caller authenticates with
+//! a bearer credential; an [`Authorizer`] decides which identities that caller may obtain
+//! (a node agent: only those of pods scheduled on its node). The identity signed is the one
+//! the CSR asks for, and only after that check.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use super::ca::requested_identity;
+use super::{CertificateAuthority, Identity, WorkloadCertificate, WorkloadKey};
+
+/// The generated protocol types, client and server.
+pub mod proto {
+    tonic::include_proto!("istio.v1.auth");
+}
+
+use proto::istio_certificate_service_server::IstioCertificateService;
+use proto::{IstioCertificateRequest, IstioCertificateResponse};
+
+/// The CA's default and longest certificate lifetime.
+pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+
+/// Decides which identities the holder of a credential may obtain.
+pub trait Authorizer: Send + Sync + 'static {
+    /// `Err` says why not, for the caller.
+    fn authorize(&self, credential: &str, identity: &Identity) -> Result<(), String>;
+}
+
+pub struct CaService<A> {
+    ca: Arc<CertificateAuthority>,
+    authorizer: A,
+    max_validity: Duration,
+}
+
+impl<A: Authorizer> CaService<A> {
+    pub fn new(ca: Arc<CertificateAuthority>, authorizer: A, max_validity: Duration) -> Self {
+        CaService {
+            ca,
+            authorizer,
+            max_validity,
+        }
+    }
+
+    pub fn into_server(
+        self,
+    ) -> proto::istio_certificate_service_server::IstioCertificateServiceServer<Self> {
+        proto::istio_certificate_service_server::IstioCertificateServiceServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl<A: Authorizer> IstioCertificateService for CaService<A> {
+    async fn create_certificate(
+        &self,
+        request: Request<IstioCertificateRequest>,
+    ) -> Result<Response<IstioCertificateResponse>, Status> {
+        let credential = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                Status::unauthenticated("no `authorization: Bearer <credential>` metadata")
+            })?
+            .to_owned();
+        let request = request.into_inner();
+        let csr = pem::parse(&request.csr)
+            .map_err(|e| Status::invalid_argument(format!("csr is not PEM: {e}")))?;
+        let identity = requested_identity(csr.contents())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.authorizer
+            .authorize(&credential, &identity)
+            .map_err(|why| Status::permission_denied(format!("{identity}: {why}")))?;
+        let asked = u64::try_from(request.validity_duration).unwrap_or(0);
+        let validity = match asked {
+            0 => DEFAULT_VALIDITY.min(self.max_validity),
+            seconds => Duration::from_secs(seconds).min(self.max_validity),
+        };
+        let chain = self
+            .ca
+            .sign(csr.contents(), &identity, validity)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        tracing::info!(%identity, ?validity, "issued a workload certificate");
+        let cert_chain = chain
+            .iter()
+            .map(|der| pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec())))
+            .collect();
+        Ok(Response::new(IstioCertificateResponse { cert_chain }))
+    }
+}
+
+/// Asks the CA for a certificate for `identity` with a fresh key.
+pub async fn request_certificate(
+    client: &mut proto::istio_certificate_service_client::IstioCertificateServiceClient<
+        tonic::transport::Channel,
+    >,
+    credential: &str,
+    identity: &Identity,
+    validity: Duration,
+) -> Result<WorkloadCertificate, Status> {
+    let key = WorkloadKey::generate().map_err(|e| Status::internal(e.to_string()))?;
+    let csr = key
+        .csr(identity)
+        .map_err(|e| Status::internal(e.to_string()))?;
+    let mut request = Request::new(IstioCertificateRequest {
+        csr: pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", csr)),
+        validity_duration: i64::try_from(validity.as_secs()).unwrap_or(i64::MAX),
+    });
+    let bearer = format!("Bearer {credential}")
+        .parse()
+        .map_err(|_| Status::invalid_argument("the credential is not valid header text"))?;
+    request.metadata_mut().insert("authorization", bearer);
+    let response = client.create_certificate(request).await?.into_inner();
+    let chain = response
+        .cert_chain
+        .iter()
+        .map(|text| pem::parse(text).map(|p| p.into_contents().into()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Status::internal(format!("the CA returned a chain that is not PEM: {e}")))?;
+    WorkloadCertificate::new(key, chain).map_err(|e| Status::internal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests;

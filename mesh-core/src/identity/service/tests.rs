@@ -1,0 +1,113 @@
+use std::collections::BTreeMap;
+
+use tokio::net::TcpListener;
+
+use super::proto::istio_certificate_service_client::IstioCertificateServiceClient;
+use super::*;
+
+const TD: &str = "cluster.local";
+
+/// Node credentials, and which service accounts have pods on which node.
+struct NodeAuthorizer {
+    tokens: BTreeMap<String, String>,
+    accounts_on_node: BTreeMap<String, Vec<Identity>>,
+}
+
+impl Authorizer for NodeAuthorizer {
+    fn authorize(&self, credential: &str, identity: &Identity) -> Result<(), String> {
+        let node = self.tokens.get(credential).ok_or("unknown credential")?;
+        let local = self.accounts_on_node.get(node).into_iter().flatten();
+        local
+            .into_iter()
+            .any(|id| id == identity)
+            .then_some(())
+            .ok_or_else(|| format!("no pod of this service account runs on node {node}"))
+    }
+}
+
+async fn serve() -> IstioCertificateServiceClient<tonic::transport::Channel> {
+    let reviews = Identity::new(TD, "default", "bookinfo-reviews");
+    let ratings = Identity::new(TD, "default", "bookinfo-ratings");
+    let authorizer = NodeAuthorizer {
+        tokens: BTreeMap::from([
+            ("token-node1".into(), "node1".into()),
+            ("token-node2".into(), "node2".into()),
+        ]),
+        accounts_on_node: BTreeMap::from([
+            ("node1".into(), vec![reviews]),
+            ("node2".into(), vec![ratings]),
+        ]),
+    };
+    let ca = Arc::new(CertificateAuthority::new(TD).unwrap());
+    let service = CaService::new(ca, authorizer, Duration::from_secs(3600)).into_server();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    IstioCertificateServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_node_gets_certificates_for_its_own_pods_only() {
+    let mut client = serve().await;
+    let reviews = Identity::new(TD, "default", "bookinfo-reviews");
+    let cert = request_certificate(
+        &mut client,
+        "token-node1",
+        &reviews,
+        Duration::from_secs(7200),
+    )
+    .await
+    .unwrap();
+    assert_eq!(cert.identity, reviews);
+    assert_eq!(cert.chain.len(), 2);
+    let life = cert.not_after.duration_since(cert.not_before).unwrap();
+    assert!(
+        life <= Duration::from_secs(3600 + 60),
+        "capped at the CA's maximum: {life:?}"
+    );
+
+    let ratings = Identity::new(TD, "default", "bookinfo-ratings");
+    let refused = request_certificate(
+        &mut client,
+        "token-node1",
+        &ratings,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert!(refused.message().contains("node1"), "{}", refused.message());
+
+    let stranger = request_certificate(&mut client, "forged", &reviews, Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert_eq!(stranger.code(), tonic::Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn requests_without_credentials_or_with_bad_csrs_are_refused() {
+    let mut client = serve().await;
+    let bare = client
+        .create_certificate(IstioCertificateRequest {
+            csr: "x".into(),
+            validity_duration: 60,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bare.code(), tonic::Code::Unauthenticated);
+    let mut request = Request::new(IstioCertificateRequest {
+        csr: "not pem".into(),
+        validity_duration: 60,
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer token-node1".parse().unwrap());
+    let bad = client.create_certificate(request).await.unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+}
