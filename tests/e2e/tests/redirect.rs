@@ -134,6 +134,24 @@ fn ebpf_stat(stats: &Value, name: &str) -> u64 {
 }
 
 /// Polls until `check` is true, failing after `deadline`; returns how long it took.
+/// Starts a curl in a pod without waiting for it (output captured), for requests that must
+/// be open while the test changes something.
+fn slow_request(lab: &TestLab, pod: &mesh_sim::Pod, url: &str) -> std::process::Child {
+    let args = [
+        "-sS".into(),
+        "--max-time".into(),
+        "10".into(),
+        url.to_owned(),
+    ];
+    lab.lab
+        .exec_command(pod, "curl", &args)
+        .unwrap()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn within(deadline: Duration, mut check: impl FnMut() -> bool) -> Result<Duration> {
     let started = Instant::now();
     while !check() {
@@ -230,23 +248,7 @@ fn acceptance(tag: &str, fast_path: bool) {
     );
 
     // An open connection survives its pod leaving the mesh; new ones then go direct within 1 s.
-    let slow = {
-        let mut command = lab
-            .lab
-            .exec_command(
-                &client,
-                "curl",
-                &[
-                    "-sS".into(),
-                    "--max-time".into(),
-                    "10".into(),
-                    format!("http://{server_a}:8080/delay/2"),
-                ],
-            )
-            .unwrap();
-        command.stdout(Stdio::piped()).stderr(Stdio::piped());
-        command.spawn().unwrap()
-    };
+    let slow = slow_request(&lab, &client, &format!("http://{server_a}:8080/delay/2"));
     within(Duration::from_secs(5), || {
         pod_counter(&stats(&lab, "node1"), &client_key, "open") > 0
     })
@@ -353,23 +355,7 @@ fn restart_and_uninstall(tag: &str, fast_path: bool) {
     }
     // An in-flight connection through the forwarder: it is the forwarder's socket, so it dies
     // with the agent (the README says so; this checks it stays true).
-    let in_flight = lab
-        .lab
-        .exec_command(
-            &client,
-            "curl",
-            &[
-                "-sS".into(),
-                "--max-time".into(),
-                "10".into(),
-                format!("http://{server_a}:8080/delay/2"),
-            ],
-        )
-        .unwrap()
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let in_flight = slow_request(&lab, &client, &format!("http://{server_a}:8080/delay/2"));
     within(Duration::from_secs(5), || {
         pod_counter(&stats(&lab, "node1"), &client.key(), "open") > 0
     })

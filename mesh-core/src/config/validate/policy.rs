@@ -46,19 +46,38 @@ pub(super) fn destination_rule(check: &mut Check, spec: &DestinationRuleSpec) {
     check.export_to(&spec.export_to);
 }
 
-fn traffic_policy(check: &mut Check, path: &str, policy: &TrafficPolicy) {
-    if let Some(lb) = &policy.load_balancer {
+/// The settings a traffic policy and each of its port-level policies share.
+fn policy_settings(
+    check: &mut Check,
+    path: &str,
+    lb: Option<&LoadBalancerSettings>,
+    pool: Option<&ConnectionPoolSettings>,
+    od: Option<&OutlierDetection>,
+    tls: Option<&ClientTlsSettings>,
+) {
+    if let Some(lb) = lb {
         load_balancer(check, &format!("{path}.loadBalancer"), lb);
     }
-    if let Some(pool) = &policy.connection_pool {
+    if let Some(pool) = pool {
         connection_pool(check, &format!("{path}.connectionPool"), pool);
     }
-    if let Some(od) = &policy.outlier_detection {
+    if let Some(od) = od {
         outlier_detection(check, &format!("{path}.outlierDetection"), od);
     }
-    if let Some(tls) = &policy.tls {
+    if let Some(tls) = tls {
         client_tls(check, &format!("{path}.tls"), tls);
     }
+}
+
+fn traffic_policy(check: &mut Check, path: &str, policy: &TrafficPolicy) {
+    policy_settings(
+        check,
+        path,
+        policy.load_balancer.as_ref(),
+        policy.connection_pool.as_ref(),
+        policy.outlier_detection.as_ref(),
+        policy.tls.as_ref(),
+    );
     let mut ports = BTreeSet::new();
     for (i, port_policy) in policy.port_level_settings.iter().enumerate() {
         let ppath = format!("{path}.portLevelSettings[{i}]");
@@ -74,18 +93,14 @@ fn traffic_policy(check: &mut Check, path: &str, policy: &TrafficPolicy) {
                 }
             }
         }
-        if let Some(lb) = &port_policy.load_balancer {
-            load_balancer(check, &format!("{ppath}.loadBalancer"), lb);
-        }
-        if let Some(pool) = &port_policy.connection_pool {
-            connection_pool(check, &format!("{ppath}.connectionPool"), pool);
-        }
-        if let Some(od) = &port_policy.outlier_detection {
-            outlier_detection(check, &format!("{ppath}.outlierDetection"), od);
-        }
-        if let Some(tls) = &port_policy.tls {
-            client_tls(check, &format!("{ppath}.tls"), tls);
-        }
+        policy_settings(
+            check,
+            &ppath,
+            port_policy.load_balancer.as_ref(),
+            port_policy.connection_pool.as_ref(),
+            port_policy.outlier_detection.as_ref(),
+            port_policy.tls.as_ref(),
+        );
     }
     if let Some(tunnel) = &policy.tunnel {
         check.port(
