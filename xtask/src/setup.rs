@@ -29,8 +29,6 @@ const TOOLCHAIN_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
     "libpolly-22-dev",
-    // protoc, for the gRPC CA service (tonic-prost-build in mesh-core/build.rs).
-    "protobuf-compiler",
 ];
 
 /// What the simulated cluster, the tests and the benchmarks run.
