@@ -1,0 +1,354 @@
+//! L4 policy for the node proxy's inbound path, with Istio's ambient (ztunnel) semantics:
+//! which PeerAuthentication mode applies to a workload port ([`mtls_mode`]: may it take
+//! plaintext?) and whether the AuthorizationPolicies that select a workload allow a
+//! connection ([`authorize`]). Pure functions over the typed model: no I/O, no async.
+//!
+//! What cannot be enforced at L4 is never dropped silently: [`lint`] reports CUSTOM policies,
+//! rules that need L7 attributes and malformed values, and every [`Decision`] carries the
+//! reports of the policies it consulted.
+
+mod matching;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::config::istio::{AuthorizationAction, AuthorizationPolicy, MtlsMode, MutualTls};
+use crate::config::model::PeerAuthentications;
+use crate::identity::Identity;
+
+use matching::Peer;
+
+/// The mutual-TLS mode in force on one workload port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerMode {
+    /// Only mutual TLS (HBONE) is accepted.
+    Strict,
+    /// Mutual TLS and plaintext are both accepted.
+    Permissive,
+    /// Written as DISABLE. Ambient mode cannot turn mutual TLS off, so it accepts both, like
+    /// PERMISSIVE (Istio: "Use Layer 4 security policy", section "Peer authentication").
+    Disable,
+}
+
+impl fmt::Display for PeerMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PeerMode::Strict => "STRICT",
+            PeerMode::Permissive => "PERMISSIVE",
+            PeerMode::Disable => "DISABLE",
+        })
+    }
+}
+
+/// The effective PeerAuthentication mode of a workload port and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EffectiveMtls {
+    pub mode: PeerMode,
+    /// `namespace/name` of the PeerAuthentication that set the mode; `None` when no level
+    /// sets one and Istio's default (PERMISSIVE) applies.
+    pub decided_by: Option<String>,
+    /// The mode came from the policy's `portLevelMtls` entry for this port.
+    pub port_level: bool,
+}
+
+impl EffectiveMtls {
+    /// Whether the port takes plaintext (non-HBONE) connections.
+    pub fn accepts_plaintext(&self) -> bool {
+        self.mode != PeerMode::Strict
+    }
+}
+
+impl fmt::Display for EffectiveMtls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.decided_by {
+            None => write!(
+                f,
+                "{} (default: no PeerAuthentication sets a mode)",
+                self.mode
+            ),
+            Some(policy) if self.port_level => {
+                write!(
+                    f,
+                    "{} (PeerAuthentication {policy}, portLevelMtls)",
+                    self.mode
+                )
+            }
+            Some(policy) => write!(f, "{} (PeerAuthentication {policy})", self.mode),
+        }
+    }
+}
+
+/// The mutual-TLS mode for `port` (the workload's target port), following Istio's
+/// precedence: the workload policy's `portLevelMtls[port]`, then its `mtls`, then the
+/// namespace policy, then the mesh (root namespace) policy. UNSET or absent inherits from
+/// the next level; nothing set anywhere is PERMISSIVE.
+pub fn mtls_mode(policies: &PeerAuthentications, port: u16) -> EffectiveMtls {
+    // Port-level settings count only on a workload-selector policy (validation refuses them
+    // elsewhere); keys are port numbers written as strings.
+    if let Some(pa) = &policies.workload {
+        let port_level = pa
+            .spec
+            .port_level_mtls
+            .iter()
+            .find(|(key, _)| key.parse::<u16>().ok() == Some(port))
+            .and_then(|(_, mtls)| set_mode(mtls));
+        if let Some(mode) = port_level {
+            return EffectiveMtls {
+                mode,
+                decided_by: Some(key(pa.namespace(), pa.name())),
+                port_level: true,
+            };
+        }
+    }
+    [&policies.workload, &policies.namespace, &policies.mesh]
+        .into_iter()
+        .flatten()
+        .find_map(|pa| {
+            let mode = pa.spec.mtls.as_ref().and_then(set_mode)?;
+            Some(EffectiveMtls {
+                mode,
+                decided_by: Some(key(pa.namespace(), pa.name())),
+                port_level: false,
+            })
+        })
+        .unwrap_or(EffectiveMtls {
+            mode: PeerMode::Permissive,
+            decided_by: None,
+            port_level: false,
+        })
+}
+
+/// The mode a level sets, or `None` when it inherits (UNSET or absent).
+fn set_mode(mtls: &MutualTls) -> Option<PeerMode> {
+    match mtls.mode? {
+        MtlsMode::Unset => None,
+        MtlsMode::Disable => Some(PeerMode::Disable),
+        MtlsMode::Permissive => Some(PeerMode::Permissive),
+        MtlsMode::Strict => Some(PeerMode::Strict),
+    }
+}
+
+/// One inbound connection, as the destination node proxy sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Connection<'a> {
+    /// The peer's identity from its mTLS certificate; `None` for plaintext.
+    pub source_identity: Option<&'a Identity>,
+    pub source_ip: IpAddr,
+    pub destination_ip: IpAddr,
+    /// The workload's port (the target port, not the service port).
+    pub destination_port: u16,
+    /// The destination workload's namespace, for log lines: no L4 attribute Istio matches on
+    /// needs it.
+    pub destination_namespace: Option<&'a str>,
+}
+
+impl fmt::Display for Connection<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.source_identity {
+            Some(id) => write!(f, "{} ({id})", self.source_ip)?,
+            None => write!(f, "{} (plaintext)", self.source_ip)?,
+        }
+        write!(
+            f,
+            " -> {}",
+            std::net::SocketAddr::new(self.destination_ip, self.destination_port)
+        )?;
+        if let Some(ns) = self.destination_namespace {
+            write!(f, " in namespace {ns}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The outcome of [`authorize`] and the reason for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// No ALLOW policy applies and no DENY policy matched.
+    AllowedByDefault,
+    /// This ALLOW policy (`namespace/name`) matched.
+    Allowed { policy: String },
+    /// This DENY policy (`namespace/name`) matched.
+    Denied { policy: String },
+    /// ALLOW policies apply (these, `namespace/name`) and none matched: Istio's default deny.
+    NotAllowed { policies: Vec<String> },
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Verdict::AllowedByDefault => {
+                f.write_str("allowed: no ALLOW policy applies and no DENY policy matched")
+            }
+            Verdict::Allowed { policy } => write!(f, "allowed by ALLOW policy {policy}"),
+            Verdict::Denied { policy } => write!(f, "denied by DENY policy {policy}"),
+            Verdict::NotAllowed { policies } => write!(
+                f,
+                "denied: no ALLOW policy matched ({} apply)",
+                policies.join(", ")
+            ),
+        }
+    }
+}
+
+/// Something about a policy that the L4 proxy cannot enforce as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    /// `namespace/name` of the AuthorizationPolicy.
+    pub policy: String,
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AuthorizationPolicy {}: {}", self.policy, self.message)
+    }
+}
+
+/// A connection's authorization decision, for the proxy to act on and log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// [`lint`] of every policy consulted.
+    pub warnings: Vec<Warning>,
+}
+
+impl Decision {
+    pub fn is_allowed(&self) -> bool {
+        matches!(
+            self.verdict,
+            Verdict::AllowedByDefault | Verdict::Allowed { .. }
+        )
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.verdict.fmt(f)
+    }
+}
+
+/// Decides a connection against the AuthorizationPolicies that select the destination
+/// workload ([`Model::authorization_policies_for`]), as Istio's AuthorizationPolicy reference
+/// orders it: any matching DENY policy denies; else no ALLOW policy allows; else a matching
+/// ALLOW policy allows; else deny. AUDIT policies do not affect the decision; CUSTOM policies
+/// are not enforced and are reported in [`Decision::warnings`].
+///
+/// At L4 (Istio: "Use Layer 4 security policy"; the rules ztunnel applies), an ALLOW rule
+/// that uses an L7 attribute never matches, and a DENY rule is enforced without its L7
+/// attributes, so it denies more than written; see [`lint`].
+///
+/// [`Model::authorization_policies_for`]: crate::config::Model::authorization_policies_for
+pub fn authorize(policies: &[Arc<AuthorizationPolicy>], conn: &Connection<'_>) -> Decision {
+    let warnings = policies.iter().flat_map(|p| lint(p)).collect();
+    let peer = Peer::new(conn);
+    let by_action = |wanted: AuthorizationAction| {
+        policies
+            .iter()
+            .filter(move |p| p.spec.action.unwrap_or(AuthorizationAction::Allow) == wanted)
+    };
+    let verdict = if let Some(p) =
+        by_action(AuthorizationAction::Deny).find(|p| policy_matches(p, &peer))
+    {
+        Verdict::Denied {
+            policy: key(p.namespace(), p.name()),
+        }
+    } else if by_action(AuthorizationAction::Allow).next().is_none() {
+        Verdict::AllowedByDefault
+    } else if let Some(p) = by_action(AuthorizationAction::Allow).find(|p| policy_matches(p, &peer))
+    {
+        Verdict::Allowed {
+            policy: key(p.namespace(), p.name()),
+        }
+    } else {
+        Verdict::NotAllowed {
+            policies: by_action(AuthorizationAction::Allow)
+                .map(|p| key(p.namespace(), p.name()))
+                .collect(),
+        }
+    };
+    Decision { verdict, warnings }
+}
+
+/// Any rule of an ALLOW or DENY policy matches (no rules: nothing matches; an empty rule
+/// matches everything). Within a rule, `from`, `to` and `when` must all match.
+fn policy_matches(policy: &AuthorizationPolicy, peer: &Peer<'_>) -> bool {
+    let allow =
+        policy.spec.action.unwrap_or(AuthorizationAction::Allow) == AuthorizationAction::Allow;
+    policy.spec.rules.iter().any(|rule| {
+        // L7 attributes at L4, as Istio documents it for ztunnel (docs page "Use Layer 4
+        // security policy", and istiod's status text on such policies: "Within an ALLOW
+        // policy, rules matching HTTP attributes are omitted" / "DENY policy with HTTP
+        // attributes is enforced without the HTTP rules. This will be more restrictive than
+        // requested."): an ALLOW rule that needs L7 never matches; the matchers below ignore
+        // L7 attributes, so the L4 rest of a DENY rule decides. Where that rest is empty
+        // (e.g. only `methods`) the DENY applies to every connection: fail closed. ztunnel
+        // itself skips such empty match groups, making the DENY a no-op (istio/istio#61126).
+        if allow && !matching::l7_attributes(rule).is_empty() {
+            return false;
+        }
+        (rule.from.is_empty()
+            || rule
+                .from
+                .iter()
+                .any(|from| matching::source(from.source.as_ref(), policy.namespace(), peer)))
+            && (rule.to.is_empty()
+                || rule
+                    .to
+                    .iter()
+                    .any(|to| matching::operation(to.operation.as_ref(), peer)))
+            && rule.when.iter().all(|c| matching::condition(c, peer))
+    })
+}
+
+/// What the L4 proxy cannot enforce as written in `policy`: a CUSTOM action, rules that need
+/// L7 attributes (and what happens to them), values that parse as no IP or port. Cheap when
+/// there is nothing to say; the proxy may log these once per config change.
+pub fn lint(policy: &AuthorizationPolicy) -> Vec<Warning> {
+    let warn = |message: String| Warning {
+        policy: key(policy.namespace(), policy.name()),
+        message,
+    };
+    let action = policy.spec.action.unwrap_or(AuthorizationAction::Allow);
+    let outcome = match action {
+        AuthorizationAction::Allow => "at L4 this ALLOW rule never matches",
+        AuthorizationAction::Deny => {
+            "at L4 this DENY rule is enforced without them, so it denies more than written"
+        }
+        AuthorizationAction::Audit => return Vec::new(),
+        AuthorizationAction::Custom => {
+            let provider = policy
+                .spec
+                .provider
+                .as_ref()
+                .and_then(|p| p.name.as_deref())
+                .unwrap_or("<none>");
+            return vec![warn(format!(
+                "action CUSTOM (provider {provider:?}) is not supported by the node proxy; \
+                 the policy is not enforced"
+            ))];
+        }
+    };
+    let mut warnings = Vec::new();
+    for (i, rule) in policy.spec.rules.iter().enumerate() {
+        let l7 = matching::l7_attributes(rule);
+        if !l7.is_empty() {
+            warnings.push(warn(format!(
+                "rules[{i}] uses {}, which need L7 processing (a waypoint); {outcome}",
+                l7.join(", ")
+            )));
+        }
+        warnings.extend(
+            matching::malformed(rule)
+                .into_iter()
+                .map(|problem| warn(format!("rules[{i}]: {problem}"))),
+        );
+    }
+    warnings
+}
+
+fn key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
