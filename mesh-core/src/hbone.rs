@@ -24,6 +24,11 @@ pub const PORT: u16 = 15008;
 /// HTTP/2 windows: large, so one tunnel can fill a fast link (the defaults are 64 KiB).
 const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Tunnels one connection may carry at once; a client past it waits for a stream to end.
+const MAX_STREAMS: u32 = 2048;
+/// The CONNECT header naming the original client's address (`for=<ip>`), as Istio's
+/// ztunnel sends it: the TLS peer is the client's node proxy, not the workload.
+const FORWARDED: &str = "forwarded";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -61,6 +66,8 @@ pub struct Inbound {
     pub peer: SocketAddr,
     /// Where the client wants to go (`:authority`).
     pub destination: SocketAddr,
+    /// The original client's address, from the `Forwarded: for=` header, if sent.
+    pub forwarded_for: Option<std::net::IpAddr>,
 }
 
 /// Serves HBONE on one accepted TCP connection: TLS (the acceptor requires client
@@ -94,6 +101,7 @@ where
     hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_concurrent_streams(MAX_STREAMS)
         .serve_connection(TokioIo::new(tls), service)
         .await?;
     Ok(())
@@ -125,10 +133,16 @@ where
     else {
         return status(StatusCode::BAD_REQUEST);
     };
+    let forwarded_for = request
+        .headers()
+        .get(FORWARDED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_forwarded_for);
     let inbound = Inbound {
         peer_identity,
         peer,
         destination,
+        forwarded_for,
     };
     let mut upstream = match handler(inbound).await {
         Ok(upstream) => upstream,
@@ -156,8 +170,13 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Connects and handshakes (TLS with the connector's identity checks, then HTTP/2).
-    pub async fn connect(connector: Arc<TlsConnector>, server: SocketAddr) -> Result<Connection> {
+    /// Connects and handshakes (TLS with the connector's identity checks, sending `name` as
+    /// SNI when it is a DNS name, then HTTP/2).
+    pub async fn connect(
+        connector: Arc<TlsConnector>,
+        server: SocketAddr,
+        name: rustls::pki_types::ServerName<'static>,
+    ) -> Result<Connection> {
         let tcp = TcpStream::connect(server)
             .await
             .map_err(|source| Error::Connect {
@@ -165,7 +184,6 @@ impl Connection {
                 source,
             })?;
         let _ = tcp.set_nodelay(true);
-        let name = rustls::pki_types::ServerName::IpAddress(server.ip().into());
         let tls = connector
             .connect(name, tcp)
             .await
@@ -191,11 +209,24 @@ impl Connection {
         !self.sender.is_closed()
     }
 
-    /// Opens a tunnel to `destination` through the server.
-    pub async fn tunnel(&self, destination: SocketAddr) -> Result<Tunnel> {
-        let request = Request::builder()
+    /// Opens a tunnel to `destination` through the server, telling it the original client's
+    /// address when there is one.
+    pub async fn tunnel(
+        &self,
+        destination: SocketAddr,
+        forwarded_for: Option<std::net::IpAddr>,
+    ) -> Result<Tunnel> {
+        let mut request = Request::builder()
             .method(Method::CONNECT)
-            .uri(destination.to_string())
+            .uri(destination.to_string());
+        if let Some(ip) = forwarded_for {
+            let value = match ip {
+                std::net::IpAddr::V4(ip) => format!("for={ip}"),
+                std::net::IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
+            };
+            request = request.header(FORWARDED, value);
+        }
+        let request = request
             .body(Empty::new())
             .expect("a CONNECT request to a socket address is valid");
         let mut sender = self.sender.clone();
@@ -208,6 +239,22 @@ impl Connection {
         }
         Ok(TokioIo::new(hyper::upgrade::on(response).await?))
     }
+}
+
+/// The first `for=` address of a `Forwarded` header (RFC 7239), with or without quotes and
+/// brackets.
+fn parse_forwarded_for(value: &str) -> Option<std::net::IpAddr> {
+    value
+        .split([';', ','])
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| key.eq_ignore_ascii_case("for"))
+        .and_then(|(_, v)| {
+            v.trim_matches('"')
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse()
+                .ok()
+        })
 }
 
 #[cfg(test)]

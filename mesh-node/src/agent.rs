@@ -1,7 +1,8 @@
 //! `mesh-node run`: the node agent's main loop. Installs or adopts the redirect data plane,
-//! serves the outbound listener and the admin endpoint, and keeps the enrollment maps in sync
-//! with the config source. Stopping it leaves the pinned data plane in place (`uninstall`
-//! removes it).
+//! serves the outbound listener (15001), HBONE (15008), admin (15000), metrics (15020) and
+//! readiness (15021), keeps the enrollment maps and the workload certificates in sync with the
+//! config source, and renews the certificates. Stopping it leaves the pinned data plane in
+//! place (`uninstall` removes it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -11,6 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use mesh_core::config::{Model, Store};
+use mesh_core::identity::Identity;
 use mesh_core::source::Update;
 use mesh_core::source::files::FilesSource;
 use serde::Serialize;
@@ -18,9 +21,13 @@ use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use crate::admin::Page;
 use crate::ebpf::{Dataplane, DataplaneOptions, Redirect};
-use crate::enroll::{Inventory, PodInfo};
+use crate::enroll::{LocalPod, local_pods};
+use crate::identity::{CaClientConfig, CertManager};
+use crate::metrics::Metrics;
 use crate::outbound::{self, Counters, OriginalDst, SoOriginalDst};
+use crate::proxy::{Proxy, inbound};
 
 /// How connections reach the outbound listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -44,9 +51,14 @@ pub struct NodeConfig {
     pub pin_dir: PathBuf,
     pub proxy_ip: Ipv4Addr,
     pub outbound_port: u16,
+    pub hbone_port: u16,
     pub admin_port: u16,
+    pub metrics_port: u16,
+    pub readiness_port: u16,
     pub fast_path: bool,
     pub redirect: RedirectMode,
+    /// Where workload certificates come from.
+    pub ca: CaClientConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +74,8 @@ pub enum Error {
     },
     #[error("waiting for a stop signal: {0}")]
     Signal(std::io::Error),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -71,8 +85,9 @@ pub struct Shared {
     config: NodeConfig,
     ready: AtomicBool,
     counters: Arc<Counters>,
-    pods: RwLock<Vec<PodInfo>>,
+    pods: RwLock<Vec<LocalPod>>,
     dataplane: Option<Arc<Mutex<Dataplane>>>,
+    pub proxy: Arc<Proxy>,
 }
 
 impl Shared {
@@ -81,16 +96,18 @@ impl Shared {
     }
 
     pub fn config_dump(&self) -> serde_json::Value {
-        let pods = self.pods.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let local: Vec<&PodInfo> = pods
-            .iter()
-            .filter(|p| p.node.as_deref() == Some(self.config.node.as_str()))
-            .collect();
+        let local = self.pods.read().unwrap_or_else(|e| e.into_inner()).clone();
         let ebpf = self.dataplane.as_ref().map(|d| {
             let d = d.lock().unwrap_or_else(|e| e.into_inner());
             json!({"adopted": d.adopted(), "program_ids": d.program_ids()})
         });
-        json!({"config": self.config, "local_pods": local, "ebpf": ebpf})
+        json!({
+            "config": self.config,
+            "local_pods": local,
+            "ebpf": ebpf,
+            "certificates": self.proxy.certs.status(),
+            "hbone_connections": self.proxy.pool.connections(),
+        })
     }
 
     pub fn redirect_stats(&self) -> serde_json::Value {
@@ -136,6 +153,16 @@ impl OriginalDst for EbpfOriginalDst {
     }
 }
 
+/// Binds a listener, naming the address in the error.
+async fn listen(addr: SocketAddrV4) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: addr.to_string(),
+            source,
+        })
+}
+
 /// Runs until SIGINT or SIGTERM.
 pub async fn run(config: NodeConfig) -> Result<()> {
     tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "mesh-node starting");
@@ -161,37 +188,66 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         RedirectMode::Netfilter => None,
     };
     let outbound_addr = SocketAddrV4::new(config.proxy_ip, config.outbound_port);
-    let outbound = TcpListener::bind(outbound_addr)
-        .await
-        .map_err(|source| Error::Listen {
-            addr: outbound_addr.to_string(),
-            source,
-        })?;
+    let outbound = listen(outbound_addr).await?;
+    let hbone = listen(SocketAddrV4::new(config.proxy_ip, config.hbone_port)).await?;
     let admin_addr = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, config.admin_port);
-    let admin = TcpListener::bind(admin_addr)
-        .await
-        .map_err(|source| Error::Listen {
-            addr: admin_addr.to_string(),
-            source,
-        })?;
+    let admin = listen(admin_addr).await?;
+    let metrics_listener = listen(SocketAddrV4::new(
+        Ipv4Addr::UNSPECIFIED,
+        config.metrics_port,
+    ))
+    .await?;
+    let readiness = listen(SocketAddrV4::new(
+        Ipv4Addr::UNSPECIFIED,
+        config.readiness_port,
+    ))
+    .await?;
 
+    let mut store = Store::new();
+    let certs = Arc::new(CertManager::new(config.ca.clone())?);
+    let proxy = Arc::new(Proxy::new(
+        config.node.clone(),
+        config.proxy_ip,
+        store.subscribe(),
+        certs.clone(),
+        Arc::new(Metrics::default()),
+    ));
     let shared = Arc::new(Shared {
         config: config.clone(),
         ready: AtomicBool::new(false),
         counters: Arc::new(Counters::default()),
         pods: RwLock::new(Vec::new()),
         dataplane: dataplane.clone(),
+        proxy: proxy.clone(),
     });
     let lookup: Arc<dyn OriginalDst> = match &dataplane {
         Some(d) => Arc::new(EbpfOriginalDst(d.clone())),
         None => Arc::new(SoOriginalDst),
     };
-    let outbound_task = tokio::spawn(outbound::serve(outbound, lookup, shared.counters.clone()));
-    let admin_task = tokio::spawn(crate::admin::serve(admin, shared.clone()));
+    let tasks = [
+        tokio::spawn(outbound::serve(
+            outbound,
+            lookup,
+            shared.counters.clone(),
+            proxy.clone(),
+        )),
+        tokio::spawn(inbound::serve(hbone, proxy.clone())),
+        tokio::spawn(crate::admin::serve(admin, shared.clone(), Page::Admin)),
+        tokio::spawn(crate::admin::serve(
+            metrics_listener,
+            shared.clone(),
+            Page::Metrics,
+        )),
+        tokio::spawn(crate::admin::serve(
+            readiness,
+            shared.clone(),
+            Page::Readiness,
+        )),
+        tokio::spawn(certs.clone().renew_forever()),
+    ];
 
     let (tx, mut updates) = mpsc::channel(64);
     let _watch = FilesSource::new(&config.config_dir).spawn(tx)?;
-    let mut inventory = Inventory::default();
     let mut synced = false;
     let mut resync = tokio::time::interval(Duration::from_secs(1));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -204,16 +260,13 @@ pub async fn run(config: NodeConfig) -> Result<()> {
                     tracing::warn!(?problems, "config source problems");
                 }
                 let first = matches!(update, Update::Snapshot(_));
-                if inventory.apply(&update) || first {
-                    sync(&config, &inventory, &shared);
-                    synced = synced || first;
-                    if synced && !shared.is_ready() {
-                        shared.ready.store(true, Ordering::Release);
-                        tracing::info!("ready: config synced, listening on {outbound_addr} and {admin_addr}");
-                    }
+                store.apply(update);
+                synced = synced || first;
+                if synced {
+                    sync(&config, &store.model(), &shared);
                 }
             }
-            _ = resync.tick(), if synced => sync(&config, &inventory, &shared),
+            _ = resync.tick(), if synced => sync(&config, &store.model(), &shared),
             res = tokio::signal::ctrl_c() => { res.map_err(Error::Signal)?; break; }
             _ = term.recv() => break,
         }
@@ -221,18 +274,16 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     tracing::info!(
         "mesh-node stopping; the pinned eBPF data plane stays (`mesh-node uninstall` removes it)"
     );
-    outbound_task.abort();
-    admin_task.abort();
+    for task in tasks {
+        task.abort();
+    }
     Ok(())
 }
 
-/// Publishes the pods and makes the eBPF maps match the enrolled local pods.
-fn sync(config: &NodeConfig, inventory: &Inventory, shared: &Shared) {
-    let pods = inventory.pods();
-    let local: Vec<&PodInfo> = pods
-        .iter()
-        .filter(|p| p.node.as_deref() == Some(config.node.as_str()))
-        .collect();
+/// Publishes the local pods, makes the eBPF maps match the enrolled ones, and asks for the
+/// certificates of their service accounts. Ready once the first snapshot is applied.
+fn sync(config: &NodeConfig, model: &Model, shared: &Shared) {
+    let local = local_pods(model, &config.node);
     if let Some(dataplane) = &shared.dataplane {
         let mut enrolled = BTreeSet::new();
         for pod in local.iter().filter(|p| p.enrolled) {
@@ -256,14 +307,30 @@ fn sync(config: &NodeConfig, inventory: &Inventory, shared: &Shared) {
             tracing::warn!(%err, "updating the local pods map failed");
         }
     }
-    let enrolled: Vec<String> = local
+    let identities: BTreeSet<Identity> = local
         .iter()
         .filter(|p| p.enrolled)
-        .map(|p| p.key())
+        .map(|p| {
+            shared
+                .proxy
+                .certs
+                .identity_of(&p.namespace, &p.service_account)
+        })
         .collect();
+    shared.proxy.certs.set_wanted(&identities);
     let mut published = shared.pods.write().unwrap_or_else(|e| e.into_inner());
-    if *published != pods {
+    if *published != local {
+        let enrolled: Vec<String> = local
+            .iter()
+            .filter(|p| p.enrolled)
+            .map(LocalPod::key)
+            .collect();
         tracing::info!(?enrolled, "enrollment");
-        *published = pods;
+        *published = local;
+    }
+    drop(published);
+    if !shared.is_ready() {
+        shared.ready.store(true, Ordering::Release);
+        tracing::info!(node = %config.node, "ready: config synced, listeners up");
     }
 }

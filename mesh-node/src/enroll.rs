@@ -1,151 +1,57 @@
-//! Which pods on this node are in the mesh, from the config source's Namespaces and Pods:
-//! a pod is enrolled when its namespace is labelled `istio.io/dataplane-mode=ambient` and the
-//! pod itself is not labelled `istio.io/dataplane-mode=none`. Pure bookkeeping, no kernel.
+//! Which pods on this node are in the mesh, from the config model: a pod is enrolled when its
+//! namespace is labelled `istio.io/dataplane-mode=ambient` and the pod itself is not labelled
+//! `istio.io/dataplane-mode=none` ([`Model::in_mesh`]). Pure bookkeeping, no kernel.
 
-use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use mesh_core::manifest::Object;
-use mesh_core::source::{ObjectKey, Update};
+use mesh_core::config::Model;
 use serde::Serialize;
 
-/// The label Istio's ambient mode reads on namespaces and pods.
-pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
-
-/// A pod as the node agent needs it.
+/// A pod of this node as the agent shows and enrolls it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PodInfo {
+pub struct LocalPod {
     pub namespace: String,
     pub name: String,
     pub uid: String,
-    pub node: Option<String>,
+    pub service_account: String,
     pub ip: Option<Ipv4Addr>,
-    /// Enrolled by its namespace's and its own labels.
+    /// In the mesh by its namespace's and its own labels.
     pub enrolled: bool,
 }
 
-impl PodInfo {
+impl LocalPod {
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
 }
 
-#[derive(Debug, Clone)]
-struct PodRecord {
-    uid: String,
-    node: Option<String>,
-    ip: Option<Ipv4Addr>,
-    mode: Option<String>,
-}
-
-/// Namespaces' labels and pods, as the config source last said.
-#[derive(Debug, Default, Clone)]
-pub struct Inventory {
-    /// Namespace → its `istio.io/dataplane-mode` label, if any.
-    namespaces: BTreeMap<String, Option<String>>,
-    /// `(namespace, name)` → pod.
-    pods: BTreeMap<(String, String), PodRecord>,
-}
-
-impl Inventory {
-    /// Applies an update; returns whether anything this inventory tracks changed.
-    pub fn apply(&mut self, update: &Update) -> bool {
-        match update {
-            Update::Snapshot(objects) => {
-                self.namespaces.clear();
-                self.pods.clear();
-                for object in objects {
-                    self.upsert(object);
-                }
-                true
-            }
-            Update::Upsert(object) => self.upsert(object),
-            Update::Delete(key) => self.delete(key),
-            Update::Problems(_) => false,
-        }
-    }
-
-    fn upsert(&mut self, object: &Object) -> bool {
-        if !object.group().is_empty() {
-            return false;
-        }
-        match object.kind.as_str() {
-            "Namespace" => {
-                let mode = object.labels().get(DATAPLANE_MODE).cloned();
-                self.namespaces.insert(object.name.clone(), mode);
-                true
-            }
-            "Pod" => {
-                let Some(namespace) = object.namespace.clone() else {
-                    return false;
-                };
-                let text = |pointer: &str| {
-                    object
-                        .value
-                        .pointer(pointer)
-                        .and_then(serde_json::Value::as_str)
-                        .map(str::to_owned)
-                };
-                let record = PodRecord {
-                    uid: text("/metadata/uid").unwrap_or_default(),
-                    node: text("/spec/nodeName"),
-                    ip: text("/status/podIP").and_then(|ip| ip.parse().ok()),
-                    mode: object.labels().get(DATAPLANE_MODE).cloned(),
-                };
-                self.pods.insert((namespace, object.name.clone()), record);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    fn delete(&mut self, key: &ObjectKey) -> bool {
-        if !key.group.is_empty() {
-            return false;
-        }
-        match key.kind.as_str() {
-            "Namespace" => self.namespaces.remove(&key.name).is_some(),
-            "Pod" => {
-                let Some(namespace) = key.namespace.clone() else {
-                    return false;
-                };
-                self.pods.remove(&(namespace, key.name.clone())).is_some()
-            }
-            _ => false,
-        }
-    }
-
-    /// Every pod known, with its enrollment.
-    pub fn pods(&self) -> Vec<PodInfo> {
-        self.pods
-            .iter()
-            .map(|((namespace, name), record)| {
-                let ns_mode = self.namespaces.get(namespace).cloned().flatten();
-                let enrolled =
-                    ns_mode.as_deref() == Some("ambient") && record.mode.as_deref() != Some("none");
-                PodInfo {
-                    namespace: namespace.clone(),
-                    name: name.clone(),
-                    uid: record.uid.clone(),
-                    node: record.node.clone(),
-                    ip: record.ip,
-                    enrolled,
-                }
-            })
-            .collect()
-    }
-
-    /// The pods scheduled on `node`.
-    pub fn local_pods(&self, node: &str) -> Vec<PodInfo> {
-        self.pods()
-            .into_iter()
-            .filter(|p| p.node.as_deref() == Some(node))
-            .collect()
-    }
+/// The pods scheduled on `node`, sorted by namespace and name.
+pub fn local_pods(model: &Model, node: &str) -> Vec<LocalPod> {
+    let mut pods: Vec<LocalPod> = model
+        .pods()
+        .filter(|p| p.node.as_deref() == Some(node))
+        .map(|p| LocalPod {
+            namespace: p.name.namespace.clone(),
+            name: p.name.name.clone(),
+            uid: p.uid.clone().unwrap_or_default(),
+            service_account: p.service_account.clone(),
+            ip: p.ips.iter().find_map(|ip| match ip {
+                IpAddr::V4(ip) => Some(*ip),
+                IpAddr::V6(_) => None,
+            }),
+            enrolled: model.in_mesh(p),
+        })
+        .collect();
+    pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    pods
 }
 
 #[cfg(test)]
 mod tests {
+    use mesh_core::config::Store;
+    use mesh_core::config::model::DATAPLANE_MODE;
+    use mesh_core::manifest::Object;
+    use mesh_core::source::{ObjectKey, Update};
     use serde_json::json;
 
     use super::*;
@@ -173,14 +79,13 @@ mod tests {
         object(json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}"), "labels": labels},
-            "spec": {"nodeName": node},
+            "spec": {"nodeName": node, "containers": []},
             "status": {"podIP": "10.244.1.2"},
         }))
     }
 
-    fn enrolled(inventory: &Inventory, node: &str) -> Vec<String> {
-        inventory
-            .local_pods(node)
+    fn enrolled(store: &Store, node: &str) -> Vec<String> {
+        local_pods(&store.model(), node)
             .into_iter()
             .filter(|p| p.enrolled)
             .map(|p| p.key())
@@ -189,8 +94,8 @@ mod tests {
 
     #[test]
     fn pods_in_ambient_namespaces_on_this_node_are_enrolled_unless_they_opt_out() {
-        let mut inventory = Inventory::default();
-        inventory.apply(&Update::Snapshot(vec![
+        let mut store = Store::new();
+        store.apply(Update::Snapshot(vec![
             namespace("shop", Some("ambient")),
             namespace("plain", None),
             pod("shop", "a", "node1", None),
@@ -198,35 +103,33 @@ mod tests {
             pod("shop", "far", "node2", None),
             pod("plain", "b", "node1", None),
         ]));
-        assert_eq!(enrolled(&inventory, "node1"), ["shop/a"]);
-        let pods = inventory.local_pods("node1");
+        assert_eq!(enrolled(&store, "node1"), ["shop/a"]);
+        let pods = local_pods(&store.model(), "node1");
         let a = pods
             .iter()
             .find(|p| p.name == "a")
             .expect("pod a is on node1");
         assert_eq!(
-            (a.uid.as_str(), a.ip),
-            ("uid-a", Some(Ipv4Addr::new(10, 244, 1, 2)))
+            (a.uid.as_str(), a.ip, a.service_account.as_str()),
+            ("uid-a", Some(Ipv4Addr::new(10, 244, 1, 2)), "default")
         );
     }
 
     #[test]
     fn label_changes_and_deletes_follow_without_a_resync() {
-        let mut inventory = Inventory::default();
-        inventory.apply(&Update::Snapshot(vec![
+        let mut store = Store::new();
+        store.apply(Update::Snapshot(vec![
             namespace("shop", None),
             pod("shop", "a", "node1", None),
         ]));
-        assert!(enrolled(&inventory, "node1").is_empty());
-        assert!(inventory.apply(&Update::Upsert(namespace("shop", Some("ambient")))));
-        assert_eq!(enrolled(&inventory, "node1"), ["shop/a"]);
-        inventory.apply(&Update::Upsert(pod("shop", "a", "node1", Some("none"))));
-        assert!(enrolled(&inventory, "node1").is_empty());
-        inventory.apply(&Update::Upsert(pod("shop", "a", "node1", None)));
-        assert_eq!(enrolled(&inventory, "node1"), ["shop/a"]);
-        let key = ObjectKey::of(&namespace("shop", None));
-        assert!(inventory.apply(&Update::Delete(key)));
-        assert!(enrolled(&inventory, "node1").is_empty());
-        assert!(!inventory.apply(&Update::Problems(vec!["bad".into()])));
+        assert!(enrolled(&store, "node1").is_empty());
+        store.apply(Update::Upsert(namespace("shop", Some("ambient"))));
+        assert_eq!(enrolled(&store, "node1"), ["shop/a"]);
+        store.apply(Update::Upsert(pod("shop", "a", "node1", Some("none"))));
+        assert!(enrolled(&store, "node1").is_empty());
+        store.apply(Update::Upsert(pod("shop", "a", "node1", None)));
+        assert_eq!(enrolled(&store, "node1"), ["shop/a"]);
+        store.apply(Update::Delete(ObjectKey::of(&namespace("shop", None))));
+        assert!(enrolled(&store, "node1").is_empty());
     }
 }

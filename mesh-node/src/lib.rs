@@ -1,9 +1,15 @@
 //! The mesh node agent: the eBPF redirect data plane (`ebpf`, the only module touching aya),
-//! enrollment from the config source (`enroll`), the interim outbound listener (`outbound`),
-//! the admin endpoint (`admin`) and the main loop that ties them together (`agent`).
+//! enrollment from the config model (`enroll`), the L4 proxy — outbound listener
+//! (`outbound`), HBONE tunnels and the inbound side (`proxy`) — workload certificates
+//! (`identity`), Istio's TCP metrics (`metrics`), the admin pages (`admin`), the main loop
+//! that ties them together (`agent`), and the mesh CA as a process (`ca`).
 
 pub mod admin;
 pub mod agent;
+pub mod ca;
 pub mod ebpf;
 pub mod enroll;
+pub mod identity;
+pub mod metrics;
 pub mod outbound;
+pub mod proxy;

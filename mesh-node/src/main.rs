@@ -1,11 +1,17 @@
 //! `mesh-node`: the node agent's command line.
 
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use mesh_node::agent::{NodeConfig, RedirectMode};
+use mesh_node::ca::CaConfig;
 use mesh_node::ebpf::Ebpf;
+use mesh_node::identity::CaClientConfig;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -18,8 +24,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the node agent: redirect enrolled pods' TCP to the outbound listener with eBPF,
-    /// forward it, keep enrollment in sync with the config folder (root).
+    /// carry it in mutual TLS (HBONE) to the destination's node, admit inbound tunnels by
+    /// policy, keep enrollment and certificates in sync with the config folder (root).
     Run(RunArgs),
+    /// Run the mesh CA: Istio's CreateCertificate over gRPC with TLS, for node agents.
+    Ca(CaArgs),
     /// Remove every eBPF program, link, map and pin a `run` left under --pin-dir (stop the
     /// agent first).
     Uninstall {
@@ -60,13 +69,80 @@ struct RunArgs {
     proxy_ip: Ipv4Addr,
     #[arg(long, default_value_t = 15001)]
     outbound_port: u16,
+    #[arg(long, default_value_t = mesh_core::hbone::PORT)]
+    hbone_port: u16,
     #[arg(long, default_value_t = 15000)]
     admin_port: u16,
+    #[arg(long, default_value_t = 15020)]
+    metrics_port: u16,
+    #[arg(long, default_value_t = 15021)]
+    readiness_port: u16,
+    /// The mesh CA's gRPC address.
+    #[arg(long)]
+    ca_addr: SocketAddr,
+    /// The CA's root certificate (PEM): the mesh's trust anchor.
+    #[arg(long)]
+    ca_root: PathBuf,
+    /// A file holding this node's credential for the CA.
+    #[arg(long)]
+    ca_credential_file: PathBuf,
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Workload certificate lifetime to ask for, e.g. 24h, 30m, 10s.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    cert_ttl: Duration,
     /// The sock_ops + sk_msg sockhash fast path for same-node legs.
     #[arg(long, value_enum, default_value_t = OnOff::Off)]
     fast_path: OnOff,
     #[arg(long, value_enum, default_value_t = RedirectMode::Ebpf)]
     redirect: RedirectMode,
+}
+
+#[derive(clap::Args)]
+struct CaArgs {
+    /// The gRPC address to serve.
+    #[arg(long, default_value = "0.0.0.0:15012")]
+    listen: SocketAddr,
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// The files config source (pods and their nodes).
+    #[arg(long)]
+    config_dir: PathBuf,
+    /// JSON object of node agent credential → node name.
+    #[arg(long)]
+    node_credentials: PathBuf,
+    /// Where to write the root certificate (PEM) for the agents.
+    #[arg(long)]
+    root_cert_out: PathBuf,
+    /// The longest certificate lifetime granted, e.g. 24h.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    max_cert_ttl: Duration,
+}
+
+/// `10s`, `30m`, `24h`, `500ms`, or plain seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 10s, 30m or 24h"))?;
+    let duration = match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?}; use ms, s, m or h"
+            ));
+        }
+    };
+    if duration.is_zero() {
+        return Err(format!("{text:?}: a duration must be positive"));
+    }
+    Ok(duration)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -98,12 +174,31 @@ async fn main() -> anyhow::Result<()> {
                 pin_dir: args.pin_dir,
                 proxy_ip: args.proxy_ip,
                 outbound_port: args.outbound_port,
+                hbone_port: args.hbone_port,
                 admin_port: args.admin_port,
+                metrics_port: args.metrics_port,
+                readiness_port: args.readiness_port,
                 fast_path: args.fast_path == OnOff::On,
                 redirect: args.redirect,
+                ca: CaClientConfig {
+                    addr: args.ca_addr,
+                    root: args.ca_root,
+                    credential_file: args.ca_credential_file,
+                    trust_domain: args.trust_domain,
+                    validity: args.cert_ttl,
+                },
             };
             Ok(mesh_node::agent::run(config).await?)
         }
+        Command::Ca(args) => Ok(mesh_node::ca::run(CaConfig {
+            listen: args.listen,
+            trust_domain: args.trust_domain,
+            config_dir: args.config_dir,
+            node_credentials: args.node_credentials,
+            root_cert_out: args.root_cert_out,
+            max_validity: args.max_cert_ttl,
+        })
+        .await?),
         Command::Uninstall { pin_dir } => {
             let removed = mesh_node::ebpf::uninstall(&pin_dir)?;
             if removed.is_empty() {

@@ -1,18 +1,25 @@
-//! The interim outbound listener (15001): accepts each redirected connection, finds where it
-//! was going, and forwards it there as plain TCP (the mTLS tunnel replaces this), counting
-//! connections and bytes per source pod address.
+//! The outbound listener (15001): accepts each redirected connection, finds where it was
+//! going (the eBPF original-destination map, or SO_ORIGINAL_DST behind netfilter), and hands
+//! it to the proxy's route — an HBONE tunnel, the local inbound, or plain TCP for what is
+//! outside the mesh — counting connections and bytes per source pod address.
 
 use std::collections::BTreeMap;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::metrics::TcpLabels;
+use crate::proxy::inbound::{self, Counted};
+use crate::proxy::{Io, Proxy, Route};
+
 /// How long the forwarder waits for the original destination to accept.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection waits for its source's first certificate.
+const CERT_WAIT: Duration = Duration::from_secs(5);
 
 /// Finds the original destination of an accepted connection.
 pub trait OriginalDst: Send + Sync + 'static {
@@ -57,7 +64,12 @@ impl Counters {
 }
 
 /// Accepts and forwards until the task is dropped.
-pub async fn serve(listener: TcpListener, lookup: Arc<dyn OriginalDst>, counters: Arc<Counters>) {
+pub async fn serve(
+    listener: TcpListener,
+    lookup: Arc<dyn OriginalDst>,
+    counters: Arc<Counters>,
+    proxy: Arc<Proxy>,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -69,8 +81,9 @@ pub async fn serve(listener: TcpListener, lookup: Arc<dyn OriginalDst>, counters
         };
         let lookup = lookup.clone();
         let counters = counters.clone();
+        let proxy = proxy.clone();
         tokio::spawn(async move {
-            if let Err(err) = forward(stream, peer, &*lookup, &counters).await {
+            if let Err(err) = forward(stream, peer, &*lookup, &counters, &proxy).await {
                 tracing::debug!(%peer, %err, "outbound connection ended with an error");
             }
         });
@@ -82,6 +95,7 @@ async fn forward(
     peer: SocketAddr,
     lookup: &dyn OriginalDst,
     counters: &Counters,
+    proxy: &Proxy,
 ) -> io::Result<()> {
     let (SocketAddr::V4(peer), SocketAddr::V4(local)) = (peer, client.local_addr()?) else {
         return reset(client);
@@ -100,33 +114,114 @@ async fn forward(
             return reset(client);
         }
     };
-    let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(orig)).await {
-        Ok(Ok(upstream)) => upstream,
-        Ok(Err(err)) => {
-            tracing::debug!(%peer, %orig, %err, "outbound: destination refused");
-            counters.update(*peer.ip(), |c| c.failed += 1);
-            return reset(client);
-        }
-        Err(_) => {
-            tracing::debug!(%peer, %orig, "outbound: destination timed out");
+    let (upstream, labels) = match open_upstream(proxy, peer, orig).await {
+        Ok(opened) => opened,
+        Err(why) => {
+            tracing::debug!(%peer, %orig, %why, "outbound: no upstream; resetting the client");
             counters.update(*peer.ip(), |c| c.failed += 1);
             return reset(client);
         }
     };
-    tracing::debug!(%peer, %orig, "outbound: forwarding");
     let _ = client.set_nodelay(true);
-    let _ = upstream.set_nodelay(true);
     counters.update(*peer.ip(), |c| c.open += 1);
+    proxy.metrics.opened(&labels);
     let mut upstream = upstream;
     let result = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    let (sent, received) = result.as_ref().map_or((0, 0), |r| *r);
+    proxy.metrics.closed(&labels, sent, received);
     counters.update(*peer.ip(), |c| {
         c.open = c.open.saturating_sub(1);
-        if let Ok((sent, received)) = result {
-            c.bytes_sent += sent;
-            c.bytes_received += received;
-        }
+        c.bytes_sent += sent;
+        c.bytes_received += received;
     });
     result.map(|_| ())
+}
+
+/// Opens the upstream side of a redirected connection from `peer` to `orig`: an HBONE
+/// tunnel to another node, the local pod after the inbound checks, or plain TCP for
+/// destinations (or sources) outside the mesh. Returns it with the source-side metric labels.
+async fn open_upstream(
+    proxy: &Proxy,
+    peer: SocketAddrV4,
+    orig: SocketAddrV4,
+) -> Result<(Box<dyn Io>, TcpLabels), String> {
+    let model = proxy.model();
+    let source_ip = IpAddr::V4(*peer.ip());
+    let Some(source) = proxy.local_mesh_pod(&model, source_ip) else {
+        // Not (or no longer) a mesh pod: forward as it asked.
+        let upstream = plain(orig.into()).await?;
+        return Ok((
+            Box::new(upstream),
+            TcpLabels::new("source", None, None, None, false),
+        ));
+    };
+    let source_id = proxy.identity_of(&source);
+    match proxy.route(&model, orig.into()) {
+        Route::Refuse(why) => Err(why),
+        Route::Passthrough { addr, service } => {
+            let labels = TcpLabels::new(
+                "source",
+                Some((&source, &source_id)),
+                None,
+                service.as_deref(),
+                false,
+            );
+            Ok((Box::new(plain(addr).await?), labels))
+        }
+        Route::Local(target) => {
+            let pod = inbound::admit(proxy, &model, Some(&source_id), source_ip, target.addr)
+                .map_err(|refusal| refusal.to_string())?;
+            let upstream = inbound::connect(target.addr)
+                .await
+                .map_err(|e| format!("connecting to {}: {e}", target.addr))?;
+            let destination_labels = TcpLabels::new(
+                "destination",
+                Some((&source, &source_id)),
+                Some((&pod, &target.identity)),
+                target.service.as_deref(),
+                true,
+            );
+            let labels = TcpLabels::new(
+                "source",
+                Some((&source, &source_id)),
+                Some((&pod, &target.identity)),
+                target.service.as_deref(),
+                true,
+            );
+            let counted = Counted::new(upstream, proxy.metrics.clone(), destination_labels);
+            Ok((Box::new(counted), labels))
+        }
+        Route::Remote { target, node } => {
+            let cert = proxy
+                .certs
+                .wait_for(&source_id, CERT_WAIT)
+                .await
+                .map_err(|e| e.to_string())?;
+            let tunnel = proxy
+                .pool
+                .tunnel(&cert, &target.identity, node, target.addr, Some(source_ip))
+                .await
+                .map_err(|e| format!("HBONE to {node} for {}: {e}", target.addr))?;
+            let labels = TcpLabels::new(
+                "source",
+                Some((&source, &source_id)),
+                Some((&target.pod, &target.identity)),
+                target.service.as_deref(),
+                true,
+            );
+            Ok((Box::new(tunnel), labels))
+        }
+    }
+}
+
+/// Plain TCP to `addr`.
+async fn plain(addr: SocketAddr) -> Result<TcpStream, String> {
+    let upstream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("{addr} timed out"))?
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let _ = upstream.set_nodelay(true);
+    Ok(upstream)
 }
 
 /// Closes with a RST, so the client fails at once (as a refused connect would).

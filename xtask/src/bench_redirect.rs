@@ -291,6 +291,7 @@ fn scenarios(
             binary: Some(mesh_node.to_owned()),
             fast_path,
             netfilter,
+            ..MeshOptions::default()
         })?;
         // Wait until the path is really in place: the agent counts the client's connections.
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -51,8 +51,7 @@ pub(crate) fn run() -> Result<()> {
     );
     lab.start_mesh(&MeshOptions {
         binary: Some(mesh_node),
-        fast_path: false,
-        netfilter: false,
+        ..MeshOptions::default()
     })?;
     lab.label(
         "ns/default",

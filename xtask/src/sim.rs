@@ -130,7 +130,7 @@ pub(crate) fn run(args: SimArgs) -> Result<ExitCode> {
                 let mesh = MeshOptions {
                     binary: Some(binary),
                     fast_path: fast_path == OnOff::On,
-                    netfilter: false,
+                    ..MeshOptions::default()
                 };
                 if let Err(err) = lab_handle.start_mesh(&mesh) {
                     drop(lab_handle);

@@ -21,6 +21,9 @@ pub const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
 /// The label tying an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
+/// The label Istio's ambient mode reads on namespaces and pods.
+pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
+
 /// A namespaced name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Name {
@@ -51,7 +54,12 @@ pub struct PodInfo {
     pub labels: BTreeMap<String, String>,
     pub service_account: String,
     pub node: Option<String>,
+    /// `status.hostIP`: the node's address, where the node proxy's HBONE listener is.
+    pub host_ip: Option<IpAddr>,
     pub ips: Vec<IpAddr>,
+    /// The workload it belongs to, as Istio's metrics name it: the Deployment (from the
+    /// ReplicaSet owner less its `pod-template-hash`), else the owner, else the pod's name.
+    pub workload: String,
     /// The pod's `Ready` condition is true (and it is not terminating).
     pub ready: bool,
     /// Named container ports, for Services whose `targetPort` is a name.
@@ -179,6 +187,31 @@ pub struct Model {
 impl Model {
     pub fn pod(&self, name: &Name) -> Option<&Arc<PodInfo>> {
         self.pods.get(name)
+    }
+
+    /// Every pod, in no particular order.
+    pub fn pods(&self) -> impl Iterator<Item = &Arc<PodInfo>> {
+        self.pods.values()
+    }
+
+    /// A namespace's labels (`None` when the namespace is not known).
+    pub fn namespace_labels(&self, namespace: &str) -> Option<&BTreeMap<String, String>> {
+        self.namespaces.get(namespace).map(|ns| &ns.labels)
+    }
+
+    /// Whether a pod is in the ambient mesh: its namespace is labelled
+    /// `istio.io/dataplane-mode=ambient` and the pod is not labelled
+    /// `istio.io/dataplane-mode=none`.
+    pub fn in_mesh(&self, pod: &PodInfo) -> bool {
+        let namespace_ambient = self
+            .namespace_labels(&pod.name.namespace)
+            .and_then(|labels| labels.get(DATAPLANE_MODE))
+            .is_some_and(|mode| mode == "ambient");
+        namespace_ambient
+            && pod
+                .labels
+                .get(DATAPLANE_MODE)
+                .is_none_or(|mode| mode != "none")
     }
 
     pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&Arc<PodInfo>> {

@@ -497,17 +497,48 @@ pub(crate) fn pod_info(pod: &Pod) -> PodInfo {
         .flat_map(|c| c.ports.iter().flatten())
         .filter_map(|p| Some((p.name.clone()?, port_u16(p.container_port)?)))
         .collect();
+    let name = meta_name(&pod.metadata);
+    let workload = workload_name(pod).unwrap_or_else(|| name.name.clone());
     PodInfo {
-        name: meta_name(&pod.metadata),
+        name,
         uid: pod.metadata.uid.clone(),
         labels: pod.metadata.labels.clone().unwrap_or_default(),
         service_account: spec
             .and_then(|s| s.service_account_name.clone())
             .unwrap_or_else(|| "default".to_owned()),
         node: spec.and_then(|s| s.node_name.clone()),
+        host_ip: status
+            .and_then(|s| s.host_ip.as_deref())
+            .and_then(|ip| ip.parse().ok()),
         ips,
+        workload,
         ready,
         named_ports,
+    }
+}
+
+/// The Deployment behind a pod (its ReplicaSet owner's name less the `pod-template-hash`),
+/// else its controller's name.
+fn workload_name(pod: &Pod) -> Option<String> {
+    let owner = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))?;
+    let hash = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("pod-template-hash"));
+    match hash {
+        Some(hash) if owner.kind == "ReplicaSet" => owner
+            .name
+            .strip_suffix(hash.as_str())
+            .and_then(|n| n.strip_suffix('-'))
+            .map(str::to_owned)
+            .or_else(|| Some(owner.name.clone())),
+        _ => Some(owner.name.clone()),
     }
 }
 

@@ -89,13 +89,17 @@ async fn tunnels_carry_bytes_both_ways_with_half_close_and_share_a_connection() 
     let ca = CertificateAuthority::new(TD).unwrap();
     let echo = echo_server().await;
     let (server, mut seen) = hbone_server(&ca).await;
-    let connection = Connection::connect(connector(&ca, "client", "server"), server)
-        .await
-        .unwrap();
+    let connection =
+        Connection::connect(connector(&ca, "client", "server"), server, ip_name(server))
+            .await
+            .unwrap();
 
     let mut tunnels = Vec::new();
     for i in 0..3u8 {
-        let mut tunnel = connection.tunnel(echo).await.unwrap();
+        let mut tunnel = connection
+            .tunnel(echo, Some("10.244.1.7".parse().unwrap()))
+            .await
+            .unwrap();
         let payload = vec![i; 256 * 1024];
         tunnel.write_all(&payload).await.unwrap();
         tunnel.shutdown().await.unwrap();
@@ -115,6 +119,11 @@ async fn tunnels_carry_bytes_both_ways_with_half_close_and_share_a_connection() 
         "spiffe://cluster.local/ns/default/sa/client"
     );
     assert_eq!(first.destination, echo);
+    assert_eq!(
+        first.forwarded_for,
+        Some("10.244.1.7".parse().unwrap()),
+        "the original client's address travels in the Forwarded header"
+    );
     let peers: Vec<SocketAddr> = [
         first,
         seen.recv().await.unwrap(),
@@ -134,12 +143,13 @@ async fn tunnels_carry_bytes_both_ways_with_half_close_and_share_a_connection() 
 async fn a_refused_destination_is_an_error_not_a_hang() {
     let ca = CertificateAuthority::new(TD).unwrap();
     let (server, _seen) = hbone_server(&ca).await;
-    let connection = Connection::connect(connector(&ca, "client", "server"), server)
-        .await
-        .unwrap();
+    let connection =
+        Connection::connect(connector(&ca, "client", "server"), server, ip_name(server))
+            .await
+            .unwrap();
     let forbidden = tokio::time::timeout(
         Duration::from_secs(5),
-        connection.tunnel("127.0.0.1:1".parse().unwrap()),
+        connection.tunnel("127.0.0.1:1".parse().unwrap(), None),
     )
     .await
     .expect("an answer in time");
@@ -158,7 +168,7 @@ async fn a_refused_destination_is_an_error_not_a_hang() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let unavailable = connection.tunnel(closed).await;
+    let unavailable = connection.tunnel(closed, None).await;
     assert!(
         matches!(
             unavailable,
@@ -175,10 +185,33 @@ async fn a_refused_destination_is_an_error_not_a_hang() {
 async fn a_server_with_the_wrong_identity_is_refused() {
     let ca = CertificateAuthority::new(TD).unwrap();
     let (server, _seen) = hbone_server(&ca).await;
-    let result = Connection::connect(connector(&ca, "client", "someone-else"), server).await;
+    let result = Connection::connect(
+        connector(&ca, "client", "someone-else"),
+        server,
+        ip_name(server),
+    )
+    .await;
     assert!(
         matches!(result, Err(Error::Handshake { .. })),
         "{:?}",
         result.err()
     );
+}
+
+fn ip_name(server: SocketAddr) -> rustls::pki_types::ServerName<'static> {
+    rustls::pki_types::ServerName::IpAddress(server.ip().into())
+}
+
+#[test]
+fn forwarded_header_forms_parse() {
+    assert_eq!(
+        parse_forwarded_for("for=10.1.2.3"),
+        Some("10.1.2.3".parse().unwrap())
+    );
+    assert_eq!(
+        parse_forwarded_for("proto=http; For=\"[2001:db8::1]\""),
+        Some("2001:db8::1".parse().unwrap())
+    );
+    assert_eq!(parse_forwarded_for("by=10.0.0.1"), None);
+    assert_eq!(parse_forwarded_for("for=unknown"), None);
 }

@@ -129,6 +129,61 @@ impl CertificateAuthority {
     }
 }
 
+impl CertificateAuthority {
+    /// A TLS server certificate for the CA's own gRPC endpoint, naming `dns_names` and
+    /// `ips`, with a fresh key. Returns the chain (leaf, root) and the key, both PEM; the key
+    /// stays in the caller's memory.
+    pub fn serving_certificate(
+        &self,
+        dns_names: &[String],
+        ips: &[std::net::IpAddr],
+        validity: Duration,
+    ) -> Result<(String, ServingKey)> {
+        let mut params = CertificateParams::new(dns_names.to_vec())?;
+        params
+            .subject_alt_names
+            .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, "mesh CA");
+        params.distinguished_name = name;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let now = SystemTime::now();
+        params.not_before = (now - CLOCK_SKEW).into();
+        params.not_after = (now + validity).into();
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate()?;
+        let issuer = Issuer::from_params(&self.root_params, &self.key);
+        let leaf = params.signed_by(&key, &issuer)?;
+        let chain = [leaf.der(), &self.root]
+            .iter()
+            .map(|der| pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec())))
+            .collect();
+        Ok((chain, ServingKey(key.serialize_pem())))
+    }
+
+    /// The root certificate as PEM, for distribution to the node agents.
+    pub fn root_pem(&self) -> String {
+        pem::encode(&pem::Pem::new("CERTIFICATE", self.root.to_vec()))
+    }
+}
+
+/// A serving key as PEM; never printed.
+pub struct ServingKey(String);
+
+impl ServingKey {
+    pub fn pem(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ServingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ServingKey(<redacted>)")
+    }
+}
+
 /// The identity a CSR asks for (its `spiffe://` URI SAN), checking the CSR's signature.
 pub fn requested_identity(csr: &[u8]) -> Result<Identity> {
     let request = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(

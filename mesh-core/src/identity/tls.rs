@@ -9,7 +9,8 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::verify_server_cert_signed_by_trust_anchor;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms, ring};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
 use super::workload::{WorkloadCertificate, describe};
@@ -30,9 +31,19 @@ fn root_store(roots: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>> {
     Ok(Arc::new(store))
 }
 
-/// A server that requires a client certificate signed by `roots`.
+/// A server that presents `cert` and requires a client certificate signed by `roots`.
 pub fn server_config(
     cert: &WorkloadCertificate,
+    roots: &[CertificateDer<'static>],
+) -> Result<ServerConfig> {
+    let key = certified_key(cert)?;
+    server_config_resolving(Arc::new(SingleCert(key)), roots)
+}
+
+/// A server that serves several identities, choosing the certificate per handshake (see
+/// [`server_name`]), and requires a client certificate signed by `roots`.
+pub fn server_config_resolving(
+    resolver: Arc<dyn ResolvesServerCert>,
     roots: &[CertificateDer<'static>],
 ) -> Result<ServerConfig> {
     let verifier = WebPkiClientVerifier::builder_with_provider(root_store(roots)?, provider())
@@ -41,9 +52,42 @@ pub fn server_config(
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(cert.chain.clone(), cert.private_key())?;
+        .with_cert_resolver(resolver);
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(config)
+}
+
+/// A certificate and its signing key, as a TLS server presents it.
+pub fn certified_key(cert: &WorkloadCertificate) -> Result<Arc<CertifiedKey>> {
+    let key = provider()
+        .key_provider
+        .load_private_key(cert.private_key())?;
+    Ok(Arc::new(CertifiedKey::new(cert.chain.clone(), key)))
+}
+
+/// The TLS server name (SNI) a client sends to a node proxy to reach the workloads of
+/// `identity` there: `<service-account>.<namespace>.<trust-domain>`. One node proxy serves
+/// every service account on its node, so the name picks the certificate it answers with.
+/// (Namespaces hold no dots, so two identities never share a name.)
+pub fn server_name(identity: &Identity) -> Result<ServerName<'static>> {
+    let name = format!(
+        "{}.{}.{}",
+        identity.service_account, identity.namespace, identity.trust_domain
+    );
+    ServerName::try_from(name.clone()).map_err(|_| {
+        Error::Tls(rustls::Error::General(format!(
+            "{name:?} is not a DNS name"
+        )))
+    })
+}
+
+#[derive(Debug)]
+struct SingleCert(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for SingleCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
 }
 
 /// A client that presents `cert` and accepts only a server proving `expected`.

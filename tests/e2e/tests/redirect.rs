@@ -69,7 +69,7 @@ fn mesh_lab(tag: &str, fast_path: bool) -> TestLab {
         .start_mesh(&MeshOptions {
             binary: None,
             fast_path,
-            netfilter: false,
+            ..MeshOptions::default()
         })
         .unwrap_or_else(|e| panic!("lab {}: the mesh did not start: {e}", lab.name));
     for (pod, node) in [

@@ -89,8 +89,7 @@ fn up_then_down_leaves_nothing_behind_even_without_state() {
     lab.lab
         .start_mesh(&mesh_sim::MeshOptions {
             binary: None,
-            fast_path: false,
-            netfilter: false,
+            ..mesh_sim::MeshOptions::default()
         })
         .unwrap();
     assert!(mesh_sim::pin_dir(&name, "node1").exists());

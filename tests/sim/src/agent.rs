@@ -1,8 +1,11 @@
-//! The mesh in the lab: one `mesh-node` per node, started inside the node's network namespace
-//! and in its own cgroup (`<lab>/<node>/agent`, beside the pods' cgroup, so the redirect never
-//! sees the agent's own sockets), reading the lab's config folder as its files config source,
-//! pinning its eBPF under `/sys/fs/bpf/msim-<lab>-<node>/`. `down` kills agents with the rest of
-//! the lab's cgroup and removes the pins.
+//! The mesh in the lab: the mesh CA (`mesh-node ca`, on the first node, in cgroup
+//! `<lab>/<node1>/ca`) and one `mesh-node` per node, started inside the node's network
+//! namespace and in its own cgroup (`<lab>/<node>/agent`, beside the pods' cgroup, so the
+//! redirect never sees the agent's own sockets), reading the lab's config folder as its files
+//! config source, pinning its eBPF under `/sys/fs/bpf/msim-<lab>-<node>/`. Each agent proves
+//! itself to the CA with a random per-node credential the lab writes under `ca/` (the stand-in
+//! for a kubelet-bound service-account token). `down` kills CA and agents with the rest of the
+//! lab's cgroup and removes the pins.
 #![allow(unsafe_code)] // pre_exec runs between fork and exec; the kernel calls need libc.
 
 use std::fs::{File, OpenOptions};
@@ -28,11 +31,15 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 pub const ADMIN_PORT: u16 = 15000;
 /// The outbound listener the redirect sends pods' connections to.
 pub const OUTBOUND_PORT: u16 = 15001;
+/// The agents' Prometheus metrics.
+pub const METRICS_PORT: u16 = 15020;
+/// The mesh CA's gRPC port.
+pub const CA_PORT: u16 = 15012;
 /// How long an agent gets to become ready.
 const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How the lab runs its node agents; kept in the lab state so restarts use the same.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeshOptions {
     /// The `mesh-node` binary; found beside the running executable when `None`.
     pub binary: Option<PathBuf>,
@@ -42,6 +49,10 @@ pub struct MeshOptions {
     /// traffic to the outbound listener; for the benchmark's comparison).
     #[serde(default)]
     pub netfilter: bool,
+    /// Workload certificate lifetime (`mesh-node --cert-ttl`, e.g. `10s`); the default 24 h
+    /// when `None`.
+    #[serde(default)]
+    pub cert_ttl: Option<String>,
 }
 
 /// The bpffs folder of one node's pins.
@@ -88,10 +99,10 @@ impl Lab {
         };
         self.state.mesh = Some(MeshOptions {
             binary: Some(binary),
-            fast_path: options.fast_path,
-            netfilter: options.netfilter,
+            ..options.clone()
         });
         self.save()?;
+        self.start_ca()?;
         let nodes: Vec<String> = self.state.nodes.iter().map(|n| n.name.clone()).collect();
         for node in nodes {
             self.start_agent(&node)?;
@@ -99,16 +110,100 @@ impl Lab {
         Ok(())
     }
 
-    /// Starts the node's agent (the mesh must be on) and waits for its readiness.
-    pub fn start_agent(&self, node: &str) -> Result<()> {
-        let mesh = self.state.mesh.clone().ok_or_else(|| {
+    fn ca_dir(&self) -> PathBuf {
+        self.dir.join("ca")
+    }
+
+    /// The node the CA runs on, and its gRPC address.
+    fn ca_node(&self) -> Result<(Node, SocketAddr)> {
+        let node = self
+            .state
+            .nodes
+            .first()
+            .ok_or_else(|| Error::Invalid("the lab has no nodes".into()))?
+            .clone();
+        let addr = SocketAddr::from((node.ip, CA_PORT));
+        Ok((node, addr))
+    }
+
+    /// Writes a fresh credential per node, starts the CA on the first node and waits until
+    /// it serves and has published its root.
+    fn start_ca(&self) -> Result<()> {
+        let binary = self.mesh_binary()?;
+        let dir = self.ca_dir();
+        std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+        let mut credentials = serde_json::Map::new();
+        for node in &self.state.nodes {
+            let token: String = (0..32)
+                .map(|_| format!("{:02x}", rand::random::<u8>()))
+                .collect();
+            write_private(&dir.join(format!("{}.credential", node.name)), &token)?;
+            credentials.insert(token, node.name.clone().into());
+        }
+        let credentials_file = dir.join("node-credentials.json");
+        write_private(
+            &credentials_file,
+            &serde_json::Value::Object(credentials).to_string(),
+        )?;
+        let root = dir.join("root-cert.pem");
+        let _ = std::fs::remove_file(&root);
+        let (node, addr) = self.ca_node()?;
+        let cgroup = node
+            .pods_cgroup
+            .parent()
+            .map_or_else(|| node.pods_cgroup.join("ca"), |p| p.join("ca"));
+        cgroup::create(&cgroup)?;
+        let log_path = self.dir.join("agents").join("ca.log");
+        std::fs::create_dir_all(self.dir.join("agents"))
+            .map_err(Error::io("creating the agents' log folder"))?;
+        let mut command = Command::new(&binary);
+        command
+            .arg("ca")
+            .args(["--listen", &addr.to_string()])
+            .arg("--config-dir")
+            .arg(self.config_dir())
+            .arg("--node-credentials")
+            .arg(&credentials_file)
+            .arg("--root-cert-out")
+            .arg(&root)
+            .env(
+                "RUST_LOG",
+                std::env::var("MESH_SIM_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null());
+        log_to(&mut command, &log_path)?;
+        enter_node(&mut command, &node.netns, &cgroup)?;
+        let mut child = command
+            .spawn()
+            .map_err(Error::io(format!("starting the mesh CA on {}", node.name)))?;
+        let pid = child.id();
+        std::thread::spawn(move || child.wait());
+        wait_until(&log_path, pid, &cgroup, "the mesh CA", || {
+            root.is_file() && tcp_open_in(&node.netns, addr)
+        })
+    }
+
+    /// How the lab runs its mesh (an error when it runs none).
+    fn mesh_options(&self) -> Result<MeshOptions> {
+        self.state.mesh.clone().ok_or_else(|| {
             Error::Invalid(format!(
                 "lab {} runs no mesh; start it with `sim up --mesh`",
                 self.state.lab
             ))
-        })?;
-        let binary = mesh.binary.clone().map_or_else(find_mesh_node, Ok)?;
+        })
+    }
+
+    /// The `mesh-node` binary the lab's mesh runs.
+    fn mesh_binary(&self) -> Result<PathBuf> {
+        self.mesh_options()?.binary.map_or_else(find_mesh_node, Ok)
+    }
+
+    /// Starts the node's agent (the mesh must be on) and waits for its readiness.
+    pub fn start_agent(&self, node: &str) -> Result<()> {
+        let mesh = self.mesh_options()?;
+        let binary = self.mesh_binary()?;
         let node = self.node(node)?.clone();
+        let (_, ca_addr) = self.ca_node()?;
         let cgroup = agent_cgroup(&node);
         cgroup::create(&cgroup)?;
         let logs = self.dir.join("agents");
@@ -133,6 +228,12 @@ impl Lab {
                 "--redirect",
                 if mesh.netfilter { "netfilter" } else { "ebpf" },
             ])
+            .args(["--ca-addr", &ca_addr.to_string()])
+            .arg("--ca-root")
+            .arg(self.ca_dir().join("root-cert.pem"))
+            .arg("--ca-credential-file")
+            .arg(self.ca_dir().join(format!("{}.credential", node.name)))
+            .args(["--cert-ttl", mesh.cert_ttl.as_deref().unwrap_or("24h")])
             .env(
                 "RUST_LOG",
                 std::env::var("MESH_SIM_AGENT_LOG").unwrap_or_else(|_| "info".into()),
@@ -148,26 +249,18 @@ impl Lab {
         let pid = child.id();
         std::thread::spawn(move || child.wait());
         let admin = SocketAddr::from((node.ip, ADMIN_PORT));
-        let deadline = Instant::now() + AGENT_READY_TIMEOUT;
-        loop {
-            if let Ok((200, _)) = http_get_in(&node.netns, admin, "/healthz/ready") {
-                return Ok(());
-            }
-            let alive = std::fs::metadata(format!("/proc/{pid}")).is_ok()
-                && !cgroup::pids(&cgroup).is_empty();
-            if !alive || Instant::now() > deadline {
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(15).collect();
-                return Err(Error::Invalid(format!(
-                    "mesh-node on {} did not become ready ({}); last log lines ({}):\n{}",
-                    node.name,
-                    if alive { "timed out" } else { "it exited" },
-                    log_path.display(),
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until(
+            &log_path,
+            pid,
+            &cgroup,
+            &format!("mesh-node on {}", node.name),
+            || {
+                matches!(
+                    http_get_in(&node.netns, admin, "/healthz/ready"),
+                    Ok((200, _))
+                )
+            },
+        )
     }
 
     /// Stops the node's agent with `signal` (SIGTERM: a clean stop; SIGKILL: a crash) and
@@ -213,16 +306,80 @@ impl Lab {
     }
 }
 
-/// A one-shot HTTP/1.1 GET from inside a network namespace.
-pub fn http_get_in(netns: &str, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+/// Polls `ready` until it holds, failing with the process's last log lines if it exits or
+/// [`AGENT_READY_TIMEOUT`] passes.
+fn wait_until(
+    log_path: &Path,
+    pid: u32,
+    cgroup: &Path,
+    what: &str,
+    mut ready: impl FnMut() -> bool,
+) -> Result<()> {
+    let deadline = Instant::now() + AGENT_READY_TIMEOUT;
+    loop {
+        if ready() {
+            return Ok(());
+        }
+        let alive =
+            std::fs::metadata(format!("/proc/{pid}")).is_ok() && !cgroup::pids(cgroup).is_empty();
+        if !alive || Instant::now() > deadline {
+            let log = std::fs::read_to_string(log_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            return Err(Error::Invalid(format!(
+                "{what} did not become ready ({}); last log lines ({}):\n{}",
+                if alive { "timed out" } else { "it exited" },
+                log_path.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes a file only root may read (credentials).
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(Error::io(format!("creating {}", path.display())))?;
+    file.write_all(text.as_bytes())
+        .map_err(Error::io(format!("writing {}", path.display())))
+}
+
+/// Whether something accepts TCP connections at `addr` inside a network namespace.
+fn tcp_open_in(netns: &str, addr: SocketAddr) -> bool {
+    in_netns(netns, move || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map(|_| ())
+    })
+    .is_ok()
+}
+
+/// Runs `f` on a thread of its own inside a network namespace (setns changes only the
+/// calling thread's namespace).
+fn in_netns<T: Send + 'static>(
+    netns: &str,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> Result<T> {
     let ns_path = format!("{}/{netns}", net::NETNS_DIR);
     let file =
         File::open(&ns_path).map_err(Error::io(format!("opening network namespace {ns_path}")))?;
-    let what = format!("GET http://{addr}{path} in {netns}");
-    let path = path.to_owned();
-    // setns changes only the calling thread's namespace, so ask from a thread of our own.
-    std::thread::spawn(move || -> io::Result<(u16, String)> {
+    std::thread::spawn(move || -> io::Result<T> {
         nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        f()
+    })
+    .join()
+    .map_err(|_| Error::Invalid("a network-namespace thread panicked".into()))?
+    .map_err(Error::io(format!("in network namespace {netns}")))
+}
+
+/// A one-shot HTTP/1.1 GET from inside a network namespace.
+pub fn http_get_in(netns: &str, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let path = path.to_owned();
+    in_netns(netns, move || {
         let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         write!(
@@ -242,9 +399,6 @@ pub fn http_get_in(netns: &str, addr: SocketAddr, path: &str) -> Result<(u16, St
             .unwrap_or_default();
         Ok((status, body))
     })
-    .join()
-    .map_err(|_| Error::Invalid("the HTTP probe thread panicked".into()))?
-    .map_err(Error::io(what))
 }
 
 /// Configures `command` to start in the node's network namespace and the given cgroup, in a

@@ -527,8 +527,17 @@ impl Lab {
                         == Some(&pod.namespace)
                     && v.pointer("/metadata/name").and_then(Value::as_str) == pod.owner.as_deref()
             });
-            let object =
-                render::pod_object(pod, template.and_then(|d| d.pointer("/spec/template")));
+            let host_ip = self
+                .state
+                .nodes
+                .iter()
+                .find(|n| n.name == pod.node)
+                .map(|n| n.ip);
+            let object = render::pod_object(
+                pod,
+                host_ip,
+                template.and_then(|d| d.pointer("/spec/template")),
+            );
             files.insert(config_file_name(&object), object);
         }
         for service in self.state.services.values() {

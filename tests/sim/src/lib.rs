@@ -22,7 +22,9 @@ mod render;
 mod state;
 mod workload;
 
-pub use agent::{ADMIN_PORT, BPFFS, MeshOptions, OUTBOUND_PORT, http_get_in, pin_dir};
+pub use agent::{
+    ADMIN_PORT, BPFFS, CA_PORT, METRICS_PORT, MeshOptions, OUTBOUND_PORT, http_get_in, pin_dir,
+};
 pub use error::{Error, Result};
 pub use lab::{Applied, Lab, LabOptions, STATE_ROOT};
 pub use state::{

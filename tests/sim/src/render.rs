@@ -130,7 +130,7 @@ pub(crate) fn nft_ruleset(state: &State) -> String {
 }
 
 /// The Pod object the API server would hold for a running pod.
-pub(crate) fn pod_object(pod: &Pod, template: Option<&Value>) -> Value {
+pub(crate) fn pod_object(pod: &Pod, host_ip: Option<Ipv4Addr>, template: Option<&Value>) -> Value {
     let mut object = json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -155,6 +155,7 @@ pub(crate) fn pod_object(pod: &Pod, template: Option<&Value>) -> Value {
         },
         "status": {
             "phase": if pod.phase == crate::state::PodPhase::Failed { "Failed" } else { "Running" },
+            "hostIP": host_ip.map(|ip| ip.to_string()),
             "podIP": pod.ip.to_string(),
             "podIPs": [{"ip": pod.ip.to_string()}],
             "conditions": [{"type": "Ready", "status": if pod.is_ready() { "True" } else { "False" }}],

@@ -1,0 +1,417 @@
+//! Workload certificates on the node: one per service account of the node's enrolled pods,
+//! obtained from the mesh CA with the node's credential, kept in memory only, and renewed at
+//! half their life (new connections use the new one; open ones keep theirs). Also the TLS
+//! server side's certificate choice: the SNI a client sends names the identity to present.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use mesh_core::identity::service::proto::istio_certificate_service_client::IstioCertificateServiceClient;
+use mesh_core::identity::service::request_certificate;
+use mesh_core::identity::tls::{certified_key, server_name};
+use mesh_core::identity::{Identity, WorkloadCertificate};
+use rustls::pki_types::CertificateDer;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use serde::Serialize;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::ca::CA_SERVER_NAME;
+
+/// How long a certificate request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The renewal loop looks at least this often.
+const TICK: Duration = Duration::from_secs(1);
+/// After a failed request, wait this long before the next try (doubling up to the tick).
+const RETRY: Duration = Duration::from_millis(100);
+
+/// Where the node's certificates come from.
+#[derive(Clone, Serialize)]
+pub struct CaClientConfig {
+    pub addr: SocketAddr,
+    /// The CA's root certificate (PEM): the mesh's trust anchor.
+    pub root: PathBuf,
+    /// The file holding this node's credential for the CA.
+    pub credential_file: PathBuf,
+    pub trust_domain: String,
+    /// The lifetime to ask for (the CA may grant less).
+    pub validity: Duration,
+}
+
+impl fmt::Debug for CaClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CaClientConfig")
+            .field("addr", &self.addr)
+            .field("root", &self.root)
+            .field("credential_file", &self.credential_file)
+            .field("trust_domain", &self.trust_domain)
+            .field("validity", &self.validity)
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the CA root {path} holds no PEM certificate: {message}")]
+    Root { path: PathBuf, message: String },
+    #[error("connecting to the CA at {addr}: {source}")]
+    Channel {
+        addr: SocketAddr,
+        source: tonic::transport::Error,
+    },
+    #[error("the CA refused a certificate for {identity}: {status}")]
+    Refused {
+        identity: Identity,
+        status: Box<tonic::Status>,
+    },
+    #[error("no certificate for {0} yet (the CA has not answered)")]
+    NotYet(Identity),
+    #[error("the certificate for {identity} is unusable: {source}")]
+    Unusable {
+        identity: Identity,
+        source: Box<mesh_core::identity::Error>,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A certificate ready for TLS, both ways.
+pub struct Issued {
+    pub cert: WorkloadCertificate,
+    /// The same chain and key, as a server presents them.
+    pub key: Arc<CertifiedKey>,
+}
+
+impl fmt::Debug for Issued {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.cert.fmt(f)
+    }
+}
+
+/// What the admin page shows of one certificate (never the key).
+#[derive(Debug, Clone, Serialize)]
+pub struct CertStatus {
+    pub identity: String,
+    pub not_before_unix: u64,
+    pub not_after_unix: u64,
+    pub refresh_at_unix: u64,
+    /// How many certificates this identity has had since the agent started.
+    pub issued: u64,
+}
+
+struct Slot {
+    current: Option<Arc<Issued>>,
+    issued: u64,
+    /// No new attempt before this (after a failure).
+    next_try: SystemTime,
+    failures: u32,
+}
+
+/// The node's certificates, by identity, and the channel to the CA.
+pub struct CertManager {
+    client: IstioCertificateServiceClient<Channel>,
+    credential: String,
+    config: CaClientConfig,
+    roots: Vec<CertificateDer<'static>>,
+    slots: Mutex<HashMap<Identity, Slot>>,
+    /// SNI → server certificate, for the inbound listener.
+    by_sni: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+    /// Wakes the renewal loop when the wanted set changes.
+    wake: tokio::sync::Notify,
+}
+
+impl CertManager {
+    /// Reads the root and the credential and prepares the CA channel (connected lazily).
+    pub fn new(config: CaClientConfig) -> Result<CertManager> {
+        let read = |path: &PathBuf| {
+            std::fs::read_to_string(path).map_err(|source| Error::Read {
+                path: path.clone(),
+                source,
+            })
+        };
+        let root_pem = read(&config.root)?;
+        let roots = pem::parse_many(&root_pem)
+            .map_err(|e| e.to_string())
+            .and_then(|p| {
+                if p.is_empty() {
+                    Err("empty".into())
+                } else {
+                    Ok(p)
+                }
+            })
+            .map_err(|message| Error::Root {
+                path: config.root.clone(),
+                message,
+            })?
+            .into_iter()
+            .map(|p| CertificateDer::from(p.into_contents()))
+            .collect();
+        let credential = read(&config.credential_file)?.trim().to_owned();
+        let channel_error = |source| Error::Channel {
+            addr: config.addr,
+            source,
+        };
+        let channel = Endpoint::from_shared(format!("https://{}", config.addr))
+            .map_err(channel_error)?
+            .tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(&root_pem))
+                    .domain_name(CA_SERVER_NAME),
+            )
+            .map_err(channel_error)?
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(REQUEST_TIMEOUT)
+            .connect_lazy();
+        Ok(CertManager {
+            client: IstioCertificateServiceClient::new(channel),
+            credential,
+            config,
+            roots,
+            slots: Mutex::new(HashMap::new()),
+            by_sni: RwLock::new(HashMap::new()),
+            wake: tokio::sync::Notify::new(),
+        })
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.config.trust_domain
+    }
+
+    /// The mesh's trust anchors.
+    pub fn roots(&self) -> &[CertificateDer<'static>] {
+        &self.roots
+    }
+
+    /// The identity of a pod's service account in this trust domain.
+    pub fn identity_of(&self, namespace: &str, service_account: &str) -> Identity {
+        Identity::new(&self.config.trust_domain, namespace, service_account)
+    }
+
+    /// Sets the identities the node needs (its enrolled pods' service accounts): new ones
+    /// are requested at once, ones no longer needed are forgotten (open connections keep
+    /// the certificate they hold).
+    pub fn set_wanted(&self, wanted: &BTreeSet<Identity>) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let before = slots.len();
+        slots.retain(|identity, _| wanted.contains(identity));
+        let removed = before != slots.len();
+        let mut added = false;
+        for identity in wanted {
+            slots.entry(identity.clone()).or_insert_with(|| {
+                added = true;
+                Slot {
+                    current: None,
+                    issued: 0,
+                    next_try: SystemTime::UNIX_EPOCH,
+                    failures: 0,
+                }
+            });
+        }
+        drop(slots);
+        if removed {
+            self.publish_sni();
+        }
+        if added {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The current certificate of an identity the node holds.
+    pub fn get(&self, identity: &Identity) -> Result<Arc<Issued>> {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .get(identity)
+            .and_then(|s| s.current.clone())
+            .filter(|issued| issued.cert.not_after > SystemTime::now())
+            .ok_or_else(|| Error::NotYet(identity.clone()))
+    }
+
+    /// The current certificate, waiting up to `wait` for the CA's first answer.
+    pub async fn wait_for(&self, identity: &Identity, wait: Duration) -> Result<Arc<Issued>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match self.get(identity) {
+                Ok(issued) => return Ok(issued),
+                Err(error) if tokio::time::Instant::now() >= deadline => return Err(error),
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    /// Every certificate held, for the admin page.
+    pub fn status(&self) -> Vec<CertStatus> {
+        let unix = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        };
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut status: Vec<CertStatus> = slots
+            .iter()
+            .filter_map(|(identity, slot)| {
+                let issued = slot.current.as_ref()?;
+                Some(CertStatus {
+                    identity: identity.to_string(),
+                    not_before_unix: unix(issued.cert.not_before),
+                    not_after_unix: unix(issued.cert.not_after),
+                    refresh_at_unix: unix(issued.cert.refresh_at()),
+                    issued: slot.issued,
+                })
+            })
+            .collect();
+        status.sort_by(|a, b| a.identity.cmp(&b.identity));
+        status
+    }
+
+    /// Whether every wanted identity has a certificate.
+    pub fn all_issued(&self) -> bool {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.values().all(|s| s.current.is_some())
+    }
+
+    /// Requests missing certificates and renews those past half their life, forever.
+    pub async fn renew_forever(self: Arc<Self>) {
+        loop {
+            let now = SystemTime::now();
+            let due: Vec<Identity> = {
+                let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+                slots
+                    .iter()
+                    .filter(|(_, s)| {
+                        s.next_try <= now
+                            && s.current
+                                .as_ref()
+                                .is_none_or(|c| c.cert.refresh_at() <= now)
+                    })
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            };
+            let requests = due.into_iter().map(|identity| {
+                let this = self.clone();
+                async move {
+                    let result = this.request(&identity).await;
+                    this.store(identity, result);
+                }
+            });
+            futures::future::join_all(requests).await;
+            let sleep = self.next_wake();
+            tokio::select! {
+                () = tokio::time::sleep(sleep) => {}
+                () = self.wake.notified() => {}
+            }
+        }
+    }
+
+    /// How long until something is due (at most [`TICK`]).
+    fn next_wake(&self) -> Duration {
+        let now = SystemTime::now();
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .values()
+            .map(|s| {
+                let due = s
+                    .current
+                    .as_ref()
+                    .map_or(s.next_try, |c| c.cert.refresh_at().max(s.next_try));
+                due.duration_since(now).unwrap_or(Duration::ZERO)
+            })
+            .min()
+            .unwrap_or(TICK)
+            .min(TICK)
+            .max(Duration::from_millis(5))
+    }
+
+    async fn request(&self, identity: &Identity) -> Result<Issued> {
+        let mut client = self.client.clone();
+        let cert = request_certificate(
+            &mut client,
+            &self.credential,
+            identity,
+            self.config.validity,
+        )
+        .await
+        .map_err(|status| Error::Refused {
+            identity: identity.clone(),
+            status: Box::new(status),
+        })?;
+        let key = certified_key(&cert).map_err(|source| Error::Unusable {
+            identity: identity.clone(),
+            source: Box::new(source),
+        })?;
+        Ok(Issued { cert, key })
+    }
+
+    fn store(&self, identity: Identity, result: Result<Issued>) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(slot) = slots.get_mut(&identity) else {
+            return; // no longer wanted
+        };
+        match result {
+            Ok(issued) => {
+                tracing::info!(%identity, not_after = ?issued.cert.not_after, renewal = slot.issued > 0, "workload certificate issued");
+                slot.current = Some(Arc::new(issued));
+                slot.issued += 1;
+                slot.failures = 0;
+                slot.next_try = SystemTime::UNIX_EPOCH;
+            }
+            Err(error) => {
+                slot.failures += 1;
+                let backoff = RETRY
+                    .saturating_mul(1 << slot.failures.min(4))
+                    .min(TICK * 5);
+                slot.next_try = SystemTime::now() + backoff;
+                tracing::warn!(%identity, %error, ?backoff, "certificate request failed; will retry");
+            }
+        }
+        drop(slots);
+        self.publish_sni();
+    }
+
+    /// Rebuilds the SNI map from the current certificates.
+    fn publish_sni(&self) {
+        let map: HashMap<String, Arc<CertifiedKey>> = {
+            let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots
+                .iter()
+                .filter_map(|(identity, slot)| {
+                    let name = server_name(identity).ok()?.to_str().into_owned();
+                    Some((name, slot.current.as_ref()?.key.clone()))
+                })
+                .collect()
+        };
+        *self.by_sni.write().unwrap_or_else(|e| e.into_inner()) = map;
+    }
+}
+
+impl fmt::Debug for CertManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertManager")
+            .field("config", &self.config)
+            .field("credential", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The inbound listener's certificate choice: the one whose identity the client's SNI names.
+#[derive(Debug)]
+pub struct SniResolver(pub Arc<CertManager>);
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = hello.server_name()?;
+        let map = self.0.by_sni.read().unwrap_or_else(|e| e.into_inner());
+        let found = map.get(name).cloned();
+        if found.is_none() {
+            tracing::debug!(sni = name, "no local identity for this server name");
+        }
+        found
+    }
+}

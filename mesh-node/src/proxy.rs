@@ -1,0 +1,141 @@
+//! The node's L4 proxy: where each redirected connection goes (`route`), HBONE tunnels to
+//! other nodes (`pool`), and the inbound side that admits connections to this node's pods
+//! (`inbound`: 15008, and the same checks in-process for same-node traffic).
+
+pub mod inbound;
+pub mod pool;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use mesh_core::config::{Model, PodInfo, ServiceInfo};
+use mesh_core::identity::Identity;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+
+use crate::identity::CertManager;
+use crate::metrics::Metrics;
+
+/// A byte stream of any kind (a TCP socket, a tunnel).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// What the outbound and inbound sides share.
+pub struct Proxy {
+    pub node: String,
+    pub node_ip: Ipv4Addr,
+    model: watch::Receiver<Arc<Model>>,
+    pub certs: Arc<CertManager>,
+    pub pool: pool::Pool,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Where a redirected connection goes.
+#[derive(Debug)]
+pub enum Route {
+    /// Not a mesh workload (outside the cluster, or a pod not in the mesh): plain TCP to the
+    /// address, as the client asked.
+    Passthrough {
+        addr: SocketAddr,
+        service: Option<Arc<ServiceInfo>>,
+    },
+    /// A mesh workload on this node: the inbound checks in-process, no TLS.
+    Local(Target),
+    /// A mesh workload on another node: HBONE to its node proxy.
+    Remote { target: Target, node: SocketAddr },
+    /// Nothing can serve it (a service without ready endpoints): reset the client.
+    Refuse(String),
+}
+
+/// A mesh endpoint chosen for a connection.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub pod: Arc<PodInfo>,
+    pub identity: Identity,
+    pub service: Option<Arc<ServiceInfo>>,
+}
+
+impl Proxy {
+    pub fn new(
+        node: String,
+        node_ip: Ipv4Addr,
+        model: watch::Receiver<Arc<Model>>,
+        certs: Arc<CertManager>,
+        metrics: Arc<Metrics>,
+    ) -> Proxy {
+        let pool = pool::Pool::new(certs.roots().to_vec());
+        Proxy {
+            node,
+            node_ip,
+            model,
+            certs,
+            pool,
+            metrics,
+        }
+    }
+
+    /// The current config snapshot.
+    pub fn model(&self) -> Arc<Model> {
+        self.model.borrow().clone()
+    }
+
+    /// The identity of a pod's service account.
+    pub fn identity_of(&self, pod: &PodInfo) -> Identity {
+        self.certs
+            .identity_of(&pod.name.namespace, &pod.service_account)
+    }
+
+    /// A mesh source: a pod of this node that is in the mesh.
+    pub fn local_mesh_pod(&self, model: &Model, ip: IpAddr) -> Option<Arc<PodInfo>> {
+        model
+            .pod_by_ip(ip)
+            .filter(|p| p.node.as_deref() == Some(self.node.as_str()) && model.in_mesh(p))
+            .cloned()
+    }
+
+    /// Where a connection to `destination` goes: a service address picks one of its ready
+    /// endpoints at random (as kube-proxy and ztunnel do); a pod address is taken as it is; a mesh pod on this node is
+    /// served locally, one elsewhere through its node's HBONE listener.
+    pub fn route(&self, model: &Model, destination: SocketAddr) -> Route {
+        let (addr, service) = match model.service_by_addr(destination) {
+            Some(service) => {
+                let endpoints = model.ready_endpoints(service, destination.port());
+                if endpoints.is_empty() {
+                    return Route::Refuse(format!(
+                        "service {}/{} has no ready endpoint for port {}",
+                        service.name.namespace,
+                        service.name.name,
+                        destination.port()
+                    ));
+                }
+                let i = rand::random_range(0..endpoints.len());
+                (endpoints[i].addr, Some(service.clone()))
+            }
+            None => (destination, None),
+        };
+        let pod = model.pod_by_ip(addr.ip()).cloned();
+        let Some(pod) = pod.filter(|p| model.in_mesh(p)) else {
+            return Route::Passthrough { addr, service };
+        };
+        let target = Target {
+            addr,
+            identity: self.identity_of(&pod),
+            pod: pod.clone(),
+            service,
+        };
+        if pod.node.as_deref() == Some(self.node.as_str()) {
+            return Route::Local(target);
+        }
+        match pod.host_ip {
+            Some(host) => Route::Remote {
+                target,
+                node: SocketAddr::new(host, mesh_core::hbone::PORT),
+            },
+            None => Route::Refuse(format!(
+                "pod {}/{} has no hostIP: its node proxy cannot be reached",
+                pod.name.namespace, pod.name.name
+            )),
+        }
+    }
+}

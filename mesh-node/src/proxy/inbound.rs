@@ -1,0 +1,240 @@
+//! The inbound side: HBONE on 15008 (mutual TLS; the certificate presented is the one of the
+//! identity the client's SNI names), then for each tunnel the admission checks — the
+//! destination is a mesh pod on this node, and its AuthorizationPolicies allow the client —
+//! then a plain connection to the pod. Same-node connections take the same checks
+//! in-process ([`admit`] and [`connect`]), without TLS.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::StatusCode;
+use mesh_core::config::{Model, PodInfo};
+use mesh_core::hbone::{self, Inbound};
+use mesh_core::identity::Identity;
+use mesh_core::identity::tls::server_config_resolving;
+use mesh_core::policy;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use super::Proxy;
+use crate::identity::SniResolver;
+use crate::metrics::TcpLabels;
+
+/// How long the pod gets to accept.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The address is not a mesh pod on this node.
+    NotHere(String),
+    /// Policy said no.
+    Denied(String),
+}
+
+impl Refusal {
+    fn status(&self) -> StatusCode {
+        match self {
+            Refusal::NotHere(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Denied(_) => StatusCode::UNAUTHORIZED,
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::NotHere(why) | Refusal::Denied(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Serves HBONE until the task is dropped.
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
+    let config = match server_config_resolving(
+        Arc::new(SniResolver(proxy.certs.clone())),
+        proxy.certs.roots(),
+    ) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!(%error, "the HBONE listener cannot be configured");
+            return;
+        }
+    };
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "HBONE listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let proxy = proxy.clone();
+        let handler = move |inbound: Inbound| {
+            let proxy = proxy.clone();
+            async move { tunnel(&proxy, inbound).await }
+        };
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            if let Err(error) = hbone::serve_connection(acceptor, tcp, peer, handler).await {
+                tracing::debug!(%peer, %error, "HBONE connection ended with an error");
+            }
+        });
+    }
+}
+
+/// One tunnel: admit it, connect to the pod, and count the connection when it ends.
+async fn tunnel(proxy: &Proxy, inbound: Inbound) -> Result<Counted<TcpStream>, StatusCode> {
+    let model = proxy.model();
+    let source_ip = inbound.forwarded_for.unwrap_or(inbound.peer.ip());
+    let pod = admit(
+        proxy,
+        &model,
+        Some(&inbound.peer_identity),
+        source_ip,
+        inbound.destination,
+    )
+    .map_err(|refusal| {
+        tracing::info!(peer = %inbound.peer_identity, destination = %inbound.destination, %refusal, "inbound tunnel refused");
+        refusal.status()
+    })?;
+    let source_pod = model.pod_by_ip(source_ip);
+    let labels = TcpLabels::new(
+        "destination",
+        source_pod.map(|p| (&**p, &inbound.peer_identity)),
+        Some((&pod, &proxy.identity_of(&pod))),
+        None,
+        true,
+    );
+    let upstream = connect(inbound.destination).await.map_err(|error| {
+        tracing::debug!(destination = %inbound.destination, %error, "the pod refused");
+        StatusCode::SERVICE_UNAVAILABLE
+    })?;
+    Ok(Counted::new(upstream, proxy.metrics.clone(), labels))
+}
+
+/// The admission checks for a connection from `source` (a verified identity, or `None` for
+/// plaintext) at `source_ip` to `destination`: the pod behind it, or why not.
+pub fn admit(
+    proxy: &Proxy,
+    model: &Model,
+    source: Option<&Identity>,
+    source_ip: IpAddr,
+    destination: SocketAddr,
+) -> Result<Arc<PodInfo>, Refusal> {
+    let pod = model
+        .pod_by_ip(destination.ip())
+        .filter(|p| p.node.as_deref() == Some(proxy.node.as_str()))
+        .ok_or_else(|| Refusal::NotHere(format!("{destination} is not a pod on this node")))?;
+    if !model.in_mesh(pod) {
+        return Err(Refusal::NotHere(format!(
+            "pod {}/{} is not in the mesh",
+            pod.name.namespace, pod.name.name
+        )));
+    }
+    let policies = model.authorization_policies_for(pod);
+    let connection = policy::Connection {
+        source_identity: source,
+        source_ip,
+        destination_ip: destination.ip(),
+        destination_port: destination.port(),
+        destination_namespace: Some(&pod.name.namespace),
+    };
+    let decision = policy::authorize(&policies, &connection);
+    for warning in &decision.warnings {
+        tracing::debug!(%warning, "authorization");
+    }
+    if !decision.is_allowed() {
+        proxy.metrics.denied();
+        return Err(Refusal::Denied(format!(
+            "{} → {}/{}:{}: {}",
+            source.map_or_else(|| source_ip.to_string(), ToString::to_string),
+            pod.name.namespace,
+            pod.name.name,
+            destination.port(),
+            decision.verdict
+        )));
+    }
+    Ok(pod.clone())
+}
+
+/// A plain connection to a pod on this node.
+pub async fn connect(destination: SocketAddr) -> io::Result<TcpStream> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(destination))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the pod did not accept in time"))??;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// A stream that counts its bytes and reports the connection's metrics when dropped: opened
+/// at creation, closed with bytes read (sent to the client) and written (received from it).
+pub struct Counted<S> {
+    inner: S,
+    read: u64,
+    written: u64,
+    metrics: Arc<crate::metrics::Metrics>,
+    labels: TcpLabels,
+}
+
+impl<S> Counted<S> {
+    pub fn new(inner: S, metrics: Arc<crate::metrics::Metrics>, labels: TcpLabels) -> Counted<S> {
+        metrics.opened(&labels);
+        Counted {
+            inner,
+            read: 0,
+            written: 0,
+            metrics,
+            labels,
+        }
+    }
+}
+
+impl<S> Drop for Counted<S> {
+    fn drop(&mut self) {
+        self.metrics.closed(&self.labels, self.written, self.read);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.read += (buf.filled().len() - before) as u64;
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = &poll {
+            self.written += *n as u64;
+        }
+        poll
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
