@@ -88,6 +88,21 @@ where
         .accept(tcp)
         .await
         .map_err(|source| Error::Handshake { peer, source })?;
+    serve_tls(tls, peer, handler).await
+}
+
+/// Serves HBONE on a connection whose TLS handshake (with a client certificate) is done:
+/// for servers that choose their certificate after reading the ClientHello.
+pub async fn serve_tls<H, F, U>(
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SocketAddr,
+    handler: H,
+) -> Result<()>
+where
+    H: Fn(Inbound) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<U, StatusCode>> + Send + 'static,
+    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let peer_identity =
         peer_identity(tls.get_ref().1.peer_certificates()).map_err(|e| Error::Identity {
             peer,

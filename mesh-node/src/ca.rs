@@ -11,14 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_core::config::{Model, Store};
-use mesh_core::identity::service::{Authorizer, CaService};
+use mesh_core::identity::service::{Authorizer, CA_SERVER_NAME, CaService};
 use mesh_core::identity::{CertificateAuthority, Identity};
 use mesh_core::source::files::FilesSource;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-/// The DNS name in the CA's serving certificate; agents check it (the address may vary).
-pub const CA_SERVER_NAME: &str = "mesh-ca.istio-system.svc";
 /// How long the CA's serving certificate lives (it is re-made at every start).
 const SERVING_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 

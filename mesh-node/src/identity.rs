@@ -10,17 +10,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use mesh_core::identity::service::proto::istio_certificate_service_client::IstioCertificateServiceClient;
-use mesh_core::identity::service::request_certificate;
+use mesh_core::identity::service::{CaClient, ca_client, request_certificate};
 use mesh_core::identity::tls::{certified_key, server_name};
 use mesh_core::identity::{Identity, WorkloadCertificate};
 use rustls::pki_types::CertificateDer;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use serde::Serialize;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
-
-use crate::ca::CA_SERVER_NAME;
 
 /// How long a certificate request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -118,7 +114,7 @@ struct Slot {
 
 /// The node's certificates, by identity, and the channel to the CA.
 pub struct CertManager {
-    client: IstioCertificateServiceClient<Channel>,
+    client: CaClient,
     credential: String,
     config: CaClientConfig,
     roots: Vec<CertificateDer<'static>>,
@@ -156,23 +152,14 @@ impl CertManager {
             .map(|p| CertificateDer::from(p.into_contents()))
             .collect();
         let credential = read(&config.credential_file)?.trim().to_owned();
-        let channel_error = |source| Error::Channel {
-            addr: config.addr,
-            source,
-        };
-        let channel = Endpoint::from_shared(format!("https://{}", config.addr))
-            .map_err(channel_error)?
-            .tls_config(
-                ClientTlsConfig::new()
-                    .ca_certificate(Certificate::from_pem(&root_pem))
-                    .domain_name(CA_SERVER_NAME),
-            )
-            .map_err(channel_error)?
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(REQUEST_TIMEOUT)
-            .connect_lazy();
+        let client = ca_client(config.addr, &root_pem, REQUEST_TIMEOUT).map_err(|source| {
+            Error::Channel {
+                addr: config.addr,
+                source,
+            }
+        })?;
         Ok(CertManager {
-            client: IstioCertificateServiceClient::new(channel),
+            client,
             credential,
             config,
             roots,
@@ -244,6 +231,26 @@ impl CertManager {
                 Err(error) if tokio::time::Instant::now() >= deadline => return Err(error),
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             }
+        }
+    }
+
+    /// Whether a certificate answers to the TLS server name `sni`, waiting up to `wait` for
+    /// one of a wanted identity to arrive.
+    pub async fn wait_for_server_name(&self, sni: &str, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if self
+                .by_sni
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(sni)
+            {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

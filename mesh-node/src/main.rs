@@ -162,6 +162,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::EbpfCheck { cgroup, seconds } => ebpf_check(cgroup, seconds).await,
         Command::Run(args) => {
+            raise_fd_limit();
             let agent_cgroup = match args.agent_cgroup {
                 Some(path) => Some(path),
                 None => own_cgroup()?,
@@ -209,6 +210,21 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// A proxy holds two sockets per connection: lift the soft open-file limit (often 1024) to
+/// the hard one.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(error) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(%error, soft, hard, "could not raise the open-file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "could not read the open-file limit"),
     }
 }
 

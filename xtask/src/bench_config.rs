@@ -14,8 +14,11 @@ enum Bench {
     /// Load and index 10k Services, 50k Pods, 2k VirtualServices, 2k DestinationRules.
     Config,
     /// Connect and 1 KB request/response latency: direct, eBPF redirect (fast path off/on),
-    /// netfilter NAT, through the interim forwarder (root; builds a one-node lab).
+    /// netfilter NAT, through the node proxy (root; builds a one-node lab).
     Redirect(crate::bench_redirect::BenchArgs),
+    /// Direct vs the L4 mesh between two nodes: wrk req/s and P50/P90/P99, new connections/s,
+    /// iperf3 throughput, agent CPU per 1000 requests and RSS (root; builds a two-node lab).
+    Mesh(crate::bench_mesh::BenchArgs),
 }
 
 pub(crate) fn run(args: BenchArgs) -> Result<()> {
@@ -38,5 +41,6 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
             Ok(())
         }
         Bench::Redirect(args) => crate::bench_redirect::run(&args),
+        Bench::Mesh(args) => crate::bench_mesh::run(&args),
     }
 }

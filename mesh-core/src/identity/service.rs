@@ -20,6 +20,34 @@ pub mod proto {
 use proto::istio_certificate_service_server::IstioCertificateService;
 use proto::{IstioCertificateRequest, IstioCertificateResponse};
 
+/// The DNS name in the CA's serving certificate; clients check it (the address may vary).
+pub const CA_SERVER_NAME: &str = "mesh-ca.istio-system.svc";
+
+/// A client of the CA's gRPC service.
+pub type CaClient = proto::istio_certificate_service_client::IstioCertificateServiceClient<
+    tonic::transport::Channel,
+>;
+
+/// A client for the CA at `addr` over TLS, trusting `root_pem` and checking the CA's name
+/// ([`CA_SERVER_NAME`]); it connects on first use.
+pub fn ca_client(
+    addr: std::net::SocketAddr,
+    root_pem: &str,
+    timeout: Duration,
+) -> Result<CaClient, tonic::transport::Error> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    let channel = Endpoint::from_shared(format!("https://{addr}"))?
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(root_pem))
+                .domain_name(CA_SERVER_NAME),
+        )?
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .connect_lazy();
+    Ok(CaClient::new(channel))
+}
+
 /// The CA's default and longest certificate lifetime.
 pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 
@@ -94,9 +122,7 @@ impl<A: Authorizer> IstioCertificateService for CaService<A> {
 
 /// Asks the CA for a certificate for `identity` with a fresh key.
 pub async fn request_certificate(
-    client: &mut proto::istio_certificate_service_client::IstioCertificateServiceClient<
-        tonic::transport::Channel,
-    >,
+    client: &mut CaClient,
     credential: &str,
     identity: &Identity,
     validity: Duration,

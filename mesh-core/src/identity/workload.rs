@@ -48,6 +48,9 @@ pub struct WorkloadCertificate {
     key: PrivatePkcs8KeyDer<'static>,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// When this side received it: the CA back-dates `not_before` for clock skew, so the
+    /// renewal time counts from here.
+    pub received: SystemTime,
 }
 
 impl fmt::Debug for WorkloadCertificate {
@@ -77,6 +80,7 @@ impl WorkloadCertificate {
             key: PrivatePkcs8KeyDer::from(key.key.serialize_der()),
             not_before,
             not_after,
+            received: SystemTime::now(),
         })
     }
 
@@ -84,13 +88,15 @@ impl WorkloadCertificate {
         PrivateKeyDer::Pkcs8(self.key.clone_key())
     }
 
-    /// When to replace it: half-way through its life, as Istio's agents do.
+    /// When to replace it: half-way through the life it had left when it arrived (as
+    /// Istio's agents do; `not_before` is back-dated for clock skew, so it is not the start).
     pub fn refresh_at(&self) -> SystemTime {
+        let start = self.received.max(self.not_before);
         let life = self
             .not_after
-            .duration_since(self.not_before)
+            .duration_since(start)
             .unwrap_or(Duration::ZERO);
-        self.not_before + life / 2
+        start + life / 2
     }
 }
 

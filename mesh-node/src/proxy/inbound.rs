@@ -19,7 +19,7 @@ use mesh_core::identity::tls::server_config_resolving;
 use mesh_core::policy;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 
 use super::Proxy;
 use crate::identity::SniResolver;
@@ -27,6 +27,8 @@ use crate::metrics::TcpLabels;
 
 /// How long the pod gets to accept.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a handshake waits for a certificate the node is about to receive.
+const CERT_WAIT: Duration = Duration::from_secs(5);
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +68,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
             return;
         }
     };
-    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let config = Arc::new(config);
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -77,14 +79,35 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
             }
         };
         let _ = tcp.set_nodelay(true);
+        let certs = proxy.certs.clone();
         let proxy = proxy.clone();
         let handler = move |inbound: Inbound| {
             let proxy = proxy.clone();
             async move { tunnel(&proxy, inbound).await }
         };
-        let acceptor = acceptor.clone();
+        let config = config.clone();
         tokio::spawn(async move {
-            if let Err(error) = hbone::serve_connection(acceptor, tcp, peer, handler).await {
+            let result = async {
+                let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
+                    .await
+                    .map_err(|e| format!("reading the ClientHello: {e}"))?;
+                // A client may ask for an identity whose certificate is on its way (a pod
+                // just scheduled here): wait for it rather than fail the handshake.
+                let sni = start.client_hello().server_name().map(str::to_owned);
+                if let Some(sni) = &sni
+                    && !certs.wait_for_server_name(sni, CERT_WAIT).await
+                {
+                    tracing::debug!(%peer, sni, "no certificate for this server name");
+                }
+                let tls = start
+                    .into_stream(config)
+                    .await
+                    .map_err(|e| format!("TLS handshake: {e}"))?;
+                hbone::serve_tls(tls, peer, handler)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            if let Err(error) = result.await {
                 tracing::debug!(%peer, %error, "HBONE connection ended with an error");
             }
         });

@@ -166,6 +166,7 @@ fn within(deadline: Duration, mut check: impl FnMut() -> bool) -> Result<Duratio
 fn acceptance(tag: &str, fast_path: bool) {
     let lab = mesh_lab(tag, fast_path);
     let node1_ip = lab.lab.node("node1").unwrap().ip.to_string();
+    let node2_ip = lab.lab.node("node2").unwrap().ip.to_string();
     let client = lab.pod("client").clone();
     let outsider = lab.pod("plain/outsider").clone();
     let server_a = lab.pod("server-a").ip;
@@ -173,14 +174,16 @@ fn acceptance(tag: &str, fast_path: bool) {
     let client_key = client.key();
 
     // From an enrolled pod: a ClusterIP, a pod on the other node, a pod on the same node.
+    // The server sees the proxy of its own node: node2's for server-a (the HBONE tunnel
+    // from node1's proxy ends there), node1's for server-b.
     let before = stats(&lab, "node1");
-    for url in [
-        "http://server-b:8000/ip".to_owned(),
-        format!("http://{server_a}:8080/ip"),
-        format!("http://{server_b}:8080/ip"),
+    for (url, proxy) in [
+        ("http://server-b:8000/ip".to_owned(), &node1_ip),
+        (format!("http://{server_a}:8080/ip"), &node2_ip),
+        (format!("http://{server_b}:8080/ip"), &node1_ip),
     ] {
         let seen = origin(&lab, "client", &url).unwrap();
-        assert_eq!(seen, node1_ip, "{url}: the server must see the node proxy");
+        assert_eq!(&seen, proxy, "{url}: the server must see the node proxy");
     }
     let after = stats(&lab, "node1");
     let connections = |s: &Value| pod_counter(s, &client_key, "connections");
@@ -275,7 +278,6 @@ fn acceptance(tag: &str, fast_path: bool) {
         .label("ns/plain", &["istio.io/dataplane-mode=ambient".into()])
         .unwrap();
     let url = format!("http://{server_a}:8080/ip");
-    let node2_ip = lab.lab.node("node2").unwrap().ip.to_string();
     let took = within(ENROLL_DEADLINE, || {
         origin(&lab, "plain/outsider", &url).unwrap() == node2_ip
     })
@@ -400,10 +402,11 @@ fn restart_and_uninstall(tag: &str, fast_path: bool) {
         .iter()
         .filter_map(Value::as_u64)
         .collect();
-    let node1_ip = lab.lab.node("node1").unwrap().ip.to_string();
+    // server-a is on node2: the tunnel ends at node2's proxy, which connects to it.
+    let node2_ip = lab.lab.node("node2").unwrap().ip.to_string();
     assert_eq!(
         origin(&lab, "client", &format!("http://{server_a}:8080/ip")).unwrap(),
-        node1_ip
+        node2_ip
     );
 
     // Uninstall: stop the agent, remove everything it pinned; the kernel drops the programs.

@@ -169,6 +169,7 @@ const INDEX: &str = "<!DOCTYPE html>\n<html><head><title>httpbin</title></head><
 <li><a href=\"/ip\">/ip</a> the requester's IP address</li>\n\
 <li><a href=\"/user-agent\">/user-agent</a> the User-Agent header</li>\n\
 <li><a href=\"/status/418\">/status/:code</a> the given status (or a weighted random one of <code>200:0.9,503:0.1</code>)</li>\n\
+<li><a href=\"/bytes/1024\">/bytes/:n</a> n bytes</li>\n\
 <li><a href=\"/delay/1\">/delay/:seconds</a> waits (at most 10 s) then answers like /get</li>\n\
 </ul></body></html>\n";
 
@@ -206,6 +207,14 @@ impl Handler for Httpbin {
                 Ok(choice) => status::response(choice.pick(&mut rand::rng())),
                 Err(e) => web::text(StatusCode::BAD_REQUEST, format!("{e}\n")),
             },
+            p if p.starts_with("/bytes/") => match p["/bytes/".len()..].parse::<usize>() {
+                // go-httpbin's /bytes/{n}, without the randomness: n bytes (at most 100 KiB).
+                Ok(n) if n <= MAX_BYTES => web::text(StatusCode::OK, vec![b'x'; n]),
+                _ => web::text(
+                    StatusCode::BAD_REQUEST,
+                    format!("/bytes/N takes a size up to {MAX_BYTES}\n"),
+                ),
+            },
             p if p.starts_with("/delay/") => match parse_delay(&p["/delay/".len()..]) {
                 Ok(delay) => {
                     tokio::time::sleep(delay).await;
@@ -217,6 +226,9 @@ impl Handler for Httpbin {
         }
     }
 }
+
+/// The largest `/bytes/N` body.
+const MAX_BYTES: usize = 100 * 1024;
 
 /// The most a `/delay` waits.
 pub(crate) const MAX_DELAY: Duration = Duration::from_secs(10);

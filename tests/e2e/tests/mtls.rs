@@ -1,0 +1,610 @@
+//! The L4 mTLS data path on the lab, for real (root): HBONE between nodes carries only TLS,
+//! AuthorizationPolicy allows and denies as Istio documents, the CA signs only identities of
+//! pods on the caller's node, certificates rotate under open connections, and a thousand
+//! concurrent connections pass one node agent and leave nothing behind.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail, ensure};
+use mesh_e2e::{TestLab, istio_sample};
+use mesh_sim::{MeshOptions, http_get_in};
+use serde_json::Value;
+
+/// Writes `text` to a file of its own for this test and returns the path.
+fn manifest(tag: &str, name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mesh-mtls-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Starts the mesh, enrolls `default`, and waits until every agent has enrolled its pods
+/// there (so no connection of the test slips past the mesh while the label propagates).
+fn start_mesh(lab: &mut TestLab, options: MeshOptions) {
+    lab.lab
+        .start_mesh(&options)
+        .unwrap_or_else(|e| panic!("lab {}: the mesh did not start: {e}", lab.name));
+    lab.lab
+        .label("ns/default", &["istio.io/dataplane-mode=ambient".into()])
+        .unwrap();
+    let nodes: Vec<String> = lab
+        .lab
+        .state()
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .collect();
+    eventually(Duration::from_secs(5), || {
+        for node in &nodes {
+            let dump = config_dump(lab, node);
+            let pending: Vec<&Value> = dump["local_pods"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["namespace"] == "default" && p["enrolled"] != true)
+                .collect();
+            ensure!(pending.is_empty(), "{node}: not enrolled yet: {pending:?}");
+        }
+        Ok(())
+    })
+    .expect("the agents enroll namespace default");
+}
+
+/// Polls `check` until it returns `Ok`, up to `deadline`; the last error otherwise.
+fn eventually<T>(deadline: Duration, mut check: impl FnMut() -> Result<T>) -> Result<T> {
+    let started = Instant::now();
+    loop {
+        match check() {
+            Ok(value) => return Ok(value),
+            Err(error) if started.elapsed() > deadline => return Err(error),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+fn config_dump(lab: &TestLab, node: &str) -> Value {
+    let (status, body) = lab.lab.agent_get(node, "/config_dump").unwrap();
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn metrics(lab: &TestLab, node: &str) -> String {
+    let node = lab.lab.node(node).unwrap();
+    let (status, body) = http_get_in(
+        &node.netns,
+        SocketAddr::from((node.ip, mesh_sim::METRICS_PORT)),
+        "/stats/prometheus",
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// How many certificates `identity` has had on `node`'s agent (0 if none).
+fn issued(lab: &TestLab, node: &str, identity: &str) -> u64 {
+    config_dump(lab, node)["certificates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["identity"] == identity)
+        .and_then(|c| c["issued"].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn bookinfo_in_the_mesh_crosses_nodes_only_as_mutual_tls() {
+    let mut lab = TestLab::up(
+        "tls",
+        2,
+        &[
+            istio_sample("bookinfo/platform/kube/bookinfo.yaml"),
+            istio_sample("curl/curl.yaml"),
+        ],
+    );
+    start_mesh(&mut lab, MeshOptions::default());
+    eventually(Duration::from_secs(10), || {
+        let page = lab.curl("curl", &["-f", "productpage:9080/productpage"])?;
+        ensure!(page.contains("Book Details"), "{page}");
+        Ok(())
+    })
+    .expect("the product page through the mesh");
+
+    // Capture everything between the nodes (the bridge's ports) during the requests.
+    let pcap = std::env::temp_dir().join(format!("mesh-mtls-{}.pcap", lab.name));
+    let mut tcpdump = Command::new("ip")
+        .args(["netns", "exec", &format!("msim-{}-net", lab.name)])
+        // Every port of the bridge: frames switched between nodes never reach br0 itself.
+        // Immediate mode: a SIGINT must not lose what sits in the capture ring.
+        .args([
+            "tcpdump",
+            "--immediate-mode",
+            "-i",
+            "any",
+            "-U",
+            "-s",
+            "0",
+            "-w",
+        ])
+        .arg(&pcap)
+        .arg("tcp")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tcpdump (cargo xtask setup installs it)");
+    let mut stderr = BufReader::new(tcpdump.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("listening on") {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            panic!("tcpdump ended before it was listening: {said}");
+        }
+        said.push_str(&line);
+    }
+    let mut versions = std::collections::BTreeSet::new();
+    for _ in 0..12 {
+        let page = lab
+            .curl(
+                "curl",
+                &[
+                    "-f",
+                    "-H",
+                    "cookie: session=x",
+                    "productpage:9080/productpage?u=normal",
+                ],
+            )
+            .unwrap();
+        assert!(page.contains("Book Details"), "{page}");
+        for version in ["reviews-v1", "reviews-v2", "reviews-v3"] {
+            if page.contains(version) {
+                versions.insert(version);
+            }
+        }
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(tcpdump.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    tcpdump.wait().unwrap();
+    assert!(
+        versions.len() >= 2,
+        "reviews are balanced over versions: {versions:?}"
+    );
+
+    let read = |filter: &[&str]| {
+        let output = Command::new("tcpdump")
+            .args(["-nn", "-A", "-r"])
+            .arg(&pcap)
+            .args(filter)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let all = read(&[]);
+    let hbone_packets = read(&["tcp port 15008"])
+        .lines()
+        .filter(|l| l.contains(" IP "))
+        .count();
+    assert!(hbone_packets > 0, "no HBONE traffic between nodes:\n{all}");
+    // (Service-account names do cross in the clear, in the TLS SNI; the payload must not.)
+    for plaintext in [
+        "HTTP/1.1",
+        "GET /",
+        "Book Details",
+        "Reviewer1",
+        "content-type",
+    ] {
+        if let Some(at) = all.find(plaintext) {
+            let from = all[..at].rfind(" IP ").unwrap_or(0);
+            panic!(
+                "{plaintext:?} crossed the bridge in the clear:\n{}",
+                &all[from..(at + 200).min(all.len())]
+            );
+        }
+    }
+    let non_hbone = read(&["tcp and not port 15008 and not port 15012"]);
+    assert!(
+        !non_hbone.lines().any(|l| l.contains(" IP ")),
+        "traffic between nodes outside HBONE:\n{non_hbone}"
+    );
+
+    let _ = std::fs::remove_file(&pcap);
+
+    // Both sides report Istio's TCP metrics, as mutual TLS, with workload identities.
+    let reported: String = ["node1", "node2"]
+        .iter()
+        .map(|n| metrics(&lab, n))
+        .collect();
+    for expected in [
+        r#"reporter="source""#,
+        r#"reporter="destination""#,
+        r#"destination_principal="spiffe://cluster.local/ns/default/sa/bookinfo-reviews""#,
+        r#"source_workload="productpage-v1""#,
+        r#"connection_security_policy="mutual_tls""#,
+    ] {
+        assert!(
+            reported.contains(expected),
+            "metrics lack {expected}:\n{reported}"
+        );
+    }
+    assert!(reported.contains("istio_tcp_connections_opened_total{"));
+    assert!(reported.contains("istio_tcp_received_bytes_total{"));
+}
+
+const POLICY_LAB: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: other, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: httpbin}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, labels: {app: httpbin}}
+spec:
+  serviceAccountName: httpbin
+  containers:
+  - {name: httpbin, image: mccutchen/go-httpbin, ports: [{containerPort: 8080}]}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: sleep}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: remote, labels: {app: sleep}}
+spec:
+  serviceAccountName: sleep
+  containers:
+  - {name: curl, image: curlimages/curl, command: ["/bin/sleep", "infinity"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: local, labels: {app: local}}
+spec:
+  containers:
+  - {name: curl, image: curlimages/curl, command: ["/bin/sleep", "infinity"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: stranger, namespace: other, labels: {app: stranger}}
+spec:
+  containers:
+  - {name: curl, image: curlimages/curl, command: ["/bin/sleep", "infinity"]}
+"#;
+
+/// Which of the clients reach the server now.
+fn reach(lab: &TestLab, server: &str) -> [bool; 3] {
+    ["remote", "local", "other/stranger"].map(|client| {
+        lab.curl(
+            client,
+            &["--max-time", "3", "-f", &format!("http://{server}:8080/ip")],
+        )
+        .is_ok()
+    })
+}
+
+#[test]
+fn authorization_policies_allow_and_deny_as_istio_documents() {
+    let file = manifest("pol", "lab.yaml", POLICY_LAB);
+    let mut lab = TestLab::up("pol", 2, &[file]);
+    for (pod, node) in [
+        ("server", "node1"),
+        ("remote", "node2"),
+        ("local", "node1"),
+        ("other/stranger", "node2"),
+    ] {
+        assert_eq!(lab.pod(pod).node, node, "scheduling of {pod} changed");
+    }
+    start_mesh(&mut lab, MeshOptions::default());
+    let server = lab.pod("server").ip.to_string();
+    let expect = |lab: &TestLab, wanted: [bool; 3], why: &str| {
+        eventually(Duration::from_secs(5), || {
+            let seen = reach(lab, &server);
+            ensure!(
+                seen == wanted,
+                "{why}: remote, local, stranger reach = {seen:?}"
+            );
+            Ok(())
+        })
+        .unwrap();
+    };
+    expect(&lab, [true, true, true], "no policy: everyone");
+
+    let policies = [
+        (
+            "allow-sleep",
+            r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-sleep}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  action: ALLOW
+  rules: [{from: [{source: {principals: ["cluster.local/ns/default/sa/sleep"]}}]}]
+"#,
+            [true, false, false],
+            "ALLOW by principal: only the sleep account",
+        ),
+        (
+            "deny-other",
+            r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-other}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  action: DENY
+  rules: [{from: [{source: {namespaces: ["other"]}}]}]
+"#,
+            [true, true, false],
+            "DENY by namespace: all but namespace other",
+        ),
+        (
+            "allow-port",
+            r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-port}
+spec:
+  action: ALLOW
+  rules: [{to: [{operation: {ports: ["9999"]}}]}]
+"#,
+            [false, false, false],
+            "ALLOW only port 9999: nobody reaches 8080 (default deny)",
+        ),
+        (
+            "allow-8080-not-other",
+            r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-8080-not-other}
+spec:
+  action: ALLOW
+  rules:
+  - from: [{source: {notNamespaces: ["other"]}}]
+    to: [{operation: {ports: ["8080"]}}]
+"#,
+            [true, true, false],
+            "ALLOW port 8080 from every namespace but other",
+        ),
+    ];
+    for (name, yaml, wanted, why) in policies {
+        let file = manifest("pol", &format!("{name}.yaml"), yaml);
+        lab.lab
+            .apply(std::slice::from_ref(&file), "default")
+            .unwrap();
+        expect(&lab, wanted, why);
+        lab.lab.delete(&[file], "default").unwrap();
+        expect(&lab, [true, true, true], "policy removed: everyone again");
+    }
+    let log = lab.lab.agent_log("node1");
+    assert!(
+        log.contains("no ALLOW policy matched")
+            && log.contains("denied by DENY policy default/deny-other"),
+        "the agent logs why it refused:\n{log}"
+    );
+}
+
+/// Asks the lab's CA, from inside node `from`'s network namespace with that node's
+/// credential, for a certificate of `namespace/service_account`.
+fn ask_ca(lab: &TestLab, from: &str, namespace: &str, service_account: &str) -> Result<()> {
+    use mesh_core::identity::Identity;
+    use mesh_core::identity::service::{ca_client, request_certificate};
+    let ca_dir = lab.lab.dir().join("ca");
+    let root = std::fs::read_to_string(ca_dir.join("root-cert.pem"))?;
+    let credential = std::fs::read_to_string(ca_dir.join(format!("{from}.credential")))?;
+    let ca = SocketAddr::from((lab.lab.node("node1")?.ip, mesh_sim::CA_PORT));
+    let netns = std::fs::File::open(format!("/run/netns/{}", lab.lab.node(from)?.netns))?;
+    let identity = Identity::new("cluster.local", namespace, service_account);
+    std::thread::spawn(move || -> Result<()> {
+        nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let mut client = ca_client(ca, &root, Duration::from_secs(5))?;
+            let cert = request_certificate(
+                &mut client,
+                credential.trim(),
+                &identity,
+                Duration::from_secs(60),
+            )
+            .await
+            .map_err(|status| anyhow::anyhow!("{:?}: {}", status.code(), status.message()))?;
+            ensure!(cert.identity == identity, "signed {}", cert.identity);
+            Ok(())
+        })
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the CA client thread panicked"))?
+}
+
+#[test]
+fn the_ca_signs_only_identities_of_pods_on_the_callers_node() {
+    let file = manifest("ca", "lab.yaml", POLICY_LAB);
+    let mut lab = TestLab::up("ca", 2, &[file]);
+    start_mesh(&mut lab, MeshOptions::default());
+    // server (sa httpbin) runs on node1, remote (sa sleep) on node2.
+    ask_ca(&lab, "node1", "default", "httpbin").expect("node1 may have httpbin's identity");
+    ask_ca(&lab, "node2", "default", "sleep").expect("node2 may have sleep's identity");
+    let refused = ask_ca(&lab, "node2", "default", "httpbin")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("PermissionDenied") && refused.contains("is scheduled on node node2"),
+        "{refused}"
+    );
+    let unknown = ask_ca(&lab, "node1", "default", "nobody")
+        .unwrap_err()
+        .to_string();
+    assert!(unknown.contains("PermissionDenied"), "{unknown}");
+    // A forged credential is refused too.
+    std::fs::write(
+        lab.lab.dir().join("ca/forged.credential"),
+        "not-a-credential",
+    )
+    .unwrap();
+    let forged = ask_ca(&lab, "forged", "default", "httpbin");
+    assert!(forged.is_err(), "{forged:?}");
+}
+
+#[test]
+fn certificates_rotate_under_open_connections_and_new_ones_use_the_new_certificate() {
+    let mut lab = TestLab::up(
+        "rot",
+        2,
+        &[
+            istio_sample("curl/curl.yaml"),
+            istio_sample("tcp-echo/tcp-echo-services.yaml"),
+        ],
+    );
+    start_mesh(
+        &mut lab,
+        MeshOptions {
+            cert_ttl: Some("4s".into()),
+            ..MeshOptions::default()
+        },
+    );
+    let client = lab.pod("curl").clone();
+    let echo = lab
+        .lab
+        .state()
+        .pods
+        .values()
+        .find(|p| p.labels.get("app").is_some_and(|a| a == "tcp-echo") && p.node != client.node)
+        .expect("a tcp-echo pod on the other node")
+        .clone();
+    let client_id = "spiffe://cluster.local/ns/default/sa/curl";
+    eventually(Duration::from_secs(5), || {
+        ensure!(issued(&lab, &client.node, client_id) >= 1);
+        Ok(())
+    })
+    .expect("the client's first certificate");
+    let first = issued(&lab, &client.node, client_id);
+
+    // One connection, open for ~10 s, one echo a second.
+    let script = format!(
+        "exec 3<>/dev/tcp/{}/9000; for i in $(seq 1 10); do echo ping$i >&3; head -n1 <&3; sleep 1; done",
+        echo.ip
+    );
+    let long = lab
+        .lab
+        .exec_command(&client, "bash", &["-c".into(), script])
+        .unwrap()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(15), || {
+        let now = issued(&lab, &client.node, client_id);
+        ensure!(now >= first + 3, "{now} certificates so far");
+        Ok(())
+    })
+    .expect("three rotations during the connection");
+    let output = long.wait_with_output().unwrap();
+    let echoed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    for i in 1..=10 {
+        assert!(
+            echoed.lines().any(|l| l.ends_with(&format!("ping{i}"))),
+            "echo {i} missing: {echoed}"
+        );
+    }
+    // The first certificates have expired by now: a new connection works only with new ones.
+    let reply = lab
+        .exec(
+            "curl",
+            "bash",
+            &[
+                "-c",
+                &format!(
+                    "exec 3<>/dev/tcp/{}/9000; echo new >&3; head -n1 <&3",
+                    echo.ip
+                ),
+            ],
+        )
+        .unwrap();
+    assert!(reply.trim().ends_with("new"), "{reply}");
+    let server_id = "spiffe://cluster.local/ns/default/sa/default";
+    assert!(
+        issued(&lab, &echo.node, server_id) >= 3,
+        "the server side rotated too"
+    );
+}
+
+/// Open file descriptors of the processes in a node agent's cgroup.
+fn agent_fds(lab: &TestLab, node: &str) -> usize {
+    let node = lab.lab.node(node).unwrap();
+    let cgroup = node.pods_cgroup.parent().unwrap().join("agent");
+    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap();
+    procs
+        .lines()
+        .filter_map(|pid| std::fs::read_dir(format!("/proc/{pid}/fd")).ok())
+        .map(Iterator::count)
+        .sum()
+}
+
+fn agent_rss_kb(lab: &TestLab, node: &str) -> u64 {
+    let node = lab.lab.node(node).unwrap();
+    let cgroup = node.pods_cgroup.parent().unwrap().join("agent");
+    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap();
+    procs
+        .lines()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
+#[test]
+fn a_thousand_concurrent_connections_complete_and_leave_nothing_behind() {
+    let file = manifest("thousand", "lab.yaml", POLICY_LAB);
+    let mut lab = TestLab::up("thd", 2, &[file]);
+    start_mesh(&mut lab, MeshOptions::default());
+    let server = lab.pod("server").ip.to_string();
+    eventually(Duration::from_secs(5), || {
+        lab.curl("remote", &["-f", &format!("http://{server}:8080/ip")])
+    })
+    .expect("the mesh carries the client's requests");
+    let before = [agent_fds(&lab, "node1"), agent_fds(&lab, "node2")];
+    let rss_before = [agent_rss_kb(&lab, "node1"), agent_rss_kb(&lab, "node2")];
+    // curl runs at most 300 transfers at once: four of them, 250 each, all held open ~2 s.
+    let script = format!(
+        "ulimit -n 4096; for i in 1 2 3 4; do curl -s --parallel --parallel-immediate --parallel-max 250 \
+         -o /dev/null -w '%{{http_code}}\\n' 'http://{server}:8080/delay/2?[1-250]' & done; wait"
+    );
+    let started = Instant::now();
+    let out = lab.exec("remote", "bash", &["-c", &script]).unwrap();
+    let took = started.elapsed();
+    let ok = out.lines().filter(|l| *l == "200").count();
+    assert_eq!(ok, 1000, "every connection completes ({took:?}):\n{out}");
+    assert!(
+        took < Duration::from_secs(20),
+        "they ran concurrently, not one after another ({took:?})"
+    );
+    let after = eventually(Duration::from_secs(10), || {
+        let now = [agent_fds(&lab, "node1"), agent_fds(&lab, "node2")];
+        if now[0] <= before[0] + 2 && now[1] <= before[1] + 2 {
+            Ok(now)
+        } else {
+            bail!("fds before {before:?}, now {now:?}")
+        }
+    })
+    .expect("no file descriptors remain once the connections closed");
+    let rss_after = [agent_rss_kb(&lab, "node1"), agent_rss_kb(&lab, "node2")];
+    eprintln!(
+        "1000 concurrent connections in {took:?}; agent fds {before:?} -> {after:?}; RSS kB {rss_before:?} -> {rss_after:?}"
+    );
+    let (status, _) = lab.lab.agent_get("node2", "/healthz/ready").unwrap();
+    assert_eq!(status, 200);
+}
