@@ -207,7 +207,6 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let certs = Arc::new(CertManager::new(config.ca.clone())?);
     let proxy = Arc::new(Proxy::new(
         config.node.clone(),
-        config.proxy_ip,
         store.subscribe(),
         certs.clone(),
         Arc::new(Metrics::default()),

@@ -123,6 +123,8 @@ pub struct CertManager {
     by_sni: RwLock<HashMap<String, Arc<CertifiedKey>>>,
     /// Wakes the renewal loop when the wanted set changes.
     wake: tokio::sync::Notify,
+    /// Bumped whenever the certificates held change, for those waiting on one.
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl CertManager {
@@ -166,6 +168,7 @@ impl CertManager {
             slots: Mutex::new(HashMap::new()),
             by_sni: RwLock::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
+            changed: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -224,34 +227,37 @@ impl CertManager {
 
     /// The current certificate, waiting up to `wait` for the CA's first answer.
     pub async fn wait_for(&self, identity: &Identity, wait: Duration) -> Result<Arc<Issued>> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            match self.get(identity) {
-                Ok(issued) => return Ok(issued),
-                Err(error) if tokio::time::Instant::now() >= deadline => return Err(error),
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        }
+        self.wait_until(wait, || self.get(identity).is_ok()).await;
+        self.get(identity)
     }
 
     /// Whether a certificate answers to the TLS server name `sni`, waiting up to `wait` for
     /// one of a wanted identity to arrive.
     pub async fn wait_for_server_name(&self, sni: &str, wait: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            if self
-                .by_sni
+        self.wait_until(wait, || {
+            self.by_sni
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .contains_key(sni)
+        })
+        .await
+    }
+
+    /// Waits until `ready` holds, re-checking whenever the certificates change, for at most
+    /// `wait`; returns whether it holds.
+    async fn wait_until(&self, wait: Duration, ready: impl Fn() -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        // Subscribed before the first check, so no change between check and wait is missed.
+        let mut changes = self.changed.subscribe();
+        while !ready() {
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
             {
-                return true;
+                return ready();
             }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        true
     }
 
     /// Every certificate held, for the admin page.
@@ -395,6 +401,7 @@ impl CertManager {
                 .collect()
         };
         *self.by_sni.write().unwrap_or_else(|e| e.into_inner()) = map;
+        self.changed.send_modify(|generation| *generation += 1);
     }
 }
 

@@ -119,30 +119,13 @@ struct CaArgs {
     max_cert_ttl: Duration,
 }
 
-/// `10s`, `30m`, `24h`, `500ms`, or plain seconds.
+/// A positive duration in Istio's (Go's) syntax: `10s`, `30m`, `24h`, `500ms`.
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 10s, 30m or 24h"))?;
-    let duration = match unit {
-        "" | "s" => Duration::from_secs(n),
-        "ms" => Duration::from_millis(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => {
-            return Err(format!(
-                "{text:?}: unknown unit {unit:?}; use ms, s, m or h"
-            ));
-        }
-    };
-    if duration.is_zero() {
-        return Err(format!("{text:?}: a duration must be positive"));
+    match mesh_core::config::duration::parse(text) {
+        Ok(duration) if duration.is_zero() => Err(format!("{text:?}: a duration must be positive")),
+        Ok(duration) => Ok(duration),
+        Err(error) => Err(error.to_string()),
     }
-    Ok(duration)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

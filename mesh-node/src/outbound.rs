@@ -14,10 +14,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::metrics::TcpLabels;
 use crate::proxy::inbound::{self, Counted};
-use crate::proxy::{Io, Proxy, Route};
+use crate::proxy::{Io, Proxy, Route, connect_tcp};
 
-/// How long the forwarder waits for the original destination to accept.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection waits for its source's first certificate.
 const CERT_WAIT: Duration = Duration::from_secs(5);
 
@@ -171,16 +169,7 @@ async fn open_upstream(
         Route::Local(target) => {
             let pod = inbound::admit(proxy, &model, Some(&source_id), source_ip, target.addr)
                 .map_err(|refusal| refusal.to_string())?;
-            let upstream = inbound::connect(target.addr)
-                .await
-                .map_err(|e| format!("connecting to {}: {e}", target.addr))?;
-            let destination_labels = TcpLabels::new(
-                "destination",
-                Some((&source, &source_id)),
-                Some((&pod, &target.identity)),
-                target.service.as_deref(),
-                true,
-            );
+            let upstream = plain(target.addr).await?;
             let labels = TcpLabels::new(
                 "source",
                 Some((&source, &source_id)),
@@ -188,6 +177,11 @@ async fn open_upstream(
                 target.service.as_deref(),
                 true,
             );
+            // This node is the destination too: it reports the connection both ways.
+            let destination_labels = TcpLabels {
+                reporter: "destination",
+                ..labels.clone()
+            };
             let counted = Counted::new(upstream, proxy.metrics.clone(), destination_labels);
             Ok((Box::new(counted), labels))
         }
@@ -214,14 +208,11 @@ async fn open_upstream(
     }
 }
 
-/// Plain TCP to `addr`.
+/// Plain TCP to `addr`, the error as text for the log.
 async fn plain(addr: SocketAddr) -> Result<TcpStream, String> {
-    let upstream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+    connect_tcp(addr)
         .await
-        .map_err(|_| format!("{addr} timed out"))?
-        .map_err(|e| format!("{addr}: {e}"))?;
-    let _ = upstream.set_nodelay(true);
-    Ok(upstream)
+        .map_err(|e| format!("connecting to {addr}: {e}"))
 }
 
 /// Closes with a RST, so the client fails at once (as a refused connect would).

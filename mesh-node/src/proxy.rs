@@ -5,16 +5,36 @@
 pub mod inbound;
 pub mod pool;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use mesh_core::config::{Model, PodInfo, ServiceInfo};
 use mesh_core::identity::Identity;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::identity::CertManager;
 use crate::metrics::Metrics;
+
+/// How long a plain TCP upstream (a pod, or a destination outside the mesh) gets to accept.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A plain TCP connection (no delay), failing after [`CONNECT_TIMEOUT`].
+pub async fn connect_tcp(addr: SocketAddr) -> io::Result<TcpStream> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{addr} did not accept in time"),
+            )
+        })??;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
 
 /// A byte stream of any kind (a TCP socket, a tunnel).
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -23,7 +43,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// What the outbound and inbound sides share.
 pub struct Proxy {
     pub node: String,
-    pub node_ip: Ipv4Addr,
     model: watch::Receiver<Arc<Model>>,
     pub certs: Arc<CertManager>,
     pub pool: pool::Pool,
@@ -59,7 +78,6 @@ pub struct Target {
 impl Proxy {
     pub fn new(
         node: String,
-        node_ip: Ipv4Addr,
         model: watch::Receiver<Arc<Model>>,
         certs: Arc<CertManager>,
         metrics: Arc<Metrics>,
@@ -67,7 +85,6 @@ impl Proxy {
         let pool = pool::Pool::new(certs.roots().to_vec());
         Proxy {
             node,
-            node_ip,
             model,
             certs,
             pool,

@@ -1,5 +1,6 @@
-//! `cargo xtask bench config`: builds and runs the config model benchmark (a release build
-//! of mesh-core's `bench_config` example) and prints its table.
+//! `cargo xtask bench …`: dispatches the benchmarks; `bench config` builds and runs the
+//! config model benchmark (a release build of mesh-core's `bench_config` example) and prints
+//! its table; [`with_bench_lab`] is the lab setup the lab benchmarks share.
 
 use anyhow::{Result, bail};
 
@@ -43,4 +44,36 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
         Bench::Redirect(args) => crate::bench_redirect::run(&args),
         Bench::Mesh(args) => crate::bench_mesh::run(&args),
     }
+}
+
+/// Builds what a lab benchmark runs (the sample app; `mesh_node` unless given), brings lab
+/// `name` up afresh with `nodes` nodes from `manifest`, runs `scenarios` on it with the
+/// mesh-node binary, and takes the lab down whatever happened.
+pub(crate) fn with_bench_lab<T>(
+    name: &str,
+    nodes: u8,
+    manifest: &str,
+    mesh_node: Option<&std::path::Path>,
+    scenarios: impl FnOnce(mesh_sim::Lab, &std::path::Path) -> Result<T>,
+) -> Result<T> {
+    use mesh_sim::{Lab, LabOptions};
+    let sample_app = crate::cargo::build_sample_app()?;
+    let mesh_node = match mesh_node {
+        Some(path) => path.to_owned(),
+        None => crate::cargo::build_mesh_node()?,
+    };
+    if Lab::list().iter().any(|l| l == name) {
+        Lab::down(name)?;
+    }
+    let file = std::env::temp_dir().join(format!("mesh-{name}.yaml"));
+    std::fs::write(&file, manifest)?;
+    let options = LabOptions {
+        name: name.into(),
+        nodes,
+        sample_app: Some(sample_app),
+    };
+    let (lab, _) = Lab::up(&options, &[file])?;
+    let result = scenarios(lab, &mesh_node);
+    let _ = Lab::down(name);
+    result
 }

@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
-use mesh_sim::{Lab, LabOptions, MeshOptions, Pod};
-
-use crate::cargo;
+use mesh_sim::{AgentUsage, Lab, MeshOptions, Pod};
 
 const LAB: &str = "benchmesh";
 
@@ -57,24 +55,13 @@ struct Row {
 }
 
 pub(crate) fn run(args: &BenchArgs) -> Result<()> {
-    let sample_app = cargo::build_sample_app()?;
-    let mesh_node = match &args.mesh_node {
-        Some(path) => path.clone(),
-        None => cargo::build_mesh_node()?,
-    };
-    if Lab::list().iter().any(|l| l == LAB) {
-        Lab::down(LAB)?;
-    }
-    let manifest = std::env::temp_dir().join("mesh-bench-mesh.yaml");
-    std::fs::write(&manifest, MANIFEST)?;
-    let options = LabOptions {
-        name: LAB.into(),
-        nodes: 2,
-        sample_app: Some(sample_app),
-    };
-    let (lab, _) = Lab::up(&options, &[manifest])?;
-    let result = scenarios(lab, &mesh_node, args.seconds);
-    let _ = Lab::down(LAB);
+    let result = crate::bench_config::with_bench_lab(
+        LAB,
+        2,
+        MANIFEST,
+        args.mesh_node.as_deref(),
+        |lab, mesh_node| scenarios(lab, mesh_node, args.seconds),
+    );
     let (direct, mesh) = result?;
     println!(
         "\n1 KB responses, client on node2, server on node1, wrk -t1 -c16 -d{}s; iperf3 one stream\n",
@@ -145,19 +132,19 @@ fn measure(
     agents: bool,
 ) -> Result<Row> {
     let duration = format!("{seconds}s");
-    let cpu_before = agent_cpu_seconds(lab)?;
+    let cpu_before = agents_usage(lab)?.cpu_seconds;
     let keepalive = exec(
         lab,
         client,
         "wrk",
         &["-t1", "-c16", "-d", &duration, "--latency", url],
     )?;
-    let cpu_after = agent_cpu_seconds(lab)?;
+    let after = agents_usage(lab)?;
     let mut row = parse_wrk(&keepalive)?;
     if agents {
         let requests = row.rps * seconds as f64;
-        row.cpu_per_1000 = Some((cpu_after - cpu_before) / requests * 1000.0);
-        row.rss_mb = Some(agent_rss_kb(lab)? as f64 / 1024.0);
+        row.cpu_per_1000 = Some((after.cpu_seconds - cpu_before) / requests * 1000.0);
+        row.rss_mb = Some(after.rss_kb as f64 / 1024.0);
     }
     let close = exec(
         lab,
@@ -241,43 +228,16 @@ fn exec(lab: &Lab, pod: &Pod, program: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// The pids of every node agent of the lab.
-fn agent_pids(lab: &Lab) -> Vec<String> {
-    lab.state()
-        .nodes
-        .iter()
-        .filter_map(|n| n.pods_cgroup.parent().map(|p| p.join("agent/cgroup.procs")))
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .flat_map(|procs| procs.lines().map(str::to_owned).collect::<Vec<_>>())
-        .collect()
-}
-
-/// User + system CPU seconds the node agents have used.
-fn agent_cpu_seconds(lab: &Lab) -> Result<f64> {
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
-    let mut total = 0.0;
-    for pid in agent_pids(lab) {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        // Fields after the command name (which may hold spaces): utime is the 12th, stime 13th.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-        let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-        total += (utime + stime) / ticks;
+/// Open files, RSS and CPU time of every node agent of the lab, summed.
+fn agents_usage(lab: &Lab) -> Result<AgentUsage> {
+    let mut total = AgentUsage::default();
+    for node in &lab.state().nodes {
+        let usage = lab.agent_usage(&node.name)?;
+        total.fds += usage.fds;
+        total.rss_kb += usage.rss_kb;
+        total.cpu_seconds += usage.cpu_seconds;
     }
     Ok(total)
-}
-
-fn agent_rss_kb(lab: &Lab) -> Result<u64> {
-    Ok(agent_pids(lab)
-        .iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
-        .filter_map(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .sum())
 }
 
 /// `iperf3 -s` in the server pod for the run's length.

@@ -14,10 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Args, Subcommand};
-use mesh_sim::{Lab, LabOptions, MeshOptions, pin_dir};
+use mesh_sim::{Lab, MeshOptions, pin_dir};
 use nix::sys::signal::Signal;
-
-use crate::cargo;
 
 const LAB: &str = "bench";
 const PORT: u16 = 7000;
@@ -142,24 +140,13 @@ fn percentiles(samples: &mut [Duration]) -> [Duration; 2] {
 }
 
 pub(crate) fn run(args: &BenchArgs) -> Result<()> {
-    let sample_app = cargo::build_sample_app()?;
-    let mesh_node = match &args.mesh_node {
-        Some(path) => path.clone(),
-        None => cargo::build_mesh_node()?,
-    };
-    if Lab::list().iter().any(|l| l == LAB) {
-        Lab::down(LAB)?;
-    }
-    let manifest = std::env::temp_dir().join("mesh-bench-redirect.yaml");
-    std::fs::write(&manifest, MANIFEST)?;
-    let options = LabOptions {
-        name: LAB.into(),
-        nodes: 1,
-        sample_app: Some(sample_app),
-    };
-    let (lab, _) = Lab::up(&options, &[manifest])?;
-    let result = scenarios(lab, &mesh_node, args.samples);
-    let _ = Lab::down(LAB);
+    let result = crate::bench_config::with_bench_lab(
+        LAB,
+        1,
+        MANIFEST,
+        args.mesh_node.as_deref(),
+        |lab, mesh_node| scenarios(lab, mesh_node, args.samples),
+    );
     let rows = result?;
     let direct = rows[0].1;
     println!(

@@ -158,15 +158,20 @@ impl CertificateAuthority {
         let leaf = params.signed_by(&key, &issuer)?;
         let chain = [leaf.der(), &self.root]
             .iter()
-            .map(|der| pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec())))
+            .map(|der| certificate_pem(der))
             .collect();
         Ok((chain, ServingKey(key.serialize_pem())))
     }
 
     /// The root certificate as PEM, for distribution to the node agents.
     pub fn root_pem(&self) -> String {
-        pem::encode(&pem::Pem::new("CERTIFICATE", self.root.to_vec()))
+        certificate_pem(&self.root)
     }
+}
+
+/// A certificate (DER) as PEM.
+pub fn certificate_pem(der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
 }
 
 /// A serving key as PEM; never printed.

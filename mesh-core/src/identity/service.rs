@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use super::ca::requested_identity;
+use super::ca::{certificate_pem, requested_identity};
 use super::{CertificateAuthority, Identity, WorkloadCertificate, WorkloadKey};
 
 /// The generated protocol types, client and server.
@@ -112,10 +112,7 @@ impl<A: Authorizer> IstioCertificateService for CaService<A> {
             .sign(csr.contents(), &identity, validity)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         tracing::info!(%identity, ?validity, "issued a workload certificate");
-        let cert_chain = chain
-            .iter()
-            .map(|der| pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec())))
-            .collect();
+        let cert_chain = chain.iter().map(|der| certificate_pem(der)).collect();
         Ok(Response::new(IstioCertificateResponse { cert_chain }))
     }
 }

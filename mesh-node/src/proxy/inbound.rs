@@ -2,7 +2,7 @@
 //! identity the client's SNI names), then for each tunnel the admission checks — the
 //! destination is a mesh pod on this node, and its AuthorizationPolicies allow the client —
 //! then a plain connection to the pod. Same-node connections take the same checks
-//! in-process ([`admit`] and [`connect`]), without TLS.
+//! in-process ([`admit`]), without TLS.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -21,12 +21,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::LazyConfigAcceptor;
 
-use super::Proxy;
+use super::{Proxy, connect_tcp};
 use crate::identity::SniResolver;
 use crate::metrics::TcpLabels;
 
-/// How long the pod gets to accept.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a handshake waits for a certificate the node is about to receive.
 const CERT_WAIT: Duration = Duration::from_secs(5);
 
@@ -137,7 +135,7 @@ async fn tunnel(proxy: &Proxy, inbound: Inbound) -> Result<Counted<TcpStream>, S
         None,
         true,
     );
-    let upstream = connect(inbound.destination).await.map_err(|error| {
+    let upstream = connect_tcp(inbound.destination).await.map_err(|error| {
         tracing::debug!(destination = %inbound.destination, %error, "the pod refused");
         StatusCode::SERVICE_UNAVAILABLE
     })?;
@@ -187,15 +185,6 @@ pub fn admit(
         )));
     }
     Ok(pod.clone())
-}
-
-/// A plain connection to a pod on this node.
-pub async fn connect(destination: SocketAddr) -> io::Result<TcpStream> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(destination))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the pod did not accept in time"))??;
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
 }
 
 /// A stream that counts its bytes and reports the connection's metrics when dropped: opened

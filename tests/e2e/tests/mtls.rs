@@ -539,31 +539,9 @@ fn certificates_rotate_under_open_connections_and_new_ones_use_the_new_certifica
     );
 }
 
-/// Open file descriptors of the processes in a node agent's cgroup.
-fn agent_fds(lab: &TestLab, node: &str) -> usize {
-    let node = lab.lab.node(node).unwrap();
-    let cgroup = node.pods_cgroup.parent().unwrap().join("agent");
-    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap();
-    procs
-        .lines()
-        .filter_map(|pid| std::fs::read_dir(format!("/proc/{pid}/fd")).ok())
-        .map(Iterator::count)
-        .sum()
-}
-
-fn agent_rss_kb(lab: &TestLab, node: &str) -> u64 {
-    let node = lab.lab.node(node).unwrap();
-    let cgroup = node.pods_cgroup.parent().unwrap().join("agent");
-    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap();
-    procs
-        .lines()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
-        .filter_map(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .sum()
+/// What both node agents use now.
+fn usage(lab: &TestLab) -> [mesh_sim::AgentUsage; 2] {
+    ["node1", "node2"].map(|node| lab.lab.agent_usage(node).unwrap())
 }
 
 #[test]
@@ -576,8 +554,8 @@ fn a_thousand_concurrent_connections_complete_and_leave_nothing_behind() {
         lab.curl("remote", &["-f", &format!("http://{server}:8080/ip")])
     })
     .expect("the mesh carries the client's requests");
-    let before = [agent_fds(&lab, "node1"), agent_fds(&lab, "node2")];
-    let rss_before = [agent_rss_kb(&lab, "node1"), agent_rss_kb(&lab, "node2")];
+    let start = usage(&lab);
+    let before = start.map(|u| u.fds);
     // curl runs at most 300 transfers at once: four of them, 250 each, all held open ~2 s.
     let script = format!(
         "ulimit -n 4096; for i in 1 2 3 4; do curl -s --parallel --parallel-immediate --parallel-max 250 \
@@ -593,7 +571,7 @@ fn a_thousand_concurrent_connections_complete_and_leave_nothing_behind() {
         "they ran concurrently, not one after another ({took:?})"
     );
     let after = eventually(Duration::from_secs(10), || {
-        let now = [agent_fds(&lab, "node1"), agent_fds(&lab, "node2")];
+        let now = usage(&lab).map(|u| u.fds);
         if now[0] <= before[0] + 2 && now[1] <= before[1] + 2 {
             Ok(now)
         } else {
@@ -601,7 +579,8 @@ fn a_thousand_concurrent_connections_complete_and_leave_nothing_behind() {
         }
     })
     .expect("no file descriptors remain once the connections closed");
-    let rss_after = [agent_rss_kb(&lab, "node1"), agent_rss_kb(&lab, "node2")];
+    let rss_before = start.map(|u| u.rss_kb);
+    let rss_after = usage(&lab).map(|u| u.rss_kb);
     eprintln!(
         "1000 concurrent connections in {took:?}; agent fds {before:?} -> {after:?}; RSS kB {rss_before:?} -> {rss_after:?}"
     );

@@ -55,6 +55,15 @@ pub struct MeshOptions {
     pub cert_ttl: Option<String>,
 }
 
+/// What a node agent's processes use, from `/proc`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct AgentUsage {
+    pub fds: usize,
+    pub rss_kb: u64,
+    /// User plus system CPU time since it started.
+    pub cpu_seconds: f64,
+}
+
 /// The bpffs folder of one node's pins.
 pub fn pin_dir(lab: &str, node: &str) -> PathBuf {
     Path::new(BPFFS).join(format!("msim-{lab}-{node}"))
@@ -84,10 +93,16 @@ pub(crate) fn remove_pins(lab: &str) -> Result<Vec<String>> {
     Ok(removed)
 }
 
-fn agent_cgroup(node: &Node) -> PathBuf {
+/// A cgroup beside the node's pods one (`<lab>/<node>/<name>`): the programs attached to the
+/// pods' cgroup never see its sockets.
+fn node_cgroup(node: &Node, name: &str) -> PathBuf {
     node.pods_cgroup
         .parent()
-        .map_or_else(|| node.pods_cgroup.join("agent"), |p| p.join("agent"))
+        .map_or_else(|| node.pods_cgroup.join(name), |p| p.join(name))
+}
+
+fn agent_cgroup(node: &Node) -> PathBuf {
+    node_cgroup(node, "agent")
 }
 
 impl Lab {
@@ -129,7 +144,6 @@ impl Lab {
     /// Writes a fresh credential per node, starts the CA on the first node and waits until
     /// it serves and has published its root.
     fn start_ca(&self) -> Result<()> {
-        let binary = self.mesh_binary()?;
         let dir = self.ca_dir();
         std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
         let mut credentials = serde_json::Map::new();
@@ -148,24 +162,48 @@ impl Lab {
         let root = dir.join("root-cert.pem");
         let _ = std::fs::remove_file(&root);
         let (node, addr) = self.ca_node()?;
-        let cgroup = node
-            .pods_cgroup
-            .parent()
-            .map_or_else(|| node.pods_cgroup.join("ca"), |p| p.join("ca"));
+        let config_dir = self.config_dir();
+        self.spawn_mesh_node(
+            &node,
+            "ca",
+            "the mesh CA",
+            |command| {
+                command
+                    .arg("ca")
+                    .args(["--listen", &addr.to_string()])
+                    .arg("--config-dir")
+                    .arg(&config_dir)
+                    .arg("--node-credentials")
+                    .arg(&credentials_file)
+                    .arg("--root-cert-out")
+                    .arg(&root);
+            },
+            || root.is_file() && tcp_open_in(&node.netns, addr),
+        )
+    }
+
+    /// Starts `mesh-node` with the arguments `args` adds, inside `node`'s network namespace,
+    /// in cgroup `<lab>/<node>/<name>`, logging to `agents/<name or node>.log`, and waits
+    /// until `ready` holds (failing with its last log lines if it exits or times out).
+    fn spawn_mesh_node(
+        &self,
+        node: &Node,
+        name: &str,
+        what: &str,
+        args: impl FnOnce(&mut Command),
+        ready: impl FnMut() -> bool,
+    ) -> Result<()> {
+        let binary = self.mesh_binary()?;
+        let cgroup = node_cgroup(node, name);
         cgroup::create(&cgroup)?;
-        let log_path = self.dir.join("agents").join("ca.log");
-        std::fs::create_dir_all(self.dir.join("agents"))
-            .map_err(Error::io("creating the agents' log folder"))?;
+        let logs = self.dir.join("agents");
+        std::fs::create_dir_all(&logs)
+            .map_err(Error::io(format!("creating {}", logs.display())))?;
+        let log_name = if name == "agent" { &node.name } else { name };
+        let log_path = logs.join(format!("{log_name}.log"));
         let mut command = Command::new(&binary);
+        args(&mut command);
         command
-            .arg("ca")
-            .args(["--listen", &addr.to_string()])
-            .arg("--config-dir")
-            .arg(self.config_dir())
-            .arg("--node-credentials")
-            .arg(&credentials_file)
-            .arg("--root-cert-out")
-            .arg(&root)
             .env(
                 "RUST_LOG",
                 std::env::var("MESH_SIM_AGENT_LOG").unwrap_or_else(|_| "info".into()),
@@ -173,14 +211,14 @@ impl Lab {
             .stdin(Stdio::null());
         log_to(&mut command, &log_path)?;
         enter_node(&mut command, &node.netns, &cgroup)?;
-        let mut child = command
-            .spawn()
-            .map_err(Error::io(format!("starting the mesh CA on {}", node.name)))?;
+        let mut child = command.spawn().map_err(Error::io(format!(
+            "starting {} on {} ({what})",
+            binary.display(),
+            node.name
+        )))?;
         let pid = child.id();
         std::thread::spawn(move || child.wait());
-        wait_until(&log_path, pid, &cgroup, "the mesh CA", || {
-            root.is_file() && tcp_open_in(&node.netns, addr)
-        })
+        wait_until(&log_path, pid, &cgroup, what, ready)
     }
 
     /// How the lab runs its mesh (an error when it runs none).
@@ -201,59 +239,41 @@ impl Lab {
     /// Starts the node's agent (the mesh must be on) and waits for its readiness.
     pub fn start_agent(&self, node: &str) -> Result<()> {
         let mesh = self.mesh_options()?;
-        let binary = self.mesh_binary()?;
         let node = self.node(node)?.clone();
         let (_, ca_addr) = self.ca_node()?;
-        let cgroup = agent_cgroup(&node);
-        cgroup::create(&cgroup)?;
-        let logs = self.dir.join("agents");
-        std::fs::create_dir_all(&logs)
-            .map_err(Error::io(format!("creating {}", logs.display())))?;
-        let log_path = logs.join(format!("{}.log", node.name));
-        let mut command = Command::new(&binary);
-        command
-            .arg("run")
-            .args(["--node", &node.name])
-            .arg("--config-dir")
-            .arg(self.config_dir())
-            .arg("--pods-cgroup")
-            .arg(&node.pods_cgroup)
-            .arg("--agent-cgroup")
-            .arg(&cgroup)
-            .arg("--pin-dir")
-            .arg(pin_dir(&self.state.lab, &node.name))
-            .args(["--proxy-ip", &node.ip.to_string()])
-            .args(["--fast-path", if mesh.fast_path { "on" } else { "off" }])
-            .args([
-                "--redirect",
-                if mesh.netfilter { "netfilter" } else { "ebpf" },
-            ])
-            .args(["--ca-addr", &ca_addr.to_string()])
-            .arg("--ca-root")
-            .arg(self.ca_dir().join("root-cert.pem"))
-            .arg("--ca-credential-file")
-            .arg(self.ca_dir().join(format!("{}.credential", node.name)))
-            .args(["--cert-ttl", mesh.cert_ttl.as_deref().unwrap_or("24h")])
-            .env(
-                "RUST_LOG",
-                std::env::var("MESH_SIM_AGENT_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null());
-        log_to(&mut command, &log_path)?;
-        enter_node(&mut command, &node.netns, &cgroup)?;
-        let mut child = command.spawn().map_err(Error::io(format!(
-            "starting {} on {}",
-            binary.display(),
-            node.name
-        )))?;
-        let pid = child.id();
-        std::thread::spawn(move || child.wait());
+        let config_dir = self.config_dir();
+        let pin_dir = pin_dir(&self.state.lab, &node.name);
+        let ca_dir = self.ca_dir();
         let admin = SocketAddr::from((node.ip, ADMIN_PORT));
-        wait_until(
-            &log_path,
-            pid,
-            &cgroup,
+        self.spawn_mesh_node(
+            &node,
+            "agent",
             &format!("mesh-node on {}", node.name),
+            |command| {
+                command
+                    .arg("run")
+                    .args(["--node", &node.name])
+                    .arg("--config-dir")
+                    .arg(&config_dir)
+                    .arg("--pods-cgroup")
+                    .arg(&node.pods_cgroup)
+                    .arg("--agent-cgroup")
+                    .arg(agent_cgroup(&node))
+                    .arg("--pin-dir")
+                    .arg(&pin_dir)
+                    .args(["--proxy-ip", &node.ip.to_string()])
+                    .args(["--fast-path", if mesh.fast_path { "on" } else { "off" }])
+                    .args([
+                        "--redirect",
+                        if mesh.netfilter { "netfilter" } else { "ebpf" },
+                    ])
+                    .args(["--ca-addr", &ca_addr.to_string()])
+                    .arg("--ca-root")
+                    .arg(ca_dir.join("root-cert.pem"))
+                    .arg("--ca-credential-file")
+                    .arg(ca_dir.join(format!("{}.credential", node.name)))
+                    .args(["--cert-ttl", mesh.cert_ttl.as_deref().unwrap_or("24h")]);
+            },
             || {
                 matches!(
                     http_get_in(&node.netns, admin, "/healthz/ready"),
@@ -288,6 +308,39 @@ impl Lab {
     pub fn agent_get(&self, node: &str, path: &str) -> Result<(u16, String)> {
         let node = self.node(node)?;
         http_get_in(&node.netns, SocketAddr::from((node.ip, ADMIN_PORT)), path)
+    }
+
+    /// What the node agent's processes use now: open files, resident memory, CPU time.
+    pub fn agent_usage(&self, node: &str) -> Result<AgentUsage> {
+        let node = self.node(node)?;
+        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .unwrap_or(100) as f64;
+        let mut usage = AgentUsage::default();
+        for pid in cgroup::pids(&agent_cgroup(node)) {
+            usage.fds += std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count);
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            usage.rss_kb += status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            // After the command name (which may hold spaces): utime is the 12th field, stime
+            // the 13th.
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map_or("", |(_, rest)| rest)
+                .split_whitespace()
+                .collect();
+            let ticks_used: f64 = [11, 12]
+                .iter()
+                .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+                .sum();
+            usage.cpu_seconds += ticks_used / ticks;
+        }
+        Ok(usage)
     }
 
     /// The node agent's log.
