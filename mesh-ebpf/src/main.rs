@@ -5,6 +5,8 @@
 //!   proxy (15001); the original destination is recorded by socket cookie.
 //! - [`sockops`]: `sock_ops` (original destination by 4-tuple while the socket lives; the
 //!   fast-path sockhash) and `sk_msg` (same-node socket-to-socket delivery).
+//! - [`inbound`]: tc ingress: TCP from outside the mesh to an enrolled pod goes to the
+//!   proxy's plaintext inbound listener (15006), so PeerAuthentication decides it.
 //! - [`maps`]: the maps the programs share.
 
 #![no_std]
@@ -25,6 +27,7 @@ mod ctx {
 }
 
 mod connect;
+mod inbound;
 mod maps;
 mod sockops;
 

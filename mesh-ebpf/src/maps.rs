@@ -6,8 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
 };
 use mesh_ebpf_common::{
-    CONNECT4_STATS_LEN, CONNECT4_STATS_TOTAL, ConnKey, Connect4Stats, MAX_CONNECTIONS, MAX_PENDING,
-    MAX_PODS, OrigDst, Settings, SockKey, map_names, str_eq,
+    CONNECT4_STATS_LEN, CONNECT4_STATS_TOTAL, ConnKey, Connect4Stats, FlowKey, MAX_CAPTURE,
+    MAX_CAPTURED_FLOWS, MAX_CONNECTIONS, MAX_PENDING, MAX_PODS, OrigDst, Settings, SockKey,
+    map_names, str_eq,
 };
 
 #[map(name = "CONNECT4_STATS")]
@@ -40,6 +41,15 @@ const _: () = assert!(str_eq(map_names::ORIG_DST, "ORIG_DST"));
 #[map(name = "SOCKS")]
 pub(crate) static SOCKS: SockHash<SockKey> = SockHash::with_max_entries(MAX_CONNECTIONS, 0);
 const _: () = assert!(str_eq(map_names::SOCKS, "SOCKS"));
+
+#[map(name = "CAPTURE")]
+pub(crate) static CAPTURE: HashMap<u32, u32> = HashMap::with_max_entries(MAX_CAPTURE, 0);
+const _: () = assert!(str_eq(map_names::CAPTURE, "CAPTURE"));
+
+#[map(name = "CAPTURED_FLOWS")]
+pub(crate) static CAPTURED_FLOWS: LruHashMap<FlowKey, u32> =
+    LruHashMap::with_max_entries(MAX_CAPTURED_FLOWS, 0);
+const _: () = assert!(str_eq(map_names::CAPTURED_FLOWS, "CAPTURED_FLOWS"));
 
 /// The settings, or `None` while mesh-node has not written them (redirect nothing then).
 pub(crate) fn settings() -> Option<Settings> {

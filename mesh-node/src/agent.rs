@@ -1,5 +1,6 @@
 //! `mesh-node run`: the node agent's main loop. Installs or adopts the redirect data plane,
-//! serves the outbound listener (15001), HBONE (15008), admin (15000), metrics (15020) and
+//! serves the outbound listener (15001), HBONE (15008), the plaintext inbound listener
+//! (15006, for captured non-mesh clients), admin (15000), metrics (15020) and
 //! readiness (15021), keeps the enrollment maps and the workload certificates in sync with the
 //! config source, and renews the certificates. Stopping it leaves the pinned data plane in
 //! place (`uninstall` removes it).
@@ -23,11 +24,11 @@ use tokio::sync::mpsc;
 
 use crate::admin::Page;
 use crate::ebpf::{Dataplane, DataplaneOptions, Redirect};
-use crate::enroll::{LocalPod, local_pods};
+use crate::enroll::{LocalPod, capture_addresses, local_pods};
 use crate::identity::{CaClientConfig, CertManager};
 use crate::metrics::Metrics;
 use crate::outbound::{self, Counters, OriginalDst, SoOriginalDst};
-use crate::proxy::{Proxy, inbound};
+use crate::proxy::{Proxy, inbound, plaintext};
 
 /// How connections reach the outbound listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -52,6 +53,9 @@ pub struct NodeConfig {
     pub proxy_ip: Ipv4Addr,
     pub outbound_port: u16,
     pub hbone_port: u16,
+    pub inbound_port: u16,
+    /// Capture non-mesh TCP to enrolled pods into the inbound listener.
+    pub inbound_capture: bool,
     pub admin_port: u16,
     pub metrics_port: u16,
     pub readiness_port: u16,
@@ -129,7 +133,8 @@ impl Shared {
                 "tcp_connects": s.tcp_connects, "other_connects": s.other_connects,
                 "redirected": s.redirected, "established": s.established, "closed": s.closed,
                 "fast_path_sockets": s.fast_path_sockets, "tcp6_connects": s.tcp6_connects,
-                "msg_redirected": s.msg_redirected,
+                "msg_redirected": s.msg_redirected, "inbound_captured": s.inbound_captured,
+                "inbound_no_listener": s.inbound_no_listener,
             })), "maps": d.sizes()})
         });
         json!({"pods": by_pod, "ebpf": ebpf})
@@ -182,6 +187,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             dataplane.configure(Some(Redirect {
                 proxy: SocketAddrV4::new(config.proxy_ip, config.outbound_port),
                 fast_path: config.fast_path,
+                inbound_port: config.inbound_capture.then_some(config.inbound_port),
             }))?;
             Some(Arc::new(Mutex::new(dataplane)))
         }
@@ -190,6 +196,12 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let outbound_addr = SocketAddrV4::new(config.proxy_ip, config.outbound_port);
     let outbound = listen(outbound_addr).await?;
     let hbone = listen(SocketAddrV4::new(config.proxy_ip, config.hbone_port)).await?;
+    let inbound_addr = SocketAddrV4::new(config.proxy_ip, config.inbound_port);
+    let plaintext_listener =
+        plaintext::listen_transparent(inbound_addr).map_err(|source| Error::Listen {
+            addr: inbound_addr.to_string(),
+            source,
+        })?;
     let admin_addr = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, config.admin_port);
     let admin = listen(admin_addr).await?;
     let metrics_listener = listen(SocketAddrV4::new(
@@ -231,6 +243,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             proxy.clone(),
         )),
         tokio::spawn(inbound::serve(hbone, proxy.clone())),
+        tokio::spawn(plaintext::serve(plaintext_listener, proxy.clone())),
         tokio::spawn(crate::admin::serve(admin, shared.clone(), Page::Admin)),
         tokio::spawn(crate::admin::serve(
             metrics_listener,
@@ -249,6 +262,8 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let _watch = FilesSource::new(&config.config_dir).spawn(tx)?;
     let mut synced = false;
     let mut resync = tokio::time::interval(Duration::from_secs(1));
+    // New interfaces (pod veths) get the inbound capture program within this period.
+    let mut interfaces = tokio::time::interval(Duration::from_millis(200));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(Error::Signal)?;
     loop {
@@ -266,6 +281,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
                 }
             }
             _ = resync.tick(), if synced => sync(&config, &store.model(), &shared),
+            _ = interfaces.tick(), if config.inbound_capture => sync_interfaces(&shared),
             res = tokio::signal::ctrl_c() => { res.map_err(Error::Signal)?; break; }
             _ = term.recv() => break,
         }
@@ -277,6 +293,21 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         task.abort();
     }
     Ok(())
+}
+
+/// Attaches the inbound capture program to interfaces that appeared.
+fn sync_interfaces(shared: &Shared) {
+    let Some(dataplane) = &shared.dataplane else {
+        return;
+    };
+    let mut dataplane = dataplane.lock().unwrap_or_else(|e| e.into_inner());
+    match dataplane.sync_interfaces() {
+        Ok(done) if done.attached.is_empty() && done.removed.is_empty() => {}
+        Ok(done) => {
+            tracing::debug!(attached = ?done.attached, removed = ?done.removed, "inbound capture interfaces")
+        }
+        Err(err) => tracing::warn!(%err, "attaching the inbound capture to interfaces failed"),
+    }
 }
 
 /// Publishes the local pods, makes the eBPF maps match the enrolled ones, and asks for the
@@ -298,7 +329,15 @@ fn sync(config: &NodeConfig, model: &Model, shared: &Shared) {
             }
         }
         let ips: BTreeSet<Ipv4Addr> = local.iter().filter_map(|p| p.ip).collect();
+        let capture = if config.inbound_capture {
+            capture_addresses(model, &local)
+        } else {
+            BTreeSet::new()
+        };
         let mut dataplane = dataplane.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(err) = dataplane.sync_capture(&capture) {
+            tracing::warn!(%err, "updating the inbound capture map failed");
+        }
         if let Err(err) = dataplane.sync_enrolled(&enrolled) {
             tracing::warn!(%err, "updating the enrolled pods map failed");
         }

@@ -4,8 +4,9 @@
 //! the node agent runs; [`Ebpf`] is a bare, unpinned load for `ebpf-check` and tests.
 
 mod dataplane;
+mod routing;
 
-pub use dataplane::{Dataplane, DataplaneOptions, MapSizes, Redirect, uninstall};
+pub use dataplane::{Dataplane, DataplaneOptions, InterfaceSync, MapSizes, Redirect, uninstall};
 
 use std::{
     fs::File,
@@ -117,6 +118,13 @@ pub enum Error {
     Logger(#[source] aya_log::Error),
     #[error("forwarding eBPF logs: cannot register the log ring buffer with Tokio")]
     LoggerFd(#[source] io::Error),
+    #[error(
+        "policy routing for the inbound capture: `{command}` failed: {detail} (mesh-node needs \
+         CAP_NET_ADMIN in the node's network namespace)"
+    )]
+    Routing { command: String, detail: String },
+    #[error("listing the network interfaces failed")]
+    Interfaces(#[source] io::Error),
     #[error(
         "ebpf::Ebpf::load must run inside a Tokio runtime (it spawns the task that forwards \
          eBPF logs)"

@@ -2,6 +2,7 @@
 //! namespace is labelled `istio.io/dataplane-mode=ambient` and the pod itself is not labelled
 //! `istio.io/dataplane-mode=none` ([`Model::in_mesh`]). Pure bookkeeping, no kernel.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 
 use mesh_core::config::Model;
@@ -44,6 +45,42 @@ pub fn local_pods(model: &Model, node: &str) -> Vec<LocalPod> {
         .collect();
     pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     pods
+}
+
+/// The addresses whose inbound TCP the node captures: its enrolled pods, and the ClusterIPs
+/// of services with a ready endpoint among them (a same-node client's packets still carry
+/// the ClusterIP when they enter the node; the service's DNAT comes after the capture).
+pub fn capture_addresses(model: &Model, local: &[LocalPod]) -> BTreeSet<Ipv4Addr> {
+    let enrolled: BTreeSet<IpAddr> = local
+        .iter()
+        .filter(|p| p.enrolled)
+        .filter_map(|p| p.ip.map(IpAddr::V4))
+        .collect();
+    let mut addresses: BTreeSet<Ipv4Addr> = enrolled
+        .iter()
+        .filter_map(|ip| match ip {
+            IpAddr::V4(ip) => Some(*ip),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    if enrolled.is_empty() {
+        return addresses;
+    }
+    for service in model.services() {
+        let has_local_endpoint = service.ports.iter().any(|port| {
+            model
+                .ready_endpoints(service, port.port)
+                .iter()
+                .any(|e| enrolled.contains(&e.addr.ip()))
+        });
+        if has_local_endpoint {
+            addresses.extend(service.cluster_ips.iter().filter_map(|ip| match ip {
+                IpAddr::V4(ip) => Some(*ip),
+                IpAddr::V6(_) => None,
+            }));
+        }
+    }
+    addresses
 }
 
 #[cfg(test)]

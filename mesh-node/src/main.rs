@@ -71,6 +71,13 @@ struct RunArgs {
     outbound_port: u16,
     #[arg(long, default_value_t = mesh_core::hbone::PORT)]
     hbone_port: u16,
+    /// The plaintext inbound listener (non-mesh clients of enrolled pods, captured by eBPF).
+    #[arg(long, default_value_t = 15006)]
+    inbound_port: u16,
+    /// Capture TCP from outside the mesh to enrolled pods (so PeerAuthentication STRICT can
+    /// refuse it); off leaves such traffic to reach the pods directly.
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    inbound_capture: OnOff,
     #[arg(long, default_value_t = 15000)]
     admin_port: u16,
     #[arg(long, default_value_t = 15020)]
@@ -159,6 +166,8 @@ async fn main() -> anyhow::Result<()> {
                 proxy_ip: args.proxy_ip,
                 outbound_port: args.outbound_port,
                 hbone_port: args.hbone_port,
+                inbound_port: args.inbound_port,
+                inbound_capture: args.inbound_capture == OnOff::On,
                 admin_port: args.admin_port,
                 metrics_port: args.metrics_port,
                 readiness_port: args.readiness_port,

@@ -3,6 +3,7 @@
 //! (`inbound`: 15008, and the same checks in-process for same-node traffic).
 
 pub mod inbound;
+pub mod plaintext;
 pub mod pool;
 
 use std::io;

@@ -220,6 +220,11 @@ impl Model {
             .and_then(|name| self.pods.get(name))
     }
 
+    /// Every service, in no particular order.
+    pub fn services(&self) -> impl Iterator<Item = &Arc<ServiceInfo>> {
+        self.services.values()
+    }
+
     pub fn service(&self, name: &Name) -> Option<&Arc<ServiceInfo>> {
         self.services.get(name)
     }

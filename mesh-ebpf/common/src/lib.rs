@@ -23,9 +23,12 @@ pub mod program_names {
     pub const SOCK_OPS: &str = "mesh_sock_ops";
     /// `sk_msg` on the fast-path sockhash: hands bytes straight to the peer socket.
     pub const SK_MSG: &str = "mesh_sk_msg";
+    /// tc ingress (tcx) on every interface of the node: TCP to an enrolled pod from outside
+    /// the mesh goes to the proxy's plaintext inbound listener (15006) by `bpf_sk_assign`.
+    pub const INBOUND: &str = "mesh_inbound";
 
     /// Every program, in load order.
-    pub const ALL: [&str; 4] = [CONNECT4, CONNECT6, SOCK_OPS, SK_MSG];
+    pub const ALL: [&str; 5] = [CONNECT4, CONNECT6, SOCK_OPS, SK_MSG, INBOUND];
 }
 
 /// Names of the maps in the object built from `mesh-ebpf`.
@@ -48,11 +51,17 @@ pub mod map_names {
     pub const ORIG_DST: &str = "ORIG_DST";
     /// `SockHash<SockKey>`: the fast path's established sockets.
     pub const SOCKS: &str = "SOCKS";
+    /// `HashMap<u32, u32>`: IPv4 addresses whose inbound TCP is captured (value: 1): the
+    /// enrolled pods of this node and the ClusterIPs of services with such a pod.
+    pub const CAPTURE: &str = "CAPTURE";
+    /// `LruHashMap<FlowKey, u32>`: flows captured at their SYN, so their later packets are
+    /// delivered to the proxy's socket too (an LRU: closed flows age out).
+    pub const CAPTURED_FLOWS: &str = "CAPTURED_FLOWS";
     /// The aya-log ring buffer.
     pub const AYA_LOGS: &str = "AYA_LOGS";
 
     /// Every map mesh-node pins (the log ring buffer included).
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 10] = [
         CONNECT4_STATS,
         SETTINGS,
         ENROLLED,
@@ -60,6 +69,8 @@ pub mod map_names {
         ORIG_BY_COOKIE,
         ORIG_DST,
         SOCKS,
+        CAPTURE,
+        CAPTURED_FLOWS,
         AYA_LOGS,
     ];
 }
@@ -74,6 +85,10 @@ pub const MAX_PODS: u32 = 4096;
 pub const MAX_PENDING: u32 = 16_384;
 /// Capacity of `ORIG_DST` and `SOCKS`: open redirected connections on one node.
 pub const MAX_CONNECTIONS: u32 = 65_536;
+/// Capacity of `CAPTURE`: enrolled pods plus their services' ClusterIPs on one node.
+pub const MAX_CAPTURE: u32 = 16_384;
+/// Capacity of `CAPTURED_FLOWS`: captured inbound flows remembered (least recent dropped).
+pub const MAX_CAPTURED_FLOWS: u32 = 65_536;
 
 /// Counters kept by the programs, per CPU (userspace sums the CPUs).
 ///
@@ -97,6 +112,11 @@ pub struct Connect4Stats {
     pub tcp6_connects: u64,
     /// Sends the fast path handed straight to the peer socket (`sk_msg` redirects).
     pub msg_redirected: u64,
+    /// Inbound SYNs to a captured address handed to the plaintext inbound listener.
+    pub inbound_captured: u64,
+    /// Inbound SYNs to a captured address dropped because no listener was there (mesh-node
+    /// down: the capture fails closed, the client retries).
+    pub inbound_no_listener: u64,
 }
 
 impl Connect4Stats {
@@ -110,10 +130,14 @@ impl Connect4Stats {
         self.fast_path_sockets = self.fast_path_sockets.wrapping_add(other.fast_path_sockets);
         self.tcp6_connects = self.tcp6_connects.wrapping_add(other.tcp6_connects);
         self.msg_redirected = self.msg_redirected.wrapping_add(other.msg_redirected);
+        self.inbound_captured = self.inbound_captured.wrapping_add(other.inbound_captured);
+        self.inbound_no_listener = self
+            .inbound_no_listener
+            .wrapping_add(other.inbound_no_listener);
     }
 }
 
-const _: () = assert!(core::mem::size_of::<Connect4Stats>() == 64);
+const _: () = assert!(core::mem::size_of::<Connect4Stats>() == 80);
 
 /// The one slot of `SETTINGS`. All zero (the state of a fresh map) means "redirect nothing".
 #[repr(C)]
@@ -127,9 +151,25 @@ pub struct Settings {
     pub fast_path: u32,
     /// 1: redirect enrolled pods; 0: leave every connect alone.
     pub enabled: u32,
+    /// The plaintext inbound listener's port (on `proxy_ip4`), host order; 0: capture nothing.
+    pub inbound_port: u32,
+    /// The packet mark that policy routing delivers locally (`ip rule fwmark ... lookup`).
+    pub inbound_mark: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Settings>() == 16);
+const _: () = assert!(core::mem::size_of::<Settings>() == 24);
+
+/// A TCP flow as the packet carries it on arrival (before any DNAT): all network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src_ip4: u32,
+    pub dst_ip4: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 12);
 
 /// A connection as the proxy sees it: the pod's address (source) and the proxy's (dest).
 #[repr(C)]
@@ -218,4 +258,6 @@ mod user {
     unsafe impl aya::Pod for super::OrigDst {}
     #[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
     unsafe impl aya::Pod for super::SockKey {}
+    #[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
+    unsafe impl aya::Pod for super::FlowKey {}
 }

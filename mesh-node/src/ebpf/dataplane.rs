@@ -1,8 +1,11 @@
 //! The redirect data plane: every program loaded, attached and pinned under one bpffs folder
 //! (`--pin-dir`), adopted as it is by a restarted mesh-node, removed by [`uninstall`].
 //!
-//! Pin layout: `maps/<MAP>`, `progs/<program>`, `links/<program>-<cgroup role>`. The sk_msg
-//! program is attached to the `SOCKS` sockhash, which keeps it (and needs no link pin).
+//! Pin layout: `maps/<MAP>`, `progs/<program>`, `links/<program>-<cgroup role>`, and
+//! `links/mesh_inbound-<interface>-<ifindex>` for the tc ingress attachments, which follow the
+//! node's interfaces ([`Dataplane::sync_interfaces`]). The sk_msg program is attached to the
+//! `SOCKS` sockhash, which keeps it (and needs no link pin). The inbound capture's policy
+//! routing ([`super::routing`]) is part of the install too.
 
 use std::{
     collections::BTreeSet,
@@ -14,17 +17,22 @@ use std::{
 use aya::{
     EbpfLoader,
     maps::{Array, HashMap, Map, MapData, PerCpuArray, SockHash},
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramInfo, SkMsg, SockOps, links::FdLink},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, ProgramInfo, SchedClassifier, SkMsg, SockOps,
+        TcAttachType, links::FdLink, tc::TcAttachOptions,
+    },
 };
 use aya_log::EbpfLogger;
 use mesh_ebpf_common::{
-    CONNECT4_STATS_TOTAL, ConnKey, Connect4Stats, OrigDst, Settings, SockKey, map_names,
+    CONNECT4_STATS_TOTAL, ConnKey, Connect4Stats, FlowKey, OrigDst, Settings, SockKey, map_names,
     program_names,
 };
 use tokio::task::JoinHandle;
 use tracing_log::LogTracer;
 
-use super::{Error, Result, classify, object, open_cgroup_v2, program_error, start_log_task};
+use super::{
+    Error, Result, classify, object, open_cgroup_v2, program_error, routing, start_log_task,
+};
 
 /// What to attach where.
 #[derive(Debug, Clone)]
@@ -42,6 +50,9 @@ pub struct DataplaneOptions {
 pub struct Redirect {
     pub proxy: SocketAddrV4,
     pub fast_path: bool,
+    /// The plaintext inbound listener's port on the proxy's address: TCP from outside the
+    /// mesh to enrolled pods is captured to it. `None`: no inbound capture.
+    pub inbound_port: Option<u16>,
 }
 
 /// Entry counts of the maps that track connections.
@@ -52,10 +63,22 @@ pub struct MapSizes {
     pub orig_by_cookie: usize,
     pub orig_dst: usize,
     pub fast_path_sockets: usize,
+    pub capture: usize,
+    pub captured_flows: usize,
+}
+
+/// What [`Dataplane::sync_interfaces`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct InterfaceSync {
+    /// Interfaces the inbound program was attached to now.
+    pub attached: Vec<String>,
+    /// Attachments of interfaces that are gone, removed now.
+    pub removed: Vec<String>,
 }
 
 /// The installed (or adopted) data plane: typed handles on its pinned maps.
 pub struct Dataplane {
+    pin_dir: PathBuf,
     adopted: bool,
     program_ids: Vec<u32>,
     stats: PerCpuArray<MapData, Connect4Stats>,
@@ -66,6 +89,11 @@ pub struct Dataplane {
     orig_by_cookie: HashMap<MapData, u64, OrigDst>,
     orig_dst: HashMap<MapData, ConnKey, OrigDst>,
     socks: SockHash<MapData, SockKey>,
+    capture: HashMap<MapData, u32, u32>,
+    /// An LRU hash in the kernel.
+    captured_flows: HashMap<MapData, FlowKey, u32>,
+    /// The inbound tc program, opened from its pin on first use.
+    inbound: Option<SchedClassifier>,
     log_task: Option<JoinHandle<()>>,
 }
 
@@ -167,6 +195,7 @@ impl Dataplane {
             program_ids.push(info.id());
         }
         Ok(Self {
+            pin_dir: pin_dir.to_owned(),
             adopted,
             program_ids,
             stats: typed!(map_names::CONNECT4_STATS),
@@ -176,6 +205,9 @@ impl Dataplane {
             orig_by_cookie: typed!(map_names::ORIG_BY_COOKIE),
             orig_dst: typed!(map_names::ORIG_DST),
             socks: typed!(map_names::SOCKS),
+            capture: typed!(map_names::CAPTURE),
+            captured_flows: typed!(map_names::CAPTURED_FLOWS),
+            inbound: None,
             log_task: None,
         })
     }
@@ -185,7 +217,7 @@ impl Dataplane {
         self.adopted
     }
 
-    /// Kernel ids of the programs (connect4, connect6, sock_ops, sk_msg).
+    /// Kernel ids of the programs (connect4, connect6, sock_ops, sk_msg, inbound).
     pub fn program_ids(&self) -> &[u32] {
         &self.program_ids
     }
@@ -197,7 +229,13 @@ impl Dataplane {
             proxy_port: u32::from(r.proxy.port()),
             fast_path: u32::from(r.fast_path),
             enabled: 1,
+            inbound_port: r.inbound_port.map_or(0, u32::from),
+            inbound_mark: routing::MARK,
         });
+        if redirect.is_some_and(|r| r.inbound_port.is_some()) {
+            // Without the rule a captured SYN would be forwarded to the pod after all.
+            routing::ensure()?;
+        }
         let name = map_names::SETTINGS;
         self.settings
             .set(0, settings, 0)
@@ -239,6 +277,94 @@ impl Dataplane {
             self.local_pods.insert(ip, 1, 0).map_err(map_error)?;
         }
         Ok(())
+    }
+
+    /// Makes `CAPTURE` hold exactly these addresses.
+    pub fn sync_capture(&mut self, wanted: &BTreeSet<Ipv4Addr>) -> Result<()> {
+        let name = map_names::CAPTURE;
+        let map_error = |source| Error::Map { name, source };
+        let wanted: BTreeSet<u32> = wanted.iter().map(|ip| u32::from(*ip).to_be()).collect();
+        let present: BTreeSet<u32> = self
+            .capture
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_error)?;
+        for ip in present.difference(&wanted) {
+            self.capture.remove(ip).map_err(map_error)?;
+        }
+        for ip in wanted.difference(&present) {
+            self.capture.insert(ip, 1, 0).map_err(map_error)?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the inbound program (tc ingress, tcx) to every interface of this network
+    /// namespace but `lo` that does not have it yet, and drops the pins of attachments whose
+    /// interface is gone (the kernel detached those already). Call it whenever interfaces
+    /// may have appeared: a pod's veth is created before its containers start.
+    pub fn sync_interfaces(&mut self) -> Result<InterfaceSync> {
+        let name = program_names::INBOUND;
+        let links = links_dir(&self.pin_dir);
+        let prefix = format!("{name}-");
+        let interfaces: BTreeSet<String> = nix::net::if_::if_nameindex()
+            .map_err(|errno| Error::Interfaces(errno.into()))?
+            .iter()
+            .filter_map(|i| {
+                let ifname = i.name().to_str().ok()?;
+                (ifname != "lo").then(|| format!("{prefix}{ifname}-{}", i.index()))
+            })
+            .collect();
+        let pinned: BTreeSet<String> = fs::read_dir(&links)
+            .map_err(|source| Error::PinDir {
+                path: links.clone(),
+                source,
+            })?
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|f| f.starts_with(&prefix))
+            .collect();
+        let mut done = InterfaceSync::default();
+        for stale in pinned.difference(&interfaces) {
+            let path = links.join(stale);
+            fs::remove_file(&path).map_err(|source| Error::PinDir { path, source })?;
+            done.removed.push(stale[prefix.len()..].to_owned());
+        }
+        for pin in interfaces.difference(&pinned) {
+            let label = &pin[prefix.len()..];
+            let Some((ifname, _)) = label.rsplit_once('-') else {
+                continue;
+            };
+            if self.inbound.is_none() {
+                let program = SchedClassifier::from_pin(progs_dir(&self.pin_dir).join(name))
+                    .map_err(|e| program_error(name, e))?;
+                self.inbound = Some(program);
+            }
+            let Some(program) = self.inbound.as_mut() else {
+                continue;
+            };
+            let attached = program.attach_with_options(
+                ifname,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            );
+            let id = match attached {
+                Ok(id) => id,
+                // The interface went between the listing and now (a pod deleted): skip it.
+                Err(err) if !interface_exists(ifname) => {
+                    tracing::debug!(ifname, %err, "interface gone before attaching");
+                    continue;
+                }
+                Err(err) => return Err(program_error(name, err)),
+            };
+            let link = program.take_link(id).map_err(|e| program_error(name, e))?;
+            let link = FdLink::try_from(link).map_err(|e| Error::Link { name, source: e })?;
+            link.pin(links.join(pin)).map_err(|source| Error::Pin {
+                what: format!("link {pin}"),
+                source,
+            })?;
+            done.attached.push(label.to_owned());
+        }
+        Ok(done)
     }
 
     /// The original destination of a connection the proxy accepted from `peer` on `local`,
@@ -289,6 +415,8 @@ impl Dataplane {
             orig_by_cookie: self.orig_by_cookie.keys().count(),
             orig_dst: self.orig_dst.keys().count(),
             fast_path_sockets: self.socks.keys().count(),
+            capture: self.capture.keys().count(),
+            captured_flows: self.captured_flows.keys().count(),
         }
     }
 }
@@ -389,6 +517,15 @@ fn install(options: &DataplaneOptions, runtime: &tokio::runtime::Handle) -> Resu
         // this handle would detach it, so it is left to the kernel.
         std::mem::forget(link);
     }
+    {
+        // Attached per interface later (sync_interfaces), from its pin.
+        let name = program_names::INBOUND;
+        let program: &mut SchedClassifier = program_mut(&mut ebpf, name)?;
+        program.load().map_err(|e| program_error(name, e))?;
+        program
+            .pin(progs_dir(&options.pin_dir).join(name))
+            .map_err(pin_error(format!("program {name}")))?;
+    }
     drop(ebpf);
     let mut this = Dataplane::open_pins(&options.pin_dir, false)?;
     this.log_task = Some(log_task);
@@ -408,11 +545,15 @@ where
         .map_err(|e| program_error(name, e))
 }
 
-/// Removes every pin under `pin_dir` and the folder itself. With the pins gone and no
-/// mesh-node holding them, the kernel detaches the programs and frees them and their maps.
-/// Returns what it removed; a missing folder is fine.
+fn interface_exists(ifname: &str) -> bool {
+    nix::net::if_::if_nametoindex(ifname).is_ok()
+}
+
+/// Removes every pin under `pin_dir` and the folder itself, and the inbound capture's policy
+/// routing. With the pins gone and no mesh-node holding them, the kernel detaches the
+/// programs and frees them and their maps. Returns what it removed; a missing folder is fine.
 pub fn uninstall(pin_dir: &Path) -> Result<Vec<String>> {
-    let mut removed = Vec::new();
+    let mut removed = routing::remove()?;
     if !pin_dir.exists() {
         return Ok(removed);
     }

@@ -587,3 +587,198 @@ fn a_thousand_concurrent_connections_complete_and_leave_nothing_behind() {
     let (status, _) = lab.lab.agent_get("node2", "/healthz/ready").unwrap();
     assert_eq!(status, 200);
 }
+
+const PEER_AUTH_LAB: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: plain}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: httpbin}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, labels: {app: httpbin}}
+spec:
+  serviceAccountName: httpbin
+  containers:
+  - {name: httpbin, image: mccutchen/go-httpbin, ports: [{containerPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: httpbin}
+spec:
+  selector: {app: httpbin}
+  ports: [{name: http, port: 8000, targetPort: 8080}]
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: sleep}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: meshclient, labels: {app: sleep}}
+spec:
+  serviceAccountName: sleep
+  containers:
+  - {name: curl, image: curlimages/curl, command: ["/bin/sleep", "infinity"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: near, namespace: plain, labels: {app: near}}
+spec:
+  containers:
+  - {name: curl, image: curlimages/curl, command: ["/bin/sleep", "infinity"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: far, namespace: plain, labels: {app: far}}
+spec:
+  containers:
+  - {name: curl, image: curlimages/curl, command: ["/bin/sleep", "infinity"]}
+"#;
+
+/// What each client gets from the server, by pod IP and by service: the address the server
+/// saw the connection come from, or `None` when it failed.
+fn origins(lab: &TestLab, clients: &[&str]) -> Vec<[Option<String>; 2]> {
+    let server = lab.pod("server").ip.to_string();
+    clients
+        .iter()
+        .map(|client| {
+            [
+                format!("http://{server}:8080/ip"),
+                "http://httpbin.default:8000/ip".to_owned(),
+            ]
+            .map(|url| {
+                let body = lab.curl(client, &["--max-time", "3", "-f", &url]).ok()?;
+                let seen: Value = serde_json::from_str(&body).ok()?;
+                seen["origin"].as_str().map(|o| {
+                    o.rsplit_once(':')
+                        .map_or(o, |(ip, _)| ip)
+                        .trim_matches(['[', ']'])
+                        .to_owned()
+                })
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn peer_authentication_strict_refuses_plaintext_and_permissive_takes_it_through_the_proxy() {
+    let file = manifest("peer", "lab.yaml", PEER_AUTH_LAB);
+    let mut lab = TestLab::up("peer", 2, &[file]);
+    for (pod, node) in [
+        ("server", "node2"),
+        ("meshclient", "node1"),
+        ("plain/near", "node2"),
+        ("plain/far", "node1"),
+    ] {
+        assert_eq!(lab.pod(pod).node, node, "scheduling of {pod} changed");
+    }
+    // Before the mesh, plaintext clients reach the pod directly: it sees their addresses.
+    let direct = origins(&lab, &["plain/near", "plain/far"]);
+    let own_ips = ["plain/near", "plain/far"].map(|p| lab.pod(p).ip.to_string());
+    for (seen, ip) in direct.iter().zip(&own_ips) {
+        assert_eq!(seen, &[Some(ip.clone()), Some(ip.clone())], "no mesh yet");
+    }
+
+    start_mesh(&mut lab, MeshOptions::default());
+    let node_ip = lab.lab.node("node2").unwrap().ip.to_string();
+    let clients = ["meshclient", "plain/near", "plain/far"];
+    // Istio's default is PERMISSIVE: plaintext still works, but now through node2's proxy
+    // (the pod sees the node's address), by pod IP and by ClusterIP, same node and across.
+    let through_proxy = vec![[Some(node_ip.clone()), Some(node_ip.clone())]; 3];
+    let expect = |lab: &TestLab, wanted: &[[Option<String>; 2]], why: &str| {
+        eventually(Duration::from_secs(5), || {
+            let seen = origins(lab, &clients);
+            ensure!(
+                seen == wanted,
+                "{why}: (mesh client, same-node plaintext, other-node plaintext) × (pod IP, \
+                 service) saw {seen:?}, wanted {wanted:?}"
+            );
+            Ok(())
+        })
+        .unwrap();
+    };
+    expect(&lab, &through_proxy, "default PERMISSIVE");
+    let plaintext_opened = |lab: &TestLab| {
+        metrics(lab, "node2")
+            .lines()
+            .filter(|l| {
+                l.starts_with("istio_tcp_connections_opened_total{")
+                    && l.contains(r#"reporter="destination""#)
+                    && l.contains(r#"connection_security_policy="none""#)
+                    && l.contains(r#"source_workload_namespace="plain""#)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    assert!(
+        plaintext_opened(&lab) >= 4.0,
+        "node2 reports the plaintext connections it delivered:\n{}",
+        metrics(&lab, "node2")
+    );
+
+    let strict = manifest(
+        "peer",
+        "strict.yaml",
+        r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict}
+spec:
+  mtls: {mode: STRICT}
+"#,
+    );
+    lab.lab
+        .apply(std::slice::from_ref(&strict), "default")
+        .unwrap();
+    let mesh_only = vec![
+        [Some(node_ip.clone()), Some(node_ip.clone())],
+        [None, None],
+        [None, None],
+    ];
+    expect(&lab, &mesh_only, "namespace STRICT");
+
+    // A workload policy with a PERMISSIVE port overrides the namespace's STRICT there.
+    let port_permissive = manifest(
+        "peer",
+        "port.yaml",
+        r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: httpbin-port}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  mtls: {mode: STRICT}
+  portLevelMtls:
+    "8080": {mode: PERMISSIVE}
+"#,
+    );
+    lab.lab
+        .apply(std::slice::from_ref(&port_permissive), "default")
+        .unwrap();
+    expect(&lab, &through_proxy, "port 8080 PERMISSIVE on the workload");
+    lab.lab.delete(&[port_permissive], "default").unwrap();
+    expect(&lab, &mesh_only, "back to STRICT");
+    lab.lab.delete(&[strict], "default").unwrap();
+    expect(&lab, &through_proxy, "policy removed: PERMISSIVE again");
+
+    let log = lab.lab.agent_log("node2");
+    assert!(
+        log.contains("plaintext connection refused: the pod takes mutual TLS only"),
+        "the agent logs why it refused:\n{log}"
+    );
+    let dump = redirect_stats(&lab, "node2");
+    assert!(
+        dump["ebpf"]["stats"]["inbound_captured"].as_u64() > Some(0),
+        "{dump:#}"
+    );
+}
+
+fn redirect_stats(lab: &TestLab, node: &str) -> Value {
+    let (status, body) = lab.lab.agent_get(node, "/stats/redirect").unwrap();
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}

@@ -168,7 +168,6 @@ fn acceptance(tag: &str, fast_path: bool) {
     let node1_ip = lab.lab.node("node1").unwrap().ip.to_string();
     let node2_ip = lab.lab.node("node2").unwrap().ip.to_string();
     let client = lab.pod("client").clone();
-    let outsider = lab.pod("plain/outsider").clone();
     let server_a = lab.pod("server-a").ip;
     let server_b = lab.pod("server-b").ip;
     let client_key = client.key();
@@ -205,14 +204,15 @@ fn acceptance(tag: &str, fast_path: bool) {
         assert_eq!(ebpf_stat(&after, "fast_path_sockets"), 0, "{after:#}");
     }
 
-    // Not enrolled: plain/outsider reaches the server directly.
+    // Not enrolled: plain/outsider's connects are not redirected at its node. The server is
+    // enrolled, so its node captures the plaintext connection (PERMISSIVE) and delivers it.
     let seen = origin(
         &lab,
         "plain/outsider",
         &format!("http://{server_a}:8080/ip"),
     )
     .unwrap();
-    assert_eq!(seen, outsider.ip.to_string());
+    assert_eq!(seen, lab.lab.node("node2").unwrap().ip.to_string());
     assert_eq!(ebpf_stat(&stats(&lab, "node2"), "redirected"), 0);
 
     // The host (a node-local process outside the pods' cgroup) is not redirected.
@@ -263,9 +263,15 @@ fn acceptance(tag: &str, fast_path: bool) {
             &["istio.io/dataplane-mode=none".into()],
         )
         .unwrap();
+    // server-a is enrolled, so node2 delivers either way; what changes is the redirect at
+    // the client's node.
     let took = within(ENROLL_DEADLINE, || {
-        origin(&lab, "client", &format!("http://{server_a}:8080/ip")).unwrap()
-            == client.ip.to_string()
+        !redirected_by(
+            &lab,
+            "node1",
+            "client",
+            &format!("http://{server_a}:8080/ip"),
+        )
     })
     .expect("opt-out by pod label takes effect for new connections");
     eprintln!("opt-out took {took:?}");
@@ -277,9 +283,11 @@ fn acceptance(tag: &str, fast_path: bool) {
     lab.lab
         .label("ns/plain", &["istio.io/dataplane-mode=ambient".into()])
         .unwrap();
+    // The server is enrolled, so it sees node2's proxy either way: what changes is whether
+    // the outsider's own connects are redirected at its node.
     let url = format!("http://{server_a}:8080/ip");
     let took = within(ENROLL_DEADLINE, || {
-        origin(&lab, "plain/outsider", &url).unwrap() == node2_ip
+        redirected_by(&lab, "node2", "plain/outsider", &url)
     })
     .expect("enrollment by namespace label takes effect within 1 s");
     eprintln!("enroll took {took:?}");
@@ -287,10 +295,18 @@ fn acceptance(tag: &str, fast_path: bool) {
         .label("ns/plain", &["istio.io/dataplane-mode-".into()])
         .unwrap();
     let took = within(ENROLL_DEADLINE, || {
-        origin(&lab, "plain/outsider", &url).unwrap() == outsider.ip.to_string()
+        !redirected_by(&lab, "node2", "plain/outsider", &url)
     })
     .expect("un-enrollment takes effect within 1 s");
     eprintln!("un-enroll took {took:?}");
+}
+
+/// Whether a request from `pod` (on `node`) to `url` was redirected by the node's eBPF: its
+/// `redirected` counter rose. The request itself must succeed.
+fn redirected_by(lab: &TestLab, node: &str, pod: &str, url: &str) -> bool {
+    let before = ebpf_stat(&stats(lab, node), "redirected");
+    origin(lab, pod, url).unwrap();
+    ebpf_stat(&stats(lab, node), "redirected") > before
 }
 
 #[test]
@@ -419,7 +435,14 @@ fn restart_and_uninstall(tag: &str, fast_path: bool) {
         .nth(2)
         .unwrap()
         .join("mesh-node");
-    let output = std::process::Command::new(&binary)
+    // In the node's network namespace, where the capture's policy routing is (nsenter, not
+    // `ip netns exec`, which would hide bpffs behind a fresh /sys).
+    let output = std::process::Command::new("nsenter")
+        .arg(format!(
+            "--net=/run/netns/{}",
+            lab.lab.node("node1").unwrap().netns
+        ))
+        .arg(&binary)
         .arg("uninstall")
         .arg("--pin-dir")
         .arg(&pins)
@@ -427,14 +450,30 @@ fn restart_and_uninstall(tag: &str, fast_path: bool) {
         .unwrap();
     assert!(output.status.success(), "{output:?}");
     assert!(!pins.exists(), "pins left at {}", pins.display());
+    let rules = lab
+        .lab
+        .node_command("node1", "ip")
+        .unwrap()
+        .args(["-4", "rule", "show"])
+        .output()
+        .unwrap();
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert!(!rules.contains("lookup 15006"), "rule left:\n{rules}");
     within(Duration::from_secs(5), || {
         let loaded = loaded_program_ids();
         program_ids.iter().all(|id| !loaded.contains(id))
     })
     .expect("the uninstalled programs are gone from the kernel");
+    // The client now connects directly, in plaintext: server-a's node captures it on
+    // arrival (the server is enrolled; PERMISSIVE) instead of receiving an HBONE tunnel.
+    let captured = |lab: &TestLab| ebpf_stat(&stats(lab, "node2"), "inbound_captured");
+    let before = captured(&lab);
     assert_eq!(
         origin(&lab, "client", &format!("http://{server_a}:8080/ip")).unwrap(),
-        client.ip.to_string(),
+        node2_ip,
+    );
+    assert!(
+        captured(&lab) > before,
         "after uninstall the client connects directly"
     );
 }

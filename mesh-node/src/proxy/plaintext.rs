@@ -1,0 +1,130 @@
+//! The plaintext inbound listener (15006): TCP from outside the mesh to this node's enrolled
+//! pods, captured by the eBPF inbound program (`bpf_sk_assign`, the eBPF form of TPROXY).
+//! An accepted socket's local address is where the client was going (the pod, after any
+//! ClusterIP DNAT), its peer the client itself.
+//!
+//! The pod's PeerAuthentication decides first: STRICT refuses plaintext (the client gets a
+//! reset), PERMISSIVE (Istio's default) lets it through to the same AuthorizationPolicy
+//! checks mesh clients get, with no identity. A destination that is not an enrolled pod of
+//! this node (a DNAT that chose another backend, a pod that just left the mesh) is forwarded
+//! as it is.
+
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::os::fd::AsRawFd as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_core::policy;
+use nix::sys::socket::{setsockopt, sockopt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+use super::inbound::{Counted, admit};
+use super::{Proxy, connect_tcp};
+use crate::metrics::TcpLabels;
+
+/// A listener that may accept connections addressed to other hosts (`IP_TRANSPARENT`): the
+/// captured connections keep the pod's address as their local one, and the replies go out
+/// from it.
+pub fn listen_transparent(addr: SocketAddrV4) -> io::Result<TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    setsockopt(&socket, sockopt::IpTransparent, &true).map_err(|errno| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "IP_TRANSPARENT on fd {}: {errno} (needs CAP_NET_ADMIN)",
+                socket.as_raw_fd()
+            ),
+        )
+    })?;
+    socket.bind(addr.into())?;
+    socket.listen(1024)
+}
+
+/// Accepts until the task is dropped.
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "plaintext inbound listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            if let Err(error) = handle(&proxy, stream, peer).await {
+                tracing::debug!(%peer, %error, "plaintext inbound connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn handle(proxy: &Proxy, mut client: TcpStream, peer: SocketAddr) -> io::Result<()> {
+    let destination = client.local_addr()?;
+    let _ = client.set_nodelay(true);
+    let model = proxy.model();
+    let Some(pod) = proxy.local_mesh_pod(&model, destination.ip()) else {
+        // Not ours to judge: forward as the client asked (the destination's node captures it
+        // again if it is a mesh pod there).
+        let mut upstream = connect_tcp(destination).await?;
+        tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+        return Ok(());
+    };
+    let mtls = policy::mtls_mode(&model.peer_authentications_for(&pod), destination.port());
+    if !mtls.accepts_plaintext() {
+        proxy.metrics.denied();
+        tracing::info!(
+            %peer,
+            pod = %format_args!("{}/{}", pod.name.namespace, pod.name.name),
+            port = destination.port(),
+            mode = %mtls,
+            "plaintext connection refused: the pod takes mutual TLS only"
+        );
+        return reset(client);
+    }
+    let pod = match admit(proxy, &model, None, peer.ip(), destination) {
+        Ok(pod) => pod,
+        Err(refusal) => {
+            tracing::info!(%peer, %destination, %refusal, "plaintext connection refused");
+            return reset(client);
+        }
+    };
+    let upstream = match connect_tcp(destination).await {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            tracing::debug!(%destination, %error, "the pod refused");
+            return reset(client);
+        }
+    };
+    let source_pod = model.pod_by_ip(peer.ip());
+    let labels = TcpLabels::new(
+        "destination",
+        None,
+        Some((&pod, &proxy.identity_of(&pod))),
+        None,
+        false,
+    );
+    let labels = TcpLabels {
+        source_workload: source_pod.map_or_else(|| "unknown".to_owned(), |p| p.workload.clone()),
+        source_workload_namespace: source_pod
+            .map_or_else(|| "unknown".to_owned(), |p| p.name.namespace.clone()),
+        ..labels
+    };
+    let mut upstream = Counted::new(upstream, proxy.metrics.clone(), labels);
+    tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+    Ok(())
+}
+
+/// Closes with a RST, so the client fails at once.
+fn reset(client: TcpStream) -> io::Result<()> {
+    #[allow(
+        deprecated,
+        reason = "SO_LINGER 0 is the way to reset; it does not block"
+    )]
+    client.set_linger(Some(Duration::ZERO))?;
+    drop(client);
+    Ok(())
+}
