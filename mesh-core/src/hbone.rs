@@ -19,6 +19,8 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::identity::{Identity, tls::peer_identity};
 
+pub mod pool;
+
 /// The port HBONE listens on.
 pub const PORT: u16 = 15008;
 /// HTTP/2 windows: large, so one tunnel can fill a fast link (the defaults are 64 KiB).
@@ -103,6 +105,35 @@ where
     F: Future<Output = Result<U, StatusCode>> + Send + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    serve_tunnels(tls, peer, move |inbound: Inbound| {
+        let upstream = handler(inbound.clone());
+        async move {
+            let mut upstream = upstream.await?;
+            Ok(move |mut tunnel: Tunnel| async move {
+                if let Err(error) = tokio::io::copy_bidirectional(&mut tunnel, &mut upstream).await
+                {
+                    tracing::debug!(destination = %inbound.destination, %error, "tunnel ended with an error");
+                }
+            })
+        }
+    })
+    .await
+}
+
+/// Serves HBONE like [`serve_tls`], for servers that use each tunnel themselves (a waypoint
+/// runs HTTP on it): the handler answers with what to do once the tunnel is open, or the
+/// status to refuse with.
+pub async fn serve_tunnels<H, F, T, G>(
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SocketAddr,
+    handler: H,
+) -> Result<()>
+where
+    H: Fn(Inbound) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<T, StatusCode>> + Send + 'static,
+    T: FnOnce(Tunnel) -> G + Send + 'static,
+    G: Future<Output = ()> + Send + 'static,
+{
     let peer_identity =
         peer_identity(tls.get_ref().1.peer_certificates()).map_err(|e| Error::Identity {
             peer,
@@ -122,7 +153,7 @@ where
     Ok(())
 }
 
-async fn accept_tunnel<H, F, U>(
+async fn accept_tunnel<H, F, T, G>(
     request: Request<hyper::body::Incoming>,
     peer: SocketAddr,
     peer_identity: Identity,
@@ -130,8 +161,9 @@ async fn accept_tunnel<H, F, U>(
 ) -> Response<Empty<Bytes>>
 where
     H: Fn(Inbound) -> F,
-    F: Future<Output = Result<U, StatusCode>>,
-    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Future<Output = Result<T, StatusCode>>,
+    T: FnOnce(Tunnel) -> G + Send + 'static,
+    G: Future<Output = ()> + Send + 'static,
 {
     let status = |code| {
         let mut response = Response::new(Empty::new());
@@ -159,19 +191,13 @@ where
         destination,
         forwarded_for,
     };
-    let mut upstream = match handler(inbound).await {
-        Ok(upstream) => upstream,
+    let task = match handler(inbound).await {
+        Ok(task) => task,
         Err(code) => return status(code),
     };
     tokio::spawn(async move {
         match hyper::upgrade::on(request).await {
-            Ok(upgraded) => {
-                let mut tunnel = TokioIo::new(upgraded);
-                if let Err(error) = tokio::io::copy_bidirectional(&mut tunnel, &mut upstream).await
-                {
-                    tracing::debug!(%destination, %error, "tunnel ended with an error");
-                }
-            }
+            Ok(upgraded) => task(TokioIo::new(upgraded)).await,
             Err(error) => tracing::debug!(%destination, %error, "CONNECT upgrade failed"),
         }
     });

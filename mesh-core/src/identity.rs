@@ -4,6 +4,7 @@
 //! ASN.1. Private keys stay in memory and are never printed.
 
 pub mod ca;
+pub mod manager;
 pub mod service;
 pub mod tls;
 pub mod workload;

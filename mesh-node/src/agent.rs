@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use crate::admin::Page;
 use crate::ebpf::{Dataplane, DataplaneOptions, Redirect};
 use crate::enroll::{LocalPod, capture_addresses, local_pods};
-use crate::identity::{CaClientConfig, CertManager};
+use mesh_core::identity::manager::{CaClientConfig, CertManager};
 use crate::metrics::Metrics;
 use crate::outbound::{self, Counters, OriginalDst, SoOriginalDst};
 use crate::proxy::{Proxy, inbound, plaintext};
@@ -79,7 +79,7 @@ pub enum Error {
     #[error("waiting for a stop signal: {0}")]
     Signal(std::io::Error),
     #[error(transparent)]
-    Identity(#[from] crate::identity::Error),
+    Identity(#[from] mesh_core::identity::manager::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,20 +1,21 @@
 //! `mesh-node ca`: the mesh CA as its own process (a Deployment in Kubernetes, a process on
 //! the first node in the lab). It serves Istio's `CreateCertificate` over gRPC with TLS on
-//! 15012, signs only identities the calling node agent may hold — service accounts of pods
-//! scheduled on that agent's node, per its own view of the config source — and publishes
-//! its root certificate (public) for the agents to trust. The root key never leaves memory.
+//! 15012, signs only identities the caller may hold — for a node agent, service accounts of
+//! pods scheduled on its node; for a pod's own credential (a waypoint's), that pod's service
+//! account while the pod exists — per its own view of the config source, and publishes its
+//! root certificate (public) for the agents to trust. The root key never leaves memory.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
-use mesh_core::config::{Model, Store};
+use mesh_core::config::{Model, Name, Store};
 use mesh_core::identity::service::{Authorizer, CA_SERVER_NAME, CaService};
 use mesh_core::identity::{CertificateAuthority, Identity};
 use mesh_core::source::files::FilesSource;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 /// How long the CA's serving certificate lives (it is re-made at every start).
@@ -27,8 +28,9 @@ pub struct CaConfig {
     pub trust_domain: String,
     /// The files config source the CA checks pod placement against.
     pub config_dir: PathBuf,
-    /// JSON `{"<credential>": "<node name>"}`: each node agent's credential (the lab's
-    /// stand-in for a kubelet-bound service-account token).
+    /// JSON `{"<credential>": "<node name>" | {"pod": "<namespace>/<name>"}}`: each node
+    /// agent's credential, and pods' own (the lab's stand-in for kubelet-bound and pod
+    /// service-account tokens). Re-read when it changes.
     pub node_credentials: PathBuf,
     /// Where to write the root certificate (PEM), for the agents' `--ca-root`.
     pub root_cert_out: PathBuf,
@@ -60,48 +62,109 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Who a credential belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Principal {
+    /// A node agent: the identities of pods scheduled on its node.
+    Node(String),
+    /// One pod (`namespace/name`): its own service account's identity.
+    Pod { pod: String },
+}
+
 /// A node agent may obtain the identity of a service account only while a pod of that
-/// account is scheduled on the agent's node.
+/// account is scheduled on the agent's node; a pod credential only its pod's identity.
 pub struct NodeAuthorizer {
-    /// Credential → node name.
-    credentials: HashMap<String, String>,
+    credentials: Credentials,
     model: watch::Receiver<Arc<Model>>,
 }
 
+/// The credentials file, re-read when its modification time changes (pods come and go).
+struct Credentials {
+    path: PathBuf,
+    loaded: Mutex<(Option<SystemTime>, Arc<HashMap<String, Principal>>)>,
+}
+
+impl Credentials {
+    fn current(&self) -> Arc<HashMap<String, Principal>> {
+        let modified = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if modified.is_some() && modified != loaded.0 {
+            match read_credentials(&self.path) {
+                Ok(credentials) => *loaded = (modified, Arc::new(credentials)),
+                // Keep serving with what was read last; the file may be mid-rewrite.
+                Err(error) => tracing::warn!(%error, "node credentials not reloaded"),
+            }
+        }
+        loaded.1.clone()
+    }
+}
+
 impl NodeAuthorizer {
-    pub fn new(
-        credentials: HashMap<String, String>,
-        model: watch::Receiver<Arc<Model>>,
-    ) -> NodeAuthorizer {
-        NodeAuthorizer { credentials, model }
+    /// Reads `path` now (failing on a bad file) and again whenever it changes.
+    pub fn new(path: &Path, model: watch::Receiver<Arc<Model>>) -> Result<NodeAuthorizer> {
+        let credentials = read_credentials(path)?;
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        Ok(NodeAuthorizer {
+            credentials: Credentials {
+                path: path.to_owned(),
+                loaded: Mutex::new((modified, Arc::new(credentials))),
+            },
+            model,
+        })
     }
 }
 
 impl Authorizer for NodeAuthorizer {
     fn authorize(&self, credential: &str, identity: &Identity) -> Result<(), String> {
-        let node = self
-            .credentials
+        let credentials = self.credentials.current();
+        let principal = credentials
             .get(credential)
-            .ok_or("the credential belongs to no node agent")?;
+            .ok_or("the credential belongs to no node agent or pod")?;
         let model = self.model.borrow().clone();
-        let scheduled = model.pods().any(|pod| {
-            pod.node.as_deref() == Some(node.as_str())
-                && pod.name.namespace == identity.namespace
-                && pod.service_account == identity.service_account
-        });
-        if scheduled {
-            Ok(())
-        } else {
-            Err(format!(
-                "no pod of service account {}/{} is scheduled on node {node}",
-                identity.namespace, identity.service_account
-            ))
+        match principal {
+            Principal::Node(node) => {
+                let scheduled = model.pods().any(|pod| {
+                    pod.node.as_deref() == Some(node.as_str())
+                        && pod.name.namespace == identity.namespace
+                        && pod.service_account == identity.service_account
+                });
+                if scheduled {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "no pod of service account {}/{} is scheduled on node {node}",
+                        identity.namespace, identity.service_account
+                    ))
+                }
+            }
+            Principal::Pod { pod } => {
+                let (namespace, name) = pod.split_once('/').unwrap_or(("default", pod));
+                let Some(found) = model.pod(&Name::new(namespace, name)) else {
+                    return Err(format!("pod {pod} does not exist (any more)"));
+                };
+                if found.name.namespace == identity.namespace
+                    && found.service_account == identity.service_account
+                {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "pod {pod} runs as {}/{}, not {}/{}",
+                        found.name.namespace,
+                        found.service_account,
+                        identity.namespace,
+                        identity.service_account
+                    ))
+                }
+            }
         }
     }
 }
 
-/// Reads the node credentials file.
-pub fn read_credentials(path: &Path) -> Result<HashMap<String, String>> {
+/// Reads the credentials file.
+pub fn read_credentials(path: &Path) -> Result<HashMap<String, Principal>> {
     let fail = |message: String| Error::Credentials {
         path: path.to_owned(),
         message,
@@ -109,7 +172,7 @@ pub fn read_credentials(path: &Path) -> Result<HashMap<String, String>> {
     let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
     serde_json::from_str(&text).map_err(|e| {
         fail(format!(
-            "{e}; expected a JSON object of credential to node name"
+            "{e}; expected a JSON object of credential to a node name or {{\"pod\": \"namespace/name\"}}"
         ))
     })
 }
@@ -117,7 +180,6 @@ pub fn read_credentials(path: &Path) -> Result<HashMap<String, String>> {
 /// Runs the CA until SIGINT/SIGTERM.
 pub async fn run(config: CaConfig) -> Result<()> {
     tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "mesh CA starting");
-    let credentials = read_credentials(&config.node_credentials)?;
     let ca = Arc::new(CertificateAuthority::new(&config.trust_domain)?);
     write_atomically(&config.root_cert_out, &ca.root_pem())?;
 
@@ -138,11 +200,8 @@ pub async fn run(config: CaConfig) -> Result<()> {
     )?;
     let tls = tonic::transport::ServerTlsConfig::new()
         .identity(tonic::transport::Identity::from_pem(chain, key.pem()));
-    let service = CaService::new(
-        ca,
-        NodeAuthorizer::new(credentials, model),
-        config.max_validity,
-    );
+    let authorizer = NodeAuthorizer::new(&config.node_credentials, model)?;
+    let service = CaService::new(ca, authorizer, config.max_validity);
     tracing::info!(listen = %config.listen, root = %config.root_cert_out.display(), "mesh CA serving");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(Error::Signal)?;

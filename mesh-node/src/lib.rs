@@ -9,7 +9,6 @@ pub mod agent;
 pub mod ca;
 pub mod ebpf;
 pub mod enroll;
-pub mod identity;
 pub mod metrics;
 pub mod outbound;
 pub mod proxy;

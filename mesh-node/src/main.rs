@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use mesh_node::agent::{NodeConfig, RedirectMode};
 use mesh_node::ca::CaConfig;
 use mesh_node::ebpf::Ebpf;
-use mesh_node::identity::CaClientConfig;
+use mesh_core::identity::manager::CaClientConfig;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]

@@ -185,6 +185,35 @@ async fn open_upstream(
             let counted = Counted::new(upstream, proxy.metrics.clone(), destination_labels);
             Ok((Box::new(counted), labels))
         }
+        Route::Waypoint {
+            waypoint,
+            service_addr,
+        } => {
+            let cert = proxy
+                .certs
+                .wait_for(&source_id, CERT_WAIT)
+                .await
+                .map_err(|e| e.to_string())?;
+            let tunnel = proxy
+                .pool
+                .tunnel(
+                    &cert,
+                    &waypoint.identity,
+                    waypoint.addr,
+                    service_addr.into(),
+                    Some(source_ip),
+                )
+                .await
+                .map_err(|e| format!("HBONE to waypoint {} for {service_addr}: {e}", waypoint.addr))?;
+            let labels = TcpLabels::new(
+                "source",
+                Some((&source, &source_id)),
+                None,
+                waypoint.service.as_deref(),
+                true,
+            );
+            Ok((Box::new(tunnel), labels))
+        }
         Route::Remote { target, node } => {
             let cert = proxy
                 .certs

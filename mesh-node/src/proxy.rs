@@ -4,7 +4,6 @@
 
 pub mod inbound;
 pub mod plaintext;
-pub mod pool;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -17,7 +16,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::identity::CertManager;
+use mesh_core::hbone::pool;
+use mesh_core::identity::manager::CertManager;
 use crate::metrics::Metrics;
 
 /// How long a plain TCP upstream (a pod, or a destination outside the mesh) gets to accept.
@@ -63,6 +63,12 @@ pub enum Route {
     Local(Target),
     /// A mesh workload on another node: HBONE to its node proxy.
     Remote { target: Target, node: SocketAddr },
+    /// A service with a waypoint (`istio.io/use-waypoint`): HBONE to the waypoint pod, which
+    /// applies the L7 rules and picks the endpoint. `service_addr` is what the client dialed.
+    Waypoint {
+        waypoint: Target,
+        service_addr: SocketAddr,
+    },
     /// Nothing can serve it (a service without ready endpoints): reset the client.
     Refuse(String),
 }
@@ -117,6 +123,9 @@ impl Proxy {
     /// served locally, one elsewhere through its node's HBONE listener.
     pub fn route(&self, model: &Model, destination: SocketAddr) -> Route {
         let (addr, service) = match model.service_by_addr(destination) {
+            Some(service) if model.waypoint_for_service(service).is_some() => {
+                return self.waypoint_route(model, service, destination);
+            }
             Some(service) => {
                 let endpoints = model.ready_endpoints(service, destination.port());
                 if endpoints.is_empty() {
@@ -154,6 +163,55 @@ impl Proxy {
                 "pod {}/{} has no hostIP: its node proxy cannot be reached",
                 pod.name.namespace, pod.name.name
             )),
+        }
+    }
+
+    /// The waypoint pod for traffic to `service`: a ready endpoint of the waypoint's own
+    /// Service (named like its Gateway) on the HBONE port. No waypoint pod ready: refused,
+    /// as Istio does (the L7 rules must not be skipped).
+    fn waypoint_route(
+        &self,
+        model: &Model,
+        service: &Arc<ServiceInfo>,
+        service_addr: SocketAddr,
+    ) -> Route {
+        let Some(waypoint) = model.waypoint_for_service(service) else {
+            return Route::Refuse("no waypoint".to_owned());
+        };
+        let gateway = &waypoint.gateway;
+        let Some(waypoint_service) = model.service(gateway) else {
+            return Route::Refuse(format!(
+                "service {}/{} uses waypoint {}/{}, which does not exist: deploy it (`meshctl \
+                 waypoint generate -n {}`) or remove the istio.io/use-waypoint label",
+                service.name.namespace,
+                service.name.name,
+                gateway.namespace,
+                gateway.name,
+                gateway.namespace
+            ));
+        };
+        let endpoints = model.ready_endpoints(waypoint_service, mesh_core::hbone::PORT);
+        let ready: Vec<_> = endpoints.iter().filter(|e| e.pod.is_some()).collect();
+        if ready.is_empty() {
+            return Route::Refuse(format!(
+                "waypoint {}/{} has no ready pod on port {}",
+                gateway.namespace,
+                gateway.name,
+                mesh_core::hbone::PORT
+            ));
+        }
+        let endpoint = ready[rand::random_range(0..ready.len())];
+        let Some(pod) = endpoint.pod.clone() else {
+            return Route::Refuse("waypoint endpoint without a pod".to_owned());
+        };
+        Route::Waypoint {
+            waypoint: Target {
+                addr: endpoint.addr,
+                identity: self.identity_of(&pod),
+                pod,
+                service: Some(service.clone()),
+            },
+            service_addr,
         }
     }
 }

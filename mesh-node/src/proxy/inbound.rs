@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::{Proxy, connect_tcp};
-use crate::identity::SniResolver;
+use mesh_core::identity::manager::SniResolver;
 use crate::metrics::TcpLabels;
 
 /// How long a handshake waits for a certificate the node is about to receive.

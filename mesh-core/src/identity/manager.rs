@@ -1,5 +1,6 @@
-//! Workload certificates on the node: one per service account of the node's enrolled pods,
-//! obtained from the mesh CA with the node's credential, kept in memory only, and renewed at
+//! Workload certificates held by a proxy: one per identity it serves (a node agent: the
+//! service accounts of its enrolled pods; a waypoint: its own), obtained from the mesh CA
+//! with the proxy's credential, kept in memory only, and renewed at
 //! half their life (new connections use the new one; open ones keep theirs). Also the TLS
 //! server side's certificate choice: the SNI a client sends names the identity to present.
 
@@ -10,9 +11,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use mesh_core::identity::service::{CaClient, ca_client, request_certificate};
-use mesh_core::identity::tls::{certified_key, server_name};
-use mesh_core::identity::{Identity, WorkloadCertificate};
+use crate::identity::service::{CaClient, ca_client, request_certificate};
+use crate::identity::tls::{certified_key, server_name};
+use crate::identity::{Identity, WorkloadCertificate};
 use rustls::pki_types::CertificateDer;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -74,7 +75,7 @@ pub enum Error {
     #[error("the certificate for {identity} is unusable: {source}")]
     Unusable {
         identity: Identity,
-        source: Box<mesh_core::identity::Error>,
+        source: Box<crate::identity::Error>,
     },
 }
 

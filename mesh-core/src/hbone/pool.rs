@@ -1,4 +1,4 @@
-//! HBONE connections to other node proxies, pooled per (source identity, destination
+//! HBONE connections to node proxies and waypoints, pooled per (source identity, destination
 //! identity, destination node): one mutual-TLS HTTP/2 connection carries every tunnel of that
 //! key. A rotated source certificate starts a new connection for new tunnels; tunnels on the
 //! old one run on until they end.
@@ -8,13 +8,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mesh_core::hbone::{self, Connection, Tunnel};
-use mesh_core::identity::Identity;
-use mesh_core::identity::tls::{client_config, server_name};
+use crate::hbone::{self, Connection, Tunnel};
+use crate::identity::Identity;
+use crate::identity::tls::{client_config, server_name};
 use rustls::pki_types::CertificateDer;
 use tokio_rustls::TlsConnector;
 
-use crate::identity::Issued;
+use crate::identity::manager::Issued;
 
 /// How long connecting and the handshakes may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -22,7 +22,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("TLS configuration for {0}: {1}")]
-    Config(Identity, mesh_core::identity::Error),
+    Config(Identity, crate::identity::Error),
     #[error(transparent)]
     Hbone(#[from] hbone::Error),
     #[error("connecting to {0} timed out")]

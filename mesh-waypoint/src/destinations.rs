@@ -1,0 +1,214 @@
+//! What the waypoint keeps per config snapshot: compiled route tables per (host, client
+//! namespace), upstreams (Envoy's clusters: endpoints, load balancer, circuit breaker,
+//! outlier detection) per (host, subset, port, client namespace), and the way to reach an
+//! endpoint: HBONE to its node for a mesh pod, plain TCP otherwise.
+//!
+//! A new snapshot keeps an upstream (and its counters and ejections) when its
+//! DestinationRule did not change, with the endpoints refreshed; a changed rule starts it
+//! anew.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mesh_core::config::istio::DestinationRule;
+use mesh_core::config::{Model, PodInfo};
+use mesh_core::hbone::pool::Pool;
+use mesh_core::identity::manager::CertManager;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::route::RouteTable;
+use crate::upstream::{self, EffectivePolicy, Upstream, UpstreamKey};
+
+/// How long the waypoint waits for its own certificate when a request needs it.
+const CERT_WAIT: Duration = Duration::from_secs(5);
+
+/// A byte stream to an endpoint.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+type RouteKey = (String, String);
+type UpstreamCacheKey = (String, Option<String>, u16, String);
+
+struct CachedUpstream {
+    model: usize,
+    rule: Option<Arc<DestinationRule>>,
+    upstream: Arc<Upstream>,
+    _sweeper: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for CachedUpstream {
+    fn drop(&mut self) {
+        if let Some(sweeper) = &self._sweeper {
+            sweeper.abort();
+        }
+    }
+}
+
+/// The caches and the HBONE pool.
+pub struct Destinations {
+    routes: Mutex<HashMap<RouteKey, (usize, Arc<RouteTable>)>>,
+    upstreams: Mutex<HashMap<UpstreamCacheKey, CachedUpstream>>,
+    pub pool: Pool,
+    pub certs: Arc<CertManager>,
+    pub identity: mesh_core::identity::Identity,
+}
+
+/// Why no upstream could be had for a destination.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no service {0} in the mesh's config")]
+    NoService(String),
+    #[error(transparent)]
+    Policy(#[from] upstream::Error),
+    #[error("connecting to {addr}: {message}")]
+    Connect { addr: SocketAddr, message: String },
+}
+
+fn model_id(model: &Arc<Model>) -> usize {
+    Arc::as_ptr(model) as usize
+}
+
+impl Destinations {
+    pub fn new(certs: Arc<CertManager>, identity: mesh_core::identity::Identity) -> Destinations {
+        Destinations {
+            routes: Mutex::new(HashMap::new()),
+            upstreams: Mutex::new(HashMap::new()),
+            pool: Pool::new(certs.roots().to_vec()),
+            certs,
+            identity,
+        }
+    }
+
+    /// The compiled VirtualServices for `host` seen from `client_ns`. Compile problems are
+    /// logged once per snapshot.
+    pub fn routes(&self, model: &Arc<Model>, host: &str, client_ns: &str) -> Arc<RouteTable> {
+        let id = model_id(model);
+        let key = (host.to_owned(), client_ns.to_owned());
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((seen, table)) = routes.get(&key)
+            && *seen == id
+        {
+            return table.clone();
+        }
+        let table = Arc::new(RouteTable::compile(
+            &model.virtual_services_for(host, client_ns),
+        ));
+        for problem in table.errors() {
+            tracing::warn!(%problem, "VirtualService rule left out");
+        }
+        for problem in table.unsupported() {
+            tracing::warn!(%problem, "not supported by the waypoint yet");
+        }
+        routes.retain(|_, (seen, _)| *seen == id);
+        routes.insert(key, (id, table.clone()));
+        table
+    }
+
+    /// The upstream for (`host`, `subset`, `port`) seen from `client_ns`.
+    pub fn upstream(
+        &self,
+        model: &Arc<Model>,
+        host: &str,
+        subset: Option<&str>,
+        port: u16,
+        client_ns: &str,
+    ) -> Result<Arc<Upstream>, Error> {
+        let service = model
+            .service_by_host(host)
+            .ok_or_else(|| Error::NoService(host.to_owned()))?;
+        let id = model_id(model);
+        let rule = model.destination_rule_for(host, client_ns);
+        let key = (
+            host.to_owned(),
+            subset.map(str::to_owned),
+            port,
+            client_ns.to_owned(),
+        );
+        let mut upstreams = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cached) = upstreams.get_mut(&key) {
+            let same_rule = match (&cached.rule, &rule) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+                _ => false,
+            };
+            if same_rule {
+                if cached.model != id {
+                    cached
+                        .upstream
+                        .update_endpoints(model.ready_endpoints(service, port));
+                    cached.model = id;
+                }
+                return Ok(cached.upstream.clone());
+            }
+        }
+        let policy = EffectivePolicy::resolve(rule.as_deref(), subset, port)?;
+        for warning in &policy.warnings {
+            tracing::warn!(%warning, "DestinationRule field not supported by the waypoint yet");
+        }
+        let upstream = Arc::new(Upstream::new(
+            UpstreamKey::new(host, subset, port),
+            policy,
+            model.ready_endpoints(service, port),
+        ));
+        let sweeper = upstream.spawn_sweeper();
+        upstreams.insert(
+            key,
+            CachedUpstream {
+                model: id,
+                rule,
+                upstream: upstream.clone(),
+                _sweeper: sweeper,
+            },
+        );
+        Ok(upstream)
+    }
+
+    /// A connection to `addr`: HBONE through the node of `pod` when it is a mesh pod (the
+    /// waypoint proves its own identity; the node proxy checks the destination's policies),
+    /// plain TCP otherwise. `client` goes along as `Forwarded: for=`.
+    pub async fn connect(
+        &self,
+        model: &Model,
+        addr: SocketAddr,
+        pod: Option<&PodInfo>,
+        client: Option<IpAddr>,
+        connect_timeout: Duration,
+    ) -> Result<Box<dyn Io>, Error> {
+        let fail = |message: String| Error::Connect { addr, message };
+        let mesh_pod = pod.filter(|p| model.in_mesh(p));
+        let attempt = async {
+            match mesh_pod.and_then(|p| p.host_ip.map(|host| (p, host))) {
+                Some((pod, host)) => {
+                    let cert = self
+                        .certs
+                        .wait_for(&self.identity, CERT_WAIT)
+                        .await
+                        .map_err(|e| fail(e.to_string()))?;
+                    let peer = self
+                        .certs
+                        .identity_of(&pod.name.namespace, &pod.service_account);
+                    let node = SocketAddr::new(host, mesh_core::hbone::PORT);
+                    let tunnel = self
+                        .pool
+                        .tunnel(&cert, &peer, node, addr, client)
+                        .await
+                        .map_err(|e| fail(format!("HBONE via {node}: {e}")))?;
+                    Ok(Box::new(tunnel) as Box<dyn Io>)
+                }
+                None => {
+                    let tcp = TcpStream::connect(addr)
+                        .await
+                        .map_err(|e| fail(e.to_string()))?;
+                    let _ = tcp.set_nodelay(true);
+                    Ok(Box::new(tcp) as Box<dyn Io>)
+                }
+            }
+        };
+        tokio::time::timeout(connect_timeout, attempt)
+            .await
+            .map_err(|_| fail(format!("no connection within {connect_timeout:?}")))?
+    }
+}

@@ -1,0 +1,306 @@
+//! The waypoint process: its certificate from the mesh CA (its own service account), the
+//! config model from the files source, HBONE on `<pod ip>:15008`, and per tunnel the choice
+//! of L7 ([`crate::http`]) or L4 ([`crate::tcp`]) by the service port's declared protocol.
+//! Admin (15000): `/config_dump`, `/healthz/ready`; metrics (15020): `/stats/prometheus`.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use mesh_core::config::{Model, PodInfo, ServiceInfo, Store};
+use mesh_core::hbone::{self, Inbound, Tunnel};
+use mesh_core::identity::Identity;
+use mesh_core::identity::manager::{CaClientConfig, CertManager, SniResolver};
+use mesh_core::identity::tls::server_config_resolving;
+use mesh_core::source::files::FilesSource;
+use serde::Serialize;
+use serde_json::json;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::destinations::Destinations;
+use crate::metrics::Metrics;
+
+/// The waypoint's configuration, from flags and the environment the pod gets.
+#[derive(Debug, Clone, Serialize)]
+pub struct WaypointConfig {
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+    /// A service-account waypoint serves only traffic to that account's workloads.
+    pub for_service_account: Option<String>,
+    pub pod_ip: IpAddr,
+    pub config_dir: PathBuf,
+    pub hbone_port: u16,
+    pub admin_port: u16,
+    pub metrics_port: u16,
+    pub ca: CaClientConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Identity(#[from] mesh_core::identity::manager::Error),
+    #[error(transparent)]
+    Tls(#[from] mesh_core::identity::Error),
+    #[error(transparent)]
+    Source(#[from] mesh_core::source::files::Error),
+    #[error("waiting for a stop signal: {0}")]
+    Signal(std::io::Error),
+}
+
+/// What every tunnel shares.
+pub struct Waypoint {
+    pub config: WaypointConfig,
+    model: watch::Receiver<Arc<Model>>,
+    pub destinations: Destinations,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Waypoint {
+    pub fn model(&self) -> Arc<Model> {
+        self.model.borrow().clone()
+    }
+}
+
+/// Who opened a tunnel: the client workload (the node agent proxies for it).
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub identity: Identity,
+    pub ip: Option<IpAddr>,
+    pub pod: Option<Arc<PodInfo>>,
+}
+
+/// One tunnel's context: the service port it is for and the client.
+pub struct Stream {
+    pub waypoint: Arc<Waypoint>,
+    pub service: Arc<ServiceInfo>,
+    pub port: u16,
+    pub client: Client,
+}
+
+/// Runs until SIGINT or SIGTERM.
+pub async fn run(config: WaypointConfig) -> Result<(), Error> {
+    tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "mesh-waypoint starting");
+    let certs = Arc::new(CertManager::new(config.ca.clone())?);
+    let identity = certs.identity_of(&config.namespace, &config.service_account);
+    certs.set_wanted(&BTreeSet::from([identity.clone()]));
+    let renew = tokio::spawn(certs.clone().renew_forever());
+
+    let mut store = Store::new();
+    let model = store.subscribe();
+    let (tx, mut updates) = mpsc::channel(64);
+    let _watch = FilesSource::new(&config.config_dir).spawn(tx)?;
+    let apply = tokio::spawn(async move {
+        while let Some(update) = updates.recv().await {
+            store.apply(update);
+        }
+    });
+
+    let waypoint = Arc::new(Waypoint {
+        destinations: Destinations::new(certs.clone(), identity.clone()),
+        metrics: Arc::new(Metrics::default()),
+        config: config.clone(),
+        model,
+    });
+    let listen = |port| async move {
+        let addr = SocketAddr::new(config.pod_ip, port);
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Listen { addr, source })
+    };
+    let admin = listen(config.admin_port).await?;
+    let metrics = listen(config.metrics_port).await?;
+    let pages = [
+        tokio::spawn(serve_pages(admin, waypoint.clone(), false)),
+        tokio::spawn(serve_pages(metrics, waypoint.clone(), true)),
+    ];
+    // HBONE only once the certificate is there: a listening port is the pod's readiness.
+    while certs
+        .wait_for(&identity, Duration::from_secs(5))
+        .await
+        .is_err()
+    {
+        tracing::info!(%identity, "waiting for the waypoint's certificate");
+    }
+    let tls = server_config_resolving(Arc::new(SniResolver(certs.clone())), certs.roots())?;
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let hbone_listener = listen(config.hbone_port).await?;
+    tracing::info!(%identity, addr = %SocketAddr::new(config.pod_ip, config.hbone_port), "waypoint serving HBONE");
+    let accept = tokio::spawn(accept(hbone_listener, acceptor, waypoint.clone()));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(Error::Signal)?;
+    tokio::select! {
+        res = tokio::signal::ctrl_c() => res.map_err(Error::Signal)?,
+        _ = term.recv() => {}
+    }
+    tracing::info!("mesh-waypoint stopping");
+    for task in [renew, apply, accept].into_iter().chain(pages) {
+        task.abort();
+    }
+    Ok(())
+}
+
+async fn accept(listener: TcpListener, acceptor: TlsAcceptor, waypoint: Arc<Waypoint>) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "HBONE listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let waypoint = waypoint.clone();
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(tls) => tls,
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "HBONE TLS handshake failed");
+                    return;
+                }
+            };
+            let handler = move |inbound: Inbound| {
+                let waypoint = waypoint.clone();
+                async move { tunnel(waypoint, inbound) }
+            };
+            if let Err(error) = hbone::serve_tunnels(tls, peer, handler).await {
+                tracing::debug!(%peer, %error, "HBONE connection ended with an error");
+            }
+        });
+    }
+}
+
+/// The protocol a service port declares (`appProtocol`, else the port name's prefix, as
+/// Istio reads it).
+fn is_http(service: &ServiceInfo, port: u16) -> bool {
+    service
+        .ports
+        .iter()
+        .find(|p| p.port == port)
+        .is_some_and(|p| {
+            let declared = p
+                .app_protocol
+                .as_deref()
+                .or(p.name.as_deref())
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            let prefix = declared.split('-').next().unwrap_or_default();
+            matches!(prefix, "http" | "http2" | "grpc" | "h2c")
+                || declared == "kubernetes.io/h2c"
+                || declared.starts_with("grpc-web")
+        })
+}
+
+/// Decides what a tunnel is for; the task that serves it, or the refusal.
+type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is a status code; the Ok side is a boxed closure"
+)]
+fn tunnel(
+    waypoint: Arc<Waypoint>,
+    inbound: Inbound,
+) -> Result<impl FnOnce(Tunnel) -> Task + Send + 'static, StatusCode> {
+    let model = waypoint.model();
+    let destination = inbound.destination;
+    let Some(service) = model.service_by_addr(destination).cloned() else {
+        tracing::info!(%destination, peer = %inbound.peer_identity, "tunnel to an address that is no service; refused");
+        return Err(StatusCode::NOT_FOUND);
+    };
+    if let Some(account) = &waypoint.config.for_service_account {
+        let serves = model
+            .ready_endpoints(&service, destination.port())
+            .iter()
+            .any(|e| {
+                e.pod
+                    .as_ref()
+                    .is_some_and(|p| &p.service_account == account)
+            });
+        if !serves {
+            tracing::info!(service = %service.hostname, account, "service has no workload of this waypoint's service account; refused");
+            return Err(StatusCode::FORBIDDEN);
+        }
+    }
+    let ip = inbound.forwarded_for;
+    let client = Client {
+        identity: inbound.peer_identity.clone(),
+        ip,
+        pod: ip.and_then(|ip| model.pod_by_ip(ip).cloned()),
+    };
+    let http = is_http(&service, destination.port());
+    let stream = Arc::new(Stream {
+        waypoint,
+        service,
+        port: destination.port(),
+        client,
+    });
+    Ok(move |tunnel: Tunnel| -> Task {
+        if http {
+            Box::pin(crate::http::serve(stream, tunnel))
+        } else {
+            Box::pin(crate::tcp::serve(stream, tunnel))
+        }
+    })
+}
+
+async fn serve_pages(listener: TcpListener, waypoint: Arc<Waypoint>, metrics: bool) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let waypoint = waypoint.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), page(stream, &waypoint, metrics))
+                .await;
+        });
+    }
+}
+
+async fn page(mut stream: TcpStream, waypoint: &Waypoint, metrics: bool) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let request = String::from_utf8_lossy(&buf);
+    let path = request.split_whitespace().nth(1).unwrap_or("/");
+    let (status, body) = match (metrics, path) {
+        (true, "/stats/prometheus" | "/metrics") => ("200 OK", waypoint.metrics.encode()),
+        (false, "/healthz/ready") => ("200 OK", "ready\n".to_owned()),
+        (false, "/config_dump") => (
+            "200 OK",
+            serde_json::to_string_pretty(&json!({
+                "config": waypoint.config,
+                "certificates": waypoint.destinations.certs.status(),
+                "hbone_connections": waypoint.destinations.pool.connections(),
+            }))
+            .unwrap_or_default(),
+        ),
+        _ => ("404 Not Found", "not found\n".to_owned()),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}

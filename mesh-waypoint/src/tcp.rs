@@ -1,0 +1,121 @@
+//! L4 at the waypoint: a tunnel for a port that is not HTTP. The VirtualService `tcp` routes
+//! pick a weighted destination (else the service itself); the DestinationRule's upstream
+//! picks the endpoint and limits connections; bytes are copied both ways with half-close.
+
+use std::sync::Arc;
+
+use mesh_core::hbone::Tunnel;
+
+use crate::metrics::{Overflow as OverflowMetric, RequestLabels};
+use crate::route::{Source, TcpFacts};
+use crate::server::Stream;
+use crate::upstream::{HashInput, Outcome};
+
+/// Serves one TCP connection.
+pub async fn serve(stream: Arc<Stream>, mut tunnel: Tunnel) {
+    let waypoint = &stream.waypoint;
+    let model = waypoint.model();
+    let client = &stream.client;
+    let client_ns = client.identity.namespace.as_str();
+    let empty = Default::default();
+    let facts = TcpFacts {
+        destination_port: stream.port,
+        destination_ip: None,
+        source: Source {
+            namespace: Some(client_ns),
+            labels: client.pod.as_ref().map_or(&empty, |p| &p.labels),
+            ip: client.ip,
+        },
+    };
+    let table = waypoint
+        .destinations
+        .routes(&model, &stream.service.hostname, client_ns);
+    let (host, subset, port) = match table.route_tcp(&facts) {
+        Some(decision) => {
+            let target = decision.pick(&mut rand::rng());
+            (
+                target.host.clone(),
+                target.subset.clone(),
+                target.port.unwrap_or(stream.port),
+            )
+        }
+        None => (stream.service.hostname.clone(), None, stream.port),
+    };
+    let upstream =
+        match waypoint
+            .destinations
+            .upstream(&model, &host, subset.as_deref(), port, client_ns)
+        {
+            Ok(upstream) => upstream,
+            Err(error) => {
+                tracing::warn!(%host, ?subset, %error, "TCP route has no upstream");
+                return;
+            }
+        };
+    let cluster = upstream.key().to_string();
+    let headers = http::HeaderMap::new();
+    let input = HashInput {
+        headers: &headers,
+        query: None,
+        source_ip: client.ip,
+    };
+    let Ok(pick) = upstream.pick(&input, &mut rand::rng()) else {
+        tracing::info!(%cluster, "no healthy endpoint for a TCP connection");
+        return;
+    };
+    let Ok(_slot) = upstream.pool().try_acquire_connection() else {
+        waypoint
+            .metrics
+            .overflow(&cluster, OverflowMetric::Connections);
+        return;
+    };
+    let endpoint = pick.endpoint().endpoint().clone();
+    let connect_timeout = upstream.policy().connection_pool.connect_timeout;
+    let mut upstream_io = match waypoint
+        .destinations
+        .connect(
+            &model,
+            endpoint.addr,
+            endpoint.pod.as_deref(),
+            client.ip,
+            connect_timeout,
+        )
+        .await
+    {
+        Ok(io) => io,
+        Err(error) => {
+            upstream.record(pick.endpoint(), Outcome::ConnectFailed);
+            tracing::debug!(%cluster, %error, "TCP upstream connect failed");
+            return;
+        }
+    };
+    let labels = labels(&stream, endpoint.pod.as_deref());
+    waypoint.metrics.tcp_opened(&labels);
+    let copied = tokio::io::copy_bidirectional(&mut tunnel, &mut upstream_io).await;
+    let (received, sent) = copied.as_ref().map_or((0, 0), |c| *c);
+    waypoint.metrics.tcp_closed(&labels, received, sent);
+}
+
+fn labels(stream: &Stream, destination: Option<&mesh_core::config::PodInfo>) -> RequestLabels {
+    let unknown = || "unknown".to_owned();
+    let source = stream.client.pod.as_deref();
+    RequestLabels {
+        reporter: "waypoint",
+        source_workload: source.map_or_else(unknown, |p| p.workload.clone()),
+        source_workload_namespace: stream.client.identity.namespace.clone(),
+        source_principal: stream.client.identity.to_string(),
+        destination_service: stream.service.hostname.clone(),
+        destination_service_name: stream.service.name.name.clone(),
+        destination_service_namespace: stream.service.name.namespace.clone(),
+        destination_workload: destination.map_or_else(unknown, |p| p.workload.clone()),
+        destination_workload_namespace: destination
+            .map_or_else(unknown, |p| p.name.namespace.clone()),
+        destination_version: destination
+            .and_then(|p| p.labels.get("version").cloned())
+            .unwrap_or_else(unknown),
+        request_protocol: "tcp",
+        response_flags: "-".to_owned(),
+        connection_security_policy: "mutual_tls",
+        ..RequestLabels::default()
+    }
+}
