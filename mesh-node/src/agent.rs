@@ -25,10 +25,10 @@ use tokio::sync::mpsc;
 use crate::admin::Page;
 use crate::ebpf::{Dataplane, DataplaneOptions, Redirect};
 use crate::enroll::{LocalPod, capture_addresses, local_pods};
-use mesh_core::identity::manager::{CaClientConfig, CertManager};
 use crate::metrics::Metrics;
 use crate::outbound::{self, Counters, OriginalDst, SoOriginalDst};
 use crate::proxy::{Proxy, inbound, plaintext};
+use mesh_core::identity::manager::{CaClientConfig, CertManager};
 
 /// How connections reach the outbound listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]

@@ -79,14 +79,17 @@ pub struct NodeAuthorizer {
     model: watch::Receiver<Arc<Model>>,
 }
 
+/// Credential → principal.
+type CredentialMap = Arc<HashMap<String, Principal>>;
+
 /// The credentials file, re-read when its modification time changes (pods come and go).
 struct Credentials {
     path: PathBuf,
-    loaded: Mutex<(Option<SystemTime>, Arc<HashMap<String, Principal>>)>,
+    loaded: Mutex<(Option<SystemTime>, CredentialMap)>,
 }
 
 impl Credentials {
-    fn current(&self) -> Arc<HashMap<String, Principal>> {
+    fn current(&self) -> CredentialMap {
         let modified = std::fs::metadata(&self.path)
             .and_then(|m| m.modified())
             .ok();

@@ -8,10 +8,10 @@ use std::{
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use mesh_core::identity::manager::CaClientConfig;
 use mesh_node::agent::{NodeConfig, RedirectMode};
 use mesh_node::ca::CaConfig;
 use mesh_node::ebpf::Ebpf;
-use mesh_core::identity::manager::CaClientConfig;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]

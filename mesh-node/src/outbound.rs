@@ -200,11 +200,16 @@ async fn open_upstream(
                     &cert,
                     &waypoint.identity,
                     waypoint.addr,
-                    service_addr.into(),
+                    service_addr,
                     Some(source_ip),
                 )
                 .await
-                .map_err(|e| format!("HBONE to waypoint {} for {service_addr}: {e}", waypoint.addr))?;
+                .map_err(|e| {
+                    format!(
+                        "HBONE to waypoint {} for {service_addr}: {e}",
+                        waypoint.addr
+                    )
+                })?;
             let labels = TcpLabels::new(
                 "source",
                 Some((&source, &source_id)),

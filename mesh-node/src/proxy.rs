@@ -16,9 +16,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use crate::metrics::Metrics;
 use mesh_core::hbone::pool;
 use mesh_core::identity::manager::CertManager;
-use crate::metrics::Metrics;
 
 /// How long a plain TCP upstream (a pod, or a destination outside the mesh) gets to accept.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

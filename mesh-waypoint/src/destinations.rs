@@ -30,10 +30,14 @@ pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 type RouteKey = (String, String);
+/// A compiled table and the snapshot it was compiled from.
+type CachedRoutes = (Arc<Model>, Arc<RouteTable>);
 type UpstreamCacheKey = (String, Option<String>, u16, String);
 
 struct CachedUpstream {
-    model: usize,
+    /// The snapshot the endpoints come from (held, so its address cannot be reused by a
+    /// newer snapshot and mistaken for it).
+    model: Arc<Model>,
     rule: Option<Arc<DestinationRule>>,
     upstream: Arc<Upstream>,
     _sweeper: Option<tokio::task::JoinHandle<()>>,
@@ -49,7 +53,7 @@ impl Drop for CachedUpstream {
 
 /// The caches and the HBONE pool.
 pub struct Destinations {
-    routes: Mutex<HashMap<RouteKey, (usize, Arc<RouteTable>)>>,
+    routes: Mutex<HashMap<RouteKey, CachedRoutes>>,
     upstreams: Mutex<HashMap<UpstreamCacheKey, CachedUpstream>>,
     pub pool: Pool,
     pub certs: Arc<CertManager>,
@@ -67,10 +71,6 @@ pub enum Error {
     Connect { addr: SocketAddr, message: String },
 }
 
-fn model_id(model: &Arc<Model>) -> usize {
-    Arc::as_ptr(model) as usize
-}
-
 impl Destinations {
     pub fn new(certs: Arc<CertManager>, identity: mesh_core::identity::Identity) -> Destinations {
         Destinations {
@@ -85,11 +85,10 @@ impl Destinations {
     /// The compiled VirtualServices for `host` seen from `client_ns`. Compile problems are
     /// logged once per snapshot.
     pub fn routes(&self, model: &Arc<Model>, host: &str, client_ns: &str) -> Arc<RouteTable> {
-        let id = model_id(model);
         let key = (host.to_owned(), client_ns.to_owned());
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((seen, table)) = routes.get(&key)
-            && *seen == id
+            && Arc::ptr_eq(seen, model)
         {
             return table.clone();
         }
@@ -102,8 +101,8 @@ impl Destinations {
         for problem in table.unsupported() {
             tracing::warn!(%problem, "not supported by the waypoint yet");
         }
-        routes.retain(|_, (seen, _)| *seen == id);
-        routes.insert(key, (id, table.clone()));
+        routes.retain(|_, (seen, _)| Arc::ptr_eq(seen, model));
+        routes.insert(key, (model.clone(), table.clone()));
         table
     }
 
@@ -119,7 +118,6 @@ impl Destinations {
         let service = model
             .service_by_host(host)
             .ok_or_else(|| Error::NoService(host.to_owned()))?;
-        let id = model_id(model);
         let rule = model.destination_rule_for(host, client_ns);
         let key = (
             host.to_owned(),
@@ -135,11 +133,11 @@ impl Destinations {
                 _ => false,
             };
             if same_rule {
-                if cached.model != id {
+                if !Arc::ptr_eq(&cached.model, model) {
                     cached
                         .upstream
                         .update_endpoints(model.ready_endpoints(service, port));
-                    cached.model = id;
+                    cached.model = model.clone();
                 }
                 return Ok(cached.upstream.clone());
             }
@@ -157,7 +155,7 @@ impl Destinations {
         upstreams.insert(
             key,
             CachedUpstream {
-                model: id,
+                model: model.clone(),
                 rule,
                 upstream: upstream.clone(),
                 _sweeper: sweeper,

@@ -69,17 +69,27 @@ fn local(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 }
 
 async fn handle(stream: &Stream, request: Request<Incoming>) -> Response<Body> {
-    let started = Instant::now();
-    let mut record = Record {
-        flags: Vec::new(),
-        destination: None,
-        request_bytes: 0,
+    let mut pending = Pending {
+        stream,
+        started: Instant::now(),
+        record: Record {
+            flags: Vec::new(),
+            destination: None,
+            request_bytes: 0,
+        },
+        done: false,
     };
-    let response = respond(stream, request, &mut record).await;
+    let response = respond(stream, request, &mut pending.record).await;
+    pending.done = true;
     stream.waypoint.metrics.request(
-        &labels(stream, &record, &response),
-        started.elapsed().as_secs_f64() * 1000.0,
-        record.request_bytes,
+        &labels(
+            stream,
+            &pending.record,
+            response.status().as_u16(),
+            response.headers(),
+        ),
+        pending.started.elapsed().as_secs_f64() * 1000.0,
+        pending.record.request_bytes,
         response
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -87,6 +97,31 @@ async fn handle(stream: &Stream, request: Request<Incoming>) -> Response<Body> {
             .unwrap_or(0),
     );
     response
+}
+
+/// A request in progress. Dropped before its response (the client went away: hyper drops
+/// the handler), it is still counted, as Envoy does: response code 0, flag DC.
+struct Pending<'a> {
+    stream: &'a Stream,
+    started: Instant,
+    record: Record,
+    done: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        self.record.flags.push("DC");
+        let labels = labels(self.stream, &self.record, 0, &HeaderMap::new());
+        self.stream.waypoint.metrics.request(
+            &labels,
+            self.started.elapsed().as_secs_f64() * 1000.0,
+            self.record.request_bytes,
+            0,
+        );
+    }
 }
 
 /// Where a request goes once routing has decided to forward it.
@@ -668,7 +703,7 @@ fn spawn_mirror(
     });
 }
 
-fn labels(stream: &Stream, record: &Record, response: &Response<Body>) -> RequestLabels {
+fn labels(stream: &Stream, record: &Record, code: u16, headers: &HeaderMap) -> RequestLabels {
     let unknown = || "unknown".to_owned();
     let client = &stream.client;
     let source_pod = client.pod.as_deref();
@@ -711,9 +746,8 @@ fn labels(stream: &Stream, record: &Record, response: &Response<Body>) -> Reques
         } else {
             "http"
         },
-        response_code: response.status().as_u16(),
-        grpc_response_status: response
-            .headers()
+        response_code: code,
+        grpc_response_status: headers
             .get("grpc-status")
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()

@@ -92,7 +92,16 @@ pub struct Stream {
 /// Runs until SIGINT or SIGTERM.
 pub async fn run(config: WaypointConfig) -> Result<(), Error> {
     tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "mesh-waypoint starting");
-    let certs = Arc::new(CertManager::new(config.ca.clone())?);
+    // The CA's root may not be published yet (the waypoint can start before the mesh).
+    let certs = loop {
+        match CertManager::new(config.ca.clone()) {
+            Ok(certs) => break Arc::new(certs),
+            Err(error) => {
+                tracing::info!(%error, "waiting for the mesh CA's root and this pod's credential");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
     let identity = certs.identity_of(&config.namespace, &config.service_account);
     certs.set_wanted(&BTreeSet::from([identity.clone()]));
     let renew = tokio::spawn(certs.clone().renew_forever());

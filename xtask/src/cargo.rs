@@ -70,6 +70,24 @@ pub(crate) fn build_mesh_node() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Builds the L7 waypoint, which the lab runs for Gateways of class `istio-waypoint`, and
+/// returns its path. `cargo test` does not build it (the crate has no integration tests),
+/// but the lab tests find it beside their executables.
+pub(crate) fn build_mesh_waypoint() -> Result<PathBuf> {
+    step(
+        "build mesh-waypoint",
+        cargo(&["build", "--quiet", "--package", "mesh-waypoint"]),
+    )?;
+    let path = target_dir().join("debug").join("mesh-waypoint");
+    if !path.is_file() {
+        bail!(
+            "cargo built mesh-waypoint but {} is missing",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 /// Istio's sample manifests, kept beside the repository in `../shared/istio-samples`.
 pub(crate) fn istio_samples() -> Result<PathBuf> {
     let path = workspace_root().join("../shared/istio-samples");

@@ -79,6 +79,7 @@ fn test() -> Result<()> {
         ]),
     )?;
     cargo::build_sample_app()?;
+    cargo::build_mesh_waypoint()?;
     cargo::step(
         "cargo test (unit, eBPF and simulated-cluster tests)",
         cargo::cargo(&["test", "--workspace", "--no-fail-fast"]),

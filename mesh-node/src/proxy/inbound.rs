@@ -22,8 +22,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::{Proxy, connect_tcp};
-use mesh_core::identity::manager::SniResolver;
 use crate::metrics::TcpLabels;
+use mesh_core::identity::manager::SniResolver;
 
 /// How long a handshake waits for a certificate the node is about to receive.
 const CERT_WAIT: Duration = Duration::from_secs(5);

@@ -3,9 +3,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use mesh_sim::{Lab, LabOptions, Pod};
+use mesh_sim::{Lab, LabOptions, MeshOptions, Pod};
 
 /// Fails the test (never skips it) when it cannot run for real.
 pub fn require_root() {
@@ -101,10 +102,81 @@ impl TestLab {
     }
 }
 
+/// Polls `check` until it returns `Ok`, up to `deadline`; the last error otherwise.
+pub fn eventually<T>(deadline: Duration, mut check: impl FnMut() -> Result<T>) -> Result<T> {
+    let started = Instant::now();
+    loop {
+        match check() {
+            Ok(value) => return Ok(value),
+            Err(error) if started.elapsed() > deadline => return Err(error),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+impl TestLab {
+    /// Writes `text` to a manifest file of this lab's own (removed with the temp dir's
+    /// owner: the lab name is unique) and returns its path.
+    pub fn manifest(&self, name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("mesh-e2e-{}", self.name));
+        std::fs::create_dir_all(&dir).expect("creating the manifest folder");
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("writing a manifest");
+        path
+    }
+
+    /// Applies manifests in namespace `default`, failing the test on any error.
+    pub fn apply(&mut self, files: &[PathBuf]) {
+        self.lab
+            .apply(files, "default")
+            .unwrap_or_else(|e| panic!("lab {}: applying {files:?}: {e}", self.name));
+    }
+
+    /// Starts the mesh, enrolls `namespace`, and waits until every agent has enrolled its
+    /// pods there (so no connection of the test slips past the mesh while the label
+    /// propagates).
+    pub fn start_mesh(&mut self, options: &MeshOptions, namespace: &str) {
+        self.lab
+            .start_mesh(options)
+            .unwrap_or_else(|e| panic!("lab {}: the mesh did not start: {e}", self.name));
+        self.lab
+            .label(
+                &format!("ns/{namespace}"),
+                &["istio.io/dataplane-mode=ambient".into()],
+            )
+            .unwrap();
+        let nodes: Vec<String> = self
+            .lab
+            .state()
+            .nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .collect();
+        eventually(Duration::from_secs(5), || {
+            for node in &nodes {
+                let (status, body) = self.lab.agent_get(node, "/config_dump")?;
+                anyhow::ensure!(status == 200, "{node}: /config_dump answered {status}");
+                let dump: serde_json::Value = serde_json::from_str(&body)?;
+                let pending: Vec<&serde_json::Value> = dump["local_pods"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| p["namespace"] == namespace && p["enrolled"] != true)
+                    .collect();
+                anyhow::ensure!(pending.is_empty(), "{node}: not enrolled yet: {pending:?}");
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("lab {}: the agents enroll {namespace}: {e}", self.name));
+    }
+}
+
 impl Drop for TestLab {
     fn drop(&mut self) {
         if let Err(e) = Lab::down(&self.name) {
             eprintln!("cleaning up lab {}: {e}", self.name);
         }
+        let _ =
+            std::fs::remove_dir_all(std::env::temp_dir().join(format!("mesh-e2e-{}", self.name)));
     }
 }

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail, ensure};
-use mesh_e2e::{TestLab, istio_sample};
+use mesh_e2e::{TestLab, eventually, istio_sample};
 use mesh_sim::{MeshOptions, http_get_in};
 use serde_json::Value;
 
@@ -21,50 +21,6 @@ fn manifest(tag: &str, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
-}
-
-/// Starts the mesh, enrolls `default`, and waits until every agent has enrolled its pods
-/// there (so no connection of the test slips past the mesh while the label propagates).
-fn start_mesh(lab: &mut TestLab, options: MeshOptions) {
-    lab.lab
-        .start_mesh(&options)
-        .unwrap_or_else(|e| panic!("lab {}: the mesh did not start: {e}", lab.name));
-    lab.lab
-        .label("ns/default", &["istio.io/dataplane-mode=ambient".into()])
-        .unwrap();
-    let nodes: Vec<String> = lab
-        .lab
-        .state()
-        .nodes
-        .iter()
-        .map(|n| n.name.clone())
-        .collect();
-    eventually(Duration::from_secs(5), || {
-        for node in &nodes {
-            let dump = config_dump(lab, node);
-            let pending: Vec<&Value> = dump["local_pods"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|p| p["namespace"] == "default" && p["enrolled"] != true)
-                .collect();
-            ensure!(pending.is_empty(), "{node}: not enrolled yet: {pending:?}");
-        }
-        Ok(())
-    })
-    .expect("the agents enroll namespace default");
-}
-
-/// Polls `check` until it returns `Ok`, up to `deadline`; the last error otherwise.
-fn eventually<T>(deadline: Duration, mut check: impl FnMut() -> Result<T>) -> Result<T> {
-    let started = Instant::now();
-    loop {
-        match check() {
-            Ok(value) => return Ok(value),
-            Err(error) if started.elapsed() > deadline => return Err(error),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
 }
 
 fn config_dump(lab: &TestLab, node: &str) -> Value {
@@ -106,7 +62,7 @@ fn bookinfo_in_the_mesh_crosses_nodes_only_as_mutual_tls() {
             istio_sample("curl/curl.yaml"),
         ],
     );
-    start_mesh(&mut lab, MeshOptions::default());
+    lab.start_mesh(&MeshOptions::default(), "default");
     eventually(Duration::from_secs(10), || {
         let page = lab.curl("curl", &["-f", "productpage:9080/productpage"])?;
         ensure!(page.contains("Book Details"), "{page}");
@@ -302,7 +258,7 @@ fn authorization_policies_allow_and_deny_as_istio_documents() {
     ] {
         assert_eq!(lab.pod(pod).node, node, "scheduling of {pod} changed");
     }
-    start_mesh(&mut lab, MeshOptions::default());
+    lab.start_mesh(&MeshOptions::default(), "default");
     let server = lab.pod("server").ip.to_string();
     let expect = |lab: &TestLab, wanted: [bool; 3], why: &str| {
         eventually(Duration::from_secs(5), || {
@@ -430,7 +386,7 @@ fn ask_ca(lab: &TestLab, from: &str, namespace: &str, service_account: &str) -> 
 fn the_ca_signs_only_identities_of_pods_on_the_callers_node() {
     let file = manifest("ca", "lab.yaml", POLICY_LAB);
     let mut lab = TestLab::up("ca", 2, &[file]);
-    start_mesh(&mut lab, MeshOptions::default());
+    lab.start_mesh(&MeshOptions::default(), "default");
     // server (sa httpbin) runs on node1, remote (sa sleep) on node2.
     ask_ca(&lab, "node1", "default", "httpbin").expect("node1 may have httpbin's identity");
     ask_ca(&lab, "node2", "default", "sleep").expect("node2 may have sleep's identity");
@@ -465,12 +421,12 @@ fn certificates_rotate_under_open_connections_and_new_ones_use_the_new_certifica
             istio_sample("tcp-echo/tcp-echo-services.yaml"),
         ],
     );
-    start_mesh(
-        &mut lab,
-        MeshOptions {
+    lab.start_mesh(
+        &MeshOptions {
             cert_ttl: Some("4s".into()),
             ..MeshOptions::default()
         },
+        "default",
     );
     let client = lab.pod("curl").clone();
     let echo = lab
@@ -548,7 +504,7 @@ fn usage(lab: &TestLab) -> [mesh_sim::AgentUsage; 2] {
 fn a_thousand_concurrent_connections_complete_and_leave_nothing_behind() {
     let file = manifest("thousand", "lab.yaml", POLICY_LAB);
     let mut lab = TestLab::up("thd", 2, &[file]);
-    start_mesh(&mut lab, MeshOptions::default());
+    lab.start_mesh(&MeshOptions::default(), "default");
     let server = lab.pod("server").ip.to_string();
     eventually(Duration::from_secs(5), || {
         lab.curl("remote", &["-f", &format!("http://{server}:8080/ip")])
@@ -683,7 +639,7 @@ fn peer_authentication_strict_refuses_plaintext_and_permissive_takes_it_through_
         assert_eq!(seen, &[Some(ip.clone()), Some(ip.clone())], "no mesh yet");
     }
 
-    start_mesh(&mut lab, MeshOptions::default());
+    lab.start_mesh(&MeshOptions::default(), "default");
     let node_ip = lab.lab.node("node2").unwrap().ip.to_string();
     let clients = ["meshclient", "plain/near", "plain/far"];
     // Istio's default is PERMISSIVE: plaintext still works, but now through node2's proxy

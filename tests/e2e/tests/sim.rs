@@ -1,7 +1,8 @@
 //! The simulated cluster itself, for real (root): lifecycle and cleanup, pod networking,
-//! ClusterIP and names, Istio's sample apps, and refusal of bad manifests.
+//! ClusterIP and names, Istio's sample apps, refusal of bad manifests, and the waypoint
+//! controller (a Gateway of class `istio-waypoint` deploys a `mesh-waypoint` pod).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use mesh_e2e::{TestLab, istio_sample, require_root, unique_name};
@@ -490,4 +491,296 @@ fn labels_change_live_without_restarting_pods() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("key=value"), "{error}");
+}
+
+/// The environment of a running process, from `/proc`.
+fn environ(pid: i32) -> BTreeMap<String, String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter_map(|entry| {
+            let entry = String::from_utf8_lossy(entry);
+            let (key, value) = entry.split_once('=')?;
+            Some((key.to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
+fn yaml_file(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{} is missing: {e}", path.display()));
+    serde_yaml_ng::from_str(&text).unwrap()
+}
+
+/// The CA's credentials map entries that name a pod: pod key -> token.
+fn pod_credentials(lab: &str) -> BTreeMap<String, String> {
+    let path = Lab::state_dir(lab).join("ca/node-credentials.json");
+    let map: BTreeMap<String, serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    map.into_iter()
+        .filter_map(|(token, owner)| Some((owner["pod"].as_str()?.to_owned(), token)))
+        .collect()
+}
+
+#[test]
+fn waypoint_gateway_deploys_a_waypoint_and_deleting_it_removes_everything() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let mut lab = TestLab::up("wpt", 2, &[]);
+    lab.lab
+        .start_mesh(&mesh_sim::MeshOptions::default())
+        .unwrap_or_else(|e| panic!("lab {}: the mesh did not start: {e}", lab.name));
+    let yaml = meshctl::waypoint::generate(&meshctl::waypoint::GenerateArgs {
+        namespace: "default".into(),
+        name: Some("waypoint".into()),
+        for_service_account: Some("reviews".into()),
+    })
+    .unwrap();
+    let gateway = lab.manifest("waypoint.yaml", &yaml);
+
+    let applied = lab
+        .lab
+        .apply(std::slice::from_ref(&gateway), "default")
+        .unwrap();
+    for expected in [
+        "Gateway default/waypoint created",
+        "ServiceAccount default/waypoint created",
+        "Deployment default/waypoint created",
+        "Service default/waypoint created",
+    ] {
+        assert!(
+            applied.objects.iter().any(|o| o == expected),
+            "{expected}: {applied:#?}"
+        );
+    }
+
+    // The objects, as istiod would make them.
+    let objects = &lab.lab.state().objects;
+    assert!(objects.contains_key("/ServiceAccount/default/waypoint"));
+    let service = &objects["/Service/default/waypoint"];
+    assert_eq!(
+        service["spec"]["selector"],
+        serde_json::json!({"gateway.networking.k8s.io/gateway-name": "waypoint"})
+    );
+    assert_eq!(
+        service["spec"]["ports"][0],
+        serde_json::json!({"name": "mesh", "port": 15008, "targetPort": 15008,
+                           "appProtocol": "hbone", "protocol": "TCP"})
+    );
+    let cluster_ip = lab.lab.state().services["default/waypoint"]
+        .cluster_ip
+        .expect("the waypoint Service has a ClusterIP");
+    assert_eq!(service["spec"]["clusterIP"], cluster_ip.to_string());
+
+    // The pod: a normal lab pod running mesh-waypoint, never captured itself.
+    let pod = lab.pod("default/waypoint").clone();
+    assert_eq!(pod.owner.as_deref(), Some("waypoint"));
+    assert_eq!(pod.service_account, "waypoint");
+    assert_eq!(
+        pod.labels.get("gateway.networking.k8s.io/gateway-name"),
+        Some(&"waypoint".to_owned())
+    );
+    assert_eq!(
+        pod.labels.get("istio.io/dataplane-mode"),
+        Some(&"none".to_owned())
+    );
+    assert_eq!(pod.containers[0].program, mesh_sim::Program::Waypoint);
+    assert_eq!(pod.containers[0].ports[0].port, 15008);
+
+    // Its credential: a 0600 file in the pod's folder, and the CA's map names the pod.
+    let state_dir = Lab::state_dir(&lab.name);
+    let credential_file = state_dir
+        .join("pods")
+        .join(format!("default_{}", pod.name))
+        .join("ca.credential");
+    let token = std::fs::read_to_string(&credential_file).unwrap();
+    let mode = std::fs::metadata(&credential_file)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", credential_file.display());
+    assert_eq!(
+        pod_credentials(&lab.name).get(&pod.key()),
+        Some(&token),
+        "the CA's credentials map has the pod's token"
+    );
+
+    // The process: mesh-waypoint inside the pod, with the env contract.
+    let pids = pids_below(&pod.cgroup);
+    assert_eq!(pids.len(), 1, "one process in the pod: {pids:?}");
+    let exe = std::fs::read_link(format!("/proc/{}/exe", pids[0])).unwrap();
+    assert!(
+        exe.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("mesh-waypoint")),
+        "the pod runs {}",
+        exe.display()
+    );
+    let env = environ(pids[0]);
+    let config_dir = lab.lab.config_dir();
+    let expected = [
+        ("WAYPOINT_NAME", "waypoint".to_owned()),
+        ("POD_NAMESPACE", "default".to_owned()),
+        ("SERVICE_ACCOUNT", "waypoint".to_owned()),
+        ("POD_IP", pod.ip.to_string()),
+        ("WAYPOINT_FOR_SERVICE_ACCOUNT", "reviews".to_owned()),
+        ("MESH_CONFIG_DIR", config_dir.display().to_string()),
+        ("CA_ADDR", format!("10.10.0.11:{}", mesh_sim::CA_PORT)),
+        (
+            "CA_ROOT",
+            state_dir.join("ca/root-cert.pem").display().to_string(),
+        ),
+        ("CA_CREDENTIAL_FILE", credential_file.display().to_string()),
+        ("TRUST_DOMAIN", "cluster.local".to_owned()),
+    ];
+    for (key, value) in expected {
+        assert_eq!(env.get(key), Some(&value), "{key} in {env:#?}");
+    }
+    assert!(env.contains_key("RUST_LOG"), "{env:#?}");
+
+    // Ready: HBONE accepts on the pod IP, so the Service has a ready endpoint on 15008.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !lab.pod("default/waypoint").is_ready() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        lab.lab.refresh_phases().unwrap();
+    }
+    let pod = lab.pod("default/waypoint").clone();
+    assert!(
+        pod.is_ready(),
+        "the waypoint did not accept on {}:15008 within the deadline ({:?}); its log:\n{}\nCA log:\n{}",
+        pod.ip,
+        pod.phase,
+        lab.lab.logs(&pod).unwrap_or_default(),
+        std::fs::read_to_string(state_dir.join("agents/ca.log")).unwrap_or_default()
+    );
+    assert!(
+        applied.warnings.is_empty(),
+        "ready, but only after apply stopped waiting: {:#?}",
+        applied.warnings
+    );
+
+    // The config folder the agents read: Gateway, ServiceAccount, Pod, Service, EndpointSlice.
+    assert!(
+        config_dir
+            .join("default.gateway.gateway.networking.k8s.io.waypoint.yaml")
+            .is_file()
+    );
+    assert!(
+        config_dir
+            .join("default.serviceaccount.core.waypoint.yaml")
+            .is_file()
+    );
+    let pod_object = yaml_file(&config_dir.join(format!("default.pod.core.{}.yaml", pod.name)));
+    assert_eq!(
+        pod_object["spec"]["containers"][0]["image"],
+        "mesh-waypoint"
+    );
+    assert_eq!(pod_object["spec"]["serviceAccountName"], "waypoint");
+    let service_object = yaml_file(&config_dir.join("default.service.core.waypoint.yaml"));
+    assert_eq!(service_object["spec"]["clusterIP"], cluster_ip.to_string());
+    let slice = yaml_file(&config_dir.join("default.endpointslice.discovery.k8s.io.waypoint.yaml"));
+    assert_eq!(
+        slice["ports"],
+        serde_json::json!([{"name": "mesh", "port": 15008, "protocol": "TCP"}])
+    );
+    assert_eq!(
+        slice["endpoints"],
+        serde_json::json!([{
+            "addresses": [pod.ip.to_string()],
+            "conditions": {"ready": true},
+            "nodeName": pod.node,
+            "targetRef": {"kind": "Pod", "namespace": "default", "name": pod.name},
+        }])
+    );
+
+    // Re-applying changes nothing (the pod keeps running).
+    let again = lab
+        .lab
+        .apply(std::slice::from_ref(&gateway), "default")
+        .unwrap();
+    assert!(again.pods_started.is_empty() && again.pods_removed.is_empty());
+    assert_eq!(lab.pod("default/waypoint").name, pod.name);
+
+    // Deleting the Gateway removes what it owns, the pod and its credential.
+    let deleted = lab
+        .lab
+        .delete(std::slice::from_ref(&gateway), "default")
+        .unwrap();
+    assert_eq!(deleted.pods_removed, [pod.key()]);
+    let objects = &lab.lab.state().objects;
+    for key in [
+        "gateway.networking.k8s.io/Gateway/default/waypoint",
+        "/ServiceAccount/default/waypoint",
+        "apps/Deployment/default/waypoint",
+        "/Service/default/waypoint",
+    ] {
+        assert!(!objects.contains_key(key), "{key} left");
+    }
+    assert!(!lab.lab.state().services.contains_key("default/waypoint"));
+    assert!(lab.lab.state().pods.is_empty());
+    assert!(
+        !netns_of(&lab.name).iter().any(|n| n.contains("waypoint")),
+        "the pod's namespace is left: {:?}",
+        netns_of(&lab.name)
+    );
+    assert!(pids.iter().all(|p| !running(*p)), "the waypoint still runs");
+    assert!(
+        !pod_credentials(&lab.name).contains_key(&pod.key()),
+        "the credential was not revoked"
+    );
+    let left: Vec<String> = std::fs::read_dir(&config_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("waypoint"))
+        .collect();
+    assert!(left.is_empty(), "config files left: {left:?}");
+}
+
+#[test]
+fn waypoint_applied_before_the_mesh_waits_for_the_ca_then_becomes_ready() {
+    let dir = std::env::temp_dir().join(unique_name("wpe"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let gateway = dir.join("waypoint.yaml");
+    let yaml = meshctl::waypoint::generate(&meshctl::waypoint::GenerateArgs {
+        namespace: "default".into(),
+        name: None,
+        for_service_account: None,
+    })
+    .unwrap();
+    std::fs::write(&gateway, yaml).unwrap();
+
+    // No mesh, so no CA: the pod is created and left NotReady at once, the apply succeeds.
+    let mut lab = TestLab::up("wpe", 2, std::slice::from_ref(&gateway));
+    std::fs::remove_dir_all(&dir).unwrap();
+    let pod = lab.pod("default/waypoint").clone();
+    assert_eq!(pod.phase, mesh_sim::PodPhase::NotReady);
+    assert!(pids_below(&pod.cgroup).iter().any(|p| running(*p)));
+    let env = environ(pids_below(&pod.cgroup)[0]);
+    assert!(
+        !env.contains_key("WAYPOINT_FOR_SERVICE_ACCOUNT"),
+        "a namespace waypoint serves every account: {env:#?}"
+    );
+    assert!(pod_credentials(&lab.name).contains_key(&pod.key()));
+
+    // Starting the mesh keeps the pod's credential and waits for the waypoint to serve.
+    lab.lab
+        .start_mesh(&mesh_sim::MeshOptions::default())
+        .unwrap_or_else(|e| panic!("lab {}: the mesh did not start: {e}", lab.name));
+    let pod = lab.pod("default/waypoint").clone();
+    assert!(
+        pod.is_ready(),
+        "the waypoint is not ready after the mesh started ({:?}); its log:\n{}",
+        pod.phase,
+        lab.lab.logs(&pod).unwrap_or_default()
+    );
+    assert!(pod_credentials(&lab.name).contains_key(&pod.key()));
+    let slice = yaml_file(
+        &lab.lab
+            .config_dir()
+            .join("default.endpointslice.discovery.k8s.io.waypoint.yaml"),
+    );
+    assert_eq!(
+        slice["endpoints"][0]["conditions"]["ready"], true,
+        "{slice}"
+    );
 }

@@ -4,10 +4,12 @@
 //! redirect never sees the agent's own sockets), reading the lab's config folder as its files
 //! config source, pinning its eBPF under `/sys/fs/bpf/msim-<lab>-<node>/`. Each agent proves
 //! itself to the CA with a random per-node credential the lab writes under `ca/` (the stand-in
-//! for a kubelet-bound service-account token). `down` kills CA and agents with the rest of the
-//! lab's cgroup and removes the pins.
+//! for a kubelet-bound service-account token); a pod that talks to the CA itself (a
+//! waypoint) gets a credential of its own, granting only its own service account. `down`
+//! kills CA and agents with the rest of the lab's cgroup and removes the pins.
 #![allow(unsafe_code)] // pre_exec runs between fork and exec; the kernel calls need libc.
 
+use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
@@ -22,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::lab::Lab;
 use crate::process::log_to;
-use crate::state::Node;
+use crate::state::{Node, Pod, PodPhase};
 use crate::{cgroup, net};
 
 /// Where bpffs is mounted (`cargo xtask setup` mounts it).
@@ -122,11 +124,103 @@ impl Lab {
         for node in nodes {
             self.start_agent(&node)?;
         }
-        Ok(())
+        self.await_waypoints()
+    }
+
+    /// Waypoint pods started before the mesh have waited for the CA; now they can get their
+    /// certificates and serve. Those still not ready after the deadline stay NotReady (and
+    /// [`Lab::refresh_phases`] promotes them once they serve).
+    fn await_waypoints(&mut self) -> Result<()> {
+        let waiting: Vec<String> = self
+            .state
+            .pods
+            .values()
+            .filter(|p| p.runs_waypoint() && p.phase == PodPhase::NotReady)
+            .map(Pod::key)
+            .collect();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        self.wait_ready(&waiting, &mut crate::lab::Applied::default());
+        self.refresh_derived()?;
+        self.save()
     }
 
     fn ca_dir(&self) -> PathBuf {
         self.dir.join("ca")
+    }
+
+    /// The CA's credentials map: `{"<token>": "<node>" | {"pod": "<ns>/<name>"}}`.
+    fn credentials_file(&self) -> PathBuf {
+        self.ca_dir().join("node-credentials.json")
+    }
+
+    fn read_credentials(&self) -> Result<serde_json::Map<String, serde_json::Value>> {
+        let path = self.credentials_file();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| {
+                Error::Invalid(format!(
+                    "{} is damaged ({e}); restart the mesh or remove the lab with `sim down`",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(serde_json::Map::new()),
+            Err(e) => Err(Error::io(format!("reading {}", path.display()))(e)),
+        }
+    }
+
+    fn write_credentials(
+        &self,
+        credentials: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<()> {
+        let dir = self.ca_dir();
+        std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+        // Renamed into place: the CA re-reads the file when it changes, never half of it.
+        write_private_atomically(
+            &self.credentials_file(),
+            &serde_json::Value::Object(credentials).to_string(),
+        )
+    }
+
+    /// Gives a pod a CA credential of its own (the stand-in for its projected service-account
+    /// token): a fresh token in `path` (mode 0600) and in the CA's credentials map as
+    /// `{"pod": "<ns>/<name>"}`, which the CA honours for that pod's own service account
+    /// only. Works whether or not the CA runs (`start_ca` keeps pods' entries).
+    pub(crate) fn grant_pod_credential(&self, pod: &Pod, path: &Path) -> Result<()> {
+        let token = fresh_token();
+        write_private(path, &token)?;
+        let mut credentials = self.read_credentials()?;
+        let owner = serde_json::json!({"pod": pod.key()});
+        credentials.retain(|_, v| *v != owner);
+        credentials.insert(token, owner);
+        self.write_credentials(credentials)
+    }
+
+    /// Removes a pod's credential from the CA's credentials map.
+    pub(crate) fn revoke_pod_credential(&self, pod: &Pod) -> Result<()> {
+        let mut credentials = self.read_credentials()?;
+        let owner = serde_json::json!({"pod": pod.key()});
+        let before = credentials.len();
+        credentials.retain(|_, v| *v != owner);
+        if credentials.len() == before {
+            return Ok(());
+        }
+        self.write_credentials(credentials)
+    }
+
+    /// The environment of a pod process that talks to the mesh CA with its own credential
+    /// (a waypoint): the config folder the agents read, the CA's address and root, the
+    /// credential file, the trust domain and the agents' log filter.
+    pub(crate) fn ca_client_env(&self, credential: &Path) -> Result<Vec<(&'static str, OsString)>> {
+        let (_, ca_addr) = self.ca_node()?;
+        Ok(vec![
+            ("MESH_CONFIG_DIR", self.config_dir().into()),
+            ("CA_ADDR", ca_addr.to_string().into()),
+            ("CA_ROOT", self.ca_dir().join("root-cert.pem").into()),
+            ("CA_CREDENTIAL_FILE", credential.into()),
+            ("TRUST_DOMAIN", "cluster.local".into()),
+            ("RUST_LOG", log_filter().into()),
+        ])
     }
 
     /// The node the CA runs on, and its gRPC address.
@@ -141,24 +235,24 @@ impl Lab {
         Ok((node, addr))
     }
 
-    /// Writes a fresh credential per node, starts the CA on the first node and waits until
-    /// it serves and has published its root.
+    /// Writes a fresh credential per node (keeping those of pods still there), starts the CA
+    /// on the first node and waits until it serves and has published its root.
     fn start_ca(&self) -> Result<()> {
         let dir = self.ca_dir();
         std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
-        let mut credentials = serde_json::Map::new();
+        let mut credentials = self.read_credentials()?;
+        credentials.retain(|_, v| {
+            v.get("pod")
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|pod| self.state.pods.contains_key(pod))
+        });
         for node in &self.state.nodes {
-            let token: String = (0..32)
-                .map(|_| format!("{:02x}", rand::random::<u8>()))
-                .collect();
+            let token = fresh_token();
             write_private(&dir.join(format!("{}.credential", node.name)), &token)?;
             credentials.insert(token, node.name.clone().into());
         }
-        let credentials_file = dir.join("node-credentials.json");
-        write_private(
-            &credentials_file,
-            &serde_json::Value::Object(credentials).to_string(),
-        )?;
+        self.write_credentials(credentials)?;
+        let credentials_file = self.credentials_file();
         let root = dir.join("root-cert.pem");
         let _ = std::fs::remove_file(&root);
         let (node, addr) = self.ca_node()?;
@@ -203,12 +297,7 @@ impl Lab {
         let log_path = logs.join(format!("{log_name}.log"));
         let mut command = Command::new(&binary);
         args(&mut command);
-        command
-            .env(
-                "RUST_LOG",
-                std::env::var("MESH_SIM_AGENT_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null());
+        command.env("RUST_LOG", log_filter()).stdin(Stdio::null());
         log_to(&mut command, &log_path)?;
         enter_node(&mut command, &node.netns, &cgroup)?;
         let mut child = command.spawn().map_err(Error::io(format!(
@@ -387,6 +476,26 @@ fn wait_until(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The log filter of the mesh's processes (agents, CA, waypoints): `MESH_SIM_AGENT_LOG`, or
+/// `info`.
+fn log_filter() -> String {
+    std::env::var("MESH_SIM_AGENT_LOG").unwrap_or_else(|_| "info".into())
+}
+
+/// A random credential: 32 bytes, hex.
+fn fresh_token() -> String {
+    (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
+/// Writes a file only root may read, renamed into place so a reader never sees half of it.
+fn write_private_atomically(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    write_private(&tmp, text)?;
+    std::fs::rename(&tmp, path).map_err(Error::io(format!("renaming {}", tmp.display())))
 }
 
 /// Writes a file only root may read (credentials).

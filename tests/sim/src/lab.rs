@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 mod admission;
 mod pods;
+mod waypoints;
 
 use crate::error::{Error, Result};
 use crate::kinds::Kinds;
@@ -206,6 +207,13 @@ impl Lab {
     /// Applies manifests: all are checked first and nothing changes if any is bad.
     pub fn apply(&mut self, files: &[PathBuf], default_namespace: &str) -> Result<Applied> {
         let incoming = validate_files(&self.state, files, default_namespace)?;
+        if incoming
+            .iter()
+            .any(|(_, v)| crate::waypoint::is_waypoint_gateway(v))
+        {
+            // Refused before anything changes: the waypoint's pod could not start.
+            waypoints::find_waypoint()?;
+        }
         let mut applied = Applied::default();
         for (key, value) in incoming {
             let what = describe(&value);
@@ -372,6 +380,8 @@ impl Lab {
     /// Makes pods, services, routing rules, hosts files and the config folder match the
     /// stored objects.
     fn reconcile(&mut self, applied: &mut Applied) -> Result<()> {
+        // Controllers first: what they derive is reconciled like any applied object.
+        waypoints::reconcile(&mut self.state.objects, applied);
         self.reconcile_services()?;
         let templates = self.templates();
         // Pods whose owner is gone, whose template changed, or that are surplus.
@@ -420,6 +430,11 @@ impl Lab {
             let pod = self.start_pod(template)?;
             started.push(pod.key());
             self.state.pods.insert(pod.key(), pod);
+        }
+        if !started.is_empty() {
+            // The new pods exist for config consumers (not ready yet) while they start: a
+            // waypoint's certificate request needs its Pod in the CA's config.
+            self.refresh_derived()?;
         }
         // New pods' hosts files were written before they started; now refresh everyone's.
         self.wait_ready(&started, applied);
@@ -500,7 +515,7 @@ impl Lab {
     }
 
     /// Rewrites what derives from pods and services: hosts files, routing rules, config.
-    fn refresh_derived(&self) -> Result<()> {
+    pub(crate) fn refresh_derived(&self) -> Result<()> {
         for pod in self.state.pods.values() {
             write_if_changed(
                 &self.pod_dir(pod).join("hosts"),

@@ -4,8 +4,10 @@
 //! A lab is a set of network namespaces: one holding a bridge (the "network"), one per node
 //! (routing between nodes, kube-proxy-like ClusterIP load balancing with nftables), and one per
 //! pod (veth to its node, its own cgroup v2, its own `/etc/hosts` for service names). Every
-//! container runs the repository's `sample-app` binary. Everything a lab creates is named
-//! after it (`msim-<lab>-…`), so `down` can remove it all even when the state file is lost.
+//! container runs the repository's `sample-app` binary, but the waypoint's: for a Gateway of
+//! class `istio-waypoint` the lab deploys a `mesh-waypoint` pod, as istiod does. Everything a
+//! lab creates is named after it (`msim-<lab>-…`), so `down` can remove it all even when the
+//! state file is lost.
 //!
 //! The lab's state lives in `/run/mesh-sim/<lab>/`: `state.json` (nodes, pods, services),
 //! `config/` (every applied object plus the Pods, Services and EndpointSlices the cluster
@@ -20,6 +22,7 @@ mod net;
 mod process;
 mod render;
 mod state;
+mod waypoint;
 mod workload;
 
 pub use agent::{
@@ -29,6 +32,6 @@ pub use agent::{
 pub use error::{Error, Result};
 pub use lab::{Applied, Lab, LabOptions, STATE_ROOT};
 pub use state::{
-    Container, ContainerPort, Node, Pod, PodPhase, Service, ServicePort, State, TargetPort,
-    object_key,
+    Container, ContainerPort, Node, Pod, PodPhase, Program, Service, ServicePort, State,
+    TargetPort, object_key,
 };

@@ -145,7 +145,10 @@ pub(crate) fn pod_object(pod: &Pod, host_ip: Option<Ipv4Addr>, template: Option<
             "serviceAccountName": pod.service_account,
             "containers": pod.containers.iter().map(|c| json!({
                 "name": c.name,
-                "image": format!("sample-app:{}", c.app),
+                "image": match c.program {
+                    crate::state::Program::SampleApp => format!("sample-app:{}", c.app),
+                    crate::state::Program::Waypoint => crate::waypoint::WAYPOINT_IMAGE.to_owned(),
+                },
                 "ports": c.ports.iter().map(|p| {
                     let mut port = json!({"containerPort": p.port, "protocol": p.protocol});
                     if let Some(name) = &p.name { port["name"] = json!(name); }
@@ -211,7 +214,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::state::{Container, ContainerPort, PodPhase, ServicePort, TargetPort};
+    use crate::state::{Container, ContainerPort, PodPhase, Program, ServicePort, TargetPort};
 
     fn pod(name: &str, ip: [u8; 4], ready: bool) -> Pod {
         Pod {
@@ -226,6 +229,7 @@ mod tests {
             service_account: "default".into(),
             containers: vec![Container {
                 name: "reviews".into(),
+                program: Program::SampleApp,
                 app: "reviews".into(),
                 version: "v1".into(),
                 ports: vec![ContainerPort {

@@ -81,6 +81,13 @@ impl Pod {
         self.phase == PodPhase::Running
     }
 
+    /// Whether a container runs the waypoint (the pod then has a CA credential of its own).
+    pub fn runs_waypoint(&self) -> bool {
+        self.containers
+            .iter()
+            .any(|c| c.program == Program::Waypoint)
+    }
+
     /// Resolves a Service's targetPort (a number or a container port name) on this pod.
     pub fn resolve_port(&self, target: &TargetPort) -> Option<u16> {
         match target {
@@ -98,12 +105,26 @@ impl Pod {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Container {
     pub name: String,
+    /// The binary the lab runs for it (from the image).
+    #[serde(default)]
+    pub program: Program,
     /// The sample-app behaviour (`app` label, else the container name).
     pub app: String,
     pub version: String,
     pub ports: Vec<ContainerPort>,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+}
+
+/// What a container runs: the lab has one binary per kind of image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Program {
+    /// `sample-app`, behaving as the pod's `app` label says (any image but the waypoint's).
+    #[default]
+    SampleApp,
+    /// `mesh-waypoint` (image `mesh-waypoint`), with the mesh's CA settings and a credential
+    /// of the pod's own.
+    Waypoint,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -12,7 +12,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::state::{Container, ContainerPort, ServicePort, TargetPort};
+use crate::state::{Container, ContainerPort, Program, ServicePort, TargetPort};
+use crate::waypoint;
 
 /// Apps whose sample-app behaviour is a server: their containers must declare ports.
 const SERVER_APPS: &[&str] = &[
@@ -191,8 +192,13 @@ fn containers(spec: &PodSpec, labels: &BTreeMap<String, String>) -> Result<Vec<C
             }
             env.push((var.name.clone(), var.value.clone().unwrap_or_default()));
         }
+        let program = match container.image.as_deref() {
+            Some(image) if waypoint::is_waypoint_image(image) => Program::Waypoint,
+            _ => Program::SampleApp,
+        };
         out.push(Container {
             name: container.name.clone(),
+            program,
             app,
             version,
             ports,

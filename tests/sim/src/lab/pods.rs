@@ -1,5 +1,6 @@
 //! A lab's pods: scheduling, addresses, network and cgroup, starting their containers inside
-//! them, readiness, logs and removal.
+//! them (`sample-app`, or `mesh-waypoint` with a CA credential of the pod's own), readiness,
+//! logs and removal.
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -7,10 +8,11 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::waypoints::find_waypoint;
 use super::{Applied, Lab, READY_TIMEOUT, netns_name, write_if_changed};
 use crate::error::{Error, Result};
 use crate::process::{PodContext, enter_pod, log_to};
-use crate::state::{Node, Pod, PodPhase};
+use crate::state::{Node, Pod, PodPhase, Program};
 use crate::workload::{self, PodTemplate};
 use crate::{cgroup, net, render};
 
@@ -68,18 +70,37 @@ impl Lab {
         cgroup::create(&pod.cgroup)?;
         write_if_changed(&dir.join("hosts"), &render::hosts_file(&self.state, pod))?;
         write_if_changed(&dir.join("resolv.conf"), &render::resolv_conf(pod))?;
+        // A waypoint talks to the CA itself, with a credential only its process reads.
+        let waypoint = if pod.runs_waypoint() {
+            let binary = find_waypoint()?;
+            let credential = dir.join("ca.credential");
+            self.grant_pod_credential(pod, &credential)?;
+            Some((binary, self.ca_client_env(&credential)?))
+        } else {
+            None
+        };
         for container in &pod.containers {
             let log_path = dir.join(format!("{}.log", container.name));
-            let mut command = Command::new(&self.state.sample_app);
-            command
-                .args(["--app", &container.app, "--version", &container.version])
-                .args(["--pod", &pod.name, "--namespace", &pod.namespace]);
-            for port in &container.ports {
-                command.args(["--port", &port.port.to_string()]);
-            }
-            if !container.args.is_empty() {
-                command.arg("--").args(&container.args);
-            }
+            let mut command = match (&container.program, &waypoint) {
+                (Program::Waypoint, Some((binary, _))) => {
+                    let mut command = Command::new(binary);
+                    command.args(&container.args);
+                    command
+                }
+                _ => {
+                    let mut command = Command::new(&self.state.sample_app);
+                    command
+                        .args(["--app", &container.app, "--version", &container.version])
+                        .args(["--pod", &pod.name, "--namespace", &pod.namespace]);
+                    for port in &container.ports {
+                        command.args(["--port", &port.port.to_string()]);
+                    }
+                    if !container.args.is_empty() {
+                        command.arg("--").args(&container.args);
+                    }
+                    command
+                }
+            };
             command
                 .envs(container.env.iter().map(|(k, v)| (k, v)))
                 .env("POD_NAME", &pod.name)
@@ -88,11 +109,14 @@ impl Lab {
                 .env("NODE_NAME", &pod.node)
                 .env("SERVICE_ACCOUNT", &pod.service_account)
                 .stdin(Stdio::null());
+            if let (Program::Waypoint, Some((_, env))) = (&container.program, &waypoint) {
+                command.envs(env.iter().map(|(k, v)| (k, v)));
+            }
             log_to(&mut command, &log_path)?;
             self.enter(&mut command, pod, true)?;
             let mut child = command.spawn().map_err(Error::io(format!(
                 "starting {} for pod {}",
-                self.state.sample_app.display(),
+                command.get_program().to_string_lossy(),
                 pod.key()
             )))?;
             // Reap it whenever it exits, so no zombie outlives it in a long-running caller.
@@ -118,6 +142,9 @@ impl Lab {
 
     pub(super) fn remove_pod(&self, pod: &Pod) -> Result<()> {
         cgroup::remove_tree(&pod.cgroup)?;
+        if pod.runs_waypoint() {
+            self.revoke_pod_credential(pod)?;
+        }
         let node_netns = self
             .state
             .nodes
@@ -145,28 +172,24 @@ impl Lab {
             .ok_or_else(|| Error::Invalid(format!("node {} has no free pod address", node.name)))
     }
 
-    /// Waits until every port of the new pods accepts connections, or the deadline.
-    pub(super) fn wait_ready(&mut self, started: &[String], applied: &mut Applied) {
+    /// Waits until every port of the new pods accepts connections, or the deadline. A
+    /// waypoint cannot serve before it has a certificate: while the lab runs no mesh (no CA)
+    /// it is left NotReady at once, and `start_mesh` waits for it.
+    pub(crate) fn wait_ready(&mut self, started: &[String], applied: &mut Applied) {
         let deadline = Instant::now() + READY_TIMEOUT;
         for key in started {
             let pod = &self.state.pods[key];
-            let ports: Vec<u16> = pod
-                .containers
-                .iter()
-                .flat_map(|c| &c.ports)
-                .filter(|p| p.protocol == "TCP")
-                .map(|p| p.port)
-                .collect();
-            let mut pending = ports.clone();
+            if pod.runs_waypoint() && self.state.mesh.is_none() {
+                let pod = self.state.pods.get_mut(key).expect("pod was just started");
+                pod.phase = PodPhase::NotReady;
+                continue;
+            }
+            let mut pending = tcp_ports(pod);
             let phase = loop {
                 if pod.containers.is_empty() || cgroup::pids(&pod.cgroup).is_empty() {
                     break PodPhase::Failed;
                 }
-                pending.retain(|port| {
-                    let addr = SocketAddr::from((pod.ip, *port));
-                    !net::can_connect_in(&pod.netns, addr, Duration::from_millis(200))
-                        .unwrap_or(false)
-                });
+                pending.retain(|port| !accepts(pod, *port));
                 if pending.is_empty() {
                     break PodPhase::Running;
                 }
@@ -192,12 +215,18 @@ impl Lab {
         }
     }
 
-    /// Marks pods whose processes are gone as failed (a pod is not restarted).
+    /// Marks pods whose processes are gone as failed (a pod is not restarted), and NotReady
+    /// pods whose ports all accept connections now as running (a readiness probe).
     pub fn refresh_phases(&mut self) -> Result<()> {
         let mut changed = false;
         for pod in self.state.pods.values_mut() {
             if pod.phase != PodPhase::Failed && cgroup::pids(&pod.cgroup).is_empty() {
                 pod.phase = PodPhase::Failed;
+                changed = true;
+            } else if pod.phase == PodPhase::NotReady
+                && tcp_ports(pod).into_iter().all(|port| accepts(pod, port))
+            {
+                pod.phase = PodPhase::Running;
                 changed = true;
             }
         }
@@ -228,4 +257,20 @@ impl Lab {
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
+}
+
+/// The TCP ports a pod's containers declare: it is ready when all accept connections.
+fn tcp_ports(pod: &Pod) -> Vec<u16> {
+    pod.containers
+        .iter()
+        .flat_map(|c| &c.ports)
+        .filter(|p| p.protocol == "TCP")
+        .map(|p| p.port)
+        .collect()
+}
+
+/// Whether the pod accepts connections on `port` (checked from inside it).
+fn accepts(pod: &Pod, port: u16) -> bool {
+    let addr = SocketAddr::from((pod.ip, port));
+    net::can_connect_in(&pod.netns, addr, Duration::from_millis(200)).unwrap_or(false)
 }

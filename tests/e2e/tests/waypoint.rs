@@ -1,0 +1,368 @@
+//! The waypoint on the lab, for real (root): bookinfo in the mesh with a namespace waypoint
+//! (deployed from `meshctl waypoint generate`'s Gateway), and Istio's own sample
+//! VirtualServices and DestinationRules applied unchanged: request routing by user, weighted
+//! traffic shifting measured over 1000 requests, fault injection, request timeouts with
+//! productpage's retry.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use mesh_e2e::{TestLab, eventually, istio_sample};
+use mesh_sim::{MeshOptions, Pod};
+
+/// How long a config change may take to show in requests.
+const CONFIG_DEADLINE: Duration = Duration::from_secs(10);
+/// Pages in a row that must agree before a change counts as applied (a random split could
+/// agree by chance a few times).
+const IN_A_ROW: usize = 8;
+
+/// Bookinfo and curl, the mesh on, a waypoint for namespace `default` used by it, and
+/// bookinfo's DestinationRules (the subsets v1, v2, v3).
+fn bookinfo_with_waypoint(tag: &str) -> TestLab {
+    let mut lab = TestLab::up(
+        tag,
+        2,
+        &[
+            istio_sample("bookinfo/platform/kube/bookinfo.yaml"),
+            istio_sample("curl/curl.yaml"),
+        ],
+    );
+    lab.start_mesh(&MeshOptions::default(), "default");
+    let gateway = meshctl::waypoint::generate(&meshctl::waypoint::GenerateArgs {
+        namespace: "default".into(),
+        name: None,
+        for_service_account: None,
+    })
+    .unwrap();
+    let gateway = lab.manifest("waypoint.yaml", &gateway);
+    lab.apply(&[gateway]);
+    lab.apply(&[istio_sample(
+        "bookinfo/networking/destination-rule-all.yaml",
+    )]);
+    lab.lab
+        .label("ns/default", &["istio.io/use-waypoint=waypoint".into()])
+        .unwrap();
+    // Requests now pass the waypoint: its metrics count them.
+    eventually(CONFIG_DEADLINE, || {
+        let page = lab.curl("curl", &["-f", "productpage:9080/productpage"])?;
+        ensure!(page.contains("Book Details"), "{page}");
+        let metrics = waypoint_metrics(&lab)?;
+        ensure!(
+            metrics.contains(r#"destination_service="productpage.default.svc.cluster.local""#)
+                && metrics.contains(r#"reporter="waypoint""#),
+            "the waypoint has not seen productpage requests yet:\n{metrics}"
+        );
+        Ok(())
+    })
+    .expect("bookinfo through the waypoint");
+    lab
+}
+
+fn waypoint_pod(lab: &TestLab) -> Pod {
+    lab.lab
+        .state()
+        .pods
+        .values()
+        .find(|p| {
+            p.labels
+                .get("gateway.networking.k8s.io/gateway-name")
+                .is_some_and(|n| n == "waypoint")
+        })
+        .cloned()
+        .expect("the waypoint pod exists")
+}
+
+fn waypoint_metrics(lab: &TestLab) -> Result<String> {
+    let pod = waypoint_pod(lab);
+    lab.curl(
+        "curl",
+        &["-f", &format!("http://{}:15020/stats/prometheus", pod.ip)],
+    )
+}
+
+/// The reviews versions one product page showed, for a signed-in `user` or anonymously.
+fn page_version(lab: &TestLab, user: Option<&str>) -> Result<String> {
+    let cookie = format!("cookie: user={}", user.unwrap_or(""));
+    let page = lab.curl(
+        "curl",
+        &["-f", "-H", &cookie, "productpage:9080/productpage"],
+    )?;
+    ensure!(page.contains("Book Details"), "{page}");
+    let versions: Vec<&str> = ["reviews-v1", "reviews-v2", "reviews-v3"]
+        .into_iter()
+        .filter(|v| page.contains(v))
+        .collect();
+    ensure!(
+        versions.len() == 1,
+        "one reviews version per page: {versions:?}"
+    );
+    Ok(versions[0].to_owned())
+}
+
+/// `count` requests to reviews in one curl (one keep-alive connection through the waypoint):
+/// how many each version answered.
+fn reviews_split(lab: &TestLab, count: usize) -> BTreeMap<String, usize> {
+    let mut args = vec!["-f", "--max-time", "120"];
+    args.extend(std::iter::repeat_n("reviews:9080/reviews/0", count));
+    let out = lab.curl("curl", &args).expect("reviews answer");
+    let mut split = BTreeMap::new();
+    for version in ["reviews-v1", "reviews-v2", "reviews-v3"] {
+        let n = out.matches(&format!("\"podname\":\"{version}-")).count();
+        if n > 0 {
+            split.insert(version.to_owned(), n);
+        }
+    }
+    assert_eq!(
+        split.values().sum::<usize>(),
+        count,
+        "every request answered by one version: {split:?}"
+    );
+    split
+}
+
+fn share(split: &BTreeMap<String, usize>, version: &str, total: usize) -> f64 {
+    *split.get(version).unwrap_or(&0) as f64 * 100.0 / total as f64
+}
+
+#[test]
+fn request_routing_and_traffic_shifting_follow_istios_samples() {
+    let mut lab = bookinfo_with_waypoint("wrt");
+
+    lab.apply(&[istio_sample(
+        "bookinfo/networking/virtual-service-all-v1.yaml",
+    )]);
+    eventually(CONFIG_DEADLINE, || {
+        for _ in 0..IN_A_ROW {
+            for user in [None, Some("jason")] {
+                let version = page_version(&lab, user)?;
+                ensure!(version == "reviews-v1", "all-v1: {user:?} saw {version}");
+            }
+        }
+        Ok(())
+    })
+    .expect("virtual-service-all-v1: everyone sees v1");
+    for _ in 0..5 {
+        assert_eq!(page_version(&lab, Some("jason")).unwrap(), "reviews-v1");
+    }
+
+    lab.apply(&[istio_sample(
+        "bookinfo/networking/virtual-service-reviews-test-v2.yaml",
+    )]);
+    eventually(CONFIG_DEADLINE, || {
+        let version = page_version(&lab, Some("jason"))?;
+        ensure!(version == "reviews-v2", "test-v2: jason saw {version}");
+        Ok(())
+    })
+    .expect("virtual-service-reviews-test-v2: jason sees v2");
+    for _ in 0..5 {
+        assert_eq!(page_version(&lab, Some("jason")).unwrap(), "reviews-v2");
+        assert_eq!(page_version(&lab, None).unwrap(), "reviews-v1");
+        assert_eq!(page_version(&lab, Some("kim")).unwrap(), "reviews-v1");
+    }
+
+    lab.apply(&[istio_sample(
+        "bookinfo/networking/virtual-service-reviews-jason-v2-v3.yaml",
+    )]);
+    eventually(CONFIG_DEADLINE, || {
+        for _ in 0..IN_A_ROW {
+            let version = page_version(&lab, None)?;
+            ensure!(
+                version == "reviews-v3",
+                "jason-v2-v3: anonymous saw {version}"
+            );
+        }
+        Ok(())
+    })
+    .expect("virtual-service-reviews-jason-v2-v3: others see v3");
+    for _ in 0..5 {
+        assert_eq!(page_version(&lab, Some("jason")).unwrap(), "reviews-v2");
+        assert_eq!(page_version(&lab, None).unwrap(), "reviews-v3");
+    }
+
+    for (sample, weights) in [
+        ("virtual-service-reviews-80-20.yaml", [80.0, 20.0, 0.0]),
+        ("virtual-service-reviews-90-10.yaml", [90.0, 10.0, 0.0]),
+        ("virtual-service-reviews-50-v3.yaml", [50.0, 0.0, 50.0]),
+    ] {
+        lab.apply(&[istio_sample(&format!("bookinfo/networking/{sample}"))]);
+        // Applied once the smallest share shows up and no other version does.
+        eventually(CONFIG_DEADLINE, || {
+            let split = reviews_split(&lab, 50);
+            for (i, version) in ["reviews-v1", "reviews-v2", "reviews-v3"]
+                .iter()
+                .enumerate()
+            {
+                ensure!(
+                    (weights[i] == 0.0) != split.contains_key(*version),
+                    "{sample}: not applied yet: {split:?}"
+                );
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let total = 1000;
+        let split = reviews_split(&lab, total);
+        eprintln!("{sample}: {split:?}");
+        for (i, version) in ["reviews-v1", "reviews-v2", "reviews-v3"]
+            .iter()
+            .enumerate()
+        {
+            let seen = share(&split, version, total);
+            assert!(
+                (seen - weights[i]).abs() <= 5.0,
+                "{sample}: {version} got {seen:.1} % of {total}, wanted {} ± 5: {split:?}",
+                weights[i]
+            );
+        }
+    }
+
+    let metrics = waypoint_metrics(&lab).unwrap();
+    for expected in [
+        "istio_requests_total{",
+        r#"reporter="waypoint""#,
+        r#"destination_version="v2""#,
+        r#"response_code="200""#,
+        r#"source_principal="spiffe://cluster.local/ns/default/sa/bookinfo-productpage""#,
+        "istio_request_duration_milliseconds_bucket{",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "waypoint metrics lack {expected}"
+        );
+    }
+}
+
+#[test]
+fn faults_and_timeouts_follow_istios_tasks() {
+    let mut lab = bookinfo_with_waypoint("wft");
+    lab.apply(&[istio_sample(
+        "bookinfo/networking/virtual-service-all-v1.yaml",
+    )]);
+    lab.apply(&[istio_sample(
+        "bookinfo/networking/virtual-service-reviews-test-v2.yaml",
+    )]);
+    eventually(CONFIG_DEADLINE, || {
+        let version = page_version(&lab, Some("jason"))?;
+        ensure!(version == "reviews-v2", "jason saw {version}");
+        Ok(())
+    })
+    .expect("jason on v2");
+
+    // Abort: ratings answers jason 500; reviews v2 shows its unavailable text.
+    lab.apply(&[istio_sample(
+        "bookinfo/networking/virtual-service-ratings-test-abort.yaml",
+    )]);
+    eventually(CONFIG_DEADLINE, || {
+        let page = lab.curl(
+            "curl",
+            &[
+                "-f",
+                "-H",
+                "cookie: user=jason",
+                "productpage:9080/productpage",
+            ],
+        )?;
+        ensure!(
+            page.contains("Ratings service is currently unavailable"),
+            "no abort yet"
+        );
+        Ok(())
+    })
+    .expect("virtual-service-ratings-test-abort: jason sees ratings unavailable");
+    let anonymous = lab
+        .curl("curl", &["-f", "productpage:9080/productpage"])
+        .unwrap();
+    assert!(!anonymous.contains("Ratings service is currently unavailable"));
+    let metrics = waypoint_metrics(&lab).unwrap();
+    assert!(
+        metrics.contains(r#"response_flags="FI""#) && metrics.contains(r#"response_code="500""#),
+        "the abort is counted with flag FI:\n{metrics}"
+    );
+
+    // Delay: ratings waits 7 s for jason; reviews v2 waits for it, productpage gives up after
+    // its 3 s timeout and one retry, and shows the reviews error.
+    lab.apply(&[istio_sample(
+        "bookinfo/networking/virtual-service-ratings-test-delay.yaml",
+    )]);
+    eventually(Duration::from_secs(30), || {
+        let started = Instant::now();
+        let page = lab.curl(
+            "curl",
+            &[
+                "-f",
+                "--max-time",
+                "20",
+                "-H",
+                "cookie: user=jason",
+                "productpage:9080/productpage",
+            ],
+        )?;
+        let took = started.elapsed();
+        ensure!(
+            page.contains("Sorry, product reviews are currently unavailable for this book."),
+            "no delay yet (took {took:?})"
+        );
+        ensure!(
+            took >= Duration::from_secs(5),
+            "the error came after {took:?}, before productpage's two 3 s tries"
+        );
+        Ok(())
+    })
+    .expect("virtual-service-ratings-test-delay: jason gets the reviews error");
+
+    // Request timeouts (Istio's task): ratings delayed 2 s for everyone, reviews (to v2)
+    // limited to 0.5 s: the page comes back in about 1 s (productpage tries twice) without
+    // reviews.
+    let timeouts = lab.manifest(
+        "timeouts.yaml",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings}
+spec:
+  hosts: [ratings]
+  http:
+  - fault:
+      delay: {percentage: {value: 100}, fixedDelay: 2s}
+    route:
+    - destination: {host: ratings, subset: v1}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v2}
+    timeout: 0.5s
+"#,
+    );
+    lab.apply(&[timeouts]);
+    eventually(CONFIG_DEADLINE, || {
+        let started = Instant::now();
+        let page = lab.curl("curl", &["-f", "productpage:9080/productpage"])?;
+        let took = started.elapsed();
+        ensure!(
+            page.contains("Sorry, product reviews are currently unavailable for this book."),
+            "reviews still shown (took {took:?})"
+        );
+        ensure!(
+            took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+            "took {took:?}: two tries of 0.5 s each are about 1 s"
+        );
+        Ok(())
+    })
+    .expect("reviews timeout 0.5 s + ratings delay 2 s: the page in about 1 s");
+    // The delayed ratings calls finish (or are given up by their client) after the page.
+    eventually(CONFIG_DEADLINE, || {
+        let metrics = waypoint_metrics(&lab)?;
+        ensure!(
+            metrics.contains(r#"response_flags="UT""#) && metrics.contains(r#"response_flags="DI"#),
+            "timeouts (UT) and delays (DI) are counted:\n{metrics}"
+        );
+        Ok(())
+    })
+    .unwrap();
+}
