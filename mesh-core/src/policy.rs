@@ -1,11 +1,13 @@
-//! L4 policy for the node proxy's inbound path, with Istio's ambient (ztunnel) semantics:
+//! Policy for the node proxy's inbound path, with Istio's ambient (ztunnel) semantics —
 //! which PeerAuthentication mode applies to a workload port ([`mtls_mode`]: may it take
 //! plaintext?) and whether the AuthorizationPolicies that select a workload allow a
-//! connection ([`authorize`]). Pure functions over the typed model: no I/O, no async.
+//! connection ([`authorize`]) — and for the waypoint, which evaluates the same policies on
+//! HTTP requests ([`Connection::request`]: methods, paths, hosts, request headers). Pure
+//! functions over the typed model: no I/O, no async.
 //!
-//! What cannot be enforced at L4 is never dropped silently: [`lint`] reports CUSTOM policies,
-//! rules that need L7 attributes and malformed values, and every [`Decision`] carries the
-//! reports of the policies it consulted.
+//! What cannot be enforced is never dropped silently: [`lint`] reports CUSTOM policies,
+//! rules that need L7 attributes at L4, attributes nobody here evaluates (JWT ones) and
+//! malformed values, and every [`Decision`] carries the reports of the policies it consulted.
 
 mod matching;
 #[cfg(test)]
@@ -131,7 +133,19 @@ fn set_mode(mtls: &MutualTls) -> Option<PeerMode> {
     }
 }
 
-/// One inbound connection, as the destination node proxy sees it.
+/// An HTTP request's attributes, for policies a waypoint enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpRequest<'a> {
+    pub method: &'a str,
+    /// The path without the query string.
+    pub path: &'a str,
+    /// The `Host` (HTTP/1.1) or `:authority` (HTTP/2).
+    pub host: &'a str,
+    pub headers: &'a http::HeaderMap,
+}
+
+/// One inbound connection, as the destination node proxy sees it, or one request, as a
+/// waypoint sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct Connection<'a> {
     /// The peer's identity from its mTLS certificate; `None` for plaintext.
@@ -143,6 +157,8 @@ pub struct Connection<'a> {
     /// The destination workload's namespace, for log lines: no L4 attribute Istio matches on
     /// needs it.
     pub destination_namespace: Option<&'a str>,
+    /// The request, at a waypoint; `None` at L4.
+    pub request: Option<HttpRequest<'a>>,
 }
 
 impl fmt::Display for Connection<'_> {
@@ -241,8 +257,14 @@ impl fmt::Display for Decision {
 /// attributes, so it denies more than written; see [`lint`].
 ///
 /// [`Model::authorization_policies_for`]: crate::config::Model::authorization_policies_for
+///
+/// With a [`Connection::request`] (at a waypoint) the L7 attributes are evaluated too.
 pub fn authorize(policies: &[Arc<AuthorizationPolicy>], conn: &Connection<'_>) -> Decision {
-    let warnings = policies.iter().flat_map(|p| lint(p)).collect();
+    let l7 = conn.request.is_some();
+    let warnings = policies
+        .iter()
+        .flat_map(|p| if l7 { lint_l7(p) } else { lint(p) })
+        .collect();
     let peer = Peer::new(conn);
     let by_action = |wanted: AuthorizationAction| {
         policies
@@ -286,7 +308,7 @@ fn policy_matches(policy: &AuthorizationPolicy, peer: &Peer<'_>) -> bool {
         // L7 attributes, so the L4 rest of a DENY rule decides. Where that rest is empty
         // (e.g. only `methods`) the DENY applies to every connection: fail closed. ztunnel
         // itself skips such empty match groups, making the DENY a no-op (istio/istio#61126).
-        if allow && !matching::l7_attributes(rule).is_empty() {
+        if allow && peer.request.is_none() && !matching::l7_attributes(rule).is_empty() {
             return false;
         }
         (rule.from.is_empty()
@@ -338,6 +360,38 @@ pub fn lint(policy: &AuthorizationPolicy) -> Vec<Warning> {
             warnings.push(warn(format!(
                 "rules[{i}] uses {}, which need L7 processing (a waypoint); {outcome}",
                 l7.join(", ")
+            )));
+        }
+        warnings.extend(
+            matching::malformed(rule)
+                .into_iter()
+                .map(|problem| warn(format!("rules[{i}]: {problem}"))),
+        );
+    }
+    warnings
+}
+
+/// What a waypoint cannot enforce as written in `policy`: a CUSTOM action, JWT attributes
+/// (no RequestAuthentication is evaluated: `requestPrincipals` and `request.auth.*` never
+/// match), values that parse as no IP or port.
+pub fn lint_l7(policy: &AuthorizationPolicy) -> Vec<Warning> {
+    let warn = |message: String| Warning {
+        policy: key(policy.namespace(), policy.name()),
+        message,
+    };
+    if policy.spec.action == Some(AuthorizationAction::Custom) {
+        return vec![warn(
+            "action CUSTOM is not supported by the waypoint; the policy is not enforced".into(),
+        )];
+    }
+    let mut warnings = Vec::new();
+    for (i, rule) in policy.spec.rules.iter().enumerate() {
+        let jwt = matching::jwt_attributes(rule);
+        if !jwt.is_empty() {
+            warnings.push(warn(format!(
+                "rules[{i}] uses {}, which need a validated JWT (RequestAuthentication is not \
+                 supported yet); they never match",
+                jwt.join(", ")
             )));
         }
         warnings.extend(

@@ -158,6 +158,15 @@ async fn respond(
         .destinations
         .routes(&model, &hostname, &client_ns);
     let facts = RequestFacts::from_parts(&parts, stream.port, source);
+    let request = mesh_core::policy::HttpRequest {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        host: facts.authority,
+        headers: &parts.headers,
+    };
+    if crate::authz::decide(stream, &model, Some(request)).is_some_and(|d| !d.is_allowed()) {
+        return local(StatusCode::FORBIDDEN, "RBAC: access denied");
+    }
     let plan = match table.route_http(&facts) {
         None if table.serves_http(stream.port, &facts.source) => {
             record.flags.push("NR");
@@ -506,7 +515,9 @@ async fn forward(
                     .headers()
                     .get("grpc-status")
                     .and_then(|v| v.to_str().ok()?.parse().ok());
-                upstream.record(pick.endpoint(), Outcome::Status(status.as_u16()));
+                if upstream.record(pick.endpoint(), Outcome::Status(status.as_u16())) {
+                    waypoint.metrics.ejected(&cluster);
+                }
                 let retry = attempt < max_retries
                     && retry_on.is_some_and(|r| r.retries_response(status, grpc_status));
                 let (mut head, incoming) = response.into_parts();
@@ -553,7 +564,9 @@ async fn forward(
                         "upstream request timeout".to_owned(),
                     ),
                 };
-                upstream.record(pick.endpoint(), outcome);
+                if upstream.record(pick.endpoint(), outcome) {
+                    waypoint.metrics.ejected(&cluster);
+                }
                 let kind = match outcome {
                     Outcome::ConnectFailed => UpstreamFailure::ConnectFailure,
                     _ => UpstreamFailure::Reset { request_sent: true },

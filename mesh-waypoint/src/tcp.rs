@@ -27,6 +27,9 @@ pub async fn serve(stream: Arc<Stream>, mut tunnel: Tunnel) {
             ip: client.ip,
         },
     };
+    if crate::authz::decide(&stream, &model, None).is_some_and(|d| !d.is_allowed()) {
+        return;
+    }
     let table = waypoint
         .destinations
         .routes(&model, &stream.service.hostname, client_ns);
@@ -84,7 +87,9 @@ pub async fn serve(stream: Arc<Stream>, mut tunnel: Tunnel) {
     {
         Ok(io) => io,
         Err(error) => {
-            upstream.record(pick.endpoint(), Outcome::ConnectFailed);
+            if upstream.record(pick.endpoint(), Outcome::ConnectFailed) {
+                waypoint.metrics.ejected(&cluster);
+            }
             tracing::debug!(%cluster, %error, "TCP upstream connect failed");
             return;
         }

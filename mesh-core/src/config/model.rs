@@ -558,6 +558,27 @@ impl Model {
             .collect()
     }
 
+    /// The AuthorizationPolicies attached to a waypoint by `targetRef(s)` of kind Gateway
+    /// (in the waypoint's namespace): they apply to all traffic through it.
+    pub fn authorization_policies_for_waypoint(
+        &self,
+        gateway: &Name,
+    ) -> Vec<Arc<AuthorizationPolicy>> {
+        self.policies_in(Kind::AuthorizationPolicy, &gateway.namespace)
+            .filter_map(|resource| match resource {
+                Resource::AuthorizationPolicy(ap) => Some(ap.clone()),
+                _ => None,
+            })
+            .filter(|ap| {
+                ap.spec
+                    .target_ref
+                    .iter()
+                    .chain(&ap.spec.target_refs)
+                    .any(|t| t.kind == "Gateway" && t.name == gateway.name)
+            })
+            .collect()
+    }
+
     /// An Istio object by key.
     pub fn istio_object(&self, key: &ResourceKey) -> Option<&Resource> {
         self.istio.get(key)

@@ -1,6 +1,7 @@
-//! Matching one connection against the parts of an AuthorizationPolicy rule at L4: Istio's
-//! string patterns, IP blocks and ports, the identity fields of a `Source`, the L4 condition
-//! keys, and spotting what needs L7 or does not parse.
+//! Matching one connection (or, at a waypoint, one request) against the parts of an
+//! AuthorizationPolicy rule: Istio's string patterns, IP blocks and ports, the identity
+//! fields of a `Source`, the condition keys, the HTTP attributes of an `Operation`, and
+//! spotting what needs L7 or does not parse.
 
 use std::cell::OnceCell;
 use std::net::IpAddr;
@@ -8,7 +9,7 @@ use std::net::IpAddr;
 use crate::config::istio::{Condition, Operation, Rule, Source};
 use crate::identity::Identity;
 
-use super::Connection;
+use super::{Connection, HttpRequest};
 
 /// The `when` keys ztunnel evaluates (Istio's ambient AuthorizationPolicy conversion). The
 /// others in Istio's "Authorization Policy Conditions" table (`request.*`, `remote.ip`,
@@ -29,6 +30,7 @@ pub(super) struct Peer<'a> {
     source_ip: IpAddr,
     destination_ip: IpAddr,
     destination_port: u16,
+    pub(super) request: Option<HttpRequest<'a>>,
 }
 
 impl<'a> Peer<'a> {
@@ -40,6 +42,7 @@ impl<'a> Peer<'a> {
             source_ip: conn.source_ip.to_canonical(),
             destination_ip: conn.destination_ip.to_canonical(),
             destination_port: conn.destination_port,
+            request: conn.request,
         }
     }
 
@@ -157,13 +160,37 @@ pub(super) fn source(source: Option<&Source>, policy_namespace: &str, peer: &Pee
     ) && either(&s.trust_domains, &s.not_trust_domains, |p| {
         peer.identity_matches(p, |id| id.trust_domain.as_str())
     }) && either(&s.ip_blocks, &s.not_ip_blocks, |b| ip_in(b, peer.source_ip))
+        && (peer.request.is_none() || l7_source(s, peer))
 }
 
-/// The L4 fields of an `Operation` (ports) match the destination port.
+/// The L7 fields of a `Source` at a waypoint: `remoteIpBlocks` against the original client
+/// (the address the node proxy forwarded); `requestPrincipals` need a validated JWT, which
+/// no request here has, so a positive list never matches and a negative one excludes nothing.
+fn l7_source(s: &Source, peer: &Peer<'_>) -> bool {
+    either(&s.remote_ip_blocks, &s.not_remote_ip_blocks, |b| {
+        ip_in(b, peer.source_ip)
+    }) && s.request_principals.is_empty()
+}
+
+/// The fields of an `Operation` match: ports always; at a waypoint also methods (exact),
+/// paths (Istio's string patterns on the path without query) and hosts (patterns,
+/// case-insensitive, against the host with and without its port).
 pub(super) fn operation(operation: Option<&Operation>, peer: &Peer<'_>) -> bool {
     operation.is_none_or(|op| {
         either(&op.ports, &op.not_ports, |p| {
             port_is(p, peer.destination_port)
+        }) && peer.request.is_none_or(|request| {
+            let host = request.host.to_ascii_lowercase();
+            let bare_host = host
+                .rsplit_once(':')
+                .filter(|(_, port)| port.parse::<u16>().is_ok())
+                .map_or(host.as_str(), |(h, _)| h);
+            either(&op.methods, &op.not_methods, |m| m == request.method)
+                && either(&op.paths, &op.not_paths, |p| string_match(p, request.path))
+                && either(&op.hosts, &op.not_hosts, |h| {
+                    let h = h.to_ascii_lowercase();
+                    string_match(&h, &host) || string_match(&h, bare_host)
+                })
         })
     })
 }
@@ -182,8 +209,58 @@ pub(super) fn condition(c: &Condition, peer: &Peer<'_>) -> bool {
         "source.principal" => either(values, not_values, |p| {
             peer.principal().is_some_and(|id| string_match(p, id))
         }),
-        _ => true,
+        // L7 keys: evaluated at a waypoint, ignored (true) at L4 as explained above.
+        _ => match peer.request {
+            None => true,
+            Some(request) => l7_condition(c, request, peer),
+        },
     }
+}
+
+/// A `when` condition on a key that needs the request.
+fn l7_condition(c: &Condition, request: HttpRequest<'_>, peer: &Peer<'_>) -> bool {
+    let (values, not_values) = (&c.values, &c.not_values);
+    if let Some(name) = c
+        .key
+        .strip_prefix("request.headers[")
+        .and_then(|k| k.strip_suffix(']'))
+    {
+        let value = request
+            .headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",");
+        return either(values, not_values, |p| string_match(p, &value));
+    }
+    match c.key.as_str() {
+        "remote.ip" => either(values, not_values, |b| ip_in(b, peer.source_ip)),
+        // JWT (`request.auth.*`), `connection.sni` and Envoy filter metadata: nothing here
+        // provides them, so a condition on them never holds.
+        _ => false,
+    }
+}
+
+/// The attributes of `rule` that need a validated JWT (never present at the waypoint yet).
+pub(super) fn jwt_attributes(rule: &Rule) -> Vec<&str> {
+    let mut found = Vec::new();
+    for s in rule.from.iter().filter_map(|f| f.source.as_ref()) {
+        if !s.request_principals.is_empty() && !found.contains(&"requestPrincipals") {
+            found.push("requestPrincipals");
+        }
+        if !s.not_request_principals.is_empty() && !found.contains(&"notRequestPrincipals") {
+            found.push("notRequestPrincipals");
+        }
+    }
+    for c in &rule.when {
+        if (c.key.starts_with("request.auth.") || c.key == "connection.sni")
+            && !found.contains(&c.key.as_str())
+        {
+            found.push(c.key.as_str());
+        }
+    }
+    found
 }
 
 /// The attributes of `rule` that need L7 (HTTP) processing, as written in the policy.

@@ -33,6 +33,7 @@ fn conn<'a>(identity: Option<&'a Identity>, source_ip: &str, port: u16) -> Conne
         destination_ip: ip("10.0.1.5"),
         destination_port: port,
         destination_namespace: Some("shop"),
+        request: None,
     }
 }
 
@@ -793,4 +794,116 @@ fn mtls_namespace_mode_beats_the_mesh_mode() {
     let m = mtls_mode(&policies, 80);
     assert_eq!(m.mode, PeerMode::Permissive);
     assert_eq!(m.decided_by.as_deref(), Some("shop/default"));
+}
+
+/// A request at a waypoint from `identity`.
+fn request<'a>(
+    identity: Option<&'a Identity>,
+    method: &'a str,
+    path: &'a str,
+    headers: &'a http::HeaderMap,
+) -> Connection<'a> {
+    Connection {
+        request: Some(crate::policy::HttpRequest {
+            method,
+            path,
+            host: "productpage:9080",
+            headers,
+        }),
+        ..conn(identity, "10.0.2.7", 9080)
+    }
+}
+
+#[test]
+fn at_a_waypoint_methods_paths_and_hosts_decide() {
+    let viewer = policy(
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: productpage-viewer, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, group: "", name: productpage}]
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/default/sa/sleep"]}}]
+    to: [{operation: {methods: ["GET"], paths: ["/productpage", "/static/*"], hosts: ["productpage"]}}]
+"#,
+    );
+    let headers = http::HeaderMap::new();
+    let id = sleep();
+    let policies = [viewer];
+    let decide = |c: &Connection<'_>| authorize(&policies, c);
+    assert!(decide(&request(Some(&id), "GET", "/productpage", &headers)).is_allowed());
+    assert!(decide(&request(Some(&id), "GET", "/static/app.js", &headers)).is_allowed());
+    assert!(!decide(&request(Some(&id), "DELETE", "/productpage", &headers)).is_allowed());
+    assert!(!decide(&request(Some(&id), "GET", "/api/v1", &headers)).is_allowed());
+    assert!(!decide(&request(None, "GET", "/productpage", &headers)).is_allowed());
+    // The same policy at L4 (no request): an ALLOW rule with L7 attributes never matches.
+    let at_l4 = decide(&conn(Some(&id), "10.0.2.7", 9080));
+    assert!(!at_l4.is_allowed());
+    assert!(
+        at_l4.warnings.iter().any(|w| w.message.contains("methods")),
+        "{:?}",
+        at_l4.warnings
+    );
+    // At the waypoint nothing is reported for it.
+    assert!(
+        decide(&request(Some(&id), "GET", "/productpage", &headers))
+            .warnings
+            .is_empty()
+    );
+}
+
+#[test]
+fn at_a_waypoint_header_conditions_and_deny_rules_apply_as_written() {
+    let deny = policy(
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: shop}
+spec:
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ["/admin*"]}}]
+  - when: [{key: "request.headers[x-debug]", values: ["on"]}]
+"#,
+    );
+    let id = sleep();
+    let plain = http::HeaderMap::new();
+    let mut debug = http::HeaderMap::new();
+    debug.insert("x-debug", http::HeaderValue::from_static("on"));
+    let policies = [deny];
+    let decide = |c: &Connection<'_>| authorize(&policies, c);
+    // At L4 the DENY rule would deny everything (its L4 part is empty); at the waypoint it
+    // denies only what it names.
+    assert!(decide(&request(Some(&id), "GET", "/productpage", &plain)).is_allowed());
+    assert!(!decide(&request(Some(&id), "GET", "/admin/users", &plain)).is_allowed());
+    assert!(!decide(&request(Some(&id), "GET", "/productpage", &debug)).is_allowed());
+}
+
+#[test]
+fn jwt_attributes_never_match_at_a_waypoint_and_are_reported() {
+    let jwt = policy(
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: jwt-only, namespace: shop}
+spec:
+  action: ALLOW
+  rules:
+  - from: [{source: {requestPrincipals: ["*"]}}]
+"#,
+    );
+    let id = sleep();
+    let headers = http::HeaderMap::new();
+    let decision = authorize(&[jwt], &request(Some(&id), "GET", "/", &headers));
+    assert!(!decision.is_allowed());
+    assert!(
+        decision
+            .warnings
+            .iter()
+            .any(|w| w.message.contains("requestPrincipals")),
+        "{:?}",
+        decision.warnings
+    );
 }

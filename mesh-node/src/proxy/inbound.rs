@@ -168,6 +168,7 @@ pub fn admit(
         destination_ip: destination.ip(),
         destination_port: destination.port(),
         destination_namespace: Some(&pod.name.namespace),
+        request: None,
     };
     let decision = policy::authorize(&policies, &connection);
     for warning in &decision.warnings {

@@ -244,25 +244,28 @@ impl Upstream {
     }
 
     /// Reports how an attempt at `endpoint` ended, for outlier detection; a detector that
-    /// fires ejects the endpoint at once.
-    pub fn record(&self, endpoint: &UpstreamEndpoint, outcome: Outcome) {
+    /// fires ejects the endpoint at once. True when this report ejected it (Envoy's
+    /// `outlier_detection.ejections_enforced_total`).
+    pub fn record(&self, endpoint: &UpstreamEndpoint, outcome: Outcome) -> bool {
         let Some(config) = &self.policy.outlier_detection else {
-            return;
+            return false;
         };
         let Some(reason) = config.observe(&endpoint.counters, outcome) else {
-            return;
+            return false;
         };
         let now = Instant::now();
         let mut detector = self.lock_detector();
         self.readmit(&mut detector, now, false);
         let snapshot = self.snapshot();
         if snapshot.position(endpoint.addr()).is_none() {
-            return; // Removed meanwhile.
+            return false; // Removed meanwhile.
         }
         let hosts = snapshot.endpoints.len();
-        if detector.try_eject(config, endpoint.addr(), hosts, now, reason) {
+        let ejected = detector.try_eject(config, endpoint.addr(), hosts, now, reason);
+        if ejected {
             self.republish(&detector);
         }
+        ejected
     }
 
     /// The interval work of outlier detection (Envoy's interval timer): readmissions due and

@@ -366,3 +366,83 @@ spec:
     })
     .unwrap();
 }
+
+/// The HTTP status a request from `pod` gets.
+fn status(lab: &TestLab, pod: &str, extra: &[&str], url: &str) -> Result<String> {
+    let mut args = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+    args.extend(extra);
+    args.push(url);
+    lab.curl(pod, &args)
+}
+
+#[test]
+fn authorization_policies_on_a_service_are_enforced_per_request_at_the_waypoint() {
+    let mut lab = bookinfo_with_waypoint("wap");
+    let other = lab.manifest(
+        "other-client.yaml",
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: other}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: other, labels: {app: other}}
+spec:
+  serviceAccountName: other
+  containers:
+  - {name: curl, image: curlimages/curl, command: ["/bin/sleep", "infinity"]}
+"#,
+    );
+    lab.apply(&[other]);
+    // Istio's ambient task "Use Layer 7 security policy", unchanged but for the client's
+    // service account name (the lab's curl sample runs as `curl`).
+    let viewer = lab.manifest(
+        "productpage-viewer.yaml",
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: productpage-viewer}
+spec:
+  targetRefs:
+  - {kind: Service, group: "", name: productpage}
+  action: ALLOW
+  rules:
+  - from:
+    - source: {principals: ["cluster.local/ns/default/sa/curl"]}
+    to:
+    - operation: {methods: ["GET"]}
+"#,
+    );
+    lab.apply(std::slice::from_ref(&viewer));
+    let url = "http://productpage:9080/productpage";
+    eventually(CONFIG_DEADLINE, || {
+        let seen = [
+            status(&lab, "curl", &[], url)?,
+            status(&lab, "curl", &["-X", "DELETE"], url)?,
+            status(&lab, "other", &[], url)?,
+        ];
+        ensure!(
+            seen == ["200", "403", "403"],
+            "curl GET, curl DELETE, other GET answered {seen:?}"
+        );
+        Ok(())
+    })
+    .expect("GET from curl only");
+    // The policy is on productpage alone: productpage's own calls to reviews still pass.
+    let page = lab.curl("curl", &["-f", url]).unwrap();
+    assert!(page.contains("Book Details") && !page.contains("Error fetching product reviews"));
+    lab.lab.delete(&[viewer], "default").unwrap();
+    eventually(CONFIG_DEADLINE, || {
+        let seen = status(&lab, "other", &[], url)?;
+        ensure!(seen == "200", "other GET answered {seen}");
+        Ok(())
+    })
+    .expect("policy removed: other may GET again");
+    assert!(
+        lab.lab
+            .logs(&waypoint_pod(&lab))
+            .is_ok_and(|log| log.contains("request refused by AuthorizationPolicy")),
+        "the waypoint logs why it refused"
+    );
+}
