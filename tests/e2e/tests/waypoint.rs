@@ -446,3 +446,88 @@ spec:
         "the waypoint logs why it refused"
     );
 }
+
+#[test]
+fn http2_passes_the_waypoint_both_ways_and_grpc_aborts_carry_grpc_status() {
+    let mut lab = bookinfo_with_waypoint("wh2");
+    // The same reviews pods behind a port declared HTTP/2: the waypoint speaks h2c upstream.
+    let h2 = lab.manifest(
+        "reviews-h2.yaml",
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-h2, labels: {app: reviews}}
+spec:
+  selector: {app: reviews}
+  ports: [{name: http2, port: 9080}]
+"#,
+    );
+    lab.apply(&[h2]);
+    let verbose = |lab: &TestLab, url: &str| {
+        lab.curl(
+            "curl",
+            &[
+                "-sS",
+                "-i",
+                "--http2-prior-knowledge",
+                "--max-time",
+                "5",
+                url,
+            ],
+        )
+    };
+    eventually(CONFIG_DEADLINE, || {
+        let out = verbose(&lab, "http://reviews-h2:9080/reviews/0")?;
+        ensure!(out.starts_with("HTTP/2 200"), "{out}");
+        ensure!(out.contains("\"podname\":\"reviews-v"), "{out}");
+        let page = verbose(&lab, "http://productpage:9080/productpage")?;
+        ensure!(
+            page.starts_with("HTTP/2 200") && page.contains("Book Details"),
+            "{page}"
+        );
+        Ok(())
+    })
+    .expect("HTTP/2 from the client, and to an HTTP/2 port upstream");
+
+    let abort = lab.manifest(
+        "grpc-abort.yaml",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-h2}
+spec:
+  hosts: [reviews-h2]
+  http:
+  - match: [{headers: {x-fail: {exact: "yes"}}}]
+    fault:
+      abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}
+    route: [{destination: {host: reviews-h2}}]
+  - route: [{destination: {host: reviews-h2}}]
+"#,
+    );
+    lab.apply(&[abort]);
+    eventually(CONFIG_DEADLINE, || {
+        let out = lab.curl(
+            "curl",
+            &[
+                "-sS",
+                "-i",
+                "--http2-prior-knowledge",
+                "-H",
+                "x-fail: yes",
+                "http://reviews-h2:9080/reviews/0",
+            ],
+        )?;
+        ensure!(
+            out.starts_with("HTTP/2 200") && out.contains("grpc-status: 14"),
+            "{out}"
+        );
+        Ok(())
+    })
+    .expect("a gRPC abort answers 200 with grpc-status 14 (UNAVAILABLE)");
+    let out = verbose(&lab, "http://reviews-h2:9080/reviews/0").unwrap();
+    assert!(
+        out.starts_with("HTTP/2 200") && !out.contains("grpc-status"),
+        "{out}"
+    );
+}
