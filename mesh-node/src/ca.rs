@@ -2,8 +2,10 @@
 //! the first node in the lab). It serves Istio's `CreateCertificate` over gRPC with TLS on
 //! 15012, signs only identities the caller may hold — for a node agent, service accounts of
 //! pods scheduled on its node; for a pod's own credential (a waypoint's), that pod's service
-//! account while the pod exists — per its own view of the config source, and publishes its
-//! root certificate (public) for the agents to trust. The root key never leaves memory.
+//! account while the pod exists — and publishes its root certificate (public) for the agents
+//! to trust. The root key never leaves memory. Who holds a credential is decided by the
+//! credentials file and the files config source ([`NodeAuthorizer`], the lab) or by the
+//! Kubernetes API ([`kube::KubeAuthorizer`]: TokenReview and pod lookups).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,11 +14,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use mesh_core::config::{Model, Name, Store};
-use mesh_core::identity::service::{Authorizer, CA_SERVER_NAME, CaService};
+use mesh_core::identity::service::{Authorizer, CA_SERVER_NAME, CaService, Refusal};
 use mesh_core::identity::{CertificateAuthority, Identity};
 use mesh_core::source::files::FilesSource;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
+
+pub mod kube;
+
+use self::kube::{KubeAuthorizer, KubeAuthorizerConfig};
 
 /// How long the CA's serving certificate lives (it is re-made at every start).
 const SERVING_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -26,16 +32,29 @@ const SERVING_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 pub struct CaConfig {
     pub listen: SocketAddr,
     pub trust_domain: String,
-    /// The files config source the CA checks pod placement against.
-    pub config_dir: PathBuf,
-    /// JSON `{"<credential>": "<node name>" | {"pod": "<namespace>/<name>"}}`: each node
-    /// agent's credential, and pods' own (the lab's stand-in for kubelet-bound and pod
-    /// service-account tokens). Re-read when it changes.
-    pub node_credentials: PathBuf,
+    /// Who may obtain which identity.
+    pub authorizer: AuthorizerConfig,
     /// Where to write the root certificate (PEM), for the agents' `--ca-root`.
     pub root_cert_out: PathBuf,
     /// The longest certificate lifetime the CA grants.
     pub max_validity: Duration,
+}
+
+/// How the CA learns who holds a credential and where pods run.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum AuthorizerConfig {
+    /// The lab: a credentials file and the files config source ([`NodeAuthorizer`]).
+    File {
+        /// The files config source the CA checks pod placement against.
+        config_dir: PathBuf,
+        /// JSON `{"<credential>": "<node name>" | {"pod": "<namespace>/<name>"}}`: each node
+        /// agent's credential, and pods' own (the lab's stand-in for kubelet-bound and pod
+        /// service-account tokens). Re-read when it changes.
+        node_credentials: PathBuf,
+    },
+    /// Kubernetes: service-account tokens, TokenReview and pod lookups ([`KubeAuthorizer`]).
+    Kube(KubeAuthorizerConfig),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +65,8 @@ pub enum Error {
     Identity(#[from] mesh_core::identity::Error),
     #[error(transparent)]
     Source(#[from] mesh_core::source::files::Error),
+    #[error("connecting to the Kubernetes API (in-cluster service account or KUBECONFIG): {0}")]
+    Kube(#[source] ::kube::Error),
     #[error("writing the root certificate to {path}: {source}")]
     WriteRoot {
         path: PathBuf,
@@ -121,11 +142,11 @@ impl NodeAuthorizer {
 }
 
 impl Authorizer for NodeAuthorizer {
-    fn authorize(&self, credential: &str, identity: &Identity) -> Result<(), String> {
+    async fn authorize(&self, credential: &str, identity: &Identity) -> Result<(), Refusal> {
         let credentials = self.credentials.current();
-        let principal = credentials
-            .get(credential)
-            .ok_or("the credential belongs to no node agent or pod")?;
+        let principal = credentials.get(credential).ok_or_else(|| {
+            Refusal::Unauthenticated("the credential belongs to no node agent or pod".into())
+        })?;
         let model = self.model.borrow().clone();
         match principal {
             Principal::Node(node) => {
@@ -137,29 +158,31 @@ impl Authorizer for NodeAuthorizer {
                 if scheduled {
                     Ok(())
                 } else {
-                    Err(format!(
+                    Err(Refusal::Denied(format!(
                         "no pod of service account {}/{} is scheduled on node {node}",
                         identity.namespace, identity.service_account
-                    ))
+                    )))
                 }
             }
             Principal::Pod { pod } => {
                 let (namespace, name) = pod.split_once('/').unwrap_or(("default", pod));
                 let Some(found) = model.pod(&Name::new(namespace, name)) else {
-                    return Err(format!("pod {pod} does not exist (any more)"));
+                    return Err(Refusal::Denied(format!(
+                        "pod {pod} does not exist (any more)"
+                    )));
                 };
                 if found.name.namespace == identity.namespace
                     && found.service_account == identity.service_account
                 {
                     Ok(())
                 } else {
-                    Err(format!(
+                    Err(Refusal::Denied(format!(
                         "pod {pod} runs as {}/{}, not {}/{}",
                         found.name.namespace,
                         found.service_account,
                         identity.namespace,
                         identity.service_account
-                    ))
+                    )))
                 }
             }
         }
@@ -185,17 +208,36 @@ pub async fn run(config: CaConfig) -> Result<()> {
     tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "mesh CA starting");
     let ca = Arc::new(CertificateAuthority::new(&config.trust_domain)?);
     write_atomically(&config.root_cert_out, &ca.root_pem())?;
-
-    let mut store = Store::new();
-    let model = store.subscribe();
-    let (tx, mut updates) = mpsc::channel(64);
-    let _watch = FilesSource::new(&config.config_dir).spawn(tx)?;
-    tokio::spawn(async move {
-        while let Some(update) = updates.recv().await {
-            store.apply(update);
+    match &config.authorizer {
+        AuthorizerConfig::File {
+            config_dir,
+            node_credentials,
+        } => {
+            let mut store = Store::new();
+            let model = store.subscribe();
+            let (tx, mut updates) = mpsc::channel(64);
+            let _watch = FilesSource::new(config_dir).spawn(tx)?;
+            tokio::spawn(async move {
+                while let Some(update) = updates.recv().await {
+                    store.apply(update);
+                }
+            });
+            let authorizer = NodeAuthorizer::new(node_credentials, model)?;
+            serve(&config, ca, authorizer).await
         }
-    });
+        AuthorizerConfig::Kube(kube) => {
+            let client = ::kube::Client::try_default().await.map_err(Error::Kube)?;
+            serve(&config, ca, KubeAuthorizer::new(client, kube.clone())).await
+        }
+    }
+}
 
+/// Serves the CA's gRPC service with TLS until SIGINT/SIGTERM.
+async fn serve<A: Authorizer>(
+    config: &CaConfig,
+    ca: Arc<CertificateAuthority>,
+    authorizer: A,
+) -> Result<()> {
     let (chain, key) = ca.serving_certificate(
         &[CA_SERVER_NAME.to_owned()],
         &[config.listen.ip()],
@@ -203,7 +245,6 @@ pub async fn run(config: CaConfig) -> Result<()> {
     )?;
     let tls = tonic::transport::ServerTlsConfig::new()
         .identity(tonic::transport::Identity::from_pem(chain, key.pem()));
-    let authorizer = NodeAuthorizer::new(&config.node_credentials, model)?;
     let service = CaService::new(ca, authorizer, config.max_validity);
     tracing::info!(listen = %config.listen, root = %config.root_cert_out.display(), "mesh CA serving");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -345,9 +345,15 @@ impl CertManager {
 
     async fn request(&self, identity: &Identity) -> Result<Issued> {
         let mut client = self.client.clone();
+        // Read again each time: a projected service-account token is rotated by the kubelet
+        // (an hour by default); the one read at start stands in if the file is unreadable.
+        let credential = std::fs::read_to_string(&self.config.credential_file)
+            .map(|c| c.trim().to_owned())
+            .ok()
+            .filter(|c| !c.is_empty());
         let cert = request_certificate(
             &mut client,
-            &self.credential,
+            credential.as_deref().unwrap_or(&self.credential),
             identity,
             self.config.validity,
         )

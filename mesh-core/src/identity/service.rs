@@ -4,6 +4,7 @@
 //! (a node agent: only those of pods scheduled on its node). The identity signed is the one
 //! the CSR asks for, and only after that check.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,10 +52,43 @@ pub fn ca_client(
 /// The CA's default and longest certificate lifetime.
 pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 
-/// Decides which identities the holder of a credential may obtain.
+/// Decides which identities the holder of a credential may obtain. It may do I/O (ask the
+/// Kubernetes API), so it answers with a future.
 pub trait Authorizer: Send + Sync + 'static {
-    /// `Err` says why not, for the caller.
-    fn authorize(&self, credential: &str, identity: &Identity) -> Result<(), String>;
+    /// `Err` says why not, for the caller: it names the caller and the reason, never the
+    /// credential.
+    fn authorize(
+        &self,
+        credential: &str,
+        identity: &Identity,
+    ) -> impl Future<Output = Result<(), Refusal>> + Send;
+}
+
+/// Why an [`Authorizer`] said no, which also picks the gRPC status the caller gets.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The credential proves no one (unknown, expired, for another audience):
+    /// `Unauthenticated`.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller is known but may not hold the identity: `PermissionDenied`.
+    #[error("{0}")]
+    Denied(String),
+    /// The authorizer could not decide (its backend, e.g. the Kubernetes API, failed):
+    /// `Unavailable`, which the caller retries.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl Refusal {
+    /// The gRPC status for a refusal of `identity`.
+    pub fn into_status(self, identity: &Identity) -> Status {
+        match self {
+            Refusal::Unauthenticated(why) => Status::unauthenticated(format!("{identity}: {why}")),
+            Refusal::Denied(why) => Status::permission_denied(format!("{identity}: {why}")),
+            Refusal::Unavailable(why) => Status::unavailable(format!("{identity}: {why}")),
+        }
+    }
 }
 
 pub struct CaService<A> {
@@ -99,9 +133,15 @@ impl<A: Authorizer> IstioCertificateService for CaService<A> {
             .map_err(|e| Status::invalid_argument(format!("csr is not PEM: {e}")))?;
         let identity = requested_identity(csr.contents())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        self.authorizer
-            .authorize(&credential, &identity)
-            .map_err(|why| Status::permission_denied(format!("{identity}: {why}")))?;
+        if let Err(refusal) = self.authorizer.authorize(&credential, &identity).await {
+            match &refusal {
+                Refusal::Unavailable(why) => {
+                    tracing::warn!(%identity, reason = %why, "could not authorize a certificate request");
+                }
+                why => tracing::info!(%identity, reason = %why, "refused a certificate request"),
+            }
+            return Err(refusal.into_status(&identity));
+        }
         let asked = u64::try_from(request.validity_duration).unwrap_or(0);
         let validity = match asked {
             0 => DEFAULT_VALIDITY.min(self.max_validity),

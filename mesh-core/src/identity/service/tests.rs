@@ -14,14 +14,24 @@ struct NodeAuthorizer {
 }
 
 impl Authorizer for NodeAuthorizer {
-    fn authorize(&self, credential: &str, identity: &Identity) -> Result<(), String> {
-        let node = self.tokens.get(credential).ok_or("unknown credential")?;
+    async fn authorize(&self, credential: &str, identity: &Identity) -> Result<(), Refusal> {
+        if credential == "token-backend-down" {
+            return Err(Refusal::Unavailable("the backend did not answer".into()));
+        }
+        let node = self
+            .tokens
+            .get(credential)
+            .ok_or_else(|| Refusal::Unauthenticated("unknown credential".into()))?;
         let local = self.accounts_on_node.get(node).into_iter().flatten();
         local
             .into_iter()
             .any(|id| id == identity)
             .then_some(())
-            .ok_or_else(|| format!("no pod of this service account runs on node {node}"))
+            .ok_or_else(|| {
+                Refusal::Denied(format!(
+                    "no pod of this service account runs on node {node}"
+                ))
+            })
     }
 }
 
@@ -87,7 +97,25 @@ async fn a_node_gets_certificates_for_its_own_pods_only() {
     let stranger = request_certificate(&mut client, "forged", &reviews, Duration::from_secs(60))
         .await
         .unwrap_err();
-    assert_eq!(stranger.code(), tonic::Code::PermissionDenied);
+    assert_eq!(stranger.code(), tonic::Code::Unauthenticated);
+    let undecided = request_certificate(
+        &mut client,
+        "token-backend-down",
+        &reviews,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        undecided.code(),
+        tonic::Code::Unavailable,
+        "worth a retry, not a denial"
+    );
+    assert!(
+        !stranger.message().contains("forged"),
+        "the credential stays out of the answer: {}",
+        stranger.message()
+    );
 }
 
 #[tokio::test]
