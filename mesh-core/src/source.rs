@@ -1,13 +1,97 @@
-//! Config sources behind one interface: wherever objects come from (a watched folder of YAML
-//! today, the Kubernetes API next), consumers see the same [`Update`]s of the same
-//! [`Object`]s, and nothing downstream knows which source it is.
+//! Config sources behind one interface: wherever objects come from (a watched folder of YAML,
+//! or the Kubernetes API), consumers see the same [`Update`]s of the same [`Object`]s, and
+//! nothing downstream knows which source it is. [`ConfigSource`] is the choice the binaries
+//! offer (`--config-source`).
 
 pub mod files;
 pub mod kube;
 
 use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
 
 use crate::manifest::Object;
+
+/// Where a proxy's config model comes from (`--config-source`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ConfigSource {
+    /// A folder of Kubernetes YAML, watched.
+    Files { dir: PathBuf },
+    /// The Kubernetes API.
+    Kube,
+}
+
+/// Keeps a started config source running; dropping it stops the watch.
+pub enum SourceHandle {
+    Files(files::WatchHandle),
+    Kube(kube::WatchHandle),
+}
+
+/// Why a config source could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Files(#[from] files::Error),
+    #[error(
+        "--config-source kube: no Kubernetes API configuration found ({0}); run in a pod with a service account, set KUBECONFIG, or use --config-source files"
+    )]
+    KubeConfig(String),
+    #[error(
+        "--config-source kube: the Kubernetes API at {url} cannot be reached: {message}; check the address, the network and the service account's credentials"
+    )]
+    KubeUnreachable { url: String, message: String },
+}
+
+/// How long the API server may take to answer the first request before a proxy gives up.
+const KUBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl ConfigSource {
+    /// Starts the source: a snapshot, then changes. With kube and `node`, only that node's
+    /// pods are watched (a node agent); without, all of them (a waypoint).
+    pub async fn spawn(
+        &self,
+        node: Option<&str>,
+        updates: mpsc::Sender<Update>,
+    ) -> Result<SourceHandle, StartError> {
+        match self {
+            ConfigSource::Files { dir } => Ok(SourceHandle::Files(
+                files::FilesSource::new(dir).spawn(updates)?,
+            )),
+            ConfigSource::Kube => {
+                let options = kube::KubeOptions {
+                    node: node.map(str::to_owned),
+                    ..kube::KubeOptions::default()
+                };
+                Ok(SourceHandle::Kube(
+                    kube::KubeSource::new(kube_client().await?, options).spawn(updates),
+                ))
+            }
+        }
+    }
+}
+
+/// A client for the cluster this process runs in (or the kubeconfig's), checked to answer.
+pub async fn kube_client() -> Result<::kube::Client, StartError> {
+    let config = ::kube::Config::infer()
+        .await
+        .map_err(|e| StartError::KubeConfig(e.to_string()))?;
+    let url = config.cluster_url.to_string();
+    let unreachable = |message: String| StartError::KubeUnreachable {
+        url: url.clone(),
+        message,
+    };
+    let client = ::kube::Client::try_from(config).map_err(|e| unreachable(e.to_string()))?;
+    let version = tokio::time::timeout(KUBE_CONNECT_TIMEOUT, client.apiserver_version())
+        .await
+        .map_err(|_| unreachable(format!("no answer within {KUBE_CONNECT_TIMEOUT:?}")))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    tracing::info!(%url, version = %version.git_version, "Kubernetes API reached");
+    Ok(client)
+}
 
 /// Identifies an object: API group, kind, namespace as written (`None` when the object
 /// names none) and name.

@@ -11,6 +11,10 @@
 //! they are. Mesh traffic never comes this way: it arrives on the node's HBONE port, and the
 //! node proxy's own connections to its pods are sent, not received, here.
 //!
+//! A SYN to a captured address on the HBONE port (15008) goes to the node's HBONE listener
+//! instead: that is how Istio's ztunnel reaches a pod (`<pod ip>:15008`, no SNI), so an
+//! Istio node can tunnel to pods here.
+//!
 //! When a SYN must be captured but no listener is there (mesh-node is restarting), the
 //! packet is dropped: the capture fails closed and the client's SYN retransmission retries.
 
@@ -86,7 +90,16 @@ fn try_inbound(ctx: &TcContext) -> Result<i32, i32> {
     };
 
     if flags & TCP_FLAG_SYN != 0 && flags & TCP_FLAG_ACK == 0 {
-        if !assign_listener(ctx, &flow, settings.proxy_ip4, settings.inbound_port) {
+        // HBONE addressed to the pod itself (Istio's ztunnel dials <pod ip>:15008) goes to the
+        // node's HBONE listener; everything else is plaintext.
+        let hbone =
+            settings.hbone_port != 0 && u32::from(u16::from_be(dst_port)) == settings.hbone_port;
+        let port = if hbone {
+            settings.hbone_port
+        } else {
+            settings.inbound_port
+        };
+        if !assign_listener(ctx, &flow, settings.proxy_ip4, port) {
             count(|s| &mut s.inbound_no_listener);
             return Ok(DROP);
         }

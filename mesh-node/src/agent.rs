@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use mesh_core::config::{Model, Store};
 use mesh_core::identity::Identity;
+pub use mesh_core::source::ConfigSource;
 use mesh_core::source::Update;
-use mesh_core::source::files::FilesSource;
 use serde::Serialize;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
@@ -27,7 +27,7 @@ use crate::ebpf::{Dataplane, DataplaneOptions, Redirect};
 use crate::enroll::{LocalPod, capture_addresses, local_pods};
 use crate::metrics::Metrics;
 use crate::outbound::{self, Counters, OriginalDst, SoOriginalDst};
-use crate::proxy::{Proxy, inbound, plaintext};
+use crate::proxy::{Proxy, inbound, listen_transparent, plaintext};
 use mesh_core::identity::manager::{CaClientConfig, CertManager};
 
 /// How connections reach the outbound listener.
@@ -46,7 +46,7 @@ pub enum RedirectMode {
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeConfig {
     pub node: String,
-    pub config_dir: PathBuf,
+    pub source: ConfigSource,
     pub pods_cgroup: PathBuf,
     pub agent_cgroup: Option<PathBuf>,
     pub pin_dir: PathBuf,
@@ -70,7 +70,7 @@ pub enum Error {
     #[error(transparent)]
     Ebpf(#[from] crate::ebpf::Error),
     #[error(transparent)]
-    Source(#[from] mesh_core::source::files::Error),
+    Source(#[from] mesh_core::source::StartError),
     #[error("listening on {addr} failed: {source}; is another mesh-node running on this node?")]
     Listen {
         addr: String,
@@ -171,6 +171,10 @@ async fn listen(addr: SocketAddrV4) -> Result<TcpListener> {
 /// Runs until SIGINT or SIGTERM.
 pub async fn run(config: NodeConfig) -> Result<()> {
     tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "mesh-node starting");
+    // The source first: a cluster that cannot be reached fails the start before anything is
+    // installed.
+    let (tx, mut updates) = mpsc::channel(64);
+    let _watch = config.source.spawn(Some(&config.node), tx).await?;
     let dataplane = match config.redirect {
         RedirectMode::Ebpf => {
             let mut dataplane = Dataplane::install_or_adopt(&DataplaneOptions {
@@ -188,6 +192,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
                 proxy: SocketAddrV4::new(config.proxy_ip, config.outbound_port),
                 fast_path: config.fast_path,
                 inbound_port: config.inbound_capture.then_some(config.inbound_port),
+                hbone_port: config.hbone_port,
             }))?;
             Some(Arc::new(Mutex::new(dataplane)))
         }
@@ -195,13 +200,15 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     };
     let outbound_addr = SocketAddrV4::new(config.proxy_ip, config.outbound_port);
     let outbound = listen(outbound_addr).await?;
-    let hbone = listen(SocketAddrV4::new(config.proxy_ip, config.hbone_port)).await?;
-    let inbound_addr = SocketAddrV4::new(config.proxy_ip, config.inbound_port);
-    let plaintext_listener =
-        plaintext::listen_transparent(inbound_addr).map_err(|source| Error::Listen {
-            addr: inbound_addr.to_string(),
+    // Both inbound listeners take captured connections addressed to pods (IP_TRANSPARENT).
+    let transparent = |addr: SocketAddrV4| {
+        listen_transparent(addr).map_err(|source| Error::Listen {
+            addr: addr.to_string(),
             source,
-        })?;
+        })
+    };
+    let hbone = transparent(SocketAddrV4::new(config.proxy_ip, config.hbone_port))?;
+    let plaintext_listener = transparent(SocketAddrV4::new(config.proxy_ip, config.inbound_port))?;
     let admin_addr = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, config.admin_port);
     let admin = listen(admin_addr).await?;
     let metrics_listener = listen(SocketAddrV4::new(
@@ -258,8 +265,6 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         tokio::spawn(certs.clone().renew_forever()),
     ];
 
-    let (tx, mut updates) = mpsc::channel(64);
-    let _watch = FilesSource::new(&config.config_dir).spawn(tx)?;
     let mut synced = false;
     let mut resync = tokio::time::interval(Duration::from_secs(1));
     // New interfaces (pod veths) get the inbound capture program within this period.

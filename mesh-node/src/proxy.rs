@@ -6,14 +6,16 @@ pub mod inbound;
 pub mod plaintext;
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::os::fd::AsRawFd as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_core::config::{Model, PodInfo, ServiceInfo};
 use mesh_core::identity::Identity;
+use nix::sys::socket::{setsockopt, sockopt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
@@ -35,6 +37,25 @@ pub async fn connect_tcp(addr: SocketAddr) -> io::Result<TcpStream> {
         })??;
     let _ = stream.set_nodelay(true);
     Ok(stream)
+}
+
+/// A listener that may accept connections addressed to other hosts (`IP_TRANSPARENT`): the
+/// connections the eBPF inbound program captures keep the pod's address as their local one,
+/// and the replies go out from it.
+pub fn listen_transparent(addr: SocketAddrV4) -> io::Result<TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    setsockopt(&socket, sockopt::IpTransparent, &true).map_err(|errno| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "IP_TRANSPARENT on fd {}: {errno} (needs CAP_NET_ADMIN)",
+                socket.as_raw_fd()
+            ),
+        )
+    })?;
+    socket.bind(addr.into())?;
+    socket.listen(1024)
 }
 
 /// A byte stream of any kind (a TCP socket, a tunnel).

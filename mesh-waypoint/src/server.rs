@@ -1,11 +1,11 @@
 //! The waypoint process: its certificate from the mesh CA (its own service account), the
-//! config model from the files source, HBONE on `<pod ip>:15008`, and per tunnel the choice
-//! of L7 ([`crate::http`]) or L4 ([`crate::tcp`]) by the service port's declared protocol.
+//! config model from the files or the kube source, HBONE on `<pod ip>:15008`, and per tunnel
+//! the choice of L7 ([`crate::http`]) or L4 ([`crate::tcp`]) by the service port's declared
+//! protocol.
 //! Admin (15000): `/config_dump`, `/healthz/ready`; metrics (15020): `/stats/prometheus`.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use mesh_core::hbone::{self, Inbound, Tunnel};
 use mesh_core::identity::Identity;
 use mesh_core::identity::manager::{CaClientConfig, CertManager, SniResolver};
 use mesh_core::identity::tls::server_config_resolving;
-use mesh_core::source::files::FilesSource;
+pub use mesh_core::source::ConfigSource;
 use serde::Serialize;
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -35,7 +35,7 @@ pub struct WaypointConfig {
     /// A service-account waypoint serves only traffic to that account's workloads.
     pub for_service_account: Option<String>,
     pub pod_ip: IpAddr,
-    pub config_dir: PathBuf,
+    pub source: ConfigSource,
     pub hbone_port: u16,
     pub admin_port: u16,
     pub metrics_port: u16,
@@ -54,7 +54,7 @@ pub enum Error {
     #[error(transparent)]
     Tls(#[from] mesh_core::identity::Error),
     #[error(transparent)]
-    Source(#[from] mesh_core::source::files::Error),
+    Source(#[from] mesh_core::source::StartError),
     #[error("waiting for a stop signal: {0}")]
     Signal(std::io::Error),
 }
@@ -92,6 +92,16 @@ pub struct Stream {
 /// Runs until SIGINT or SIGTERM.
 pub async fn run(config: WaypointConfig) -> Result<(), Error> {
     tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "mesh-waypoint starting");
+    // The source first: a cluster that cannot be reached fails the start at once.
+    let mut store = Store::new();
+    let model = store.subscribe();
+    let (tx, mut updates) = mpsc::channel(64);
+    let _watch = config.source.spawn(None, tx).await?;
+    let apply = tokio::spawn(async move {
+        while let Some(update) = updates.recv().await {
+            store.apply(update);
+        }
+    });
     // The CA's root may not be published yet (the waypoint can start before the mesh).
     let certs = loop {
         match CertManager::new(config.ca.clone()) {
@@ -105,16 +115,6 @@ pub async fn run(config: WaypointConfig) -> Result<(), Error> {
     let identity = certs.identity_of(&config.namespace, &config.service_account);
     certs.set_wanted(&BTreeSet::from([identity.clone()]));
     let renew = tokio::spawn(certs.clone().renew_forever());
-
-    let mut store = Store::new();
-    let model = store.subscribe();
-    let (tx, mut updates) = mpsc::channel(64);
-    let _watch = FilesSource::new(&config.config_dir).spawn(tx)?;
-    let apply = tokio::spawn(async move {
-        while let Some(update) = updates.recv().await {
-            store.apply(update);
-        }
-    });
 
     let waypoint = Arc::new(Waypoint {
         destinations: Destinations::new(certs.clone(), identity.clone()),

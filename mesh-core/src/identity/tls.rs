@@ -40,6 +40,15 @@ pub fn server_config(
     server_config_resolving(Arc::new(SingleCert(key)), roots)
 }
 
+/// A server that presents `key` (a certificate chosen before the handshake, e.g. by the
+/// address the client dialed) and requires a client certificate signed by `roots`.
+pub fn server_config_for_key(
+    key: Arc<CertifiedKey>,
+    roots: &[CertificateDer<'static>],
+) -> Result<ServerConfig> {
+    server_config_resolving(Arc::new(SingleCert(key)), roots)
+}
+
 /// A server that serves several identities, choosing the certificate per handshake (see
 /// [`server_name`]), and requires a client certificate signed by `roots`.
 pub fn server_config_resolving(

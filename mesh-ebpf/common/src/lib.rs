@@ -155,9 +155,13 @@ pub struct Settings {
     pub inbound_port: u32,
     /// The packet mark that policy routing delivers locally (`ip rule fwmark ... lookup`).
     pub inbound_mark: u32,
+    /// The HBONE listener's port (on `proxy_ip4`), host order: captured connections to a
+    /// pod's own HBONE port (Istio's form: `<pod ip>:15008`) go there, not to the plaintext
+    /// listener. 0: none.
+    pub hbone_port: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Settings>() == 24);
+const _: () = assert!(core::mem::size_of::<Settings>() == 28);
 
 /// A TCP flow as the packet carries it on arrival (before any DNAT): all network order.
 #[repr(C)]

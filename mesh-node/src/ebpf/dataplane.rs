@@ -53,6 +53,9 @@ pub struct Redirect {
     /// The plaintext inbound listener's port on the proxy's address: TCP from outside the
     /// mesh to enrolled pods is captured to it. `None`: no inbound capture.
     pub inbound_port: Option<u16>,
+    /// The HBONE listener's port on the proxy's address: captured connections to a pod's own
+    /// port of that number are HBONE (Istio's form) and go there.
+    pub hbone_port: u16,
 }
 
 /// Entry counts of the maps that track connections.
@@ -231,6 +234,7 @@ impl Dataplane {
             enabled: 1,
             inbound_port: r.inbound_port.map_or(0, u32::from),
             inbound_mark: routing::MARK,
+            hbone_port: u32::from(r.hbone_port),
         });
         if redirect.is_some_and(|r| r.inbound_port.is_some()) {
             // Without the rule a captured SYN would be forwarded to the pod after all.

@@ -1,5 +1,6 @@
 //! The inbound side: HBONE on 15008 (mutual TLS; the certificate presented is the one of the
-//! identity the client's SNI names), then for each tunnel the admission checks — the
+//! identity the client's SNI names, or, without SNI — Istio's form, dialing `<pod ip>:15008`,
+//! which the eBPF inbound program steers here — that pod's own), then for each tunnel the admission checks — the
 //! destination is a mesh pod on this node, and its AuthorizationPolicies allow the client —
 //! then a plain connection to the pod. Same-node connections take the same checks
 //! in-process ([`admit`]), without TLS.
@@ -15,7 +16,7 @@ use http::StatusCode;
 use mesh_core::config::{Model, PodInfo};
 use mesh_core::hbone::{self, Inbound};
 use mesh_core::identity::Identity;
-use mesh_core::identity::tls::server_config_resolving;
+use mesh_core::identity::tls::{server_config_for_key, server_config_resolving};
 use mesh_core::policy;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -78,12 +79,14 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
         };
         let _ = tcp.set_nodelay(true);
         let certs = proxy.certs.clone();
+        let identity_proxy = proxy.clone();
         let proxy = proxy.clone();
         let handler = move |inbound: Inbound| {
             let proxy = proxy.clone();
             async move { tunnel(&proxy, inbound).await }
         };
         let config = config.clone();
+        let local = tcp.local_addr();
         tokio::spawn(async move {
             let result = async {
                 let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
@@ -92,11 +95,20 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
                 // A client may ask for an identity whose certificate is on its way (a pod
                 // just scheduled here): wait for it rather than fail the handshake.
                 let sni = start.client_hello().server_name().map(str::to_owned);
-                if let Some(sni) = &sni
-                    && !certs.wait_for_server_name(sni, CERT_WAIT).await
-                {
-                    tracing::debug!(%peer, sni, "no certificate for this server name");
-                }
+                let config = match &sni {
+                    Some(sni) => {
+                        if !certs.wait_for_server_name(sni, CERT_WAIT).await {
+                            tracing::debug!(%peer, sni, "no certificate for this server name");
+                        }
+                        config
+                    }
+                    // No SNI: Istio's form, the client dialed the pod's own address (captured
+                    // here by the eBPF inbound program): present that pod's identity.
+                    None => {
+                        let local = local.map_err(|e| format!("local address: {e}"))?;
+                        pod_config(&identity_proxy, local.ip()).await?
+                    }
+                };
                 let tls = start
                     .into_stream(config)
                     .await
@@ -110,6 +122,24 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
             }
         });
     }
+}
+
+/// The TLS server config for a connection that dialed `ip` (a pod of this node in the mesh)
+/// without SNI: the pod's own certificate.
+async fn pod_config(proxy: &Proxy, ip: IpAddr) -> Result<Arc<rustls::ServerConfig>, String> {
+    let model = proxy.model();
+    let pod = proxy
+        .local_mesh_pod(&model, ip)
+        .ok_or_else(|| format!("HBONE without SNI to {ip}, which is no mesh pod of this node"))?;
+    let identity = proxy.identity_of(&pod);
+    let issued = proxy
+        .certs
+        .wait_for(&identity, CERT_WAIT)
+        .await
+        .map_err(|e| format!("no certificate for {identity}: {e}"))?;
+    server_config_for_key(issued.key.clone(), proxy.certs.roots())
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
 }
 
 /// One tunnel: admit it, connect to the pod, and count the connection when it ends.

@@ -10,37 +10,16 @@
 //! as it is.
 
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
-use std::os::fd::AsRawFd as _;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_core::policy;
-use nix::sys::socket::{setsockopt, sockopt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 
 use super::inbound::{Counted, admit};
 use super::{Proxy, connect_tcp};
 use crate::metrics::TcpLabels;
-
-/// A listener that may accept connections addressed to other hosts (`IP_TRANSPARENT`): the
-/// captured connections keep the pod's address as their local one, and the replies go out
-/// from it.
-pub fn listen_transparent(addr: SocketAddrV4) -> io::Result<TcpListener> {
-    let socket = TcpSocket::new_v4()?;
-    socket.set_reuseaddr(true)?;
-    setsockopt(&socket, sockopt::IpTransparent, &true).map_err(|errno| {
-        io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!(
-                "IP_TRANSPARENT on fd {}: {errno} (needs CAP_NET_ADMIN)",
-                socket.as_raw_fd()
-            ),
-        )
-    })?;
-    socket.bind(addr.into())?;
-    socket.listen(1024)
-}
 
 /// Accepts until the task is dropped.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
