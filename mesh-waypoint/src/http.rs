@@ -23,13 +23,13 @@ use mesh_core::config::Model;
 use mesh_core::hbone::Tunnel;
 use rand::Rng as _;
 
-use crate::metrics::{Overflow as OverflowMetric, RequestLabels};
+use crate::metrics::{Metrics, Overflow as OverflowMetric, RequestLabels};
 use crate::route::{
     AbortError, HeaderEdits, HttpAction, HttpDecision, RequestFacts, RetryPolicy, Source, Target,
     UpstreamFailure,
 };
 use crate::server::Stream;
-use crate::upstream::{HashInput, Outcome, Overflow, Upstream};
+use crate::upstream::{HashInput, Outcome, Overflow, RetrySlot, Upstream};
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -452,17 +452,10 @@ async fn forward(
     let retries = plan.retries.clone();
     let max_retries = retries.as_ref().map_or(0, |r| r.attempts);
     let query = parts.uri.query();
-    let mut last: Option<Response<Body>> = None;
     let mut retry_slot = None;
-    for attempt in 0..=max_retries {
+    let mut attempt = 0;
+    loop {
         if attempt > 0 {
-            match upstream.pool().try_acquire_retry() {
-                Ok(slot) => retry_slot = Some(slot),
-                Err(_) => {
-                    waypoint.metrics.overflow(&cluster, OverflowMetric::Retries);
-                    break;
-                }
-            }
             let backoff = retries
                 .as_ref()
                 .and_then(|r| r.backoff)
@@ -508,6 +501,11 @@ async fn forward(
         let per_try = retries.as_ref().and_then(|r| r.per_try_timeout);
         let attempt_result = send(stream, model, &upstream, &pick, request, h2, per_try).await;
         let retry_on = retries.as_ref().map(|r| &r.retry_on);
+        // A retry is decided as the try ends, as Envoy decides it at the response headers:
+        // with a `maxRetries` slot the try is dropped — its connection, pool lease and
+        // endpoint pick go back before the next try asks for them — and without one the
+        // client gets this try's answer.
+        let may_retry = attempt < max_retries;
         match attempt_result {
             Ok(response) => {
                 let status = response.status();
@@ -518,8 +516,17 @@ async fn forward(
                 if upstream.record(pick.endpoint(), Outcome::Status(status.as_u16())) {
                     waypoint.metrics.ejected(&cluster);
                 }
-                let retry = attempt < max_retries
-                    && retry_on.is_some_and(|r| r.retries_response(status, grpc_status));
+                let retriable = retry_on.is_some_and(|r| r.retries_response(status, grpc_status));
+                if retriable && may_retry {
+                    if let Some(slot) = take_retry(&upstream, &waypoint.metrics, &cluster) {
+                        retry_slot = Some(slot);
+                        attempt += 1;
+                        continue;
+                    }
+                    record.flags.push("URX");
+                } else if retriable && attempt > 0 {
+                    record.flags.push("URX");
+                }
                 let (mut head, incoming) = response.into_parts();
                 strip_hop_by_hop(&mut head.headers);
                 if let Some(cookie) = pick.set_cookie()
@@ -535,16 +542,7 @@ async fn forward(
                         frame
                     })
                     .boxed();
-                let response = Response::from_parts(head, body);
-                if retry {
-                    last = Some(response);
-                    continue;
-                }
-                if attempt > 0 && retry_on.is_some_and(|r| r.retries_response(status, grpc_status))
-                {
-                    record.flags.push("URX");
-                }
-                return response;
+                return Response::from_parts(head, body);
             }
             Err(failure) => {
                 let (outcome, flag, message) = match failure {
@@ -571,28 +569,40 @@ async fn forward(
                     Outcome::ConnectFailed => UpstreamFailure::ConnectFailure,
                     _ => UpstreamFailure::Reset { request_sent: true },
                 };
-                let retry = attempt < max_retries
-                    && (outcome == Outcome::Timeout
-                        || retry_on.is_some_and(|r| r.retries_failure(kind)));
+                let retriable = outcome == Outcome::Timeout
+                    || retry_on.is_some_and(|r| r.retries_failure(kind));
+                if retriable
+                    && may_retry
+                    && let Some(slot) = take_retry(&upstream, &waypoint.metrics, &cluster)
+                {
+                    retry_slot = Some(slot);
+                    attempt += 1;
+                    continue;
+                }
                 let status = if outcome == Outcome::Timeout {
                     StatusCode::GATEWAY_TIMEOUT
                 } else {
                     StatusCode::SERVICE_UNAVAILABLE
                 };
-                if retry {
-                    last = Some(local(status, message));
-                    continue;
-                }
                 record.flags.push(flag);
-                if attempt > 0 {
+                if retriable && (may_retry || attempt > 0) {
                     record.flags.push("URX");
                 }
                 return local(status, message);
             }
         }
     }
-    record.flags.push("URX");
-    last.unwrap_or_else(|| local(StatusCode::SERVICE_UNAVAILABLE, "retries exhausted\n"))
+}
+
+/// A `maxRetries` slot for another try, or `None` (counted as retry overflow): no retry.
+fn take_retry(upstream: &Upstream, metrics: &Metrics, cluster: &str) -> Option<RetrySlot> {
+    match upstream.pool().try_acquire_retry() {
+        Ok(slot) => Some(slot),
+        Err(_) => {
+            metrics.overflow(cluster, OverflowMetric::Retries);
+            None
+        }
+    }
 }
 
 enum Failure {

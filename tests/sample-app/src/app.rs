@@ -63,7 +63,7 @@ pub async fn run(config: Config) -> Result<()> {
             );
             std::future::pending::<()>().await;
         }
-        Role::Httpbin { fallback: true } => {
+        Role::Httpbin(httpbin) if httpbin.fallback => {
             tracing::info!(
                 "app {:?} is not a known sample: fell back to httpbin",
                 config.app
@@ -106,8 +106,8 @@ fn spawn_role(
             spawn_http(tasks, listener, Ratings::new(c.clone()));
             "bookinfo ratings over HTTP/1.1 and h2c"
         }
-        Role::Httpbin { .. } => {
-            spawn_http(tasks, listener, Httpbin);
+        Role::Httpbin(c) => {
+            spawn_http(tasks, listener, Httpbin::new(c));
             "httpbin over HTTP/1.1 and h2c"
         }
         Role::Helloworld(c) => {

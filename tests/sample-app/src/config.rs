@@ -9,6 +9,7 @@ use crate::bookinfo::productpage::ProductpageConfig;
 use crate::bookinfo::ratings::RatingsConfig;
 use crate::bookinfo::reviews::ReviewsConfig;
 use crate::helloworld::HelloworldConfig;
+use crate::httpbin::{self, HttpbinConfig};
 use crate::tcp_echo::{self, TcpEchoConfig};
 
 /// `sample-app --app <label> [--version v1] --pod <name> --namespace <ns> [--port N]... [-- args...]`
@@ -47,10 +48,7 @@ pub(crate) enum Role {
     Details,
     Reviews(ReviewsConfig),
     Ratings(RatingsConfig),
-    Httpbin {
-        /// True when the app label is not httpbin and httpbin is the fallback.
-        fallback: bool,
-    },
+    Httpbin(HttpbinConfig),
     Helloworld(HelloworldConfig),
     TcpEcho(TcpEchoConfig),
     Idle,
@@ -65,6 +63,9 @@ pub enum Error {
     /// The tcp-echo container args are wrong.
     #[error(transparent)]
     TcpEcho(#[from] tcp_echo::Error),
+    /// httpbin's environment is wrong.
+    #[error(transparent)]
+    Httpbin(#[from] httpbin::Error),
 }
 
 /// The whole config of one container, logged at start.
@@ -120,7 +121,10 @@ impl Config {
                 Role::Ratings(RatingsConfig::from_env(&version, env)),
                 default_port(9080),
             ),
-            "httpbin" => (Role::Httpbin { fallback: false }, default_port(8080)),
+            "httpbin" => (
+                Role::Httpbin(HttpbinConfig::from_env(&pod, false, env)?),
+                default_port(8080),
+            ),
             "helloworld" => {
                 let config = HelloworldConfig {
                     version: env("SERVICE_VERSION").unwrap_or_else(|| version.clone()),
@@ -134,7 +138,10 @@ impl Config {
                 (Role::TcpEcho(config), ports)
             }
             a if CLIENT_APPS.contains(&a) || ports.is_empty() => (Role::Idle, Vec::new()),
-            _ => (Role::Httpbin { fallback: true }, ports.clone()),
+            _ => (
+                Role::Httpbin(HttpbinConfig::from_env(&pod, true, env)?),
+                ports.clone(),
+            ),
         };
         Ok(Self {
             app,
@@ -228,7 +235,10 @@ mod tests {
             "--port",
             "8000",
         ]);
-        assert!(matches!(c.role, Role::Httpbin { fallback: true }));
+        assert!(matches!(
+            c.role,
+            Role::Httpbin(HttpbinConfig { fallback: true, .. })
+        ));
         assert_eq!(c.ports, vec![8000]);
     }
 

@@ -6,7 +6,11 @@
 //! canonical Title-Case (`X-Request-Id`), and `Host` is included. `origin` is the first
 //! `X-Forwarded-For` entry if the request has one, else the TCP peer's IP (go-httpbin's rule).
 //! Routes: `/`, `/get`, `/post`, `/put`, `/patch`, `/delete`, `/anything[/…]`, `/headers`,
-//! `/ip`, `/user-agent`, `/status/{codes}`, `/delay/{seconds}` (capped at 10 s).
+//! `/ip`, `/user-agent`, `/hostname` (the pod's name, as go-httpbin's `-use-real-hostname`),
+//! `/status/{codes}`, `/delay/{seconds}` (capped at 10 s).
+//!
+//! A test hook the real image lacks: with `FAIL_WITH=<status>` in the container's environment
+//! every request is answered with that status (a broken replica, for outlier detection).
 
 mod status;
 
@@ -24,7 +28,45 @@ use serde_json::Value;
 
 pub(crate) use status::{parse_delay, parse_status_list};
 
+use crate::bookinfo::Env;
 use crate::web::{self, Body, Handler, form_pairs, header_str};
+
+/// Why the environment cannot configure httpbin.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("httpbin: FAIL_WITH={0:?} is not an HTTP status; use a number from 200 to 599")]
+    FailWith(String),
+}
+
+/// What one httpbin container answers beyond the request itself.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub(crate) struct HttpbinConfig {
+    /// True when the app label is not httpbin and httpbin is the fallback.
+    pub(crate) fallback: bool,
+    /// What `/hostname` answers: the pod's name.
+    pub(crate) hostname: String,
+    /// `FAIL_WITH`: answer every request with this status.
+    pub(crate) fail_with: Option<u16>,
+}
+
+impl HttpbinConfig {
+    pub(crate) fn from_env(pod: &str, fallback: bool, env: Env<'_>) -> Result<Self, Error> {
+        let fail_with = env("FAIL_WITH")
+            .map(|raw| {
+                raw.trim()
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|c| (200..=599).contains(c))
+                    .ok_or(Error::FailWith(raw))
+            })
+            .transpose()?;
+        Ok(HttpbinConfig {
+            fallback,
+            hostname: pod.to_owned(),
+            fail_with,
+        })
+    }
+}
 
 /// Largest request body `/anything` and friends read.
 const MAX_BODY: usize = 1024 * 1024;
@@ -168,17 +210,38 @@ const INDEX: &str = "<!DOCTYPE html>\n<html><head><title>httpbin</title></head><
 <li><a href=\"/headers\">/headers</a> the request's headers</li>\n\
 <li><a href=\"/ip\">/ip</a> the requester's IP address</li>\n\
 <li><a href=\"/user-agent\">/user-agent</a> the User-Agent header</li>\n\
+<li><a href=\"/hostname\">/hostname</a> the name of the pod that answers</li>\n\
 <li><a href=\"/status/418\">/status/:code</a> the given status (or a weighted random one of <code>200:0.9,503:0.1</code>)</li>\n\
 <li><a href=\"/bytes/1024\">/bytes/:n</a> n bytes</li>\n\
 <li><a href=\"/delay/1\">/delay/:seconds</a> waits (at most 10 s) then answers like /get</li>\n\
 </ul></body></html>\n";
 
 /// The httpbin handler.
-#[derive(Debug, Default)]
-pub(crate) struct Httpbin;
+#[derive(Debug)]
+pub(crate) struct Httpbin {
+    hostname: String,
+    fail_with: Option<StatusCode>,
+}
+
+impl Httpbin {
+    pub(crate) fn new(config: &HttpbinConfig) -> Httpbin {
+        Httpbin {
+            hostname: config.hostname.clone(),
+            fail_with: config
+                .fail_with
+                .and_then(|code| StatusCode::from_u16(code).ok()),
+        }
+    }
+}
 
 impl Handler for Httpbin {
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        if let Some(status) = self.fail_with {
+            return web::text(
+                status,
+                format!("{} fails on purpose (FAIL_WITH)\n", self.hostname),
+            );
+        }
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
         let read_only = method == Method::GET || method == Method::HEAD;
@@ -197,6 +260,10 @@ impl Handler for Httpbin {
             "/ip" => web::json(
                 StatusCode::OK,
                 &serde_json::json!({"origin": origin(req.headers(), peer)}),
+            ),
+            "/hostname" => web::json(
+                StatusCode::OK,
+                &serde_json::json!({"hostname": self.hostname}),
             ),
             "/user-agent" => web::json(
                 StatusCode::OK,
@@ -280,6 +347,24 @@ mod tests {
     }
 
     #[test]
+    fn fail_with_comes_from_the_environment_and_must_be_a_status() {
+        let env = |value: &'static str| move |k: &str| (k == "FAIL_WITH").then(|| value.to_owned());
+        let config = HttpbinConfig::from_env("p", false, &env("500")).unwrap();
+        assert_eq!(config.fail_with, Some(500));
+        assert_eq!(config.hostname, "p");
+        assert_eq!(
+            HttpbinConfig::from_env("p", false, &env("oops")),
+            Err(Error::FailWith("oops".to_owned()))
+        );
+        assert_eq!(
+            HttpbinConfig::from_env("p", false, &|_| None)
+                .unwrap()
+                .fail_with,
+            None
+        );
+    }
+
+    #[test]
     fn body_response_parses_form_and_json() {
         let base = || NoBodyResponse {
             args: Values::new(),
@@ -307,12 +392,20 @@ mod tests {
         use http_body_util::Full;
         use serde_json::json;
 
-        use super::super::Httpbin;
+        use super::super::{Httpbin, HttpbinConfig};
         use crate::web::testing::{get, send, send_h2c, spawn};
+
+        fn httpbin(fail_with: Option<u16>) -> Httpbin {
+            Httpbin::new(&HttpbinConfig {
+                fallback: false,
+                hostname: "httpbin-7d8f-abcde".to_owned(),
+                fail_with,
+            })
+        }
 
         #[tokio::test]
         async fn get_echoes_args_headers_and_url_over_http1() {
-            let addr = spawn(Httpbin).await;
+            let addr = spawn(httpbin(None)).await;
             let answer = get(addr, "/get?show_env=1&a=x", &[("x-custom", "v")]).await;
             assert_eq!(answer.status, StatusCode::OK);
             let body = answer.json();
@@ -325,7 +418,7 @@ mod tests {
 
         #[tokio::test]
         async fn headers_are_served_over_h2c_prior_knowledge() {
-            let addr = spawn(Httpbin).await;
+            let addr = spawn(httpbin(None)).await;
             let req = Request::get(format!("http://{addr}/headers"))
                 .header("x-b3-traceid", "abc")
                 .body(Full::new(Bytes::new()))
@@ -339,7 +432,7 @@ mod tests {
 
         #[tokio::test]
         async fn status_answers_the_code_and_rejects_garbage() {
-            let addr = spawn(Httpbin).await;
+            let addr = spawn(httpbin(None)).await;
             let teapot = get(addr, "/status/418", &[]).await;
             assert_eq!(teapot.status, StatusCode::IM_A_TEAPOT);
             assert!(teapot.body.is_empty());
@@ -353,7 +446,7 @@ mod tests {
 
         #[tokio::test]
         async fn delay_waits_then_answers_like_get() {
-            let addr = spawn(Httpbin).await;
+            let addr = spawn(httpbin(None)).await;
             let start = std::time::Instant::now();
             let answer = get(addr, "/delay/0.2?x=1", &[]).await;
             assert!(start.elapsed() >= std::time::Duration::from_millis(200));
@@ -366,7 +459,7 @@ mod tests {
 
         #[tokio::test]
         async fn anything_echoes_method_and_body() {
-            let addr = spawn(Httpbin).await;
+            let addr = spawn(httpbin(None)).await;
             let req = Request::put(format!("http://{addr}/anything/deep/path?q=1"))
                 .header("content-type", "application/json")
                 .body(Full::new(Bytes::from(r#"{"k":"v"}"#)))
@@ -385,7 +478,7 @@ mod tests {
 
         #[tokio::test]
         async fn ip_and_unknown_paths() {
-            let addr = spawn(Httpbin).await;
+            let addr = spawn(httpbin(None)).await;
             assert_eq!(
                 get(addr, "/ip", &[]).await.json(),
                 json!({"origin": "127.0.0.1"})
@@ -395,6 +488,27 @@ mod tests {
                 get(addr, "/post", &[]).await.status,
                 StatusCode::METHOD_NOT_ALLOWED
             );
+        }
+
+        #[tokio::test]
+        async fn hostname_names_the_pod() {
+            let addr = spawn(httpbin(None)).await;
+            assert_eq!(
+                get(addr, "/hostname", &[]).await.json(),
+                json!({"hostname": "httpbin-7d8f-abcde"})
+            );
+        }
+
+        #[tokio::test]
+        async fn fail_with_answers_every_request_with_that_status() {
+            let addr = spawn(httpbin(Some(500))).await;
+            for path in ["/", "/get", "/status/200", "/hostname"] {
+                assert_eq!(
+                    get(addr, path, &[]).await.status,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "{path}"
+                );
+            }
         }
     }
 }

@@ -12,5 +12,6 @@ mod web;
 
 pub use app::{Error, Result, run, shutdown_signal};
 pub use config::{Cli, Config, Error as ConfigError};
+pub use httpbin::Error as HttpbinError;
 pub use tcp_echo::Error as TcpEchoError;
 pub use web::Error as ListenError;

@@ -1,5 +1,7 @@
 //! Shared HTTP plumbing: the listener loop (HTTP/1.1 and h2c via hyper-util's auto builder) with a
-//! one-line access log per request, response builders, and re-exports of the client and the
+//! one-line access log per request (peer, request line, status, bytes, time, user agent,
+//! `end-user`, Host; written before the response, so a client that has its answer can count
+//! on the line being in the pod's log), response builders, and re-exports of the client and the
 //! `application/x-www-form-urlencoded` helpers.
 
 mod client;
@@ -111,11 +113,16 @@ async fn logged<H: Handler>(
     let user = header_str(req.headers(), "end-user")
         .unwrap_or("-")
         .to_owned();
+    // The authority the client asked for (Host, or `:authority` over HTTP/2).
+    let host = header_str(req.headers(), "host")
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(ToString::to_string))
+        .unwrap_or_else(|| "-".to_owned());
     let resp = handler.handle(req, peer).await;
     let bytes = resp.body().size_hint().exact().unwrap_or(0);
     tracing::info!(
         target: "access",
-        "{peer} \"{method} {uri} {version:?}\" {} {bytes} {:.1}ms \"{agent}\" end-user={user}",
+        "{peer} \"{method} {uri} {version:?}\" {} {bytes} {:.1}ms \"{agent}\" end-user={user} host={host}",
         resp.status().as_u16(),
         start.elapsed().as_secs_f64() * 1000.0,
     );
