@@ -9,7 +9,7 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
@@ -122,21 +122,36 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<i32, i32> {
     Ok(ALLOW)
 }
 
-/// The settings when this connect is to be redirected: the mesh is on, the caller's cgroup is
-/// enrolled, and the destination is not the proxy itself.
+/// How deep below the cgroup root a pod's cgroup may sit (kubelet's systemd layout puts it
+/// at depth 3: `kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice`).
+const MAX_CGROUP_DEPTH: i32 = 8;
+
+/// The settings when this connect is to be redirected: the mesh is on, the caller's cgroup or
+/// one of its ancestors (a container's cgroup sits inside its pod's) is enrolled, and the
+/// destination is not the proxy itself.
 fn redirect_settings(ip: u32, host_port: u16) -> Option<Settings> {
     let settings = settings()?;
     if ip == settings.proxy_ip4 && u32::from(host_port) == settings.proxy_port {
         return None;
     }
-    #[allow(unsafe_code, reason = "a BPF helper call")]
-    // SAFETY: takes no arguments; allowed for cgroup sock_addr programs.
-    let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    #[allow(unsafe_code, reason = "reading a hash map value")]
-    // SAFETY: the value is a plain u32 copied out at once; concurrent removal by userspace
-    // only ever frees it after this program's RCU section.
-    let enrolled = unsafe { ENROLLED.get(&cgroup) }.copied().unwrap_or(0);
-    (enrolled != 0).then_some(settings)
+    // Level 0 is the root; an ancestor level below the caller's own depth returns 0.
+    let mut level = 1;
+    while level <= MAX_CGROUP_DEPTH {
+        #[allow(unsafe_code, reason = "a BPF helper call")]
+        // SAFETY: takes a level only; allowed for cgroup sock_addr programs.
+        let cgroup = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if cgroup == 0 {
+            return None;
+        }
+        #[allow(unsafe_code, reason = "reading a hash map value")]
+        // SAFETY: the value is a plain u32 copied out at once; concurrent removal by
+        // userspace only ever frees it after this program's RCU section.
+        if unsafe { ENROLLED.get(&cgroup) }.is_some_and(|enrolled| *enrolled != 0) {
+            return Some(settings);
+        }
+        level += 1;
+    }
+    None
 }
 
 /// Records the original destination under the socket's cookie.

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::admin::Page;
 use crate::ebpf::{Dataplane, DataplaneOptions, Redirect};
-use crate::enroll::{LocalPod, capture_addresses, local_pods};
+use crate::enroll::{LocalPod, capture_addresses, local_pods, pod_cgroup};
 use crate::metrics::Metrics;
 use crate::outbound::{self, Counters, OriginalDst, SoOriginalDst};
 use crate::proxy::{Proxy, inbound, listen_transparent, plaintext};
@@ -322,15 +322,16 @@ fn sync(config: &NodeConfig, model: &Model, shared: &Shared) {
     if let Some(dataplane) = &shared.dataplane {
         let mut enrolled = BTreeSet::new();
         for pod in local.iter().filter(|p| p.enrolled) {
-            // The kubelet-style pod cgroup; its inode is the id bpf_get_current_cgroup_id sees.
-            let cgroup = config.pods_cgroup.join(format!("pod{}", pod.uid));
-            match std::fs::metadata(&cgroup) {
-                Ok(meta) => {
+            // The pod's cgroup; its inode is the id the connect programs compare the caller's
+            // cgroup and its ancestors with (containers sit in cgroups inside it).
+            match pod_cgroup(&config.pods_cgroup, &pod.uid).map(|c| std::fs::metadata(&c)) {
+                Some(Ok(meta)) => {
                     enrolled.insert(meta.ino());
                 }
-                Err(err) => {
-                    tracing::debug!(pod = %pod.key(), cgroup = %cgroup.display(), %err, "pod cgroup not there (yet)")
+                Some(Err(err)) => {
+                    tracing::debug!(pod = %pod.key(), %err, "pod cgroup unreadable")
                 }
+                None => tracing::debug!(pod = %pod.key(), "pod cgroup not there (yet)"),
             }
         }
         let ips: BTreeSet<Ipv4Addr> = local.iter().filter_map(|p| p.ip).collect();

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
 
 use mesh_core::config::Model;
 use serde::Serialize;
@@ -47,6 +48,53 @@ pub fn local_pods(model: &Model, node: &str) -> Vec<LocalPod> {
     pods
 }
 
+/// How deep below the pods' cgroup a pod's own cgroup may be found.
+const POD_CGROUP_DEPTH: usize = 3;
+
+/// A pod's cgroup below `pods_cgroup` (kubelet's root, e.g. `kubepods.slice`): the folder
+/// named for its uid, as the lab (`pod<uid>`) and kubelet's cgroupfs driver
+/// (`burstable/pod<uid>`) name it, or the systemd driver
+/// (`kubepods-burstable.slice/kubepods-burstable-pod<uid with _>.slice`), up to three levels
+/// down.
+pub fn pod_cgroup(pods_cgroup: &Path, uid: &str) -> Option<PathBuf> {
+    if uid.is_empty() {
+        return None;
+    }
+    let direct = pods_cgroup.join(format!("pod{uid}"));
+    if direct.is_dir() {
+        return Some(direct);
+    }
+    let wanted = [format!("pod{uid}"), format!("pod{}", uid.replace('-', "_"))];
+    let names_pod = |name: &str| {
+        wanted.iter().any(|w| {
+            name == w.as_str()
+                || name.ends_with(&format!("-{w}.slice"))
+                || name == format!("{w}.slice")
+        })
+    };
+    let mut level = vec![pods_cgroup.to_owned()];
+    for _ in 0..POD_CGROUP_DEPTH {
+        let mut next = Vec::new();
+        for dir in &level {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let name = entry.file_name();
+                if names_pod(&name.to_string_lossy()) {
+                    return Some(entry.path());
+                }
+                next.push(entry.path());
+            }
+        }
+        level = next;
+    }
+    None
+}
+
 /// The addresses whose inbound TCP the node captures: its enrolled pods, and the ClusterIPs
 /// of services with a ready endpoint among them (a same-node client's packets still carry
 /// the ClusterIP when they enter the node; the service's DNAT comes after the capture).
@@ -81,6 +129,51 @@ pub fn capture_addresses(model: &Model, local: &[LocalPod]) -> BTreeSet<Ipv4Addr
         }
     }
     addresses
+}
+
+#[cfg(test)]
+mod cgroup_tests {
+    use super::*;
+
+    #[test]
+    fn pod_cgroups_are_found_in_the_lab_and_kubelet_layouts() {
+        let root = std::env::temp_dir().join(format!("mesh-pod-cgroup-{}", std::process::id()));
+        let uid = "1b2c3d4e-0000-4000-8000-00000000000a";
+        let lab = root.join("lab");
+        let cgroupfs = root.join("kubepods");
+        let systemd = root.join("kubepods.slice");
+        for dir in [
+            lab.join(format!("pod{uid}")),
+            cgroupfs
+                .join("burstable")
+                .join(format!("pod{uid}"))
+                .join("ctr"),
+            systemd
+                .join("kubepods-besteffort.slice")
+                .join(format!(
+                    "kubepods-besteffort-pod{}.slice",
+                    uid.replace('-', "_")
+                ))
+                .join("cri-containerd-abc.scope"),
+        ] {
+            std::fs::create_dir_all(&dir).unwrap();
+        }
+        assert_eq!(pod_cgroup(&lab, uid), Some(lab.join(format!("pod{uid}"))));
+        assert_eq!(
+            pod_cgroup(&cgroupfs, uid),
+            Some(cgroupfs.join("burstable").join(format!("pod{uid}")))
+        );
+        assert_eq!(
+            pod_cgroup(&systemd, uid),
+            Some(systemd.join("kubepods-besteffort.slice").join(format!(
+                "kubepods-besteffort-pod{}.slice",
+                uid.replace('-', "_")
+            )))
+        );
+        assert_eq!(pod_cgroup(&lab, "other"), None);
+        assert_eq!(pod_cgroup(&lab, ""), None);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }
 
 #[cfg(test)]

@@ -204,6 +204,22 @@ fn acceptance(tag: &str, fast_path: bool) {
         assert_eq!(ebpf_stat(&after, "fast_path_sockets"), 0, "{after:#}");
     }
 
+    // A process in a cgroup inside the pod's (where kubelet puts each container) is the pod's
+    // too: its connects are redirected.
+    let before = ebpf_stat(&stats(&lab, "node1"), "redirected");
+    let nested = client.cgroup.join("container");
+    let script = format!(
+        "mkdir -p {dir} && echo $$ > {dir}/cgroup.procs && exec curl -sS --max-time 5 -o /dev/null http://{server_a}:8080/ip",
+        dir = nested.display()
+    );
+    lab.exec("client", "sh", &["-c", &script])
+        .expect("curl from a cgroup nested in the pod's");
+    assert!(
+        ebpf_stat(&stats(&lab, "node1"), "redirected") > before,
+        "a connect from {} was not redirected",
+        nested.display()
+    );
+
     // Not enrolled: plain/outsider's connects are not redirected at its node. The server is
     // enrolled, so its node captures the plaintext connection (PERMISSIVE) and delivers it.
     let seen = origin(
