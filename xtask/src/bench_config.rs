@@ -1,8 +1,11 @@
 //! `cargo xtask bench …`: dispatches the benchmarks; `bench config` builds and runs the
 //! config model benchmark (a release build of mesh-core's `bench_config` example) and prints
-//! its table; [`with_bench_lab`] is the lab setup the lab benchmarks share.
+//! its table; [`with_bench_lab`] and the helpers below are what the lab benchmarks share.
 
-use anyhow::{Result, bail};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use mesh_sim::{AgentUsage, Lab, Pod};
 
 #[derive(clap::Args)]
 pub(crate) struct BenchArgs {
@@ -20,6 +23,10 @@ enum Bench {
     /// Direct vs the L4 mesh between two nodes: wrk req/s and P50/P90/P99, new connections/s,
     /// iperf3 throughput, agent CPU per 1000 requests and RSS (root; builds a two-node lab).
     Mesh(crate::bench_mesh::BenchArgs),
+    /// The L4 mesh vs a namespace waypoint with five routes: wrk req/s and P50/P99, P99 at
+    /// 1000 req/s, h2load over h2c, the waypoint's CPU per 1000 requests and RSS (root;
+    /// builds a two-node lab).
+    Waypoint(crate::bench_waypoint::BenchArgs),
 }
 
 pub(crate) fn run(args: BenchArgs) -> Result<()> {
@@ -43,6 +50,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
         }
         Bench::Redirect(args) => crate::bench_redirect::run(&args),
         Bench::Mesh(args) => crate::bench_mesh::run(&args),
+        Bench::Waypoint(args) => crate::bench_waypoint::run(&args),
     }
 }
 
@@ -56,7 +64,6 @@ pub(crate) fn with_bench_lab<T>(
     mesh_node: Option<&std::path::Path>,
     scenarios: impl FnOnce(mesh_sim::Lab, &std::path::Path) -> Result<T>,
 ) -> Result<T> {
-    use mesh_sim::{Lab, LabOptions};
     let sample_app = crate::cargo::build_sample_app()?;
     let mesh_node = match mesh_node {
         Some(path) => path.to_owned(),
@@ -67,7 +74,7 @@ pub(crate) fn with_bench_lab<T>(
     }
     let file = std::env::temp_dir().join(format!("mesh-{name}.yaml"));
     std::fs::write(&file, manifest)?;
-    let options = LabOptions {
+    let options = mesh_sim::LabOptions {
         name: name.into(),
         nodes,
         sample_app: Some(sample_app),
@@ -76,4 +83,51 @@ pub(crate) fn with_bench_lab<T>(
     let result = scenarios(lab, &mesh_node);
     let _ = Lab::down(name);
     result
+}
+
+/// Runs `program args…` inside `pod` to the end: its stdout, or an error with its stderr.
+pub(crate) fn exec(lab: &Lab, pod: &Pod, program: &str, args: &[&str]) -> Result<String> {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let output = lab
+        .exec_command(pod, program, &args)?
+        .output()
+        .with_context(|| format!("running {program} in {}", pod.key()))?;
+    if !output.status.success() {
+        bail!(
+            "{program} {args:?} in {} failed: {}",
+            pod.key(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Open files, RSS and CPU time of every node agent of the lab, summed.
+pub(crate) fn agents_usage(lab: &Lab) -> Result<AgentUsage> {
+    let mut total = AgentUsage::default();
+    for node in &lab.state().nodes {
+        let usage = lab.agent_usage(&node.name)?;
+        total.fds += usage.fds;
+        total.rss_kb += usage.rss_kb;
+        total.peak_rss_kb += usage.peak_rss_kb;
+        total.cpu_seconds += usage.cpu_seconds;
+    }
+    Ok(total)
+}
+
+/// Waits until `client`'s connections pass the mesh (its node agent counts them, and `url`
+/// answers: certificates issued, tunnel up), at most 10 s.
+pub(crate) fn wait_in_mesh(lab: &Lab, client: &Pod, url: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = lab.agent_get(&client.node, "/stats/redirect")?;
+        let out = exec(lab, client, "curl", &["-sf", "-o", "/dev/null", url]);
+        if out.is_ok() && body.contains(&client.key()) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the client's traffic did not enter the mesh within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -7,11 +7,12 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use clap::Args;
-use mesh_sim::{AgentUsage, Lab, MeshOptions, Pod};
+use mesh_sim::{Lab, MeshOptions, Pod};
+
+use crate::bench_config::{agents_usage, exec, wait_in_mesh};
 
 const LAB: &str = "benchmesh";
 
@@ -105,19 +106,7 @@ fn scenarios(mut lab: Lab, mesh_node: &std::path::Path, seconds: u64) -> Result<
     println!("bench: direct (namespace not enrolled)");
     let direct = measure(&lab, &client, &server, &url, seconds, false)?;
     lab.label("ns/default", &["istio.io/dataplane-mode=ambient".into()])?;
-    // Wait until the client's connections pass the mesh (certificates issued, tunnel up).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, body) = lab.agent_get(&client.node, "/stats/redirect")?;
-        let out = exec(&lab, &client, "curl", &["-sf", "-o", "/dev/null", &url]);
-        if out.is_ok() && body.contains(&client.key()) {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the client's traffic did not enter the mesh within 10 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_in_mesh(&lab, &client, &url)?;
     println!("bench: mesh (HBONE between the nodes)");
     let mesh = measure(&lab, &client, &server, &url, seconds, true)?;
     Ok((direct, mesh))
@@ -210,34 +199,6 @@ fn parse_wrk(text: &str) -> Result<Row> {
         p99: percentile("99%"),
         ..Row::default()
     })
-}
-
-fn exec(lab: &Lab, pod: &Pod, program: &str, args: &[&str]) -> Result<String> {
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    let output = lab
-        .exec_command(pod, program, &args)?
-        .output()
-        .with_context(|| format!("running {program} in {}", pod.key()))?;
-    if !output.status.success() {
-        bail!(
-            "{program} {args:?} in {} failed: {}",
-            pod.key(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-/// Open files, RSS and CPU time of every node agent of the lab, summed.
-fn agents_usage(lab: &Lab) -> Result<AgentUsage> {
-    let mut total = AgentUsage::default();
-    for node in &lab.state().nodes {
-        let usage = lab.agent_usage(&node.name)?;
-        total.fds += usage.fds;
-        total.rss_kb += usage.rss_kb;
-        total.cpu_seconds += usage.cpu_seconds;
-    }
-    Ok(total)
 }
 
 /// `iperf3 -s` in the server pod for the run's length.

@@ -47,7 +47,7 @@ pub(crate) struct BenchArgs {
     mesh_node: Option<std::path::PathBuf>,
 }
 
-/// The two ends of the benchmark, run inside pods.
+/// The two ends of the benchmark, and `bench waypoint`'s paced client, run inside pods.
 #[derive(Subcommand)]
 pub(crate) enum Peer {
     /// Echo SIZE-byte messages back on every connection.
@@ -62,6 +62,9 @@ pub(crate) enum Peer {
         #[arg(long)]
         samples: usize,
     },
+    /// HTTP/1.1 GETs at a fixed rate; print `requests errors mean P50 P99 max` (µs), for
+    /// `bench waypoint`.
+    Paced(crate::bench_paced::PacedArgs),
 }
 
 pub(crate) fn peer(peer: Peer) -> Result<()> {
@@ -78,6 +81,7 @@ pub(crate) fn peer(peer: Peer) -> Result<()> {
             );
             Ok(())
         }
+        Peer::Paced(args) => crate::bench_paced::run(&args),
     }
 }
 

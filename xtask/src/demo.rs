@@ -14,6 +14,7 @@ pub(crate) fn run() -> Result<()> {
     setup::run()?;
     let sample_app = cargo::build_sample_app()?;
     let mesh_node = cargo::build_mesh_node()?;
+    cargo::build_mesh_waypoint()?;
     let samples = cargo::istio_samples()?;
     if Lab::list().iter().any(|l| l == LAB) {
         println!("==> lab {LAB} is already up: taking it down first");
@@ -61,14 +62,7 @@ pub(crate) fn run() -> Result<()> {
     println!("    every pod's outbound TCP now passes its node's proxy (eBPF connect4 redirect)");
     println!();
     let curl = lab.pod("default/curl")?;
-    let run = |args: &[&str]| -> Result<String> {
-        let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-        let output = lab
-            .exec_command(curl, "curl", &args)?
-            .output()
-            .context("running curl in the curl pod")?;
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    };
+    let run = |args: &[&str]| curl_in(&lab, curl, args);
     println!(
         "==> from pod {}: curl http://productpage:9080/productpage",
         curl.key()
@@ -120,9 +114,154 @@ pub(crate) fn run() -> Result<()> {
         }
     }
     println!(
-        "\nThe lab stays up. Try:\n  cargo xtask sim get all\n  cargo xtask sim exec curl -- curl -s http://reviews:9080/reviews/0\n  cargo xtask sim exec curl -- curl -s -c /tmp/j -d username=jason -d passwd=x http://productpage:9080/login\n  cargo xtask sim logs default/{}\n  cargo xtask sim label ns default istio.io/dataplane-mode-   (leave the mesh)\n  cargo xtask sim apply -f ../shared/istio-samples/httpbin/httpbin.yaml\n  cargo xtask sim down",
+        "==> identities in use (GET :15000/config_dump on each node: certificates, never keys)"
+    );
+    for node in &lab.state().nodes {
+        let (_, body) = lab.agent_get(&node.name, "/config_dump")?;
+        let dump: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        for cert in dump["certificates"].as_array().into_iter().flatten() {
+            println!(
+                "    {:<6} {}",
+                node.name,
+                cert["identity"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    println!("==> Istio's TCP metrics (GET :15020/stats/prometheus), mutual TLS between workloads");
+    for node in &lab.state().nodes {
+        let metrics = lab.agent_metrics(&node.name)?;
+        for line in metrics
+            .lines()
+            .filter(|l| l.starts_with("istio_tcp_connections_opened_total{"))
+            .filter(|l| l.contains("reporter=\"destination\""))
+            .take(3)
+        {
+            println!("    {:<6} {}", node.name, short_metric(line));
+        }
+    }
+    waypoint_demo(&mut lab, &samples)?;
+    println!(
+        "\nThe lab stays up. Try:\n  cargo xtask sim get all\n  cargo xtask sim exec curl -- curl -s http://reviews:9080/reviews/0\n  cargo xtask sim exec curl -- curl -s -c /tmp/j -d username=jason -d passwd=x http://productpage:9080/login\n  cargo xtask sim logs default/{}\n  cargo xtask sim apply -f ../shared/istio-samples/bookinfo/networking/virtual-service-reviews-80-20.yaml\n  cargo xtask sim label ns default istio.io/use-waypoint-     (no waypoint)\n  cargo xtask sim label ns default istio.io/dataplane-mode-   (leave the mesh)\n  cargo xtask sim apply -f ../shared/istio-samples/httpbin/httpbin.yaml\n  cargo xtask sim down",
         lab.pod("default/productpage-v1")?.name
     );
+    Ok(())
+}
+
+/// `curl ARGS…` in `pod`: what it printed.
+fn curl_in(lab: &Lab, pod: &mesh_sim::Pod, args: &[&str]) -> Result<String> {
+    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    let output = lab
+        .exec_command(pod, "curl", &args)?
+        .output()
+        .with_context(|| format!("running curl in {}", pod.key()))?;
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// `name{a="1",b="2"} 3` with only the labels a reader needs.
+fn short_metric(line: &str) -> String {
+    let keep = [
+        "source_workload",
+        "destination_workload",
+        "destination_principal",
+        "connection_security_policy",
+        "response_code",
+        "destination_version",
+    ];
+    let (name, rest) = line.split_once('{').unwrap_or((line, ""));
+    let (labels, value) = rest.rsplit_once('}').unwrap_or((rest, ""));
+    let labels: Vec<String> = labels
+        .split("\",")
+        .filter(|l| keep.iter().any(|k| l.starts_with(&format!("{k}="))))
+        .map(|l| format!("{}\"", l.trim_end_matches('"')))
+        .collect();
+    format!("{name}{{{}}}{value}", labels.join(","))
+}
+
+/// Deploys a waypoint for namespace default (the Gateway `meshctl waypoint generate`
+/// prints), applies Istio's bookinfo rules for user-based routing and shows who sees what.
+fn waypoint_demo(lab: &mut Lab, samples: &std::path::Path) -> Result<()> {
+    println!(
+        "\n==> waypoint: meshctl waypoint generate -n default | sim apply; label the namespace"
+    );
+    let gateway = meshctl::waypoint::generate(&meshctl::waypoint::GenerateArgs {
+        namespace: "default".into(),
+        name: None,
+        for_service_account: None,
+    })?;
+    let dir = Lab::state_dir(LAB).join("demo");
+    std::fs::create_dir_all(&dir).context("creating the demo folder")?;
+    let gateway_file = dir.join("waypoint.yaml");
+    std::fs::write(&gateway_file, gateway).context("writing the waypoint Gateway")?;
+    sim::report(&lab.apply(&[gateway_file], "default")?);
+    lab.label("ns/default", &["istio.io/use-waypoint=waypoint".to_owned()])?;
+    println!(
+        "==> apply destination-rule-all.yaml and virtual-service-reviews-test-v2.yaml (unchanged)"
+    );
+    let networking = samples.join("bookinfo/networking");
+    sim::report(&lab.apply(&[networking.join("destination-rule-all.yaml")], "default")?);
+    sim::report(&lab.apply(
+        &[networking.join("virtual-service-reviews-test-v2.yaml")],
+        "default",
+    )?);
+    let lab: &Lab = lab;
+    let curl = lab.pod("default/curl")?;
+    let run = |args: &[&str]| curl_in(lab, curl, args);
+    let version = |user: &str| -> Result<String> {
+        let page = run(&[
+            "-s",
+            "--max-time",
+            "10",
+            "-H",
+            &format!("cookie: user={user}"),
+            "http://productpage:9080/productpage",
+        ])?;
+        Ok(["reviews-v1", "reviews-v2", "reviews-v3"]
+            .into_iter()
+            .find(|v| page.contains(v))
+            .unwrap_or("no reviews")
+            .to_owned())
+    };
+    // The rules reach the waypoint within moments; wait for jason's first v2 page.
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while version("jason")? != "reviews-v2" {
+        if Instant::now() > deadline {
+            bail!(
+                "jason did not see reviews v2 through the waypoint within 10 s; see /run/mesh-sim/{LAB}/pods/"
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for user in ["jason", "jason", "kim", "kim", "", ""] {
+        let who = if user.is_empty() { "(anonymous)" } else { user };
+        println!("    {who:<12} sees {}", version(user)?);
+    }
+    let waypoint = lab
+        .state()
+        .pods
+        .values()
+        .find(|p| {
+            p.labels
+                .get("gateway.networking.k8s.io/gateway-name")
+                .is_some_and(|n| n == "waypoint")
+        })
+        .cloned()
+        .context("the waypoint pod")?;
+    println!(
+        "==> the waypoint's request metrics (GET {}:15020/stats/prometheus)",
+        waypoint.ip
+    );
+    let metrics = run(&[
+        "-s",
+        "--max-time",
+        "10",
+        &format!("http://{}:15020/stats/prometheus", waypoint.ip),
+    ])?;
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{") && l.contains("reviews"))
+    {
+        println!("    {}", short_metric(line));
+    }
     Ok(())
 }
 

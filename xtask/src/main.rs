@@ -2,7 +2,9 @@
 
 mod bench_config;
 mod bench_mesh;
+mod bench_paced;
 mod bench_redirect;
+mod bench_waypoint;
 mod cargo;
 mod demo;
 mod setup;

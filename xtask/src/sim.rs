@@ -113,6 +113,8 @@ pub(crate) fn run(args: SimArgs) -> Result<ExitCode> {
             fast_path,
         } => {
             let sample_app = cargo::build_sample_app()?;
+            // Gateways of class istio-waypoint run it.
+            cargo::build_mesh_waypoint()?;
             let mesh_node = if mesh {
                 Some(cargo::build_mesh_node()?)
             } else {
@@ -153,6 +155,7 @@ pub(crate) fn run(args: SimArgs) -> Result<ExitCode> {
             Ok(exit_for(&applied))
         }
         SimCommand::Apply { files, namespace } => {
+            cargo::build_mesh_waypoint()?;
             let applied = Lab::open(&lab)?.apply(&files, &namespace)?;
             report(&applied);
             Ok(exit_for(&applied))

@@ -55,13 +55,21 @@ pub struct MeshOptions {
     /// when `None`.
     #[serde(default)]
     pub cert_ttl: Option<String>,
+    /// The `mesh-waypoint` binary of the waypoint pods started once the mesh runs (e.g.
+    /// target/release/mesh-waypoint); `MESH_SIM_WAYPOINT`, or the one beside the running
+    /// executable, when `None` (and for waypoint pods started before the mesh).
+    #[serde(default)]
+    pub waypoint: Option<PathBuf>,
 }
 
-/// What a node agent's processes use, from `/proc`.
+/// What a node agent's (or a pod's) processes use, from `/proc`.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct AgentUsage {
     pub fds: usize,
     pub rss_kb: u64,
+    /// Peak resident memory (`VmHWM`): since the process started, or since
+    /// [`Lab::reset_peak_rss`].
+    pub peak_rss_kb: u64,
     /// User plus system CPU time since it started.
     pub cpu_seconds: f64,
 }
@@ -399,37 +407,26 @@ impl Lab {
         http_get_in(&node.netns, SocketAddr::from((node.ip, ADMIN_PORT)), path)
     }
 
+    /// The node agent's Prometheus metrics (15020 `/stats/prometheus`).
+    pub fn agent_metrics(&self, node: &str) -> Result<String> {
+        let node = self.node(node)?;
+        let (status, body) = http_get_in(
+            &node.netns,
+            SocketAddr::from((node.ip, METRICS_PORT)),
+            "/stats/prometheus",
+        )?;
+        if status != 200 {
+            return Err(Error::Invalid(format!(
+                "{}: /stats/prometheus answered {status}",
+                node.name
+            )));
+        }
+        Ok(body)
+    }
+
     /// What the node agent's processes use now: open files, resident memory, CPU time.
     pub fn agent_usage(&self, node: &str) -> Result<AgentUsage> {
-        let node = self.node(node)?;
-        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-            .ok()
-            .flatten()
-            .unwrap_or(100) as f64;
-        let mut usage = AgentUsage::default();
-        for pid in cgroup::pids(&agent_cgroup(node)) {
-            usage.fds += std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count);
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            usage.rss_kb += status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .unwrap_or(0);
-            // After the command name (which may hold spaces): utime is the 12th field, stime
-            // the 13th.
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let fields: Vec<&str> = stat
-                .rsplit_once(')')
-                .map_or("", |(_, rest)| rest)
-                .split_whitespace()
-                .collect();
-            let ticks_used: f64 = [11, 12]
-                .iter()
-                .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
-                .sum();
-            usage.cpu_seconds += ticks_used / ticks;
-        }
-        Ok(usage)
+        Ok(usage(&agent_cgroup(self.node(node)?)))
     }
 
     /// The node agent's log.
@@ -536,6 +533,42 @@ fn in_netns<T: Send + 'static>(
     .join()
     .map_err(|_| Error::Invalid("a network-namespace thread panicked".into()))?
     .map_err(Error::io(format!("in network namespace {netns}")))
+}
+
+/// What the processes of a cgroup (not its children) use now, from `/proc`.
+pub(crate) fn usage(cgroup: &Path) -> AgentUsage {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let mut usage = AgentUsage::default();
+    for pid in cgroup::pids(cgroup) {
+        usage.fds += std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kb = |field: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        usage.rss_kb += kb("VmRSS:");
+        usage.peak_rss_kb += kb("VmHWM:");
+        // After the command name (which may hold spaces): utime is the 12th field, stime
+        // the 13th.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace()
+            .collect();
+        let ticks_used: f64 = [11, 12]
+            .iter()
+            .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+            .sum();
+        usage.cpu_seconds += ticks_used / ticks;
+    }
+    usage
 }
 
 /// A one-shot HTTP/1.1 GET from inside a network namespace.

@@ -212,7 +212,7 @@ impl Lab {
             .any(|(_, v)| crate::waypoint::is_waypoint_gateway(v))
         {
             // Refused before anything changes: the waypoint's pod could not start.
-            waypoints::find_waypoint()?;
+            waypoints::find_waypoint(self.waypoint_binary())?;
         }
         let mut applied = Applied::default();
         for (key, value) in incoming {

@@ -1,6 +1,6 @@
 //! A lab's pods: scheduling, addresses, network and cgroup, starting their containers inside
 //! them (`sample-app`, or `mesh-waypoint` with a CA credential of the pod's own), readiness,
-//! logs and removal.
+//! logs, resource usage and removal.
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::waypoints::find_waypoint;
 use super::{Applied, Lab, READY_TIMEOUT, netns_name, write_if_changed};
+use crate::agent::AgentUsage;
 use crate::error::{Error, Result};
 use crate::process::{PodContext, enter_pod, log_to};
 use crate::state::{Node, Pod, PodPhase, Program};
@@ -72,7 +73,7 @@ impl Lab {
         write_if_changed(&dir.join("resolv.conf"), &render::resolv_conf(pod))?;
         // A waypoint talks to the CA itself, with a credential only its process reads.
         let waypoint = if pod.runs_waypoint() {
-            let binary = find_waypoint()?;
+            let binary = find_waypoint(self.waypoint_binary())?;
             let credential = dir.join("ca.credential");
             self.grant_pod_credential(pod, &credential)?;
             Some((binary, self.ca_client_env(&credential)?))
@@ -233,6 +234,21 @@ impl Lab {
         if changed {
             self.refresh_derived()?;
             self.save()?;
+        }
+        Ok(())
+    }
+
+    /// What a pod's processes use now: open files, resident memory (now and peak), CPU time.
+    pub fn pod_usage(&self, pod: &Pod) -> AgentUsage {
+        crate::agent::usage(&pod.cgroup)
+    }
+
+    /// Starts a new peak (`VmHWM`) for a pod's processes at their current resident memory,
+    /// as `echo 5 > /proc/<pid>/clear_refs` does.
+    pub fn reset_peak_rss(&self, pod: &Pod) -> Result<()> {
+        for pid in cgroup::pids(&pod.cgroup) {
+            let path = format!("/proc/{pid}/clear_refs");
+            std::fs::write(&path, "5").map_err(Error::io(format!("writing {path}")))?;
         }
         Ok(())
     }

@@ -4,12 +4,12 @@
 //! and finds the `mesh-waypoint` binary the waypoint pods run.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::Applied;
 use super::admission::describe;
+use super::{Applied, Lab};
 use crate::error::{Error, Result};
 use crate::state::object_key;
 use crate::waypoint::{self, owning_gateway};
@@ -106,9 +106,19 @@ fn key_of(object: &Value) -> String {
     )
 }
 
-/// `mesh-waypoint` beside the running executable (or one folder up, for test binaries in
-/// `target/*/deps`), unless `MESH_SIM_WAYPOINT` names it.
-pub(crate) fn find_waypoint() -> Result<PathBuf> {
+impl Lab {
+    /// The waypoint binary the mesh options name, if they do.
+    pub(super) fn waypoint_binary(&self) -> Option<&Path> {
+        self.state.mesh.as_ref()?.waypoint.as_deref()
+    }
+}
+
+/// `configured` if given; else `MESH_SIM_WAYPOINT`; else `mesh-waypoint` beside the running
+/// executable (or one folder up, for test binaries in `target/*/deps`).
+pub(crate) fn find_waypoint(configured: Option<&Path>) -> Result<PathBuf> {
+    if let Some(path) = configured {
+        return Ok(path.to_owned());
+    }
     if let Some(path) = std::env::var_os("MESH_SIM_WAYPOINT") {
         return Ok(PathBuf::from(path));
     }

@@ -1,0 +1,659 @@
+//! `cargo xtask bench waypoint`: what the L7 waypoint costs, with the waypoint issue's
+//! targets printed beside the figures. Two nodes, the mesh on, namespace `default` enrolled;
+//! the client pod GETs `/bytes/1024` (1 KB) from Service `httpbin:8000`, a port named `http`
+//! so the waypoint serves it as HTTP. Every load runs twice: through the L4 mesh alone, then
+//! through a namespace waypoint (the Gateway `meshctl waypoint generate` prints, used through
+//! `istio.io/use-waypoint`) whose VirtualService has five routes — four that the
+//! benchmark's requests do not match (header, cookie regex, URI prefixes, method + URI regex)
+//! and a default route to a DestinationRule subset that sets a response header — so every
+//! request walks the whole route table.
+//!
+//! The loads, run inside the client pod (its netns and cgroup, so the redirect sees them):
+//! `wrk -t1 -c16 --latency` (HTTP/1.1, closed loop: req/s, mean, P50, P99); 1000 req/s over
+//! 16 connections from `xtask bench-peer paced` (HTTP/1.1, open loop, see
+//! [`crate::bench_paced`]: P50/P99 at a fixed rate, hence the P99 the waypoint adds);
+//! `h2load -c16 -m10` (HTTP/2 with prior knowledge, h2c: req/s, mean; h2load has no
+//! percentiles). Around every run the waypoint's and the node agents' CPU time and RSS are
+//! read from `/proc` (the waypoint's peak RSS, `VmHWM`, is reset before each run), and after
+//! it the sockets in TIME-WAIT in the nodes' network namespaces (the connections the mesh
+//! opened and closed). Thousands of those make every later `connect()` to the same
+//! destination search the port range (in the kernel's `__inet_hash_connect`), so each run
+//! first waits (at most a minute) for the previous run's to expire.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+use mesh_sim::{Lab, MeshOptions, Pod};
+
+use crate::bench_config::{agents_usage, exec, wait_in_mesh};
+
+const LAB: &str = "benchwp";
+const URL: &str = "http://httpbin:8000/bytes/1024";
+/// Requests per second of the paced load (the issue's latency target is at 1000).
+const RATE: u32 = 1000;
+
+/// The waypoint issue's targets.
+const TARGET_CPU_PER_1000: f64 = 0.1;
+const TARGET_RSS_MB: f64 = 24.0;
+const TARGET_ADDED_P99_MS: f64 = 0.5;
+
+const MANIFEST: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: httpbin, labels: {app: httpbin}}
+spec:
+  selector: {app: httpbin}
+  ports: [{name: http, port: 8000, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, labels: {app: httpbin, version: v1}}
+spec:
+  containers:
+  - {name: httpbin, image: mccutchen/go-httpbin, ports: [{containerPort: 8080}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, labels: {app: curl}}
+spec:
+  containers:
+  - {name: sleep, image: curlimages/curl, command: ["/bin/sleep", "infinity"]}
+"#;
+
+/// Applied with the waypoint: five routes, the benchmark's requests take the last.
+const ROUTES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: httpbin}
+spec:
+  host: httpbin
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin}
+spec:
+  hosts: [httpbin]
+  http:
+  - name: canary-header
+    match: [{headers: {x-canary: {exact: "true"}}}]
+    route: [{destination: {host: httpbin, subset: v2}}]
+  - name: signed-in-user
+    match: [{headers: {cookie: {regex: "^(.*?;)?(user=jason)(;.*)?$"}}}]
+    route: [{destination: {host: httpbin, subset: v2}}]
+  - name: admin-paths
+    match: [{uri: {prefix: /admin}}, {uri: {prefix: /internal}}]
+    route: [{destination: {host: httpbin, subset: v2}}]
+  - name: numbered-writes
+    match: [{method: {exact: POST}, uri: {regex: "/anything/[0-9]+"}}]
+    route: [{destination: {host: httpbin, subset: v2}}]
+  - name: default
+    route: [{destination: {host: httpbin, subset: v1, port: {number: 8000}}}]
+    headers: {response: {set: {x-bench-route: default}}}
+"#;
+
+#[derive(Args)]
+pub(crate) struct BenchArgs {
+    /// Seconds per load run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Use this mesh-waypoint binary (e.g. target/release/mesh-waypoint) instead of a debug
+    /// build.
+    #[arg(long)]
+    waypoint: Option<PathBuf>,
+    /// Use this mesh-node binary (e.g. target/release/mesh-node) instead of a debug build.
+    #[arg(long)]
+    mesh_node: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Load {
+    Wrk,
+    Paced,
+    H2load,
+}
+
+impl Load {
+    const ALL: [Load; 3] = [Load::Wrk, Load::Paced, Load::H2load];
+
+    fn label(self) -> String {
+        match self {
+            Load::Wrk => "wrk -t1 -c16, HTTP/1.1".into(),
+            Load::Paced => format!("{RATE} req/s, 16 conns, HTTP/1.1"),
+            Load::H2load => "h2load -c16 -m10, h2c".into(),
+        }
+    }
+}
+
+/// What one load run reports; latencies in ms.
+#[derive(Debug, Default)]
+struct Figures {
+    requests: f64,
+    rps: f64,
+    mean: f64,
+    p50: Option<f64>,
+    p99: Option<f64>,
+}
+
+/// CPU seconds per 1000 requests during a run, RSS after it and peak RSS during it, in MB.
+#[derive(Debug)]
+struct Cost {
+    cpu_per_1000: f64,
+    rss_mb: f64,
+    peak_mb: f64,
+}
+
+#[derive(Debug)]
+struct Row {
+    load: Load,
+    figures: Figures,
+    /// `None` for the L4 mesh (no waypoint).
+    waypoint: Option<Cost>,
+    agents: Cost,
+    /// Sockets in TIME-WAIT in the nodes' network namespaces after the run.
+    time_wait: usize,
+}
+
+struct Report {
+    placement: String,
+    idle_rss_mb: f64,
+    l4: Vec<Row>,
+    waypoint: Vec<Row>,
+}
+
+pub(crate) fn run(args: &BenchArgs) -> Result<()> {
+    let binary = |path: &Path, flag: &str| {
+        std::fs::canonicalize(path).with_context(|| format!("{flag} {}", path.display()))
+    };
+    let waypoint = match &args.waypoint {
+        Some(path) => binary(path, "--waypoint")?,
+        None => crate::cargo::build_mesh_waypoint()?,
+    };
+    let mesh_node = match &args.mesh_node {
+        Some(path) => Some(binary(path, "--mesh-node")?),
+        None => None,
+    };
+    let report = crate::bench_config::with_bench_lab(
+        LAB,
+        2,
+        MANIFEST,
+        mesh_node.as_deref(),
+        |lab, mesh_node| {
+            println!(
+                "bench: mesh-node {}, mesh-waypoint {}",
+                mesh_node.display(),
+                waypoint.display()
+            );
+            scenarios(lab, mesh_node, &waypoint, args.seconds)
+        },
+    )?;
+    print(&report, args.seconds);
+    Ok(())
+}
+
+fn scenarios(mut lab: Lab, mesh_node: &Path, waypoint: &Path, seconds: u64) -> Result<Report> {
+    lab.start_mesh(&MeshOptions {
+        binary: Some(mesh_node.to_owned()),
+        waypoint: Some(waypoint.to_owned()),
+        ..MeshOptions::default()
+    })?;
+    lab.label("ns/default", &["istio.io/dataplane-mode=ambient".into()])?;
+    let client = lab.pod("client")?.clone();
+    let server = lab.pod("server")?.clone();
+    wait_in_mesh(&lab, &client, URL)?;
+    let mut l4 = Vec::new();
+    for load in Load::ALL {
+        println!("bench: L4 mesh, {}", load.label());
+        l4.push(measure(&lab, &client, None, load, seconds)?);
+    }
+    let waypoint = deploy_waypoint(&mut lab, &client)?;
+    let idle_rss_mb = mb(lab.pod_usage(&waypoint).rss_kb);
+    let mut through_waypoint = Vec::new();
+    for load in Load::ALL {
+        println!("bench: waypoint, {}", load.label());
+        through_waypoint.push(measure(&lab, &client, Some(&waypoint), load, seconds)?);
+    }
+    Ok(Report {
+        placement: format!(
+            "client on {}, server on {}, waypoint on {}",
+            client.node, server.node, waypoint.node
+        ),
+        idle_rss_mb,
+        l4,
+        waypoint: through_waypoint,
+    })
+}
+
+/// Sockets in TIME-WAIT in the nodes' network namespaces (where the agents connect from).
+fn time_wait(lab: &Lab) -> Result<usize> {
+    let mut count = 0;
+    for node in &lab.state().nodes {
+        let output = lab
+            .node_command(&node.name, "ss")?
+            .args(["-Htan", "state", "time-wait"])
+            .output()
+            .context("running ss in a node's network namespace")?;
+        if !output.status.success() {
+            bail!("ss failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        count += String::from_utf8_lossy(&output.stdout).lines().count();
+    }
+    Ok(count)
+}
+
+/// Waits until the TIME-WAIT sockets of earlier runs have expired (Linux keeps them 60 s),
+/// at most 65 s.
+fn await_time_wait_expiry(lab: &Lab) -> Result<()> {
+    const FEW: usize = 500;
+    let started = Instant::now();
+    let mut count = time_wait(lab)?;
+    if count > FEW {
+        println!("bench: waiting for {count} sockets in TIME-WAIT to expire");
+    }
+    while count > FEW && started.elapsed() < Duration::from_secs(65) {
+        std::thread::sleep(Duration::from_secs(1));
+        count = time_wait(lab)?;
+    }
+    Ok(())
+}
+
+/// Applies the waypoint's Gateway and the routes, points the namespace at the waypoint and
+/// waits until requests take the default route (its response header shows): the waypoint pod.
+fn deploy_waypoint(lab: &mut Lab, client: &Pod) -> Result<Pod> {
+    let gateway = meshctl::waypoint::generate(&meshctl::waypoint::GenerateArgs {
+        namespace: "default".into(),
+        name: None,
+        for_service_account: None,
+    })?;
+    let mut files = Vec::new();
+    for (name, text) in [("waypoint", gateway.as_str()), ("routes", ROUTES)] {
+        let file = std::env::temp_dir().join(format!("mesh-{LAB}-{name}.yaml"));
+        std::fs::write(&file, text)?;
+        files.push(file);
+    }
+    let applied = lab.apply(&files, "default")?;
+    if !applied.warnings.is_empty() {
+        bail!("deploying the waypoint: {}", applied.warnings.join("\n"));
+    }
+    lab.label("ns/default", &["istio.io/use-waypoint=waypoint".into()])?;
+    let pod = lab
+        .state()
+        .pods
+        .values()
+        .find(|p| {
+            p.labels
+                .get("gateway.networking.k8s.io/gateway-name")
+                .is_some_and(|n| n == "waypoint")
+        })
+        .cloned()
+        .context("the lab deployed no waypoint pod for the Gateway")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let headers = exec(
+            lab,
+            client,
+            "curl",
+            &["-s", "-D", "-", "-o", "/dev/null", URL],
+        );
+        if headers.is_ok_and(|h| h.to_ascii_lowercase().contains("x-bench-route: default")) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "requests do not take the waypoint's default route after 30 s; waypoint log:\n{}",
+                lab.logs(&pod).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A rule the waypoint leaves out would make the route table shorter than it looks.
+    let log = lab.logs(&pod).unwrap_or_default();
+    for line in log.lines().filter(|l| {
+        l.contains("VirtualService rule left out") || l.contains("not supported by the waypoint")
+    }) {
+        eprintln!("bench: the waypoint did not take all routes: {line}");
+    }
+    Ok(pod)
+}
+
+fn measure(
+    lab: &Lab,
+    client: &Pod,
+    waypoint: Option<&Pod>,
+    load: Load,
+    seconds: u64,
+) -> Result<Row> {
+    await_time_wait_expiry(lab)?;
+    let agents_before = agents_usage(lab)?;
+    let waypoint_before = match waypoint {
+        Some(pod) => {
+            lab.reset_peak_rss(pod)?;
+            Some(lab.pod_usage(pod))
+        }
+        None => None,
+    };
+    let figures = run_load(lab, client, load, seconds)?;
+    let agents_after = agents_usage(lab)?;
+    let per_1000 = |before: f64, after: f64| (after - before) / figures.requests * 1000.0;
+    let waypoint = waypoint.zip(waypoint_before).map(|(pod, before)| {
+        let after = lab.pod_usage(pod);
+        Cost {
+            cpu_per_1000: per_1000(before.cpu_seconds, after.cpu_seconds),
+            rss_mb: mb(after.rss_kb),
+            peak_mb: mb(after.peak_rss_kb),
+        }
+    });
+    Ok(Row {
+        load,
+        time_wait: time_wait(lab)?,
+        waypoint,
+        agents: Cost {
+            cpu_per_1000: per_1000(agents_before.cpu_seconds, agents_after.cpu_seconds),
+            rss_mb: mb(agents_after.rss_kb),
+            peak_mb: mb(agents_after.peak_rss_kb),
+        },
+        figures,
+    })
+}
+
+fn run_load(lab: &Lab, client: &Pod, load: Load, seconds: u64) -> Result<Figures> {
+    let seconds = seconds.to_string();
+    match load {
+        Load::Wrk => {
+            let duration = format!("{seconds}s");
+            let args = ["-t1", "-c16", "-d", &duration, "--latency", URL];
+            parse_wrk(&exec(lab, client, "wrk", &args)?)
+        }
+        Load::Paced => {
+            let exe = std::env::current_exe()?;
+            let rate = RATE.to_string();
+            let args = [
+                "bench-peer",
+                "paced",
+                "--host",
+                "httpbin",
+                "--port",
+                "8000",
+                "--path",
+                "/bytes/1024",
+                "--rate",
+                &rate,
+                "--connections",
+                "16",
+                "--seconds",
+                &seconds,
+            ];
+            let exe = exe.to_str().context("the xtask path is not UTF-8")?;
+            parse_paced(&exec(lab, client, exe, &args)?, &seconds)
+        }
+        Load::H2load => {
+            let args = ["-c16", "-m10", "-D", &seconds, URL];
+            parse_h2load(&exec(lab, client, "h2load", &args)?)
+        }
+    }
+}
+
+/// `1.23ms`, `456.00us`, `1.02s`, `1.50m` (wrk, h2load) in ms.
+fn ms(text: &str) -> Option<f64> {
+    let (number, scale) = if let Some(n) = text.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1000.0)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60_000.0)
+    } else {
+        return None;
+    };
+    Some(number.parse::<f64>().ok()? * scale)
+}
+
+/// The fields after `label` on the first line that starts with it.
+fn fields_after<'a>(text: &'a str, label: &str) -> Option<Vec<&'a str>> {
+    text.lines().find_map(|l| {
+        let rest = l.trim_start().strip_prefix(label)?;
+        Some(rest.split([' ', ',']).filter(|f| !f.is_empty()).collect())
+    })
+}
+
+fn parse_wrk(text: &str) -> Result<Figures> {
+    let parsed = (|| {
+        let requests = text
+            .lines()
+            .find(|l| l.contains(" requests in "))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        let rps = fields_after(text, "Requests/sec:")?.first()?.parse().ok()?;
+        let mean = ms(fields_after(text, "Latency")?.first()?)?;
+        let percentile = |p: &str| ms(fields_after(text, p)?.first()?);
+        Some(Figures {
+            requests,
+            rps,
+            mean,
+            p50: percentile("50%"),
+            p99: percentile("99%"),
+        })
+    })();
+    if text.contains("Non-2xx") || text.contains("Socket errors") {
+        eprintln!("bench: wrk reported errors:\n{text}");
+    }
+    parsed.with_context(|| format!("unexpected wrk output:\n{text}"))
+}
+
+/// `requests errors mean P50 P99 max` in µs, from `bench-peer paced`.
+fn parse_paced(text: &str, seconds: &str) -> Result<Figures> {
+    let values: Vec<f64> = text
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let [requests, errors, mean, p50, p99, _max] = values[..] else {
+        bail!("unexpected bench-peer paced output: {text:?}");
+    };
+    if errors > 0.0 {
+        eprintln!("bench: the paced client saw {errors} failed requests");
+    }
+    Ok(Figures {
+        requests,
+        rps: requests / seconds.parse::<f64>()?,
+        mean: mean / 1000.0,
+        p50: Some(p50 / 1000.0),
+        p99: Some(p99 / 1000.0),
+    })
+}
+
+fn parse_h2load(text: &str) -> Result<Figures> {
+    let parsed = (|| {
+        // finished in 5.00s, 12345.60 req/s, 13.45MB/s
+        let finished = fields_after(text, "finished in")?;
+        let rps = finished.get(finished.iter().position(|f| *f == "req/s")? - 1)?;
+        // requests: 100 total, 100 started, 100 done, 100 succeeded, 0 failed, 0 errored, 0 timeout
+        let requests = fields_after(text, "requests:")?;
+        let count = |what: &str| -> Option<f64> {
+            requests
+                .get(requests.iter().position(|f| *f == what)? - 1)?
+                .parse()
+                .ok()
+        };
+        let succeeded = count("succeeded")?;
+        if count("failed")? + count("errored")? + count("timeout")? > 0.0 {
+            let summary = text
+                .lines()
+                .filter(|l| l.starts_with("requests:") || l.starts_with("status codes:"));
+            eprintln!(
+                "bench: h2load reported failed requests:\n{}",
+                summary.collect::<Vec<_>>().join("\n")
+            );
+        }
+        // time for request:  min  max  mean  sd  +/- sd
+        let times = fields_after(text, "time for request:")?;
+        Some(Figures {
+            requests: succeeded,
+            rps: rps.parse().ok()?,
+            mean: ms(times.get(2)?)?,
+            p50: None,
+            p99: None,
+        })
+    })();
+    parsed.with_context(|| format!("unexpected h2load output:\n{text}"))
+}
+
+fn mb(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
+
+fn print(report: &Report, seconds: u64) {
+    println!(
+        "\n1 KB responses (GET {URL}), {}; {seconds} s per run; latencies in ms; \
+         +P99 = P99 over the L4 mesh's at the same load; CPU in CPU-seconds per 1000 requests\n",
+        report.placement
+    );
+    println!(
+        "{:<9} {:<30} {:>8} {:>7} {:>7} {:>7} {:>7} {:>10} {:>9} {:>9} {:>13} {:>10} {:>9}",
+        "path",
+        "load",
+        "req/s",
+        "mean",
+        "P50",
+        "P99",
+        "+P99",
+        "wp CPU/1k",
+        "wp RSS MB",
+        "wp peak",
+        "agents CPU/1k",
+        "agents RSS",
+        "TIME-WAIT"
+    );
+    let opt = |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
+    let rows = report.l4.iter().map(|row| ("L4 mesh", row, None)).chain(
+        report
+            .waypoint
+            .iter()
+            .zip(&report.l4)
+            .map(|(row, l4)| ("waypoint", row, Some(l4))),
+    );
+    for (path, row, l4) in rows {
+        let f = &row.figures;
+        let added = l4.and_then(|l4| Some(f.p99? - l4.figures.p99?));
+        let waypoint = row.waypoint.as_ref();
+        println!(
+            "{path:<9} {:<30} {:>8.0} {:>7.2} {:>7} {:>7} {:>7} {:>10} {:>9} {:>9} {:>13.4} {:>10.1} {:>9}",
+            row.load.label(),
+            f.rps,
+            f.mean,
+            opt(f.p50, 2),
+            opt(f.p99, 2),
+            opt(added, 2),
+            opt(waypoint.map(|w| w.cpu_per_1000), 4),
+            opt(waypoint.map(|w| w.rss_mb), 1),
+            opt(waypoint.map(|w| w.peak_mb), 1),
+            row.agents.cpu_per_1000,
+            row.agents.rss_mb,
+            row.time_wait,
+        );
+    }
+    // (what, figure, target, met)
+    let mut targets: Vec<(String, String, String, bool)> = Vec::new();
+    let paced = report
+        .waypoint
+        .iter()
+        .zip(&report.l4)
+        .find(|(row, _)| matches!(row.load, Load::Paced));
+    if let Some((row, l4)) = paced
+        && let Some(cost) = &row.waypoint
+    {
+        targets.push((
+            format!("CPU at {RATE} req/s"),
+            format!("{:.4} vCPU per 1000 req/s", cost.cpu_per_1000),
+            format!("<= {TARGET_CPU_PER_1000}"),
+            cost.cpu_per_1000 <= TARGET_CPU_PER_1000,
+        ));
+        if let (Some(p99), Some(l4_p99)) = (row.figures.p99, l4.figures.p99) {
+            let added = p99 - l4_p99;
+            targets.push((
+                format!("added P99 at {RATE} req/s"),
+                format!("{added:.2} ms ({p99:.2} vs {l4_p99:.2})"),
+                format!("<= {TARGET_ADDED_P99_MS} ms"),
+                added <= TARGET_ADDED_P99_MS,
+            ));
+        }
+    }
+    let peak = report
+        .waypoint
+        .iter()
+        .filter_map(|r| r.waypoint.as_ref())
+        .map(|c| c.peak_mb)
+        .fold(report.idle_rss_mb, f64::max);
+    targets.push((
+        "RSS, peak of all runs".into(),
+        format!("{peak:.1} MB (idle {:.1} MB)", report.idle_rss_mb),
+        format!("<= {TARGET_RSS_MB} MB"),
+        peak <= TARGET_RSS_MB,
+    ));
+    println!("\nwaypoint targets (the waypoint issue):");
+    for (what, figure, target, met) in targets {
+        let verdict = if met { "met" } else { "NOT met" };
+        println!("  {what:<25} {figure:<28} target {target:<10} {verdict}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_output_gives_requests_rate_and_percentiles_in_ms() {
+        let text = "Running 5s test @ http://httpbin:8000/bytes/1024
+  1 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.52ms  812.00us  15.10ms   90.00%
+    Req/Sec    10.52k   400.00     11.00k    70.00%
+  Latency Distribution
+     50%  1.31ms
+     75%  1.70ms
+     90%  2.20ms
+     99%  4.62ms
+  52340 requests in 5.00s, 60.10MB read
+Requests/sec:  10467.12
+Transfer/sec:     12.02MB
+";
+        let figures = parse_wrk(text).unwrap();
+        assert_eq!(figures.requests, 52340.0);
+        assert_eq!(figures.rps, 10467.12);
+        assert!((figures.mean - 1.52).abs() < 1e-9);
+        assert_eq!(figures.p50, Some(1.31));
+        assert_eq!(figures.p99, Some(4.62));
+    }
+
+    #[test]
+    fn h2load_output_gives_succeeded_requests_rate_and_mean() {
+        let text = "finished in 5.00s, 20123.40 req/s, 21.50MB/s
+requests: 100617 total, 100777 started, 100617 done, 100617 succeeded, 0 failed, 0 errored, 0 timeout
+status codes: 100617 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 107.51MB (112733421) total, 1.02MB (1069444) headers (space savings 95.01%), 98.26MB (103031808) data
+                     min         max         mean         sd        +/- sd
+time for request:      312us     21.40ms      7.85ms      2.10ms    71.20%
+time for connect:      180us       1.20ms       600us       300us    62.50%
+";
+        let figures = parse_h2load(text).unwrap();
+        assert_eq!(figures.requests, 100617.0);
+        assert_eq!(figures.rps, 20123.4);
+        assert!((figures.mean - 7.85).abs() < 1e-9);
+        assert_eq!(figures.p99, None);
+    }
+
+    #[test]
+    fn durations_convert_to_ms_by_unit() {
+        assert_eq!(ms("456.00us"), Some(0.456));
+        assert_eq!(ms("1.50ms"), Some(1.5));
+        assert_eq!(ms("1.02s"), Some(1020.0));
+        assert_eq!(ms("1.00m"), Some(60_000.0));
+        assert_eq!(ms("12"), None);
+    }
+}
