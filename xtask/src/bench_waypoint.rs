@@ -280,17 +280,7 @@ fn deploy_waypoint(lab: &mut Lab, client: &Pod) -> Result<Pod> {
         bail!("deploying the waypoint: {}", applied.warnings.join("\n"));
     }
     lab.label("ns/default", &["istio.io/use-waypoint=waypoint".into()])?;
-    let pod = lab
-        .state()
-        .pods
-        .values()
-        .find(|p| {
-            p.labels
-                .get("gateway.networking.k8s.io/gateway-name")
-                .is_some_and(|n| n == "waypoint")
-        })
-        .cloned()
-        .context("the lab deployed no waypoint pod for the Gateway")?;
+    let pod = lab.waypoint_pod("default", "waypoint")?.clone();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let headers = exec(

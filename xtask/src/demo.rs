@@ -235,17 +235,7 @@ fn waypoint_demo(lab: &mut Lab, samples: &std::path::Path) -> Result<()> {
         let who = if user.is_empty() { "(anonymous)" } else { user };
         println!("    {who:<12} sees {}", version(user)?);
     }
-    let waypoint = lab
-        .state()
-        .pods
-        .values()
-        .find(|p| {
-            p.labels
-                .get("gateway.networking.k8s.io/gateway-name")
-                .is_some_and(|n| n == "waypoint")
-        })
-        .cloned()
-        .context("the waypoint pod")?;
+    let waypoint = lab.waypoint_pod("default", "waypoint")?.clone();
     println!(
         "==> the waypoint's request metrics (GET {}:15020/stats/prometheus)",
         waypoint.ip

@@ -61,16 +61,9 @@ fn bookinfo_with_waypoint(tag: &str) -> TestLab {
 
 fn waypoint_pod(lab: &TestLab) -> Pod {
     lab.lab
-        .state()
-        .pods
-        .values()
-        .find(|p| {
-            p.labels
-                .get("gateway.networking.k8s.io/gateway-name")
-                .is_some_and(|n| n == "waypoint")
-        })
-        .cloned()
+        .waypoint_pod("default", "waypoint")
         .expect("the waypoint pod exists")
+        .clone()
 }
 
 fn waypoint_metrics(lab: &TestLab) -> Result<String> {

@@ -66,18 +66,7 @@ fn httpbin_with_waypoint(tag: &str, files: impl FnOnce(&TestLab) -> Vec<PathBuf>
 }
 
 fn waypoint_metrics(lab: &TestLab) -> Result<String> {
-    let pod = lab
-        .lab
-        .state()
-        .pods
-        .values()
-        .find(|p| {
-            p.labels
-                .get("gateway.networking.k8s.io/gateway-name")
-                .is_some_and(|n| n == "waypoint")
-        })
-        .cloned()
-        .context("no waypoint pod")?;
+    let pod = lab.lab.waypoint_pod("default", "waypoint")?.clone();
     lab.curl(
         "curl",
         &["-f", &format!("http://{}:15020/stats/prometheus", pod.ip)],

@@ -107,6 +107,24 @@ fn key_of(object: &Value) -> String {
 }
 
 impl Lab {
+    /// The pod running waypoint `namespace/name` (the Gateway's), once the lab has started it.
+    pub fn waypoint_pod(&self, namespace: &str, name: &str) -> Result<&crate::state::Pod> {
+        self.state
+            .pods
+            .values()
+            .find(|p| {
+                p.namespace == namespace
+                    && p.labels
+                        .get(waypoint::GATEWAY_NAME_LABEL)
+                        .is_some_and(|n| n == name)
+            })
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "no waypoint pod for Gateway {namespace}/{name}: apply its Gateway (class istio-waypoint) first"
+                ))
+            })
+    }
+
     /// The waypoint binary the mesh options name, if they do.
     pub(super) fn waypoint_binary(&self) -> Option<&Path> {
         self.state.mesh.as_ref()?.waypoint.as_deref()
