@@ -51,11 +51,83 @@ impl Drop for CachedUpstream {
     }
 }
 
+type Http1 = hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>;
+type Http2 = hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>;
+
+/// Idle HTTP/1.1 connections kept per endpoint.
+const MAX_IDLE_PER_ENDPOINT: usize = 32;
+
+/// HTTP connections to endpoints kept for reuse (each rides one HBONE tunnel, so reuse also
+/// spares the destination node a new connection to the pod per request): idle HTTP/1.1
+/// connections, and one shared HTTP/2 connection per endpoint.
+#[derive(Default)]
+pub struct HttpConnections {
+    idle: Mutex<HashMap<SocketAddr, Vec<(Http1, u32)>>>,
+    shared: Mutex<HashMap<SocketAddr, Http2>>,
+}
+
+impl HttpConnections {
+    /// An idle HTTP/1.1 connection to `addr` ready for a request, with the number of
+    /// requests it has carried.
+    pub fn take_http1(&self, addr: SocketAddr) -> Option<(Http1, u32)> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.get_mut(&addr)?;
+        list.retain(|(sender, _)| !sender.is_closed());
+        // One still finishing its last response (not ready yet) stays for a later request.
+        let ready = list.iter().rposition(|(sender, _)| sender.is_ready())?;
+        Some(list.swap_remove(ready))
+    }
+
+    /// Keeps an HTTP/1.1 connection for the next request, unless it is closed or has carried
+    /// `max_requests` already (`maxRequestsPerConnection`).
+    fn put_http1(&self, addr: SocketAddr, sender: Http1, used: u32, max_requests: Option<u32>) {
+        if sender.is_closed() || max_requests.is_some_and(|max| used >= max) {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.entry(addr).or_default();
+        if list.len() < MAX_IDLE_PER_ENDPOINT {
+            list.push((sender, used));
+        }
+    }
+
+    /// The shared HTTP/2 connection to `addr`, if one is open.
+    pub fn http2(&self, addr: SocketAddr) -> Option<Http2> {
+        let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        shared.get(&addr).filter(|s| !s.is_closed()).cloned()
+    }
+
+    pub fn set_http2(&self, addr: SocketAddr, sender: Http2) {
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        shared.insert(addr, sender);
+    }
+}
+
+/// An HTTP/1.1 connection in use; dropped (when the response body is done), it goes back to
+/// the idle list if it can carry another request.
+pub struct InUse {
+    pub connections: Arc<HttpConnections>,
+    pub addr: SocketAddr,
+    pub sender: Option<Http1>,
+    pub used: u32,
+    pub max_requests: Option<u32>,
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            self.connections
+                .put_http1(self.addr, sender, self.used, self.max_requests);
+        }
+    }
+}
+
 /// The caches and the HBONE pool.
 pub struct Destinations {
     routes: Mutex<HashMap<RouteKey, CachedRoutes>>,
     upstreams: Mutex<HashMap<UpstreamCacheKey, CachedUpstream>>,
     pub pool: Pool,
+    pub http: Arc<HttpConnections>,
     pub certs: Arc<CertManager>,
     pub identity: mesh_core::identity::Identity,
 }
@@ -77,6 +149,7 @@ impl Destinations {
             routes: Mutex::new(HashMap::new()),
             upstreams: Mutex::new(HashMap::new()),
             pool: Pool::new(certs.roots().to_vec()),
+            http: Arc::new(HttpConnections::default()),
             certs,
             identity,
         }

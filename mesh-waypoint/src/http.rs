@@ -23,6 +23,7 @@ use mesh_core::config::Model;
 use mesh_core::hbone::Tunnel;
 use rand::Rng as _;
 
+use crate::destinations::InUse;
 use crate::metrics::{Metrics, Overflow as OverflowMetric, RequestLabels};
 use crate::route::{
     AbortError, HeaderEdits, HttpAction, HttpDecision, RequestFacts, RetryPolicy, Source, Target,
@@ -500,6 +501,10 @@ async fn forward(
         };
         let per_try = retries.as_ref().and_then(|r| r.per_try_timeout);
         let attempt_result = send(stream, model, &upstream, &pick, request, h2, per_try).await;
+        let (attempt_result, in_use) = match attempt_result {
+            Ok((response, in_use)) => (Ok(response), in_use),
+            Err(failure) => (Err(failure), None),
+        };
         let retry_on = retries.as_ref().map(|r| &r.retry_on);
         // A retry is decided as the try ends, as Envoy decides it at the response headers:
         // with a `maxRetries` slot the try is dropped — its connection, pool lease and
@@ -535,7 +540,8 @@ async fn forward(
                     head.headers.append(header::SET_COOKIE, value);
                 }
                 // The slots stay taken until the response body is done.
-                let guard = (lease, pick, retry_slot.take());
+                // The connection goes back for reuse then too.
+                let guard = (lease, pick, retry_slot.take(), in_use);
                 let body = incoming
                     .map_frame(move |frame| {
                         let _ = &guard;
@@ -620,38 +626,82 @@ async fn send(
     request: Request<Full<Bytes>>,
     h2: bool,
     per_try: Option<Duration>,
-) -> Result<Response<Incoming>, Failure> {
+) -> Result<(Response<Incoming>, Option<InUse>), Failure> {
     let endpoint = pick.endpoint().endpoint();
-    let connect_timeout = upstream.policy().connection_pool.connect_timeout;
+    let addr = endpoint.addr;
+    let limits = &upstream.policy().connection_pool;
+    let max_requests = limits.max_requests_per_connection.map(|n| n.get());
+    let connections = stream.waypoint.destinations.http.clone();
     let attempt = async {
+        // A kept connection first. A request is only sent on one that is open and idle; a
+        // close racing the send fails the try like any reset.
+        if h2 && let Some(mut sender) = connections.http2(addr) {
+            return sender
+                .send_request(request)
+                .await
+                .map(|r| (r, None))
+                .map_err(|e| Failure::Reset(e.to_string()));
+        }
+        if !h2
+            && max_requests != Some(1)
+            && let Some((mut sender, used)) = connections.take_http1(addr)
+        {
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| Failure::Reset(e.to_string()))?;
+            let in_use = InUse {
+                connections: connections.clone(),
+                addr,
+                sender: Some(sender),
+                used: used + 1,
+                max_requests,
+            };
+            return Ok((response, Some(in_use)));
+        }
         let io = stream
             .waypoint
             .destinations
             .connect(
                 model,
-                endpoint.addr,
+                addr,
                 endpoint.pod.as_deref(),
                 stream.client.ip,
-                connect_timeout,
+                limits.connect_timeout,
             )
             .await
             .map_err(|e| Failure::Connect(e.to_string()))?;
         let io = TokioIo::new(io);
-        let sent = if h2 {
+        if h2 {
             let (mut sender, connection) =
                 hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
                     .await
                     .map_err(|e| Failure::Connect(e.to_string()))?;
             tokio::spawn(connection);
-            sender.send_request(request).await
+            connections.set_http2(addr, sender.clone());
+            sender
+                .send_request(request)
+                .await
+                .map(|r| (r, None))
+                .map_err(|e| Failure::Reset(e.to_string()))
         } else {
             let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
                 .await
                 .map_err(|e| Failure::Connect(e.to_string()))?;
             tokio::spawn(connection);
-            sender.send_request(request).await
-        };
-        sent.map_err(|e| Failure::Reset(e.to_string()))
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| Failure::Reset(e.to_string()))?;
+            let in_use = InUse {
+                connections: connections.clone(),
+                addr,
+                sender: Some(sender),
+                used: 1,
+                max_requests,
+            };
+            Ok((response, Some(in_use)))
+        }
     };
     match per_try {
         Some(limit) => tokio::time::timeout(limit, attempt)
@@ -717,7 +767,7 @@ fn spawn_mirror(
             return;
         };
         match send(&stream, &model, &upstream, &pick, request, h2, None).await {
-            Ok(response) => {
+            Ok((response, _in_use)) => {
                 // Read and drop the answer, so the connection ends cleanly.
                 let _ = response.into_body().collect().await;
             }
