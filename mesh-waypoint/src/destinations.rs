@@ -54,8 +54,9 @@ impl Drop for CachedUpstream {
 type Http1 = hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>;
 type Http2 = hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>;
 
-/// Idle HTTP/1.1 connections kept per endpoint.
-const MAX_IDLE_PER_ENDPOINT: usize = 32;
+/// Idle HTTP/1.1 connections kept per endpoint: enough for the concurrency one waypoint sees
+/// (h2load -c16 -m10 is 160 requests at once); `maxConnections` limits them further.
+const MAX_IDLE_PER_ENDPOINT: usize = 512;
 
 /// HTTP connections to endpoints kept for reuse (each rides one HBONE tunnel, so reuse also
 /// spares the destination node a new connection to the pod per request): idle HTTP/1.1

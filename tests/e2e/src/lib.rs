@@ -171,6 +171,45 @@ impl TestLab {
     }
 }
 
+impl TestLab {
+    /// Deploys a namespace waypoint for `default` (the Gateway `meshctl waypoint generate`
+    /// prints), labels the namespace to use it, and waits until the waypoint has counted
+    /// traffic to `service` (which `warm` sends).
+    pub fn use_waypoint(&mut self, service: &str, warm: impl Fn(&TestLab) -> Result<()>) {
+        let gateway = meshctl::waypoint::generate(&meshctl::waypoint::GenerateArgs {
+            namespace: "default".into(),
+            name: None,
+            for_service_account: None,
+        })
+        .expect("a waypoint Gateway");
+        let gateway = self.manifest("waypoint.yaml", &gateway);
+        self.apply(&[gateway]);
+        self.lab
+            .label("ns/default", &["istio.io/use-waypoint=waypoint".into()])
+            .unwrap();
+        let counted = format!(r#"destination_service="{service}.default.svc.cluster.local""#);
+        eventually(Duration::from_secs(10), || {
+            warm(self)?;
+            let metrics = self.waypoint_metrics()?;
+            anyhow::ensure!(
+                metrics.contains(&counted) && metrics.contains(r#"reporter="waypoint""#),
+                "the waypoint has not seen {service} traffic yet"
+            );
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("lab {}: {service} through the waypoint: {e}", self.name));
+    }
+
+    /// The metrics of waypoint `default/waypoint`, read from the curl pod.
+    pub fn waypoint_metrics(&self) -> Result<String> {
+        let pod = self.lab.waypoint_pod("default", "waypoint")?;
+        self.curl(
+            "curl",
+            &["-f", &format!("http://{}:15020/stats/prometheus", pod.ip)],
+        )
+    }
+}
+
 impl Drop for TestLab {
     fn drop(&mut self) {
         if let Err(e) = Lab::down(&self.name) {

@@ -29,33 +29,14 @@ fn bookinfo_with_waypoint(tag: &str) -> TestLab {
         ],
     );
     lab.start_mesh(&MeshOptions::default(), "default");
-    let gateway = meshctl::waypoint::generate(&meshctl::waypoint::GenerateArgs {
-        namespace: "default".into(),
-        name: None,
-        for_service_account: None,
-    })
-    .unwrap();
-    let gateway = lab.manifest("waypoint.yaml", &gateway);
-    lab.apply(&[gateway]);
     lab.apply(&[istio_sample(
         "bookinfo/networking/destination-rule-all.yaml",
     )]);
-    lab.lab
-        .label("ns/default", &["istio.io/use-waypoint=waypoint".into()])
-        .unwrap();
-    // Requests now pass the waypoint: its metrics count them.
-    eventually(CONFIG_DEADLINE, || {
+    lab.use_waypoint("productpage", |lab| {
         let page = lab.curl("curl", &["-f", "productpage:9080/productpage"])?;
         ensure!(page.contains("Book Details"), "{page}");
-        let metrics = waypoint_metrics(&lab)?;
-        ensure!(
-            metrics.contains(r#"destination_service="productpage.default.svc.cluster.local""#)
-                && metrics.contains(r#"reporter="waypoint""#),
-            "the waypoint has not seen productpage requests yet:\n{metrics}"
-        );
         Ok(())
-    })
-    .expect("bookinfo through the waypoint");
+    });
     lab
 }
 
@@ -67,11 +48,7 @@ fn waypoint_pod(lab: &TestLab) -> Pod {
 }
 
 fn waypoint_metrics(lab: &TestLab) -> Result<String> {
-    let pod = waypoint_pod(lab);
-    lab.curl(
-        "curl",
-        &["-f", &format!("http://{}:15020/stats/prometheus", pod.ip)],
-    )
+    lab.waypoint_metrics()
 }
 
 /// The reviews versions one product page showed, for a signed-in `user` or anonymously.

@@ -33,28 +33,7 @@ fn lab_with_waypoint(
     let files = files(&lab);
     lab.apply(&files);
     lab.start_mesh(&MeshOptions::default(), "default");
-    let gateway = meshctl::waypoint::generate(&meshctl::waypoint::GenerateArgs {
-        namespace: "default".into(),
-        name: None,
-        for_service_account: None,
-    })
-    .unwrap();
-    let gateway = lab.manifest("waypoint.yaml", &gateway);
-    lab.apply(&[gateway]);
-    lab.lab
-        .label("ns/default", &["istio.io/use-waypoint=waypoint".into()])
-        .unwrap();
-    let counted = format!(r#"destination_service="{service}.default.svc.cluster.local""#);
-    eventually(CONFIG_DEADLINE, || {
-        warm(&lab)?;
-        let metrics = waypoint_metrics(&lab)?;
-        ensure!(
-            metrics.contains(&counted) && metrics.contains(r#"reporter="waypoint""#),
-            "the waypoint has not seen {service} traffic yet"
-        );
-        Ok(())
-    })
-    .unwrap_or_else(|e| panic!("{service} through the waypoint: {e}"));
+    lab.use_waypoint(service, warm);
     lab
 }
 
@@ -66,11 +45,7 @@ fn httpbin_with_waypoint(tag: &str, files: impl FnOnce(&TestLab) -> Vec<PathBuf>
 }
 
 fn waypoint_metrics(lab: &TestLab) -> Result<String> {
-    let pod = lab.lab.waypoint_pod("default", "waypoint")?.clone();
-    lab.curl(
-        "curl",
-        &["-f", &format!("http://{}:15020/stats/prometheus", pod.ip)],
-    )
+    lab.waypoint_metrics()
 }
 
 /// The sum of the samples of metric `name` whose labels include every one of `labels`.
