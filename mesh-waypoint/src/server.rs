@@ -15,11 +15,11 @@ use mesh_core::hbone::{self, Inbound, Tunnel};
 use mesh_core::identity::Identity;
 use mesh_core::identity::manager::{CaClientConfig, CertManager, SniResolver};
 use mesh_core::identity::tls::server_config_resolving;
+use mesh_core::pages::Page;
 pub use mesh_core::source::ConfigSource;
 use serde::Serialize;
 use serde_json::json;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
@@ -268,48 +268,21 @@ fn tunnel(
 }
 
 async fn serve_pages(listener: TcpListener, waypoint: Arc<Waypoint>, metrics: bool) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let waypoint = waypoint.clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(5), page(stream, &waypoint, metrics))
-                .await;
-        });
-    }
+    mesh_core::pages::serve(listener, move |path: &str| page(&waypoint, metrics, path)).await;
 }
 
-async fn page(mut stream: TcpStream, waypoint: &Waypoint, metrics: bool) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            break;
+fn page(waypoint: &Waypoint, metrics: bool, path: &str) -> Page {
+    match (metrics, path) {
+        (true, "/stats/prometheus" | "/metrics") => {
+            Page::ok("text/plain; version=0.0.4", waypoint.metrics.encode())
         }
-        buf.extend_from_slice(&chunk[..n]);
+        (true, _) => Page::not_found("/stats/prometheus"),
+        (false, "/healthz/ready") => Page::ok("text/plain", "ready\n".to_owned()),
+        (false, "/config_dump") => Page::json(&json!({
+            "config": waypoint.config,
+            "certificates": waypoint.destinations.certs.status(),
+            "hbone_connections": waypoint.destinations.pool.connections(),
+        })),
+        (false, _) => Page::not_found("/healthz/ready or /config_dump"),
     }
-    let request = String::from_utf8_lossy(&buf);
-    let path = request.split_whitespace().nth(1).unwrap_or("/");
-    let (status, body) = match (metrics, path) {
-        (true, "/stats/prometheus" | "/metrics") => ("200 OK", waypoint.metrics.encode()),
-        (false, "/healthz/ready") => ("200 OK", "ready\n".to_owned()),
-        (false, "/config_dump") => (
-            "200 OK",
-            serde_json::to_string_pretty(&json!({
-                "config": waypoint.config,
-                "certificates": waypoint.destinations.certs.status(),
-                "hbone_connections": waypoint.destinations.pool.connections(),
-            }))
-            .unwrap_or_default(),
-        ),
-        _ => ("404 Not Found", "not found\n".to_owned()),
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
 }
