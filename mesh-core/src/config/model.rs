@@ -63,7 +63,9 @@ pub struct PodInfo {
     /// The pod's `Ready` condition is true (and it is not terminating).
     pub ready: bool,
     /// Named container ports, for Services whose `targetPort` is a name.
-    pub named_ports: BTreeMap<String, u16>,
+    /// Named container ports (a few per pod: a slice, not a map, whose node alone would take
+    /// ~300 bytes per pod).
+    pub named_ports: Box<[(String, u16)]>,
 }
 
 /// A Service's target port: a number, or the name of a container port.
@@ -312,7 +314,11 @@ impl Model {
             }
             let target = match &service_port.target_port {
                 TargetPort::Number(n) => Some(*n),
-                TargetPort::Name(name) => pod.named_ports.get(name).copied(),
+                TargetPort::Name(name) => pod
+                    .named_ports
+                    .iter()
+                    .find(|(port, _)| port == name)
+                    .map(|(_, number)| *number),
             };
             let Some(target) = target else { continue };
             for ip in &pod.ips {

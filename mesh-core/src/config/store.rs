@@ -496,7 +496,8 @@ pub(crate) fn pod_info(pod: &Pod) -> PodInfo {
         .flat_map(|s| &s.containers)
         .flat_map(|c| c.ports.iter().flatten())
         .filter_map(|p| Some((p.name.clone()?, port_u16(p.container_port)?)))
-        .collect();
+        .collect::<Vec<_>>()
+        .into_boxed_slice();
     let name = meta_name(&pod.metadata);
     let workload = workload_name(pod).unwrap_or_else(|| name.name.clone());
     PodInfo {

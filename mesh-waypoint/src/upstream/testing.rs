@@ -70,7 +70,7 @@ pub(crate) fn endpoint(address: &str, labels: &[(&str, &str)]) -> Endpoint {
         ips: vec![addr.ip()],
         workload: "app".to_owned(),
         ready: true,
-        named_ports: BTreeMap::new(),
+        named_ports: Box::new([]),
     };
     Endpoint {
         addr,
