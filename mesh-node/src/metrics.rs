@@ -51,16 +51,17 @@ fn label(pod: Option<&PodInfo>, key: &str, fallback: impl FnOnce() -> String) ->
 }
 
 impl TcpLabels {
-    /// The labels of a connection from `source` to `destination` (through `service` when
-    /// the client addressed one), over mutual TLS or not.
+    /// The labels of a connection from `source` (its pod and its verified identity, each
+    /// when known) to `destination` (through `service` when the client addressed one), over
+    /// mutual TLS or not.
     pub fn new(
         reporter: &'static str,
-        source: Option<(&PodInfo, &Identity)>,
+        source: (Option<&PodInfo>, Option<&Identity>),
         destination: Option<(&PodInfo, &Identity)>,
         service: Option<&ServiceInfo>,
         mutual_tls: bool,
     ) -> TcpLabels {
-        let (src_pod, src_id) = source.map_or((None, None), |(p, i)| (Some(p), Some(i)));
+        let (src_pod, src_id) = source;
         let (dst_pod, dst_id) = destination.map_or((None, None), |(p, i)| (Some(p), Some(i)));
         let unknown = || UNKNOWN.to_owned();
         TcpLabels {

@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::metrics::TcpLabels;
 use crate::proxy::inbound::{self, Counted};
-use crate::proxy::{Io, Proxy, Route, connect_tcp};
+use crate::proxy::{Io, Proxy, Route, accept_forever, connect_tcp, reset};
 
 /// How long a connection waits for its source's first certificate.
 const CERT_WAIT: Duration = Duration::from_secs(5);
@@ -68,24 +68,17 @@ pub async fn serve(
     counters: Arc<Counters>,
     proxy: Arc<Proxy>,
 ) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                tracing::warn!(%err, "outbound listener: accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
+    accept_forever(listener, "outbound", |stream, peer| {
         let lookup = lookup.clone();
         let counters = counters.clone();
         let proxy = proxy.clone();
-        tokio::spawn(async move {
+        async move {
             if let Err(err) = forward(stream, peer, &*lookup, &counters, &proxy).await {
                 tracing::debug!(%peer, %err, "outbound connection ended with an error");
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 async fn forward(
@@ -150,7 +143,7 @@ async fn open_upstream(
         let upstream = plain(orig.into()).await?;
         return Ok((
             Box::new(upstream),
-            TcpLabels::new("source", None, None, None, false),
+            TcpLabels::new("source", (None, None), None, None, false),
         ));
     };
     let source_id = proxy.identity_of(&source);
@@ -159,7 +152,7 @@ async fn open_upstream(
         Route::Passthrough { addr, service } => {
             let labels = TcpLabels::new(
                 "source",
-                Some((&source, &source_id)),
+                (Some(&source), Some(&source_id)),
                 None,
                 service.as_deref(),
                 false,
@@ -172,7 +165,7 @@ async fn open_upstream(
             let upstream = plain(target.addr).await?;
             let labels = TcpLabels::new(
                 "source",
-                Some((&source, &source_id)),
+                (Some(&source), Some(&source_id)),
                 Some((&pod, &target.identity)),
                 target.service.as_deref(),
                 true,
@@ -212,7 +205,7 @@ async fn open_upstream(
                 })?;
             let labels = TcpLabels::new(
                 "source",
-                Some((&source, &source_id)),
+                (Some(&source), Some(&source_id)),
                 None,
                 waypoint.service.as_deref(),
                 true,
@@ -232,7 +225,7 @@ async fn open_upstream(
                 .map_err(|e| format!("HBONE to {node} for {}: {e}", target.addr))?;
             let labels = TcpLabels::new(
                 "source",
-                Some((&source, &source_id)),
+                (Some(&source), Some(&source_id)),
                 Some((&target.pod, &target.identity)),
                 target.service.as_deref(),
                 true,
@@ -247,18 +240,6 @@ async fn plain(addr: SocketAddr) -> Result<TcpStream, String> {
     connect_tcp(addr)
         .await
         .map_err(|e| format!("connecting to {addr}: {e}"))
-}
-
-/// Closes with a RST, so the client fails at once (as a refused connect would).
-fn reset(client: TcpStream) -> io::Result<()> {
-    // A zero linger never blocks: the close sends a RST at once.
-    #[allow(
-        deprecated,
-        reason = "SO_LINGER 0 is the way to reset; it does not block"
-    )]
-    client.set_linger(Some(Duration::ZERO))?;
-    drop(client);
-    Ok(())
 }
 
 /// `SO_ORIGINAL_DST` from netfilter's connection tracking: the original destination of a

@@ -58,6 +58,39 @@ pub fn listen_transparent(addr: SocketAddrV4) -> io::Result<TcpListener> {
     socket.listen(1024)
 }
 
+/// Accepts connections until the task is dropped, running `handle` for each on a task of
+/// its own. An accept error (out of file descriptors, say) is logged and retried after a
+/// short pause rather than ending the listener.
+pub async fn accept_forever<F, Fut>(listener: TcpListener, what: &'static str, handle: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tokio::spawn(handle(stream, peer));
+            }
+            Err(error) => {
+                tracing::warn!(%error, listener = what, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Closes with a RST, so the client fails at once (as a refused connect would). A zero
+/// linger never blocks: the close sends the RST at once.
+pub fn reset(client: TcpStream) -> io::Result<()> {
+    #[allow(
+        deprecated,
+        reason = "SO_LINGER 0 is the way to reset; it does not block"
+    )]
+    client.set_linger(Some(Duration::ZERO))?;
+    drop(client);
+    Ok(())
+}
+
 /// A byte stream of any kind (a TCP socket, a tunnel).
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}

@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::LazyConfigAcceptor;
 
-use super::{Proxy, connect_tcp};
+use super::{Proxy, accept_forever, connect_tcp};
 use crate::metrics::TcpLabels;
 use mesh_core::identity::manager::SniResolver;
 
@@ -68,60 +68,59 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
         }
     };
     let config = Arc::new(config);
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "HBONE listener: accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let certs = proxy.certs.clone();
-        let identity_proxy = proxy.clone();
+    accept_forever(listener, "HBONE", |tcp, peer| {
         let proxy = proxy.clone();
-        let handler = move |inbound: Inbound| {
-            let proxy = proxy.clone();
-            async move { tunnel(&proxy, inbound).await }
-        };
         let config = config.clone();
-        let local = tcp.local_addr();
-        tokio::spawn(async move {
-            let result = async {
-                let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
-                    .await
-                    .map_err(|e| format!("reading the ClientHello: {e}"))?;
-                // A client may ask for an identity whose certificate is on its way (a pod
-                // just scheduled here): wait for it rather than fail the handshake.
-                let sni = start.client_hello().server_name().map(str::to_owned);
-                let config = match &sni {
-                    Some(sni) => {
-                        if !certs.wait_for_server_name(sni, CERT_WAIT).await {
-                            tracing::debug!(%peer, sni, "no certificate for this server name");
-                        }
-                        config
-                    }
-                    // No SNI: Istio's form, the client dialed the pod's own address (captured
-                    // here by the eBPF inbound program): present that pod's identity.
-                    None => {
-                        let local = local.map_err(|e| format!("local address: {e}"))?;
-                        pod_config(&identity_proxy, local.ip()).await?
-                    }
-                };
-                let tls = start
-                    .into_stream(config)
-                    .await
-                    .map_err(|e| format!("TLS handshake: {e}"))?;
-                hbone::serve_tls(tls, peer, handler)
-                    .await
-                    .map_err(|e| e.to_string())
-            };
-            if let Err(error) = result.await {
+        async move {
+            if let Err(error) = connection(proxy, config, tcp, peer).await {
                 tracing::debug!(%peer, %error, "HBONE connection ended with an error");
             }
-        });
-    }
+        }
+    })
+    .await;
+}
+
+/// One HBONE connection: the certificate the ClientHello asks for, the handshake, then its
+/// tunnels.
+async fn connection(
+    proxy: Arc<Proxy>,
+    config: Arc<rustls::ServerConfig>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Result<(), String> {
+    let _ = tcp.set_nodelay(true);
+    let local = tcp.local_addr();
+    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
+        .await
+        .map_err(|e| format!("reading the ClientHello: {e}"))?;
+    // A client may ask for an identity whose certificate is on its way (a pod just scheduled
+    // here): wait for it rather than fail the handshake.
+    let sni = start.client_hello().server_name().map(str::to_owned);
+    let config = match &sni {
+        Some(sni) => {
+            if !proxy.certs.wait_for_server_name(sni, CERT_WAIT).await {
+                tracing::debug!(%peer, sni, "no certificate for this server name");
+            }
+            config
+        }
+        // No SNI: Istio's form, the client dialed the pod's own address (captured here by
+        // the eBPF inbound program): present that pod's identity.
+        None => {
+            let local = local.map_err(|e| format!("local address: {e}"))?;
+            pod_config(&proxy, local.ip()).await?
+        }
+    };
+    let tls = start
+        .into_stream(config)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    let handler = move |inbound: Inbound| {
+        let proxy = proxy.clone();
+        async move { tunnel(&proxy, inbound).await }
+    };
+    hbone::serve_tls(tls, peer, handler)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// The TLS server config for a connection that dialed `ip` (a pod of this node in the mesh)
@@ -160,7 +159,7 @@ async fn tunnel(proxy: &Proxy, inbound: Inbound) -> Result<Counted<TcpStream>, S
     let source_pod = model.pod_by_ip(source_ip);
     let labels = TcpLabels::new(
         "destination",
-        source_pod.map(|p| (&**p, &inbound.peer_identity)),
+        (source_pod.map(|p| &**p), Some(&inbound.peer_identity)),
         Some((&pod, &proxy.identity_of(&pod))),
         None,
         true,

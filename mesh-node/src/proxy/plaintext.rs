@@ -12,33 +12,25 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use mesh_core::policy;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::inbound::{Counted, admit};
-use super::{Proxy, connect_tcp};
+use super::{Proxy, accept_forever, connect_tcp, reset};
 use crate::metrics::TcpLabels;
 
 /// Accepts until the task is dropped.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "plaintext inbound listener: accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
+    accept_forever(listener, "plaintext inbound", |stream, peer| {
         let proxy = proxy.clone();
-        tokio::spawn(async move {
+        async move {
             if let Err(error) = handle(&proxy, stream, peer).await {
                 tracing::debug!(%peer, %error, "plaintext inbound connection ended with an error");
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 async fn handle(proxy: &Proxy, mut client: TcpStream, peer: SocketAddr) -> io::Result<()> {
@@ -78,32 +70,14 @@ async fn handle(proxy: &Proxy, mut client: TcpStream, peer: SocketAddr) -> io::R
             return reset(client);
         }
     };
-    let source_pod = model.pod_by_ip(peer.ip());
     let labels = TcpLabels::new(
         "destination",
-        None,
+        (model.pod_by_ip(peer.ip()).map(|p| &**p), None),
         Some((&pod, &proxy.identity_of(&pod))),
         None,
         false,
     );
-    let labels = TcpLabels {
-        source_workload: source_pod.map_or_else(|| "unknown".to_owned(), |p| p.workload.clone()),
-        source_workload_namespace: source_pod
-            .map_or_else(|| "unknown".to_owned(), |p| p.name.namespace.clone()),
-        ..labels
-    };
     let mut upstream = Counted::new(upstream, proxy.metrics.clone(), labels);
     tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
-    Ok(())
-}
-
-/// Closes with a RST, so the client fails at once.
-fn reset(client: TcpStream) -> io::Result<()> {
-    #[allow(
-        deprecated,
-        reason = "SO_LINGER 0 is the way to reset; it does not block"
-    )]
-    client.set_linger(Some(Duration::ZERO))?;
-    drop(client);
     Ok(())
 }
