@@ -1,0 +1,480 @@
+//! The upstream side of a request at the waypoint: the request as sent (rewrites, header
+//! edits, hop-by-hop headers), the tries with retries and backoff against the DestinationRule's
+//! upstream (endpoint choice, circuit breaker, outlier detection), kept connections to
+//! endpoints, and mirrors.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_core::config::Model;
+use rand::Rng as _;
+
+use super::{BACKOFF_BASE, Body, Plan, Record, local};
+use crate::destinations::InUse;
+use crate::metrics::{Metrics, Overflow as OverflowMetric};
+use crate::route::{Target, UpstreamFailure};
+use crate::server::Stream;
+use crate::upstream::{HashInput, Outcome, Overflow, RetrySlot, Upstream};
+
+/// Whether the upstream speaks HTTP/2 (the service port says gRPC or HTTP/2).
+fn upstream_h2(model: &Model, host: &str, port: u16) -> bool {
+    model
+        .service_by_host(host)
+        .and_then(|s| s.ports.iter().find(|p| p.port == port).cloned())
+        .is_some_and(|p| {
+            let protocol = p
+                .app_protocol
+                .clone()
+                .or(p.name.clone())
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            protocol.starts_with("grpc")
+                || protocol.starts_with("http2")
+                || protocol.starts_with("h2c")
+                || protocol == "kubernetes.io/h2c"
+        })
+}
+
+/// Headers that belong to one hop, not the request.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+    "content-length",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The request to send upstream for `plan`.
+fn upstream_request(
+    parts: &http::request::Parts,
+    plan: &Plan,
+    authority: &str,
+    h2: bool,
+    body: Bytes,
+) -> Option<Request<Full<Bytes>>> {
+    let uri = if h2 {
+        Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query(plan.path.as_str())
+            .build()
+            .ok()?
+    } else {
+        plan.path.parse().ok()?
+    };
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = uri;
+    *request.version_mut() = if h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    let headers = request.headers_mut();
+    *headers = parts.headers.clone();
+    let keep_te_trailers = parts
+        .headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    strip_hop_by_hop(headers);
+    if keep_te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    for edits in &plan.request_edits {
+        edits.apply(headers);
+    }
+    headers.remove(header::HOST);
+    if !h2 && let Ok(host) = HeaderValue::from_str(authority) {
+        headers.insert(header::HOST, host);
+    }
+    Some(request)
+}
+
+/// The authority the client used (Host or `:authority`).
+fn client_authority(parts: &http::request::Parts) -> String {
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default()
+}
+
+/// Sends with retries; the response, or the local answer when every try failed.
+pub(super) async fn forward(
+    stream: &Stream,
+    model: &Arc<Model>,
+    parts: &http::request::Parts,
+    plan: &Plan,
+    body: Bytes,
+    record: &mut Record,
+) -> Response<Body> {
+    let waypoint = &stream.waypoint;
+    let port = plan.target.port.unwrap_or(stream.port);
+    let client_ns = stream.client.identity.namespace.as_str();
+    let upstream = match waypoint.destinations.upstream(
+        model,
+        &plan.target.host,
+        plan.target.subset.as_deref(),
+        port,
+        client_ns,
+    ) {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            tracing::warn!(host = %plan.target.host, subset = ?plan.target.subset, %error, "no upstream");
+            record.flags.push("NC");
+            return local(StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n"));
+        }
+    };
+    let cluster = upstream.key().to_string();
+    let authority = plan
+        .authority
+        .clone()
+        .unwrap_or_else(|| client_authority(parts));
+    let h2 = upstream_h2(model, &plan.target.host, port);
+    let retries = plan.retries.clone();
+    let max_retries = retries.as_ref().map_or(0, |r| r.attempts);
+    let query = parts.uri.query();
+    let mut retry_slot = None;
+    let mut attempt = 0;
+    loop {
+        if attempt > 0 {
+            let backoff = retries
+                .as_ref()
+                .and_then(|r| r.backoff)
+                .unwrap_or(BACKOFF_BASE);
+            // Envoy: a random wait up to base × 2^(n−1), capped at 10 × base.
+            let ceiling = (backoff * 2u32.saturating_pow(attempt - 1)).min(backoff * 10);
+            let wait = rand::rng().random_range(Duration::ZERO..=ceiling);
+            tokio::time::sleep(wait).await;
+        }
+        let input = HashInput {
+            headers: &parts.headers,
+            query,
+            source_ip: stream.client.ip,
+        };
+        let pick = match upstream.pick(&input, &mut rand::rng()) {
+            Ok(pick) => pick,
+            Err(error) => {
+                record.flags.push("UH");
+                return local(StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n"));
+            }
+        };
+        record.destination = Some(pick.endpoint().endpoint().clone());
+        let lease = match upstream.pool().acquire().await {
+            Ok(lease) => lease,
+            Err(overflow) => {
+                let which = match overflow {
+                    Overflow::Pending { .. } => OverflowMetric::Pending,
+                    Overflow::Requests { .. } => OverflowMetric::Requests,
+                    Overflow::Connections { .. } => OverflowMetric::Connections,
+                    Overflow::Retries { .. } => OverflowMetric::Retries,
+                };
+                waypoint.metrics.overflow(&cluster, which);
+                record.flags.push("UO");
+                return local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+                );
+            }
+        };
+        let Some(request) = upstream_request(parts, plan, &authority, h2, body.clone()) else {
+            return local(StatusCode::BAD_REQUEST, "the request cannot be forwarded\n");
+        };
+        let per_try = retries.as_ref().and_then(|r| r.per_try_timeout);
+        let attempt_result = send(stream, model, &upstream, &pick, request, h2, per_try).await;
+        let (attempt_result, in_use) = match attempt_result {
+            Ok((response, in_use)) => (Ok(response), in_use),
+            Err(failure) => (Err(failure), None),
+        };
+        let retry_on = retries.as_ref().map(|r| &r.retry_on);
+        // A retry is decided as the try ends, as Envoy decides it at the response headers:
+        // with a `maxRetries` slot the try is dropped — its connection, pool lease and
+        // endpoint pick go back before the next try asks for them — and without one the
+        // client gets this try's answer.
+        let may_retry = attempt < max_retries;
+        match attempt_result {
+            Ok(response) => {
+                let status = response.status();
+                let grpc_status = response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok()?.parse().ok());
+                if upstream.record(pick.endpoint(), Outcome::Status(status.as_u16())) {
+                    waypoint.metrics.ejected(&cluster);
+                }
+                let retriable = retry_on.is_some_and(|r| r.retries_response(status, grpc_status));
+                if retriable && may_retry {
+                    if let Some(slot) = take_retry(&upstream, &waypoint.metrics, &cluster) {
+                        retry_slot = Some(slot);
+                        attempt += 1;
+                        continue;
+                    }
+                    record.flags.push("URX");
+                } else if retriable && attempt > 0 {
+                    record.flags.push("URX");
+                }
+                let (mut head, incoming) = response.into_parts();
+                strip_hop_by_hop(&mut head.headers);
+                if let Some(cookie) = pick.set_cookie()
+                    && let Ok(value) = HeaderValue::from_str(&cookie.to_string())
+                {
+                    head.headers.append(header::SET_COOKIE, value);
+                }
+                // The slots stay taken until the response body is done.
+                // The connection goes back for reuse then too.
+                let guard = (lease, pick, retry_slot.take(), in_use);
+                let body = incoming
+                    .map_frame(move |frame| {
+                        let _ = &guard;
+                        frame
+                    })
+                    .boxed();
+                return Response::from_parts(head, body);
+            }
+            Err(failure) => {
+                let (outcome, flag, message) = match failure {
+                    Failure::Connect(message) => (
+                        Outcome::ConnectFailed,
+                        "UF",
+                        format!("upstream connect error: {message}"),
+                    ),
+                    Failure::Reset(message) => (
+                        Outcome::Reset,
+                        "UR",
+                        format!("upstream reset before response: {message}"),
+                    ),
+                    Failure::Timeout => (
+                        Outcome::Timeout,
+                        "UT",
+                        "upstream request timeout".to_owned(),
+                    ),
+                };
+                if upstream.record(pick.endpoint(), outcome) {
+                    waypoint.metrics.ejected(&cluster);
+                }
+                let kind = match outcome {
+                    Outcome::ConnectFailed => UpstreamFailure::ConnectFailure,
+                    _ => UpstreamFailure::Reset { request_sent: true },
+                };
+                let retriable = outcome == Outcome::Timeout
+                    || retry_on.is_some_and(|r| r.retries_failure(kind));
+                if retriable
+                    && may_retry
+                    && let Some(slot) = take_retry(&upstream, &waypoint.metrics, &cluster)
+                {
+                    retry_slot = Some(slot);
+                    attempt += 1;
+                    continue;
+                }
+                let status = if outcome == Outcome::Timeout {
+                    StatusCode::GATEWAY_TIMEOUT
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                record.flags.push(flag);
+                if retriable && (may_retry || attempt > 0) {
+                    record.flags.push("URX");
+                }
+                return local(status, message);
+            }
+        }
+    }
+}
+
+/// A `maxRetries` slot for another try, or `None` (counted as retry overflow): no retry.
+fn take_retry(upstream: &Upstream, metrics: &Metrics, cluster: &str) -> Option<RetrySlot> {
+    match upstream.pool().try_acquire_retry() {
+        Ok(slot) => Some(slot),
+        Err(_) => {
+            metrics.overflow(cluster, OverflowMetric::Retries);
+            None
+        }
+    }
+}
+
+enum Failure {
+    Connect(String),
+    Reset(String),
+    Timeout,
+}
+
+/// One attempt: a connection to the endpoint and the request on it.
+async fn send(
+    stream: &Stream,
+    model: &Model,
+    upstream: &Upstream,
+    pick: &crate::upstream::Pick,
+    request: Request<Full<Bytes>>,
+    h2: bool,
+    per_try: Option<Duration>,
+) -> Result<(Response<Incoming>, Option<InUse>), Failure> {
+    let endpoint = pick.endpoint().endpoint();
+    let addr = endpoint.addr;
+    let limits = &upstream.policy().connection_pool;
+    let max_requests = limits.max_requests_per_connection.map(|n| n.get());
+    let connections = stream.waypoint.destinations.http.clone();
+    let attempt = async {
+        // A kept connection first. A request is only sent on one that is open and idle; a
+        // close racing the send fails the try like any reset.
+        if h2 && let Some(mut sender) = connections.http2(addr) {
+            return sender
+                .send_request(request)
+                .await
+                .map(|r| (r, None))
+                .map_err(|e| Failure::Reset(e.to_string()));
+        }
+        if !h2
+            && max_requests != Some(1)
+            && let Some((mut sender, used)) = connections.take_http1(addr)
+        {
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| Failure::Reset(e.to_string()))?;
+            let in_use = InUse {
+                connections: connections.clone(),
+                addr,
+                sender: Some(sender),
+                used: used + 1,
+                max_requests,
+            };
+            return Ok((response, Some(in_use)));
+        }
+        let io = stream
+            .waypoint
+            .destinations
+            .connect(
+                model,
+                addr,
+                endpoint.pod.as_deref(),
+                stream.client.ip,
+                limits.connect_timeout,
+            )
+            .await
+            .map_err(|e| Failure::Connect(e.to_string()))?;
+        let io = TokioIo::new(io);
+        if h2 {
+            let (mut sender, connection) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .map_err(|e| Failure::Connect(e.to_string()))?;
+            tokio::spawn(connection);
+            connections.set_http2(addr, sender.clone());
+            sender
+                .send_request(request)
+                .await
+                .map(|r| (r, None))
+                .map_err(|e| Failure::Reset(e.to_string()))
+        } else {
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(|e| Failure::Connect(e.to_string()))?;
+            tokio::spawn(connection);
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| Failure::Reset(e.to_string()))?;
+            let in_use = InUse {
+                connections: connections.clone(),
+                addr,
+                sender: Some(sender),
+                used: 1,
+                max_requests,
+            };
+            Ok((response, Some(in_use)))
+        }
+    };
+    match per_try {
+        Some(limit) => tokio::time::timeout(limit, attempt)
+            .await
+            .map_err(|_| Failure::Timeout)?,
+        None => attempt.await,
+    }
+}
+
+/// Sends a copy to a mirror destination, authority suffixed `-shadow`; its answer is dropped.
+pub(super) fn spawn_mirror(
+    stream: &Stream,
+    model: &Arc<Model>,
+    target: &Target,
+    parts: &http::request::Parts,
+    plan: &Plan,
+    body: Bytes,
+) {
+    let port = target.port.unwrap_or(stream.port);
+    let client_ns = stream.client.identity.namespace.clone();
+    let upstream = match stream.waypoint.destinations.upstream(
+        model,
+        &target.host,
+        target.subset.as_deref(),
+        port,
+        &client_ns,
+    ) {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            tracing::debug!(host = %target.host, %error, "mirror has no upstream");
+            return;
+        }
+    };
+    let authority = plan
+        .authority
+        .clone()
+        .unwrap_or_else(|| client_authority(parts));
+    let shadow = match authority.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() => format!("{host}-shadow:{port}"),
+        _ => format!("{authority}-shadow"),
+    };
+    let h2 = upstream_h2(model, &target.host, port);
+    let Some(request) = upstream_request(parts, plan, &shadow, h2, body) else {
+        return;
+    };
+    let input_headers = parts.headers.clone();
+    let client_ip = stream.client.ip;
+    let waypoint = stream.waypoint.clone();
+    let stream = Stream {
+        waypoint: waypoint.clone(),
+        service: stream.service.clone(),
+        port: stream.port,
+        client: stream.client.clone(),
+    };
+    let model = model.clone();
+    tokio::spawn(async move {
+        let input = HashInput {
+            headers: &input_headers,
+            query: None,
+            source_ip: client_ip,
+        };
+        let Ok(pick) = upstream.pick(&input, &mut rand::rng()) else {
+            return;
+        };
+        match send(&stream, &model, &upstream, &pick, request, h2, None).await {
+            Ok((response, _in_use)) => {
+                // Read and drop the answer, so the connection ends cleanly.
+                let _ = response.into_body().collect().await;
+            }
+            Err(_) => tracing::debug!(host = %upstream.key(), "mirror request failed"),
+        }
+    });
+}
