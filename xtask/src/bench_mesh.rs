@@ -1,20 +1,31 @@
 //! `cargo xtask bench mesh`: direct vs the L4 mesh (HBONE between two nodes), with the peer
 //! figures' own load commands (../shared/PERF-BASELINE.md): `wrk -t1 -c16 -d10s --latency`
 //! for 1 KB responses (requests/s, P50/P90/P99), the same with `Connection: close` (new
-//! connections per second), and `iperf3` one-stream throughput. For the mesh it also prints
-//! the node agents' CPU seconds per 1000 requests and their RSS. Client on node2, server on
-//! node1, both run inside the pods (their netns and cgroup) so the eBPF redirect sees them.
+//! connections per second), and `iperf3` one-stream throughput; and, for the tunnel issue's
+//! latency target, 1 KB GETs at a fixed 1000 req/s (`xtask bench-peer paced`, open loop:
+//! P50/P90/P99 and the P99 the mesh adds). For each node agent it prints CPU seconds per 1000
+//! requests under both loads, RSS idle and after the loads, and its peak RSS while 1000
+//! connections are open through it at once (and the file descriptors left once they close).
+//! Client on node2, server on node1, both run inside the pods (their netns and cgroup) so the
+//! eBPF redirect sees them. The targets are printed beside the figures.
 
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 
 use anyhow::{Context as _, Result};
 use clap::Args;
-use mesh_sim::{Lab, MeshOptions, Pod};
+use mesh_sim::{AgentUsage, Lab, MeshOptions, Pod};
 
-use crate::bench_config::{agents_usage, exec, wait_in_mesh};
+use crate::bench_config::{exec, wait_in_mesh};
+use crate::bench_load::{self, Figures};
 
 const LAB: &str = "benchmesh";
+/// The paced load's rate, the tunnel issue's "fixed rate".
+const RATE: u32 = 1000;
+/// Connections held open at once for the memory figure.
+const HELD: usize = 1000;
+/// The node agents, by the side of the connection they serve.
+const AGENTS: [(&str, &str); 2] = [("client side", "node2"), ("server side", "node1")];
 
 const MANIFEST: &str = r#"
 apiVersion: v1
@@ -34,7 +45,7 @@ spec:
 
 #[derive(Args)]
 pub(crate) struct BenchArgs {
-    /// Seconds per wrk/iperf3 run.
+    /// Seconds per wrk/iperf3/paced run.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
     /// Use this mesh-node binary (e.g. target/release/mesh-node) instead of a debug build.
@@ -42,59 +53,50 @@ pub(crate) struct BenchArgs {
     mesh_node: Option<PathBuf>,
 }
 
-#[derive(Debug, Default, Clone)]
+/// What one path (direct or mesh) measured.
+#[derive(Debug, Default)]
 struct Row {
-    rps: f64,
-    p50: String,
-    p90: String,
-    p99: String,
+    wrk: Figures,
+    paced: Figures,
     new_conns_per_s: f64,
     gbits: f64,
-    /// Agent CPU seconds per 1000 requests (both agents), and their RSS in MB.
-    cpu_per_1000: Option<f64>,
-    rss_mb: Option<f64>,
+}
+
+/// One node agent's cost during the mesh runs.
+#[derive(Debug, Default, Clone, Copy)]
+struct Agent {
+    /// CPU seconds per 1000 requests, under wrk and at the fixed rate.
+    cpu_wrk: f64,
+    cpu_paced: f64,
+    idle_mb: f64,
+    after_load_mb: f64,
+    /// Peak RSS while [`HELD`] connections were open, and fds before and after them.
+    held_peak_mb: f64,
+    fds_before: usize,
+    fds_after: usize,
+}
+
+struct Report {
+    direct: Row,
+    mesh: Row,
+    agents: [Agent; 2],
+    /// How many of the held connections completed with 200.
+    held_ok: usize,
 }
 
 pub(crate) fn run(args: &BenchArgs) -> Result<()> {
-    let result = crate::bench_config::with_bench_lab(
+    let report = crate::bench_config::with_bench_lab(
         LAB,
         2,
         MANIFEST,
         args.mesh_node.as_deref(),
         |lab, mesh_node| scenarios(lab, mesh_node, args.seconds),
-    );
-    let (direct, mesh) = result?;
-    println!(
-        "\n1 KB responses, client on node2, server on node1, wrk -t1 -c16 -d{}s; iperf3 one stream\n",
-        args.seconds
-    );
-    println!(
-        "{:<10} {:>10} {:>9} {:>9} {:>9} {:>12} {:>10} {:>16} {:>9}",
-        "path", "req/s", "P50", "P90", "P99", "new conn/s", "Gbit/s", "agent CPU-s/1k", "RSS MB"
-    );
-    for (name, row) in [("direct", &direct), ("mesh", &mesh)] {
-        println!(
-            "{name:<10} {:>10.0} {:>9} {:>9} {:>9} {:>12.0} {:>10.2} {:>16} {:>9}",
-            row.rps,
-            row.p50,
-            row.p90,
-            row.p99,
-            row.new_conns_per_s,
-            row.gbits,
-            row.cpu_per_1000.map_or("-".into(), |c| format!("{c:.4}")),
-            row.rss_mb.map_or("-".into(), |m| format!("{m:.1}")),
-        );
-    }
-    println!(
-        "\nmesh/direct: req/s {:.2}x, new conn/s {:.2}x, throughput {:.2}x",
-        mesh.rps / direct.rps,
-        mesh.new_conns_per_s / direct.new_conns_per_s,
-        mesh.gbits / direct.gbits
-    );
+    )?;
+    print(&report, args.seconds);
     Ok(())
 }
 
-fn scenarios(mut lab: Lab, mesh_node: &std::path::Path, seconds: u64) -> Result<(Row, Row)> {
+fn scenarios(mut lab: Lab, mesh_node: &std::path::Path, seconds: u64) -> Result<Report> {
     lab.start_mesh(&MeshOptions {
         binary: Some(mesh_node.to_owned()),
         ..MeshOptions::default()
@@ -104,66 +106,81 @@ fn scenarios(mut lab: Lab, mesh_node: &std::path::Path, seconds: u64) -> Result<
     let url = format!("http://{}:8080/bytes/1024", server.ip);
     let _iperf = IperfServer::start(&lab, &server)?;
     println!("bench: direct (namespace not enrolled)");
-    let direct = measure(&lab, &client, &server, &url, seconds, false)?;
+    let direct = measure(&lab, &client, &server, seconds, &mut |_| Ok(()))?;
     lab.label("ns/default", &["istio.io/dataplane-mode=ambient".into()])?;
     wait_in_mesh(&lab, &client, &url)?;
+    let idle = usage(&lab)?;
+    let mut agents = [Agent::default(); 2];
+    for (agent, usage) in agents.iter_mut().zip(&idle) {
+        agent.idle_mb = mb(usage.rss_kb);
+    }
     println!("bench: mesh (HBONE between the nodes)");
-    let mesh = measure(&lab, &client, &server, &url, seconds, true)?;
-    Ok((direct, mesh))
+    let mut before = idle;
+    let mesh = measure(&lab, &client, &server, seconds, &mut |step| {
+        let now = usage(&lab)?;
+        for ((agent, was), is) in agents.iter_mut().zip(&before).zip(&now) {
+            let per_1000 = |requests: f64| (is.cpu_seconds - was.cpu_seconds) / requests * 1000.0;
+            match step {
+                Step::Wrk(requests) => agent.cpu_wrk = per_1000(requests),
+                Step::Paced(requests) => agent.cpu_paced = per_1000(requests),
+                Step::Other => {}
+            }
+            agent.after_load_mb = mb(is.rss_kb);
+        }
+        before = now;
+        Ok(())
+    })?;
+    println!("bench: {HELD} connections open at once through the mesh");
+    let held_ok = hold_connections(&lab, &client, &server, &mut agents)?;
+    Ok(Report {
+        direct,
+        mesh,
+        agents,
+        held_ok,
+    })
 }
 
+/// What just ran, for the agents' CPU accounting.
+enum Step {
+    Wrk(f64),
+    Paced(f64),
+    Other,
+}
+
+/// The loads, one after another; `after` is called after each with what ran.
 fn measure(
     lab: &Lab,
     client: &Pod,
     server: &Pod,
-    url: &str,
     seconds: u64,
-    agents: bool,
+    after: &mut dyn FnMut(Step) -> Result<()>,
 ) -> Result<Row> {
+    let url = format!("http://{}:8080/bytes/1024", server.ip);
+    after(Step::Other)?;
+    let wrk = bench_load::wrk(lab, client, &url, seconds)?;
+    after(Step::Wrk(wrk.requests))?;
+    let host = server.ip.to_string();
+    let paced = bench_load::paced(lab, client, (&host, 8080, "/bytes/1024"), RATE, seconds)?;
+    after(Step::Paced(paced.requests))?;
     let duration = format!("{seconds}s");
-    let cpu_before = agents_usage(lab)?.cpu_seconds;
-    let keepalive = exec(
-        lab,
-        client,
-        "wrk",
-        &["-t1", "-c16", "-d", &duration, "--latency", url],
-    )?;
-    let after = agents_usage(lab)?;
-    let mut row = parse_wrk(&keepalive)?;
-    if agents {
-        let requests = row.rps * seconds as f64;
-        row.cpu_per_1000 = Some((after.cpu_seconds - cpu_before) / requests * 1000.0);
-        row.rss_mb = Some(after.rss_kb as f64 / 1024.0);
-    }
-    let close = exec(
-        lab,
-        client,
-        "wrk",
-        &[
-            "-t1",
-            "-c16",
-            "-d",
-            &duration,
-            "-H",
-            "Connection: close",
-            url,
-        ],
-    )?;
-    row.new_conns_per_s = parse_wrk(&close)?.rps;
+    let close = [
+        "-t1",
+        "-c16",
+        "-d",
+        &duration,
+        "-H",
+        "Connection: close",
+        &url,
+    ];
+    let new_conns_per_s = bench_load::parse_wrk(&exec(lab, client, "wrk", &close)?)?.rps;
     let iperf = exec(
         lab,
         client,
         "iperf3",
-        &[
-            "-c",
-            &server.ip.to_string(),
-            "-t",
-            &seconds.to_string(),
-            "-f",
-            "g",
-        ],
+        &["-c", &host, "-t", &seconds.to_string(), "-f", "g"],
     )?;
-    row.gbits = iperf
+    after(Step::Other)?;
+    let gbits = iperf
         .lines()
         .filter(|l| l.contains("receiver"))
         .find_map(|l| {
@@ -172,33 +189,175 @@ fn measure(
             fields.get(at - 1)?.parse().ok()
         })
         .with_context(|| format!("no receiver line in iperf3's output:\n{iperf}"))?;
-    Ok(row)
+    Ok(Row {
+        wrk,
+        paced,
+        new_conns_per_s,
+        gbits,
+    })
 }
 
-fn parse_wrk(text: &str) -> Result<Row> {
-    let rps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("no Requests/sec in wrk's output:\n{text}"))?;
-    let percentile = |p: &str| {
-        text.lines()
-            .find_map(|l| {
-                let mut fields = l.split_whitespace();
-                (fields.next() == Some(p)).then(|| fields.next().map(str::to_owned))?
-            })
-            .unwrap_or_else(|| "-".into())
-    };
-    if text.contains("Non-2xx") || text.contains("Socket errors") {
-        eprintln!("bench: wrk reported errors:\n{text}");
+/// Opens [`HELD`] connections at once from the client to the server (curl, 4 × 250 parallel
+/// transfers of `/delay/2`), reads each agent's peak RSS over them, then waits (at most
+/// 10 s) for the agents' file descriptors to come back down. Returns how many answered 200.
+fn hold_connections(
+    lab: &Lab,
+    client: &Pod,
+    server: &Pod,
+    agents: &mut [Agent; 2],
+) -> Result<usize> {
+    let before = usage(lab)?;
+    for (_, node) in AGENTS {
+        lab.reset_agent_peak_rss(node)?;
     }
-    Ok(Row {
-        rps,
-        p50: percentile("50%"),
-        p90: percentile("90%"),
-        p99: percentile("99%"),
-        ..Row::default()
-    })
+    let per_curl = HELD / 4;
+    let script = format!(
+        "ulimit -n 4096; for i in 1 2 3 4; do curl -s --parallel --parallel-immediate \
+         --parallel-max {per_curl} -o /dev/null -w '%{{http_code}}\\n' \
+         'http://{}:8080/delay/2?[1-{per_curl}]' & done; wait",
+        server.ip
+    );
+    let out = exec(lab, client, "bash", &["-c", &script])?;
+    let ok = out.lines().filter(|l| *l == "200").count();
+    let peak = usage(lab)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let after = loop {
+        let now = usage(lab)?;
+        let settled = now
+            .iter()
+            .zip(&before)
+            .all(|(now, before)| now.fds <= before.fds + 2);
+        if settled || std::time::Instant::now() > deadline {
+            break now;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    for (((agent, before), peak), after) in agents.iter_mut().zip(&before).zip(&peak).zip(&after) {
+        agent.held_peak_mb = mb(peak.peak_rss_kb);
+        agent.fds_before = before.fds;
+        agent.fds_after = after.fds;
+    }
+    Ok(ok)
+}
+
+/// Both agents' usage, in [`AGENTS`] order.
+fn usage(lab: &Lab) -> Result<[AgentUsage; 2]> {
+    let usage = |node| lab.agent_usage(node).map_err(anyhow::Error::from);
+    Ok([usage(AGENTS[0].1)?, usage(AGENTS[1].1)?])
+}
+
+fn mb(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
+
+fn print(report: &Report, seconds: u64) {
+    let Report {
+        direct,
+        mesh,
+        agents,
+        held_ok,
+    } = report;
+    let opt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
+    println!(
+        "\n1 KB responses, client on node2, server on node1, {seconds} s per run; latencies in ms\n"
+    );
+    println!(
+        "{:<7} {:>9} {:>7} {:>7} {:>7}   {:>7} {:>7} {:>7}   {:>10} {:>8}",
+        "path", "wrk req/s", "P50", "P90", "P99", "@1k P50", "P90", "P99", "new conn/s", "Gbit/s"
+    );
+    for (name, row) in [("direct", direct), ("mesh", mesh)] {
+        println!(
+            "{name:<7} {:>9.0} {:>7} {:>7} {:>7}   {:>7} {:>7} {:>7}   {:>10.0} {:>8.2}",
+            row.wrk.rps,
+            opt(row.wrk.p50),
+            opt(row.wrk.p90),
+            opt(row.wrk.p99),
+            opt(row.paced.p50),
+            opt(row.paced.p90),
+            opt(row.paced.p99),
+            row.new_conns_per_s,
+            row.gbits,
+        );
+    }
+    println!(
+        "\n(wrk -t1 -c16 --latency, closed loop; @1k: {RATE} req/s over 16 connections, open loop)"
+    );
+    println!(
+        "\n{:<12} {:>13} {:>13} {:>8} {:>11} {:>16} {:>14}",
+        "node agent",
+        "CPU/1k (wrk)",
+        "CPU/1k (@1k)",
+        "idle MB",
+        "loaded MB",
+        format!("peak MB, {HELD}c"),
+        "fds before/after"
+    );
+    for ((side, _), agent) in AGENTS.iter().zip(agents) {
+        println!(
+            "{side:<12} {:>13.4} {:>13.4} {:>8.1} {:>11.1} {:>16.1} {:>14}",
+            agent.cpu_wrk,
+            agent.cpu_paced,
+            agent.idle_mb,
+            agent.after_load_mb,
+            agent.held_peak_mb,
+            format!("{}/{}", agent.fds_before, agent.fds_after),
+        );
+    }
+    println!("({held_ok} of {HELD} held connections answered 200)");
+    let worst = |f: fn(&Agent) -> f64| agents.iter().map(f).fold(0.0, f64::max);
+    let added_p99 = mesh.paced.p99.zip(direct.paced.p99).map(|(m, d)| m - d);
+    let targets: [(&str, String, &str, bool); 7] = [
+        (
+            "added P99 at 1000 req/s",
+            format!("{} ms", opt(added_p99)),
+            "<= 0.2 ms (tunnel issue)",
+            added_p99.is_some_and(|a| a <= 0.2),
+        ),
+        (
+            "agent CPU per 1000 rps (@1k)",
+            format!("{:.4}", worst(|a| a.cpu_paced)),
+            "<= 0.05 (tunnel issue)",
+            worst(|a| a.cpu_paced) <= 0.05,
+        ),
+        (
+            "agent RSS, 1000 conns",
+            format!("{:.1} MB", worst(|a| a.held_peak_mb)),
+            "<= 24 MB (tunnel issue)",
+            worst(|a| a.held_peak_mb) <= 24.0,
+        ),
+        (
+            "mesh req/s vs direct",
+            format!("{:.2}x", mesh.wrk.rps / direct.wrk.rps),
+            ">= 0.37x (baseline)",
+            mesh.wrk.rps / direct.wrk.rps >= 0.37,
+        ),
+        (
+            "one-stream throughput",
+            format!("{:.2}x", mesh.gbits / direct.gbits),
+            ">= 0.4x (baseline)",
+            mesh.gbits / direct.gbits >= 0.4,
+        ),
+        (
+            "agent CPU per 1000 req (wrk)",
+            format!("{:.4}", worst(|a| a.cpu_wrk)),
+            "<= 0.03 (baseline)",
+            worst(|a| a.cpu_wrk) <= 0.03,
+        ),
+        (
+            "agent RSS idle",
+            format!("{:.1} MB", worst(|a| a.idle_mb)),
+            "<= 10 MB (baseline)",
+            worst(|a| a.idle_mb) <= 10.0,
+        ),
+    ];
+    println!(
+        "\nmesh/direct: new conn/s {:.2}x\n\ntargets (worst agent; tunnel issue and ../shared/PERF-BASELINE.md):",
+        mesh.new_conns_per_s / direct.new_conns_per_s
+    );
+    for (what, figure, target, met) in targets {
+        let verdict = if met { "met" } else { "NOT met" };
+        println!("  {what:<30} {figure:<10} target {target:<26} {verdict}");
+    }
 }
 
 /// `iperf3 -s` in the server pod for the run's length.

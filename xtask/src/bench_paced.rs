@@ -5,7 +5,7 @@
 //! `k mod connections`; a request whose connection is still busy at its due time is timed
 //! from that time (the wait is latency the proxy caused), one sent on time is timed from the
 //! send (so the client's sleep overshoot is not counted). Prints one line: `requests errors
-//! mean P50 P99 max` (latencies in µs).
+//! mean P50 P90 P99 max` (latencies in µs).
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs as _};
@@ -79,11 +79,12 @@ pub(crate) fn run(args: &PacedArgs) -> Result<()> {
     let at = |p: usize| latencies[(latencies.len() * p / 100).min(latencies.len() - 1)];
     let mean = latencies.iter().sum::<Duration>() / latencies.len() as u32;
     println!(
-        "{} {} {} {} {} {}",
+        "{} {} {} {} {} {} {}",
         latencies.len(),
         all.errors,
         mean.as_micros(),
         at(50).as_micros(),
+        at(90).as_micros(),
         at(99).as_micros(),
         latencies[latencies.len() - 1].as_micros()
     );

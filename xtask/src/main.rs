@@ -1,6 +1,7 @@
 //! `cargo xtask`: the one entry point for developers and CI.
 
 mod bench_config;
+mod bench_load;
 mod bench_mesh;
 mod bench_paced;
 mod bench_redirect;

@@ -429,6 +429,12 @@ impl Lab {
         Ok(usage(&agent_cgroup(self.node(node)?)))
     }
 
+    /// Starts a new peak resident memory for a node agent, as [`Lab::reset_peak_rss`] does
+    /// for a pod.
+    pub fn reset_agent_peak_rss(&self, node: &str) -> Result<()> {
+        reset_peak_rss(&agent_cgroup(self.node(node)?))
+    }
+
     /// The node agent's log.
     pub fn agent_log(&self, node: &str) -> String {
         std::fs::read_to_string(self.dir.join("agents").join(format!("{node}.log")))
@@ -533,6 +539,16 @@ fn in_netns<T: Send + 'static>(
     .join()
     .map_err(|_| Error::Invalid("a network-namespace thread panicked".into()))?
     .map_err(Error::io(format!("in network namespace {netns}")))
+}
+
+/// Starts a new peak (`VmHWM`) for the processes of a cgroup at their current resident
+/// memory, as `echo 5 > /proc/<pid>/clear_refs` does.
+pub(crate) fn reset_peak_rss(cgroup: &Path) -> Result<()> {
+    for pid in cgroup::pids(cgroup) {
+        let path = format!("/proc/{pid}/clear_refs");
+        std::fs::write(&path, "5").map_err(Error::io(format!("writing {path}")))?;
+    }
+    Ok(())
 }
 
 /// What the processes of a cgroup (not its children) use now, from `/proc`.

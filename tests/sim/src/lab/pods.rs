@@ -243,14 +243,9 @@ impl Lab {
         crate::agent::usage(&pod.cgroup)
     }
 
-    /// Starts a new peak (`VmHWM`) for a pod's processes at their current resident memory,
-    /// as `echo 5 > /proc/<pid>/clear_refs` does.
+    /// Starts a new peak (`VmHWM`) for a pod's processes at their current resident memory.
     pub fn reset_peak_rss(&self, pod: &Pod) -> Result<()> {
-        for pid in cgroup::pids(&pod.cgroup) {
-            let path = format!("/proc/{pid}/clear_refs");
-            std::fs::write(&path, "5").map_err(Error::io(format!("writing {path}")))?;
-        }
-        Ok(())
+        crate::agent::reset_peak_rss(&pod.cgroup)
     }
 
     /// Every container log of a pod, each headed by the container name when there are several.
