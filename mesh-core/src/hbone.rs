@@ -26,6 +26,9 @@ pub const PORT: u16 = 15008;
 /// HTTP/2 windows: large, so one tunnel can fill a fast link (the defaults are 64 KiB).
 const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// The largest HTTP/2 frame each side accepts (the default is 16 KiB): a bulk transfer's
+/// large writes go out as a few large DATA frames, not many small ones.
+const MAX_FRAME: u32 = 1024 * 1024;
 /// Tunnels one connection may carry at once; a client past it waits for a stream to end.
 const MAX_STREAMS: u32 = 2048;
 /// The CONNECT header naming the original client's address (`for=<ip>`), as Istio's
@@ -110,7 +113,7 @@ where
         async move {
             let mut upstream = upstream.await?;
             Ok(move |mut tunnel: Tunnel| async move {
-                if let Err(error) = tokio::io::copy_bidirectional(&mut tunnel, &mut upstream).await
+                if let Err(error) = crate::copy::bidirectional(&mut tunnel, &mut upstream).await
                 {
                     tracing::debug!(destination = %inbound.destination, %error, "tunnel ended with an error");
                 }
@@ -147,6 +150,7 @@ where
     hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
         .max_concurrent_streams(MAX_STREAMS)
         .serve_connection(TokioIo::new(tls), service)
         .await?;
@@ -235,6 +239,7 @@ impl Connection {
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
             .handshake(TokioIo::new(tls))
             .await?;
         tokio::spawn(async move {

@@ -1,10 +1,12 @@
 //! Code shared by the node agent (`mesh-node`) and the waypoint (`mesh-waypoint`): Kubernetes
 //! manifests, config sources (files, kube) and the typed config model, workload identity
-//! (CA, mTLS, the certificate manager), HBONE tunnels and their pool, policy
-//! (PeerAuthentication modes, AuthorizationPolicy decisions at L4 and L7), and the tiny HTTP
-//! server of the proxies' own pages. Free of eBPF and of process setup.
+//! (CA, mTLS, the certificate manager), HBONE tunnels and their pool, copying proxied
+//! connections both ways, policy (PeerAuthentication modes, AuthorizationPolicy decisions at
+//! L4 and L7), and the tiny HTTP server of the proxies' own pages. Free of eBPF and of
+//! process setup.
 
 pub mod config;
+pub mod copy;
 pub mod hbone;
 pub mod identity;
 pub mod manifest;

@@ -117,7 +117,7 @@ async fn forward(
     counters.update(*peer.ip(), |c| c.open += 1);
     proxy.metrics.opened(&labels);
     let mut upstream = upstream;
-    let result = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    let result = mesh_core::copy::bidirectional(&mut client, &mut upstream).await;
     let (sent, received) = result.as_ref().map_or((0, 0), |r| *r);
     proxy.metrics.closed(&labels, sent, received);
     counters.update(*peer.ip(), |c| {

@@ -41,7 +41,7 @@ async fn handle(proxy: &Proxy, mut client: TcpStream, peer: SocketAddr) -> io::R
         // Not ours to judge: forward as the client asked (the destination's node captures it
         // again if it is a mesh pod there).
         let mut upstream = connect_tcp(destination).await?;
-        tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+        mesh_core::copy::bidirectional(&mut client, &mut upstream).await?;
         return Ok(());
     };
     let mtls = policy::mtls_mode(&model.peer_authentications_for(&pod), destination.port());
@@ -78,6 +78,6 @@ async fn handle(proxy: &Proxy, mut client: TcpStream, peer: SocketAddr) -> io::R
         false,
     );
     let mut upstream = Counted::new(upstream, proxy.metrics.clone(), labels);
-    tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+    mesh_core::copy::bidirectional(&mut client, &mut upstream).await?;
     Ok(())
 }
