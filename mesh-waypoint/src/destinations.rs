@@ -114,6 +114,15 @@ pub struct InUse {
     pub max_requests: Option<u32>,
 }
 
+impl InUse {
+    /// The connection was taken over by an upgrade (a 101): it never goes back to the idle
+    /// list, whatever state hyper shows for it.
+    pub fn upgraded(mut self) -> InUse {
+        self.sender = None;
+        self
+    }
+}
+
 impl Drop for InUse {
     fn drop(&mut self) {
         if let Some(sender) = self.sender.take() {

@@ -8,6 +8,8 @@
 //!
 //! Request bodies are read whole before forwarding (retries and mirrors replay them), so
 //! streaming request bodies (gRPC client streaming) are buffered; responses stream through.
+//! An HTTP/1.1 upgrade (WebSocket) is routed like any request and, once the upstream answers
+//! 101, spliced through ([`upgrade`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -29,6 +31,7 @@ use crate::route::{
 use crate::server::Stream;
 
 mod forward;
+mod upgrade;
 
 use forward::{forward, spawn_mirror};
 
@@ -44,7 +47,11 @@ pub async fn serve(stream: Arc<Stream>, tunnel: Tunnel) {
         async move { Ok::<_, Infallible>(handle(&stream, request).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if let Err(error) = builder.serve_connection(tunnel.into_inner(), service).await {
+    // With upgrades: after a 101 hyper hands the connection over instead of closing it.
+    if let Err(error) = builder
+        .serve_connection_with_upgrades(tunnel.into_inner(), service)
+        .await
+    {
         tracing::debug!(%error, "HTTP connection ended with an error");
     }
 }
@@ -143,7 +150,8 @@ async fn respond(
     request: Request<Incoming>,
     record: &mut Record,
 ) -> Response<Body> {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    let asked_upgrade = upgrade::take(&mut parts);
     let model = stream.waypoint.model();
     let client = &stream.client;
     let empty = Default::default();
@@ -202,10 +210,14 @@ async fn respond(
         }
     };
     record.request_bytes = body.len() as u64;
-    for mirror in &plan.mirrors {
-        spawn_mirror(stream, &model, mirror, &parts, &plan, body.clone());
+    // A mirror cannot take part in an upgraded session (its answers are dropped): upgrade
+    // requests are not mirrored.
+    if asked_upgrade.is_none() {
+        for mirror in &plan.mirrors {
+            spawn_mirror(stream, &model, mirror, &parts, &plan, body.clone());
+        }
     }
-    let forwarded = forward(stream, &model, &parts, &plan, body, record);
+    let forwarded = forward(stream, &model, &parts, &plan, body, asked_upgrade, record);
     let mut response = match plan.timeout {
         Some(timeout) => match tokio::time::timeout(timeout, forwarded).await {
             Ok(response) => response,

@@ -1,7 +1,8 @@
 //! The upstream side of a request at the waypoint: the request as sent (rewrites, header
 //! edits, hop-by-hop headers), the tries with retries and backoff against the DestinationRule's
 //! upstream (endpoint choice, circuit breaker, outlier detection), kept connections to
-//! endpoints, and mirrors.
+//! endpoints, and mirrors. A 101 to an upgrade request ends the tries: the upgraded
+//! connections are spliced ([`super::upgrade`]) and the upstream one is never kept.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,12 +10,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_core::config::Model;
 use rand::Rng as _;
 
+use super::upgrade::{self, Requested};
 use super::{BACKOFF_BASE, Body, Plan, Record, local};
 use crate::destinations::InUse;
 use crate::metrics::{Metrics, Overflow as OverflowMetric};
@@ -59,12 +62,14 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The request to send upstream for `plan`.
+/// The request to send upstream for `plan`; with the headers that ask for `upgrade` to an
+/// HTTP/1.1 upstream (HTTP/2 has no `Upgrade`: there the request goes as a plain one).
 fn upstream_request(
     parts: &http::request::Parts,
     plan: &Plan,
     authority: &str,
     h2: bool,
+    upgrade: Option<&HeaderValue>,
     body: Bytes,
 ) -> Option<Request<Full<Bytes>>> {
     let uri = if h2 {
@@ -95,6 +100,9 @@ fn upstream_request(
     if keep_te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+    if !h2 && let Some(protocol) = upgrade {
+        upgrade::restore_headers(headers, protocol);
+    }
     for edits in &plan.request_edits {
         edits.apply(headers);
     }
@@ -121,13 +129,15 @@ fn client_authority(parts: &http::request::Parts) -> String {
         .unwrap_or_default()
 }
 
-/// Sends with retries; the response, or the local answer when every try failed.
+/// Sends with retries; the response, or the local answer when every try failed. For an
+/// upgrade the upstream accepts, the 101, with the splice of the two connections spawned.
 pub(super) async fn forward(
     stream: &Stream,
     model: &Arc<Model>,
     parts: &http::request::Parts,
     plan: &Plan,
     body: Bytes,
+    mut upgrade: Option<Requested>,
     record: &mut Record,
 ) -> Response<Body> {
     let waypoint = &stream.waypoint;
@@ -199,7 +209,9 @@ pub(super) async fn forward(
                 );
             }
         };
-        let Some(request) = upstream_request(parts, plan, &authority, h2, body.clone()) else {
+        let protocol = upgrade.as_ref().map(|u| &u.protocol);
+        let Some(request) = upstream_request(parts, plan, &authority, h2, protocol, body.clone())
+        else {
             return local(StatusCode::BAD_REQUEST, "the request cannot be forwarded\n");
         };
         let per_try = retries.as_ref().and_then(|r| r.per_try_timeout);
@@ -224,7 +236,9 @@ pub(super) async fn forward(
                 if upstream.record(pick.endpoint(), Outcome::Status(status.as_u16())) {
                     waypoint.metrics.ejected(&cluster);
                 }
-                let retriable = retry_on.is_some_and(|r| r.retries_response(status, grpc_status));
+                // A 101 is never retried: the upstream has switched protocols.
+                let retriable = status != StatusCode::SWITCHING_PROTOCOLS
+                    && retry_on.is_some_and(|r| r.retries_response(status, grpc_status));
                 if retriable && may_retry {
                     if let Some(slot) = take_retry(&upstream, &waypoint.metrics, &cluster) {
                         retry_slot = Some(slot);
@@ -236,11 +250,30 @@ pub(super) async fn forward(
                     record.flags.push("URX");
                 }
                 let (mut head, incoming) = response.into_parts();
+                let switched_to = head.headers.get(header::UPGRADE).cloned();
                 strip_hop_by_hop(&mut head.headers);
                 if let Some(cookie) = pick.set_cookie()
                     && let Ok(value) = HeaderValue::from_str(&cookie.to_string())
                 {
                     head.headers.append(header::SET_COOKIE, value);
+                }
+                if status == StatusCode::SWITCHING_PROTOCOLS {
+                    let upstream_io = head.extensions.remove::<OnUpgrade>();
+                    let (Some(asked), Some(upstream_io)) = (upgrade.take(), upstream_io) else {
+                        record.flags.push("UPE");
+                        return local(
+                            StatusCode::BAD_GATEWAY,
+                            "upstream switched protocols without being asked to\n",
+                        );
+                    };
+                    let protocol = switched_to.unwrap_or_else(|| asked.protocol.clone());
+                    upgrade::restore_headers(&mut head.headers, &protocol);
+                    // The connection is the upgraded session's now, never a kept one; the
+                    // lease and the endpoint pick stay taken until the session ends.
+                    let guard = (lease, pick, in_use.map(InUse::upgraded));
+                    upgrade::spawn_splice(asked.client, upstream_io, cluster, guard);
+                    let empty = Empty::new().map_err(|never| match never {}).boxed();
+                    return Response::from_parts(head, empty);
                 }
                 // The slots stay taken until the response body is done.
                 // The connection goes back for reuse then too.
@@ -391,7 +424,8 @@ async fn send(
             let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
                 .await
                 .map_err(|e| Failure::Connect(e.to_string()))?;
-            tokio::spawn(connection);
+            // With upgrades: after a 101 hyper hands the connection over.
+            tokio::spawn(connection.with_upgrades());
             let response = sender
                 .send_request(request)
                 .await
@@ -447,7 +481,7 @@ pub(super) fn spawn_mirror(
         _ => format!("{authority}-shadow"),
     };
     let h2 = upstream_h2(model, &target.host, port);
-    let Some(request) = upstream_request(parts, plan, &shadow, h2, body) else {
+    let Some(request) = upstream_request(parts, plan, &shadow, h2, None, body) else {
         return;
     };
     let input_headers = parts.headers.clone();
@@ -478,3 +512,6 @@ pub(super) fn spawn_mirror(
         }
     });
 }
+
+#[cfg(test)]
+mod tests;

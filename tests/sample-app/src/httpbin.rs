@@ -7,12 +7,14 @@
 //! `X-Forwarded-For` entry if the request has one, else the TCP peer's IP (go-httpbin's rule).
 //! Routes: `/`, `/get`, `/post`, `/put`, `/patch`, `/delete`, `/anything[/…]`, `/headers`,
 //! `/ip`, `/user-agent`, `/hostname` (the pod's name, as go-httpbin's `-use-real-hostname`),
-//! `/status/{codes}`, `/delay/{seconds}` (capped at 10 s).
+//! `/status/{codes}`, `/delay/{seconds}` (capped at 10 s), `/websocket/echo` (a WebSocket that
+//! sends every message back).
 //!
 //! A test hook the real image lacks: with `FAIL_WITH=<status>` in the container's environment
 //! every request is answered with that status (a broken replica, for outlier detection).
 
 mod status;
+mod websocket;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -214,6 +216,7 @@ const INDEX: &str = "<!DOCTYPE html>\n<html><head><title>httpbin</title></head><
 <li><a href=\"/status/418\">/status/:code</a> the given status (or a weighted random one of <code>200:0.9,503:0.1</code>)</li>\n\
 <li><a href=\"/bytes/1024\">/bytes/:n</a> n bytes</li>\n\
 <li><a href=\"/delay/1\">/delay/:seconds</a> waits (at most 10 s) then answers like /get</li>\n\
+<li>/websocket/echo a WebSocket that sends every message back</li>\n\
 </ul></body></html>\n";
 
 /// The httpbin handler.
@@ -269,6 +272,7 @@ impl Handler for Httpbin {
                 StatusCode::OK,
                 &serde_json::json!({"user-agent": header_str(req.headers(), "user-agent").unwrap_or("")}),
             ),
+            "/websocket/echo" => websocket::echo(req),
             p if p == "/anything" || p.starts_with("/anything/") => with_body(req, peer).await,
             p if p.starts_with("/status/") => match parse_status_list(&p["/status/".len()..]) {
                 Ok(choice) => status::response(choice.pick(&mut rand::rng())),

@@ -84,8 +84,9 @@ pub(crate) async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>) {
                 async move { Ok::<_, Infallible>(logged(&*handler, req, peer).await) }
             });
             let builder = auto::Builder::new(TokioExecutor::new());
+            // With upgrades: httpbin's /websocket/echo takes the connection over after its 101.
             if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await
             {
                 tracing::debug!("connection from {peer} ended with error: {e}");

@@ -1,0 +1,109 @@
+use http::Method;
+
+use super::*;
+use crate::route::HeaderEdits;
+
+fn plan() -> Plan {
+    Plan {
+        target: Target {
+            host: "httpbin.default.svc.cluster.local".to_owned(),
+            subset: None,
+            port: None,
+        },
+        path: "/websocket/echo".to_owned(),
+        authority: None,
+        request_edits: Vec::new(),
+        response_edits: Vec::new(),
+        timeout: None,
+        retries: None,
+        mirrors: Vec::new(),
+        extra_response_headers: HeaderMap::new(),
+    }
+}
+
+fn websocket_parts() -> http::request::Parts {
+    Request::get("/websocket/echo")
+        .header("host", "httpbin:8000")
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("keep-alive", "timeout=5")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0
+}
+
+#[test]
+fn an_upgrade_keeps_its_upgrade_headers_to_an_http1_upstream_and_loses_other_hop_headers() {
+    let parts = websocket_parts();
+    let websocket = HeaderValue::from_static("websocket");
+    let request = upstream_request(
+        &parts,
+        &plan(),
+        "httpbin:8000",
+        false,
+        Some(&websocket),
+        Bytes::new(),
+    )
+    .unwrap();
+    assert_eq!(request.method(), Method::GET);
+    let headers = request.headers();
+    assert_eq!(headers[header::CONNECTION], "upgrade");
+    assert_eq!(headers[header::UPGRADE], "websocket");
+    assert_eq!(headers["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+    assert_eq!(headers[header::HOST], "httpbin:8000");
+    assert!(!headers.contains_key("keep-alive"));
+}
+
+#[test]
+fn upgrade_headers_are_dropped_without_an_upgrade_or_to_an_http2_upstream() {
+    let parts = websocket_parts();
+    let plain =
+        upstream_request(&parts, &plan(), "httpbin:8000", false, None, Bytes::new()).unwrap();
+    let websocket = HeaderValue::from_static("websocket");
+    let h2 = upstream_request(
+        &parts,
+        &plan(),
+        "httpbin:8000",
+        true,
+        Some(&websocket),
+        Bytes::new(),
+    )
+    .unwrap();
+    for request in [plain, h2] {
+        let headers = request.headers();
+        assert!(
+            !headers.contains_key(header::CONNECTION) && !headers.contains_key(header::UPGRADE),
+            "{headers:?}"
+        );
+    }
+}
+
+#[test]
+fn route_header_edits_apply_to_an_upgrade_request() {
+    let parts = websocket_parts();
+    let mut plan = plan();
+    plan.request_edits.push(HeaderEdits {
+        set: vec![(
+            header::HeaderName::from_static("end-user"),
+            HeaderValue::from_static("websocket-tester"),
+        )],
+        add: Vec::new(),
+        remove: vec![header::HeaderName::from_static("sec-websocket-key")],
+    });
+    let websocket = HeaderValue::from_static("websocket");
+    let request = upstream_request(
+        &parts,
+        &plan,
+        "httpbin:8000",
+        false,
+        Some(&websocket),
+        Bytes::new(),
+    )
+    .unwrap();
+    let headers = request.headers();
+    assert_eq!(headers["end-user"], "websocket-tester");
+    assert!(!headers.contains_key("sec-websocket-key"));
+    assert_eq!(headers[header::UPGRADE], "websocket");
+}
