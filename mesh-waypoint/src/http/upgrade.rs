@@ -81,7 +81,7 @@ pub(super) async fn splice(client: OnUpgrade, upstream: OnUpgrade) -> Result<(u6
         },)?;
     let mut client = TokioIo::new(client);
     let mut upstream = TokioIo::new(upstream);
-    Ok(tokio::io::copy_bidirectional(&mut client, &mut upstream).await?)
+    Ok(mesh_core::copy::bidirectional(&mut client, &mut upstream).await?)
 }
 
 /// Runs [`splice`] on its own task, holding `guard` (the upstream's lease and endpoint pick)
