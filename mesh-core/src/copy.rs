@@ -1,16 +1,16 @@
-//! Copying a proxied connection both ways with buffers that fit the traffic.
+//! Copying a proxied connection both ways, holding memory only for bytes in flight.
 //!
 //! `tokio::io::copy_bidirectional` holds two 8 KiB buffers for the life of every
 //! connection: 16 KiB per connection whether it carries a request a minute or a bulk
-//! transfer, and too small to move bulk data in few system calls. Here each direction starts
-//! with [`SMALL`] bytes (a 1 KB request or response fits), moves to [`MEDIUM`] after
-//! [`GROW_AFTER`] reads in a row that filled the buffer, and from there to [`LARGE`] the same
-//! way; a [`LARGE`] buffer goes back to [`SMALL`] as soon as its side goes quiet (a read
-//! would block with nothing left to write), so a thousand idle connections that once
-//! carried a transfer do not keep hundreds of KiB each. A direction whose reader ended drops
-//! its buffer before it shuts its writer down (half-close), and the copy ends when both
-//! directions have.
+//! transfer, and too small to move bulk data in few system calls. Here every read goes into
+//! one [`SCRATCH`]-sized buffer per thread and is written on at once from there; only what
+//! the writer does not take (it is full: backpressure) is kept, in a buffer of the
+//! connection's own, until the writer takes it (the buffer is given back when the reader
+//! goes quiet). An idle connection holds no buffer, and a bulk transfer moves up to
+//! [`SCRATCH`] bytes per system call. A direction whose reader
+//! ended shuts its writer down (half-close), and the copy ends when both directions have.
 
+use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
@@ -18,14 +18,15 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Every direction's first buffer.
-pub const SMALL: usize = 2 * 1024;
-/// After [`GROW_AFTER`] full reads of a [`SMALL`] buffer.
-pub const MEDIUM: usize = 16 * 1024;
-/// After [`GROW_AFTER`] full reads of a [`MEDIUM`] buffer: bulk transfers.
-pub const LARGE: usize = 128 * 1024;
-/// Full reads in a row that move a direction to the next buffer size.
-pub const GROW_AFTER: u32 = 4;
+/// The most one read takes.
+pub const SCRATCH: usize = 128 * 1024;
+
+/// The read buffer of a copy nested in another's poll (see [`Direction::poll_copy`]).
+const NESTED: usize = 16 * 1024;
+
+thread_local! {
+    static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
+}
 
 /// Copies `a` to `b` and `b` to `a` until both have ended (each end shuts the other side's
 /// writer down) or either fails. Returns the bytes copied `a` → `b` and `b` → `a`.
@@ -34,8 +35,8 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let mut a_to_b = Transfer::Running(Direction::new());
-    let mut b_to_a = Transfer::Running(Direction::new());
+    let mut a_to_b = Transfer::Running(Direction::default());
+    let mut b_to_a = Transfer::Running(Direction::default());
     poll_fn(|cx| {
         let forward = a_to_b.poll(cx, Pin::new(&mut *a), Pin::new(&mut *b))?;
         let backward = b_to_a.poll(cx, Pin::new(&mut *b), Pin::new(&mut *a))?;
@@ -65,7 +66,6 @@ impl Transfer {
             match self {
                 Transfer::Running(direction) => {
                     let copied = ready!(direction.poll_copy(cx, reader.as_mut(), writer.as_mut()))?;
-                    // Dropping the direction frees its buffer before the half-close.
                     *self = Transfer::ShuttingDown(copied);
                 }
                 Transfer::ShuttingDown(copied) => {
@@ -79,44 +79,27 @@ impl Transfer {
     }
 }
 
-/// One direction: its buffer, what of it is still to be written, and what it has copied.
+/// One direction: the bytes read that the writer has not taken yet, and what it has copied.
+#[derive(Default)]
 struct Direction {
-    buf: Vec<u8>,
-    /// `buf[written..filled]` is read and not written yet.
+    /// `kept[written..]` waits for the writer.
+    kept: Vec<u8>,
     written: usize,
-    filled: usize,
-    /// Reads in a row that filled the buffer.
-    full_reads: u32,
     reader_done: bool,
     /// Bytes written since the last flush.
     unflushed: bool,
     copied: u64,
 }
 
+/// What one read from the scratch buffer came to.
+enum Read {
+    /// Data, all written on, or the rest kept.
+    Data,
+    /// The reader ended.
+    Ended,
+}
+
 impl Direction {
-    fn new() -> Direction {
-        Direction {
-            buf: vec![0; SMALL],
-            written: 0,
-            filled: 0,
-            full_reads: 0,
-            reader_done: false,
-            unflushed: false,
-            copied: 0,
-        }
-    }
-
-    /// The buffer size for the next read, given how the last ones went.
-    fn resize_for_next_read(&mut self) {
-        let next = match self.buf.len() {
-            SMALL if self.full_reads >= GROW_AFTER => MEDIUM,
-            MEDIUM if self.full_reads >= GROW_AFTER => LARGE,
-            _ => return,
-        };
-        self.buf = vec![0; next];
-        self.full_reads = 0;
-    }
-
     /// Copies until the reader ends (then flushes): the bytes copied.
     fn poll_copy<R, W>(
         &mut self,
@@ -129,60 +112,93 @@ impl Direction {
         W: AsyncWrite + ?Sized,
     {
         loop {
-            if self.written == self.filled && !self.reader_done {
-                self.resize_for_next_read();
-                let mut read = ReadBuf::new(&mut self.buf);
-                match reader.as_mut().poll_read(cx, &mut read) {
-                    Poll::Ready(Ok(())) => {
-                        let n = read.filled().len();
-                        self.written = 0;
-                        self.filled = n;
-                        if n == 0 {
-                            self.reader_done = true;
-                        } else if n == self.buf.len() {
-                            self.full_reads += 1;
-                        } else {
-                            self.full_reads = 0;
-                        }
-                    }
-                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
-                    Poll::Pending => {
-                        // Quiet: give back a bulk-sized buffer, and push out what was
-                        // written so it does not wait in the writer for more.
-                        if self.buf.len() == LARGE {
-                            self.buf = vec![0; SMALL];
-                            self.full_reads = 0;
-                        }
-                        if self.unflushed {
-                            ready!(writer.as_mut().poll_flush(cx))?;
-                            self.unflushed = false;
-                        }
-                        return Poll::Pending;
-                    }
-                }
-            }
-            while self.written < self.filled {
-                let n = ready!(
-                    writer
-                        .as_mut()
-                        .poll_write(cx, &self.buf[self.written..self.filled])
-                )?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "the writer accepted no bytes",
-                    )));
-                }
+            while self.written < self.kept.len() {
+                let n = ready!(writer.as_mut().poll_write(cx, &self.kept[self.written..]))?;
+                self.wrote(n)?;
                 self.written += n;
-                self.copied += n as u64;
-                self.unflushed = true;
             }
+            // Written out: the buffer stays while the transfer is busy.
+            self.kept.clear();
+            self.written = 0;
             if self.reader_done {
                 ready!(writer.as_mut().poll_flush(cx))?;
                 self.unflushed = false;
                 return Poll::Ready(Ok(self.copied));
             }
+            let read = SCRATCH_BUF.with(|scratch| match scratch.try_borrow_mut() {
+                Ok(mut scratch) => {
+                    self.read_and_write(cx, reader.as_mut(), writer.as_mut(), &mut scratch)
+                }
+                // Only if a reader or writer copies through this module from inside its own
+                // poll: then this read gets a buffer of its own.
+                Err(_) => {
+                    self.read_and_write(cx, reader.as_mut(), writer.as_mut(), &mut vec![0; NESTED])
+                }
+            });
+            match read {
+                Poll::Ready(Ok(Read::Data)) => {}
+                Poll::Ready(Ok(Read::Ended)) => self.reader_done = true,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => {
+                    // Quiet: give the buffer back, and push out what was written so it does
+                    // not wait in the writer for more.
+                    self.kept = Vec::new();
+                    if self.unflushed {
+                        ready!(writer.as_mut().poll_flush(cx))?;
+                        self.unflushed = false;
+                    }
+                    return Poll::Pending;
+                }
+            }
         }
+    }
+
+    /// One read into `scratch`, written on at once; what the writer does not take is kept.
+    fn read_and_write<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: Pin<&mut R>,
+        mut writer: Pin<&mut W>,
+        scratch: &mut [u8],
+    ) -> Poll<io::Result<Read>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        let mut read = ReadBuf::new(scratch);
+        ready!(reader.poll_read(cx, &mut read))?;
+        let data = read.filled();
+        if data.is_empty() {
+            return Poll::Ready(Ok(Read::Ended));
+        }
+        let mut at = 0;
+        while at < data.len() {
+            match writer.as_mut().poll_write(cx, &data[at..]) {
+                Poll::Ready(Ok(n)) => {
+                    self.wrote(n)?;
+                    at += n;
+                }
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                // The writer will wake the task when it takes more.
+                Poll::Pending => {
+                    self.kept.extend_from_slice(&data[at..]);
+                    break;
+                }
+            }
+        }
+        Poll::Ready(Ok(Read::Data))
+    }
+
+    fn wrote(&mut self, n: usize) -> io::Result<()> {
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "the writer accepted no bytes",
+            ));
+        }
+        self.copied += n as u64;
+        self.unflushed = true;
+        Ok(())
     }
 }
 

@@ -71,67 +71,97 @@ async fn a_read_error_ends_the_copy_with_it() {
     assert_eq!(error.kind(), io::ErrorKind::ConnectionReset);
 }
 
-/// A reader that fills every buffer it is given `full` times, then gives `short` bytes
-/// once, then would block.
-struct Script {
-    full: usize,
-    short: usize,
-}
+/// A reader that gives each of `chunks` once, then would block.
+struct Chunks(Vec<Vec<u8>>);
 
-impl AsyncRead for Script {
+impl AsyncRead for Chunks {
     fn poll_read(
         mut self: Pin<&mut Self>,
         _: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.full > 0 {
-            self.full -= 1;
-            let n = buf.remaining();
-            buf.put_slice(&vec![7; n]);
-        } else if self.short > 0 {
-            let n = std::mem::take(&mut self.short);
-            buf.put_slice(&vec![7; n]);
-        } else {
+        if self.0.is_empty() {
             return Poll::Pending;
         }
+        let chunk = self.0.remove(0);
+        buf.put_slice(&chunk);
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A writer that takes at most `room` bytes, then would block until given more room.
+#[derive(Default)]
+struct Limited {
+    room: usize,
+    taken: Vec<u8>,
+}
+
+impl tokio::io::AsyncWrite for Limited {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let n = buf.len().min(self.room);
+        if n == 0 {
+            return Poll::Pending;
+        }
+        self.room -= n;
+        self.taken.extend_from_slice(&buf[..n]);
+        Poll::Ready(Ok(n))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
 }
 
 #[test]
-fn buffers_grow_with_full_reads_and_a_bulk_buffer_shrinks_when_quiet() {
+fn only_bytes_the_writer_did_not_take_are_kept_and_only_until_it_takes_them() {
     let mut cx = Context::from_waker(Waker::noop());
-    let mut sink = tokio::io::sink();
-
-    // Short reads keep the small buffer.
-    let mut direction = Direction::new();
-    let mut reader = Script {
-        full: 0,
-        short: 100,
+    let mut direction = Direction::default();
+    let first = pattern(5000);
+    let mut reader = Chunks(vec![first.clone(), b"second".to_vec()]);
+    let mut writer = Limited {
+        room: 3000,
+        ..Limited::default()
     };
-    let poll = direction.poll_copy(&mut cx, Pin::new(&mut reader), Pin::new(&mut sink));
+
+    // The writer takes 3000 of the first 5000 bytes: the other 2000 are kept, no more read.
+    let poll = direction.poll_copy(&mut cx, Pin::new(&mut reader), Pin::new(&mut writer));
     assert!(poll.is_pending());
-    assert_eq!((direction.buf.len(), direction.copied), (SMALL, 100));
+    assert_eq!(direction.kept.len() - direction.written, 2000);
+    assert_eq!(reader.0.len(), 1, "nothing more is read while bytes wait");
 
-    // GROW_AFTER full reads move to MEDIUM, as many more to LARGE.
-    let mut direction = Direction::new();
-    let mut reader = Script {
-        full: 2 * GROW_AFTER as usize,
-        short: 10,
-    };
-    let _ = direction.poll_copy(&mut cx, Pin::new(&mut reader), Pin::new(&mut sink));
-    let expected = GROW_AFTER as usize * (SMALL + MEDIUM) + 10;
-    assert_eq!(direction.copied, expected as u64);
-    // The short read came into the LARGE buffer; the next read would block, which gave
-    // the bulk buffer back.
-    assert_eq!(direction.buf.len(), SMALL);
+    // Room for everything: the kept bytes go first, then the next read; nothing is kept.
+    writer.room = usize::MAX;
+    let poll = direction.poll_copy(&mut cx, Pin::new(&mut reader), Pin::new(&mut writer));
+    assert!(poll.is_pending());
+    assert_eq!(
+        direction.kept.capacity(),
+        0,
+        "an idle direction holds no buffer"
+    );
+    let mut expected = first;
+    expected.extend_from_slice(b"second");
+    assert_eq!(writer.taken, expected);
+    assert_eq!(direction.copied, expected.len() as u64);
+}
 
-    // A MEDIUM buffer stays when quiet: request/response traffic of that size keeps it.
-    let mut direction = Direction::new();
-    let mut reader = Script {
-        full: GROW_AFTER as usize,
-        short: 10,
+#[test]
+fn a_read_takes_up_to_the_scratch_size_at_once() {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut direction = Direction::default();
+    let mut reader = tokio::io::repeat(1).take(3 * SCRATCH as u64);
+    let mut writer = Limited {
+        room: usize::MAX,
+        ..Limited::default()
     };
-    let _ = direction.poll_copy(&mut cx, Pin::new(&mut reader), Pin::new(&mut sink));
-    assert_eq!(direction.buf.len(), MEDIUM);
+    let poll = direction.poll_copy(&mut cx, Pin::new(&mut reader), Pin::new(&mut writer));
+    assert!(
+        matches!(poll, Poll::Ready(Ok(n)) if n == 3 * SCRATCH as u64),
+        "{poll:?}"
+    );
 }
