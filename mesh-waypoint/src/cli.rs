@@ -61,6 +61,11 @@ pub struct Cli {
     /// Certificate lifetime to ask for, e.g. 24h, 30m.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub cert_ttl: Duration,
+    /// Threads that run the proxy. One serves a waypoint's usual load at the least CPU per
+    /// request (no wake-ups between threads); give more to one that proxies more than one
+    /// core's worth.
+    #[arg(long, env = "WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: u16,
 }
 
 /// Where the config model comes from.

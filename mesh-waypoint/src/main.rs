@@ -7,15 +7,18 @@ use mesh_waypoint::cli::Cli;
 use mesh_waypoint::server;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    let config = Cli::try_parse_checked(std::env::args_os())
-        .and_then(Cli::into_config)
-        .unwrap_or_else(|error| error.exit());
-    Ok(server::run(config).await?)
+    let cli = Cli::try_parse_checked(std::env::args_os()).unwrap_or_else(|error| error.exit());
+    let workers = usize::from(cli.worker_threads);
+    let config = cli.into_config().unwrap_or_else(|error| error.exit());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?;
+    Ok(runtime.block_on(server::run(config))?)
 }
