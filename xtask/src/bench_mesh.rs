@@ -4,7 +4,8 @@
 //! connections per second), and `iperf3` one-stream throughput; and, for the tunnel issue's
 //! latency target, 1 KB GETs at a fixed 1000 req/s (`xtask bench-peer paced`, open loop:
 //! P50/P90/P99 and the P99 the mesh adds). For each node agent it prints CPU seconds per 1000
-//! requests under both loads, RSS idle and after the loads, and its peak RSS while 1000
+//! requests under both loads and its CPU share over 5 s without traffic, RSS idle and after
+//! the loads, and its peak RSS while 1000
 //! connections are open through it at once (and the file descriptors left once they close).
 //! Client on node2, server on node1, both run inside the pods (their netns and cgroup) so the
 //! eBPF redirect sees them. The targets are printed beside the figures.
@@ -22,6 +23,8 @@ use crate::bench_load::{self, Figures};
 const LAB: &str = "benchmesh";
 /// The paced load's rate, the tunnel issue's "fixed rate".
 const RATE: u32 = 1000;
+/// How long the agents' idle CPU is measured, enrolled pods and no traffic.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Connections held open at once for the memory figure.
 const HELD: usize = 1000;
 /// The node agents, by the side of the connection they serve.
@@ -68,6 +71,8 @@ struct Agent {
     /// CPU seconds per 1000 requests, under wrk and at the fixed rate.
     cpu_wrk: f64,
     cpu_paced: f64,
+    /// CPU seconds per second with no traffic.
+    idle_cpu: f64,
     idle_mb: f64,
     after_load_mb: f64,
     /// Peak RSS while [`HELD`] connections were open, and fds before and after them.
@@ -109,10 +114,13 @@ fn scenarios(mut lab: Lab, mesh_node: &std::path::Path, seconds: u64) -> Result<
     let direct = measure(&lab, &client, &server, seconds, &mut |_| Ok(()))?;
     lab.label("ns/default", &["istio.io/dataplane-mode=ambient".into()])?;
     wait_in_mesh(&lab, &client, &url)?;
+    let quiet_from = usage(&lab)?;
+    std::thread::sleep(IDLE);
     let idle = usage(&lab)?;
     let mut agents = [Agent::default(); 2];
-    for (agent, usage) in agents.iter_mut().zip(&idle) {
-        agent.idle_mb = mb(usage.rss_kb);
+    for ((agent, from), to) in agents.iter_mut().zip(&quiet_from).zip(&idle) {
+        agent.idle_mb = mb(to.rss_kb);
+        agent.idle_cpu = (to.cpu_seconds - from.cpu_seconds) / IDLE.as_secs_f64();
     }
     println!("bench: mesh (HBONE between the nodes)");
     let mut before = idle;
@@ -283,10 +291,11 @@ fn print(report: &Report, seconds: u64) {
         "\n(wrk -t1 -c16 --latency, closed loop; @1k: {RATE} req/s over 16 connections, open loop)"
     );
     println!(
-        "\n{:<12} {:>13} {:>13} {:>8} {:>11} {:>16} {:>14}",
+        "\n{:<12} {:>13} {:>13} {:>9} {:>8} {:>11} {:>16} {:>14}",
         "node agent",
         "CPU/1k (wrk)",
         "CPU/1k (@1k)",
+        "idle CPU",
         "idle MB",
         "loaded MB",
         format!("peak MB, {HELD}c"),
@@ -294,9 +303,10 @@ fn print(report: &Report, seconds: u64) {
     );
     for ((side, _), agent) in AGENTS.iter().zip(agents) {
         println!(
-            "{side:<12} {:>13.4} {:>13.4} {:>8.1} {:>11.1} {:>16.1} {:>14}",
+            "{side:<12} {:>13.4} {:>13.4} {:>8.2}% {:>8.1} {:>11.1} {:>16.1} {:>14}",
             agent.cpu_wrk,
             agent.cpu_paced,
+            agent.idle_cpu * 100.0,
             agent.idle_mb,
             agent.after_load_mb,
             agent.held_peak_mb,

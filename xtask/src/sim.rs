@@ -34,6 +34,10 @@ enum SimCommand {
         /// The sock_ops + sk_msg fast path of the node agents (with --mesh).
         #[arg(long, value_enum, default_value_t = OnOff::Off)]
         fast_path: OnOff,
+        /// Run this mesh-node binary (e.g. target/release/mesh-node) instead of a debug
+        /// build (with --mesh).
+        #[arg(long, requires = "mesh")]
+        mesh_node: Option<PathBuf>,
     },
     /// Create or update objects from manifests (all are checked before any applies).
     Apply {
@@ -111,14 +115,18 @@ pub(crate) fn run(args: SimArgs) -> Result<ExitCode> {
             files,
             mesh,
             fast_path,
+            mesh_node,
         } => {
             let sample_app = cargo::build_sample_app()?;
             // Gateways of class istio-waypoint run it.
             cargo::build_mesh_waypoint()?;
-            let mesh_node = if mesh {
-                Some(cargo::build_mesh_node()?)
-            } else {
-                None
+            let mesh_node = match mesh_node {
+                Some(path) => Some(
+                    std::fs::canonicalize(&path)
+                        .with_context(|| format!("--mesh-node {}", path.display()))?,
+                ),
+                None if mesh => Some(cargo::build_mesh_node()?),
+                None => None,
             };
             let started = Instant::now();
             let options = LabOptions {
