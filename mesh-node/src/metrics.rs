@@ -46,7 +46,7 @@ fn principal(identity: Option<&Identity>) -> String {
 }
 
 fn label(pod: Option<&PodInfo>, key: &str, fallback: impl FnOnce() -> String) -> String {
-    pod.and_then(|p| p.labels.get(key).cloned())
+    pod.and_then(|p| p.labels.get(key).map(str::to_owned))
         .unwrap_or_else(fallback)
 }
 

@@ -20,6 +20,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioExecutor;
+use mesh_core::config::labels::NO_LABELS;
 use mesh_core::hbone::Tunnel;
 
 use crate::metrics::RequestLabels;
@@ -146,10 +147,9 @@ async fn respond(
     let (parts, body) = request.into_parts();
     let model = stream.waypoint.model();
     let client = &stream.client;
-    let empty = Default::default();
     let source = Source {
         namespace: Some(client.identity.namespace.as_str()),
-        labels: client.pod.as_ref().map_or(&empty, |p| &p.labels),
+        labels: client.pod.as_ref().map_or(&NO_LABELS, |p| &p.labels),
         ip: client.ip,
     };
     let client_ns = client.identity.namespace.clone();
@@ -325,7 +325,7 @@ fn labels(stream: &Stream, record: &Record, code: u16, headers: &HeaderMap) -> R
     let source_pod = client.pod.as_deref();
     let destination_pod = record.destination.as_ref().and_then(|e| e.pod.as_deref());
     let label = |pod: Option<&mesh_core::config::PodInfo>, key: &str| {
-        pod.and_then(|p| p.labels.get(key).cloned())
+        pod.and_then(|p| p.labels.get(key).map(str::to_owned))
             .unwrap_or_else(unknown)
     };
     RequestLabels {

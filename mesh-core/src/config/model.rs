@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::host;
 use super::istio::{AuthorizationPolicy, DestinationRule, PeerAuthentication, VirtualService};
+use super::labels::{Labels, NO_LABELS};
 use super::resource::{Kind, Resource, ResourceKey};
 use super::shard_map::ShardMap;
 
@@ -43,7 +44,7 @@ impl Name {
 /// What the model keeps of a Namespace or ServiceAccount: its labels.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LabelledInfo {
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
 }
 
 /// What the model keeps of a Pod.
@@ -51,7 +52,7 @@ pub struct LabelledInfo {
 pub struct PodInfo {
     pub name: Name,
     pub uid: Option<String>,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     pub service_account: String,
     pub node: Option<String>,
     /// `status.hostIP`: the node's address, where the node proxy's HBONE listener is.
@@ -93,8 +94,8 @@ pub struct ServiceInfo {
     pub cluster_ips: Vec<IpAddr>,
     pub ports: Vec<ServicePortInfo>,
     /// `None` for services without a selector (endpoints come from EndpointSlices only).
-    pub selector: Option<BTreeMap<String, String>>,
-    pub labels: BTreeMap<String, String>,
+    pub selector: Option<Labels>,
+    pub labels: Labels,
 }
 
 /// One endpoint of an EndpointSlice.
@@ -126,9 +127,8 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// The pod's labels (empty when the endpoint has no known pod).
-    pub fn labels(&self) -> &BTreeMap<String, String> {
-        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
-        self.pod.as_ref().map_or(&EMPTY, |p| &p.labels)
+    pub fn labels(&self) -> &Labels {
+        self.pod.as_ref().map_or(&NO_LABELS, |p| &p.labels)
     }
 }
 
@@ -197,7 +197,7 @@ impl Model {
     }
 
     /// A namespace's labels (`None` when the namespace is not known).
-    pub fn namespace_labels(&self, namespace: &str) -> Option<&BTreeMap<String, String>> {
+    pub fn namespace_labels(&self, namespace: &str) -> Option<&Labels> {
         self.namespaces.get(namespace).map(|ns| &ns.labels)
     }
 
@@ -333,7 +333,7 @@ impl Model {
     }
 
     fn label_waypoint(
-        labels: &BTreeMap<String, String>,
+        labels: &Labels,
         own_namespace: &str,
         source: WaypointSource,
     ) -> Option<Option<Waypoint>> {
@@ -341,9 +341,7 @@ impl Model {
         if name == "none" {
             return Some(None);
         }
-        let namespace = labels
-            .get(USE_WAYPOINT_NAMESPACE)
-            .map_or(own_namespace, String::as_str);
+        let namespace = labels.get(USE_WAYPOINT_NAMESPACE).unwrap_or(own_namespace);
         Some(Some(Waypoint {
             gateway: Name::new(namespace, name),
             source,
@@ -591,7 +589,8 @@ impl Model {
     }
 }
 
-/// Whether a label selector (all pairs must match; empty matches all) selects `labels`.
-pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+/// Whether a label selector as Istio's types hold it (all pairs must match; empty matches
+/// all) selects `labels`.
+pub fn selects(selector: &BTreeMap<String, String>, labels: &Labels) -> bool {
+    labels.contains_all(selector.iter().map(|(k, v)| (k.as_str(), v.as_str())))
 }

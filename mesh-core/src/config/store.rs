@@ -15,9 +15,10 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::sync::{mpsc, watch};
 
+use super::labels::{Interner, Labels};
 use super::model::{
     LabelledInfo, Model, Name, PodInfo, SERVICE_NAME_LABEL, ServiceInfo, ServicePortInfo,
-    SliceEndpoint, SliceInfo, TargetPort, selects,
+    SliceEndpoint, SliceInfo, TargetPort,
 };
 use super::resource::{Kind, Resource, ResourceKey};
 use super::{host, validate};
@@ -31,6 +32,8 @@ pub struct Store {
     pods_by_namespace: HashMap<String, HashSet<String>>,
     /// Hash of (namespace, label key, value) → services whose selector has that pair.
     selector_index: HashMap<u64, HashSet<Name>>,
+    /// Shares the model's repetitive strings (label keys and values).
+    strings: Interner,
     problems: BTreeMap<String, String>,
     published: watch::Sender<Arc<Model>>,
 }
@@ -63,6 +66,7 @@ impl Store {
             model: Model::default(),
             pods_by_namespace: HashMap::new(),
             selector_index: HashMap::new(),
+            strings: Interner::default(),
             problems: BTreeMap::new(),
             published,
         }
@@ -173,20 +177,26 @@ impl Store {
         match resource {
             Resource::Namespace(ns) => {
                 let name = ns.metadata.name.clone().unwrap_or_default();
-                let labels = ns.metadata.labels.clone().unwrap_or_default();
+                let labels = interned_labels(ns.metadata.labels.as_ref(), &mut self.strings);
                 self.model
                     .namespaces
                     .insert(name, Arc::new(LabelledInfo { labels }));
             }
             Resource::ServiceAccount(sa) => {
                 let name = meta_name(&sa.metadata);
-                let labels = sa.metadata.labels.clone().unwrap_or_default();
+                let labels = interned_labels(sa.metadata.labels.as_ref(), &mut self.strings);
                 self.model
                     .service_accounts
                     .insert(name, Arc::new(LabelledInfo { labels }));
             }
-            Resource::Pod(pod) => self.insert_pod(pod_info(&pod)),
-            Resource::Service(service) => self.insert_service(service_info(&service)),
+            Resource::Pod(pod) => {
+                let info = pod_info(&pod, &mut self.strings);
+                self.insert_pod(info);
+            }
+            Resource::Service(service) => {
+                let info = service_info(&service, &mut self.strings);
+                self.insert_service(info);
+            }
             Resource::EndpointSlice(slice) => self.insert_slice(slice_info(&slice)),
             other => self.insert_istio(other),
         }
@@ -212,22 +222,21 @@ impl Store {
         // Services that might select the pod before or after the change.
         let mut candidates: HashSet<Name> = HashSet::new();
         for labels in old.iter().map(|o| &o.labels).chain([&pod.labels]) {
-            for (k, v) in labels {
+            for (k, v) in labels.iter() {
                 if let Some(services) = self.selector_index.get(&pair_hash(&name.namespace, k, v)) {
                     candidates.extend(services.iter().cloned());
                 }
             }
         }
         for service in candidates {
-            let Some(selector) = self
-                .model
-                .services
-                .get(&service)
-                .and_then(|s| s.selector.clone())
-            else {
+            let Some(info) = self.model.services.get(&service).cloned() else {
                 continue;
             };
-            self.set_selected(&service, &name.name, selects(&selector, &pod.labels));
+            let Some(selector) = &info.selector else {
+                continue;
+            };
+            let selected = pod.labels.contains_all(selector.iter());
+            self.set_selected(&service, &name.name, selected);
         }
         self.model.pods.insert(name, Arc::new(pod));
     }
@@ -258,7 +267,7 @@ impl Store {
             pods.remove(&name.name);
         }
         let mut candidates: HashSet<Name> = HashSet::new();
-        for (k, v) in &old.labels {
+        for (k, v) in old.labels.iter() {
             if let Some(services) = self.selector_index.get(&pair_hash(&name.namespace, k, v)) {
                 candidates.extend(services.iter().cloned());
             }
@@ -282,7 +291,7 @@ impl Store {
             }
         }
         if let Some(selector) = service.selector.as_ref().filter(|s| !s.is_empty()) {
-            for (k, v) in selector {
+            for (k, v) in selector.iter() {
                 self.selector_index
                     .entry(pair_hash(&name.namespace, k, v))
                     .or_default()
@@ -297,7 +306,7 @@ impl Store {
                     self.model
                         .pods
                         .get(&Name::new(&name.namespace, pod))
-                        .is_some_and(|p| selects(selector, &p.labels))
+                        .is_some_and(|p| p.labels.contains_all(selector.iter()))
                 })
                 .cloned()
                 .collect();
@@ -321,7 +330,7 @@ impl Store {
                 }
             }
         }
-        for (k, v) in old.selector.iter().flatten() {
+        for (k, v) in old.selector.iter().flat_map(Labels::iter) {
             let hash = pair_hash(&name.namespace, k, v);
             if let Some(services) = self.selector_index.get_mut(&hash) {
                 services.remove(name);
@@ -476,8 +485,13 @@ fn port_u16(port: i32) -> Option<u16> {
     u16::try_from(port).ok().filter(|p| *p != 0)
 }
 
+fn interned_labels(labels: Option<&BTreeMap<String, String>>, strings: &mut Interner) -> Labels {
+    let pairs = labels.into_iter().flatten();
+    Labels::interned(pairs.map(|(k, v)| (k.as_str(), v.as_str())), strings)
+}
+
 /// What the model keeps of a Pod.
-pub(crate) fn pod_info(pod: &Pod) -> PodInfo {
+pub(crate) fn pod_info(pod: &Pod, strings: &mut Interner) -> PodInfo {
     let spec = pod.spec.as_ref();
     let status = pod.status.as_ref();
     let ready = pod.metadata.deletion_timestamp.is_none()
@@ -503,7 +517,7 @@ pub(crate) fn pod_info(pod: &Pod) -> PodInfo {
     PodInfo {
         name,
         uid: pod.metadata.uid.clone(),
-        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        labels: interned_labels(pod.metadata.labels.as_ref(), strings),
         service_account: spec
             .and_then(|s| s.service_account_name.clone())
             .unwrap_or_else(|| "default".to_owned()),
@@ -544,7 +558,7 @@ fn workload_name(pod: &Pod) -> Option<String> {
 }
 
 /// What the model keeps of a Service.
-pub(crate) fn service_info(service: &Service) -> ServiceInfo {
+pub(crate) fn service_info(service: &Service, strings: &mut Interner) -> ServiceInfo {
     let name = meta_name(&service.metadata);
     let spec = service.spec.as_ref();
     let cluster_ips = spec.map_or_else(Vec::new, |s| {
@@ -578,8 +592,10 @@ pub(crate) fn service_info(service: &Service) -> ServiceInfo {
         name,
         cluster_ips,
         ports,
-        selector: spec.and_then(|s| s.selector.clone()),
-        labels: service.metadata.labels.clone().unwrap_or_default(),
+        selector: spec
+            .and_then(|s| s.selector.as_ref())
+            .map(|selector| interned_labels(Some(selector), strings)),
+        labels: interned_labels(service.metadata.labels.as_ref(), strings),
     }
 }
 
