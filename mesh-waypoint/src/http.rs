@@ -330,17 +330,17 @@ fn labels(stream: &Stream, record: &Record, code: u16, headers: &HeaderMap) -> R
     };
     RequestLabels {
         reporter: "waypoint",
-        source_workload: source_pod.map_or_else(unknown, |p| p.workload.clone()),
+        source_workload: source_pod.map_or_else(unknown, |p| p.workload.to_string()),
         source_workload_namespace: client.identity.namespace.clone(),
         source_principal: client.identity.to_string(),
         source_app: label(source_pod, "app"),
         source_version: label(source_pod, "version"),
         destination_service: stream.service.hostname.clone(),
-        destination_service_name: stream.service.name.name.clone(),
-        destination_service_namespace: stream.service.name.namespace.clone(),
-        destination_workload: destination_pod.map_or_else(unknown, |p| p.workload.clone()),
+        destination_service_name: stream.service.name.name.to_string(),
+        destination_service_namespace: stream.service.name.namespace.to_string(),
+        destination_workload: destination_pod.map_or_else(unknown, |p| p.workload.to_string()),
         destination_workload_namespace: destination_pod
-            .map_or_else(unknown, |p| p.name.namespace.clone()),
+            .map_or_else(unknown, |p| p.name.namespace.to_string()),
         destination_principal: destination_pod.map_or_else(unknown, |p| {
             stream
                 .waypoint

@@ -106,15 +106,15 @@ fn labels(stream: &Stream, destination: Option<&mesh_core::config::PodInfo>) -> 
     let source = stream.client.pod.as_deref();
     RequestLabels {
         reporter: "waypoint",
-        source_workload: source.map_or_else(unknown, |p| p.workload.clone()),
+        source_workload: source.map_or_else(unknown, |p| p.workload.to_string()),
         source_workload_namespace: stream.client.identity.namespace.clone(),
         source_principal: stream.client.identity.to_string(),
         destination_service: stream.service.hostname.clone(),
-        destination_service_name: stream.service.name.name.clone(),
-        destination_service_namespace: stream.service.name.namespace.clone(),
-        destination_workload: destination.map_or_else(unknown, |p| p.workload.clone()),
+        destination_service_name: stream.service.name.name.to_string(),
+        destination_service_namespace: stream.service.name.namespace.to_string(),
+        destination_workload: destination.map_or_else(unknown, |p| p.workload.to_string()),
         destination_workload_namespace: destination
-            .map_or_else(unknown, |p| p.name.namespace.clone()),
+            .map_or_else(unknown, |p| p.name.namespace.to_string()),
         destination_version: destination
             .and_then(|p| p.labels.get("version").map(str::to_owned))
             .unwrap_or_else(unknown),

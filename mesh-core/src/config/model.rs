@@ -25,18 +25,19 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// The label Istio's ambient mode reads on namespaces and pods.
 pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
 
-/// A namespaced name.
+/// A namespaced name. Shared strings: the indexes hold a pod's name several times over, and
+/// the store gives every object of a namespace the same namespace string.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Name {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl Name {
     pub fn new(namespace: &str, name: &str) -> Name {
         Name {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
+            namespace: namespace.into(),
+            name: name.into(),
         }
     }
 }
@@ -53,20 +54,19 @@ pub struct PodInfo {
     pub name: Name,
     pub uid: Option<String>,
     pub labels: Labels,
-    pub service_account: String,
-    pub node: Option<String>,
+    pub service_account: Arc<str>,
+    pub node: Option<Arc<str>>,
     /// `status.hostIP`: the node's address, where the node proxy's HBONE listener is.
     pub host_ip: Option<IpAddr>,
     pub ips: Vec<IpAddr>,
     /// The workload it belongs to, as Istio's metrics name it: the Deployment (from the
     /// ReplicaSet owner less its `pod-template-hash`), else the owner, else the pod's name.
-    pub workload: String,
+    pub workload: Arc<str>,
     /// The pod's `Ready` condition is true (and it is not terminating).
     pub ready: bool,
-    /// Named container ports, for Services whose `targetPort` is a name.
-    /// Named container ports (a few per pod: a slice, not a map, whose node alone would take
-    /// ~300 bytes per pod).
-    pub named_ports: Box<[(String, u16)]>,
+    /// Named container ports, for Services whose `targetPort` is a name (a few per pod: a
+    /// slice, not a map, whose node alone would take ~300 bytes per pod).
+    pub named_ports: Box<[(Arc<str>, u16)]>,
 }
 
 /// A Service's target port: a number, or the name of a container port.
@@ -104,7 +104,7 @@ pub struct SliceEndpoint {
     pub ips: Vec<IpAddr>,
     pub ready: bool,
     pub pod: Option<Name>,
-    pub node: Option<String>,
+    pub node: Option<Arc<str>>,
 }
 
 /// What the model keeps of an EndpointSlice.
@@ -122,7 +122,7 @@ pub struct SliceInfo {
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub pod: Option<Arc<PodInfo>>,
-    pub node: Option<String>,
+    pub node: Option<Arc<str>>,
 }
 
 impl Endpoint {
@@ -170,10 +170,10 @@ pub struct Model {
     pub(crate) services_by_host: ShardMap<String, Name>,
     pub(crate) services_by_addr: ShardMap<SocketAddr, Name>,
     /// Pods a service's selector picks (for services without EndpointSlices).
-    pub(crate) selected: ShardMap<Name, Arc<BTreeSet<String>>>,
+    pub(crate) selected: ShardMap<Name, Arc<BTreeSet<Arc<str>>>>,
     pub(crate) slices: ShardMap<Name, Arc<SliceInfo>>,
     /// Service → names of its EndpointSlices.
-    pub(crate) slices_by_service: ShardMap<Name, Arc<BTreeSet<String>>>,
+    pub(crate) slices_by_service: ShardMap<Name, Arc<BTreeSet<Arc<str>>>>,
     /// Istio objects by key.
     pub(crate) istio: ShardMap<ResourceKey, Resource>,
     /// Resolved host (exact) → VirtualServices / DestinationRules naming it.
@@ -317,7 +317,7 @@ impl Model {
                 TargetPort::Name(name) => pod
                     .named_ports
                     .iter()
-                    .find(|(port, _)| port == name)
+                    .find(|(port, _)| **port == **name)
                     .map(|(_, number)| *number),
             };
             let Some(target) = target else { continue };
@@ -452,7 +452,7 @@ impl Model {
         let rank = |key: &ResourceKey| {
             if key.namespace == client_ns {
                 0
-            } else if Some(&key.namespace) == service_ns.as_ref() {
+            } else if service_ns.as_deref() == Some(key.namespace.as_str()) {
                 1
             } else if key.namespace == host::ROOT_NAMESPACE {
                 2
@@ -522,7 +522,7 @@ impl Model {
     /// `targetRef` attach to services and waypoints instead ([`Self::authorization_policies_for_service`]).
     pub fn authorization_policies_for(&self, pod: &PodInfo) -> Vec<Arc<AuthorizationPolicy>> {
         let mut namespaces = vec![host::ROOT_NAMESPACE];
-        if pod.name.namespace != host::ROOT_NAMESPACE {
+        if *pod.name.namespace != *host::ROOT_NAMESPACE {
             namespaces.push(&pod.name.namespace);
         }
         namespaces
@@ -557,7 +557,7 @@ impl Model {
                     .target_ref
                     .iter()
                     .chain(&ap.spec.target_refs)
-                    .any(|t| t.kind == "Service" && t.name == service.name.name)
+                    .any(|t| t.kind == "Service" && *t.name == *service.name.name)
             })
             .collect()
     }
@@ -578,7 +578,7 @@ impl Model {
                     .target_ref
                     .iter()
                     .chain(&ap.spec.target_refs)
-                    .any(|t| t.kind == "Gateway" && t.name == gateway.name)
+                    .any(|t| t.kind == "Gateway" && *t.name == *gateway.name)
             })
             .collect()
     }

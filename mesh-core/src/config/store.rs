@@ -29,10 +29,11 @@ use crate::source::{ObjectKey, Update};
 pub struct Store {
     model: Model,
     /// Pod names by namespace (writer-only: finds the pods a new selector picks).
-    pods_by_namespace: HashMap<String, HashSet<String>>,
+    pods_by_namespace: HashMap<Arc<str>, HashSet<Arc<str>>>,
     /// Hash of (namespace, label key, value) → services whose selector has that pair.
     selector_index: HashMap<u64, HashSet<Name>>,
-    /// Shares the model's repetitive strings (label keys and values).
+    /// Shares the model's repetitive strings (namespaces, label keys and values, service
+    /// accounts, nodes, workloads).
     strings: Interner,
     problems: BTreeMap<String, String>,
     published: watch::Sender<Arc<Model>>,
@@ -183,7 +184,7 @@ impl Store {
                     .insert(name, Arc::new(LabelledInfo { labels }));
             }
             Resource::ServiceAccount(sa) => {
-                let name = meta_name(&sa.metadata);
+                let name = meta_name(&sa.metadata, &mut self.strings);
                 let labels = interned_labels(sa.metadata.labels.as_ref(), &mut self.strings);
                 self.model
                     .service_accounts
@@ -197,7 +198,10 @@ impl Store {
                 let info = service_info(&service, &mut self.strings);
                 self.insert_service(info);
             }
-            Resource::EndpointSlice(slice) => self.insert_slice(slice_info(&slice)),
+            Resource::EndpointSlice(slice) => {
+                let info = slice_info(&slice, &mut self.strings);
+                self.insert_slice(info);
+            }
             other => self.insert_istio(other),
         }
     }
@@ -236,19 +240,19 @@ impl Store {
                 continue;
             };
             let selected = pod.labels.contains_all(selector.iter());
-            self.set_selected(&service, &name.name, selected);
+            self.set_selected(&service, &pod.name.name, selected);
         }
         self.model.pods.insert(name, Arc::new(pod));
     }
 
-    fn set_selected(&mut self, service: &Name, pod: &str, selected: bool) {
+    fn set_selected(&mut self, service: &Name, pod: &Arc<str>, selected: bool) {
         let set = self.model.selected.get(service);
         if set.is_some_and(|s| s.contains(pod)) == selected {
             return;
         }
         let set = Arc::make_mut(self.model.selected.get_or_default(service.clone()));
         if selected {
-            set.insert(pod.to_owned());
+            set.insert(pod.clone());
         } else {
             set.remove(pod);
         }
@@ -297,7 +301,7 @@ impl Store {
                     .or_default()
                     .insert(name.clone());
             }
-            let selected: BTreeSet<String> = self
+            let selected: BTreeSet<Arc<str>> = self
                 .pods_by_namespace
                 .get(&name.namespace)
                 .into_iter()
@@ -462,13 +466,19 @@ fn rule_hosts(resource: &Resource, namespace: &str) -> Vec<(Kind, String)> {
     }
 }
 
-fn meta_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Name {
-    Name::new(
-        meta.namespace
-            .as_deref()
-            .unwrap_or(super::resource::DEFAULT_NAMESPACE),
-        meta.name.as_deref().unwrap_or_default(),
-    )
+/// The object's name, its namespace shared through `strings`.
+fn meta_name(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    strings: &mut Interner,
+) -> Name {
+    let namespace = meta
+        .namespace
+        .as_deref()
+        .unwrap_or(super::resource::DEFAULT_NAMESPACE);
+    Name {
+        namespace: strings.get(namespace),
+        name: meta.name.as_deref().unwrap_or_default().into(),
+    }
 }
 
 fn parse_ips<'a>(ips: impl IntoIterator<Item = &'a String>) -> Vec<IpAddr> {
@@ -478,6 +488,8 @@ fn parse_ips<'a>(ips: impl IntoIterator<Item = &'a String>) -> Vec<IpAddr> {
             out.push(ip);
         }
     }
+    // Kept for the object's life: no room for more (a push reserves four).
+    out.shrink_to_fit();
     out
 }
 
@@ -509,19 +521,25 @@ pub(crate) fn pod_info(pod: &Pod, strings: &mut Interner) -> PodInfo {
         .into_iter()
         .flat_map(|s| &s.containers)
         .flat_map(|c| c.ports.iter().flatten())
-        .filter_map(|p| Some((p.name.clone()?, port_u16(p.container_port)?)))
+        .filter_map(|p| Some((strings.get(p.name.as_deref()?), port_u16(p.container_port)?)))
         .collect::<Vec<_>>()
         .into_boxed_slice();
-    let name = meta_name(&pod.metadata);
-    let workload = workload_name(pod).unwrap_or_else(|| name.name.clone());
+    let name = meta_name(&pod.metadata, strings);
+    let workload = match workload_name(pod) {
+        Some(workload) => strings.get(workload),
+        None => name.name.clone(),
+    };
     PodInfo {
         name,
         uid: pod.metadata.uid.clone(),
         labels: interned_labels(pod.metadata.labels.as_ref(), strings),
-        service_account: spec
-            .and_then(|s| s.service_account_name.clone())
-            .unwrap_or_else(|| "default".to_owned()),
-        node: spec.and_then(|s| s.node_name.clone()),
+        service_account: strings.get(
+            spec.and_then(|s| s.service_account_name.as_deref())
+                .unwrap_or("default"),
+        ),
+        node: spec
+            .and_then(|s| s.node_name.as_deref())
+            .map(|node| strings.get(node)),
         host_ip: status
             .and_then(|s| s.host_ip.as_deref())
             .and_then(|ip| ip.parse().ok()),
@@ -534,7 +552,7 @@ pub(crate) fn pod_info(pod: &Pod, strings: &mut Interner) -> PodInfo {
 
 /// The Deployment behind a pod (its ReplicaSet owner's name less the `pod-template-hash`),
 /// else its controller's name.
-fn workload_name(pod: &Pod) -> Option<String> {
+fn workload_name(pod: &Pod) -> Option<&str> {
     let owner = pod
         .metadata
         .owner_references
@@ -551,20 +569,19 @@ fn workload_name(pod: &Pod) -> Option<String> {
             .name
             .strip_suffix(hash.as_str())
             .and_then(|n| n.strip_suffix('-'))
-            .map(str::to_owned)
-            .or_else(|| Some(owner.name.clone())),
-        _ => Some(owner.name.clone()),
+            .or(Some(&owner.name)),
+        _ => Some(&owner.name),
     }
 }
 
 /// What the model keeps of a Service.
 pub(crate) fn service_info(service: &Service, strings: &mut Interner) -> ServiceInfo {
-    let name = meta_name(&service.metadata);
+    let name = meta_name(&service.metadata, strings);
     let spec = service.spec.as_ref();
     let cluster_ips = spec.map_or_else(Vec::new, |s| {
         parse_ips(s.cluster_ip.iter().chain(s.cluster_ips.iter().flatten()))
     });
-    let ports = spec
+    let mut ports = spec
         .and_then(|s| s.ports.as_ref())
         .into_iter()
         .flatten()
@@ -586,7 +603,8 @@ pub(crate) fn service_info(service: &Service, strings: &mut Interner) -> Service
                 app_protocol: p.app_protocol.clone(),
             })
         })
-        .collect();
+        .collect::<Vec<_>>();
+    ports.shrink_to_fit();
     ServiceInfo {
         hostname: host::service_fqdn(&name.name, &name.namespace),
         name,
@@ -600,8 +618,8 @@ pub(crate) fn service_info(service: &Service, strings: &mut Interner) -> Service
 }
 
 /// What the model keeps of an EndpointSlice.
-pub(crate) fn slice_info(slice: &EndpointSlice) -> SliceInfo {
-    let name = meta_name(&slice.metadata);
+pub(crate) fn slice_info(slice: &EndpointSlice, strings: &mut Interner) -> SliceInfo {
+    let name = meta_name(&slice.metadata, strings);
     let service = slice
         .metadata
         .labels
@@ -631,7 +649,7 @@ pub(crate) fn slice_info(slice: &EndpointSlice) -> SliceInfo {
                         r.name.as_deref()?,
                     ))
                 }),
-            node: e.node_name.clone(),
+            node: e.node_name.as_deref().map(|node| strings.get(node)),
         })
         .collect();
     SliceInfo {

@@ -60,18 +60,18 @@ pub(crate) fn endpoint(address: &str, labels: &[(&str, &str)]) -> Endpoint {
         name: Name::new("shop", &format!("pod-{}", addr.ip())),
         uid: None,
         labels,
-        service_account: "default".to_owned(),
-        node: Some("node1".to_owned()),
+        service_account: "default".into(),
+        node: Some("node1".into()),
         host_ip: None,
         ips: vec![addr.ip()],
-        workload: "app".to_owned(),
+        workload: "app".into(),
         ready: true,
         named_ports: Box::new([]),
     };
     Endpoint {
         addr,
         pod: Some(Arc::new(pod)),
-        node: Some("node1".to_owned()),
+        node: Some("node1".into()),
     }
 }
 

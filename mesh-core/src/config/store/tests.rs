@@ -437,3 +437,23 @@ fn a_bad_update_is_refused_and_the_last_good_version_keeps_serving() {
             .is_some()
     );
 }
+
+#[test]
+fn pods_share_their_namespace_label_account_and_node_strings() {
+    let store = store_with(vec![
+        pod("a", "10.1.0.1", json!({"app": "reviews"}), true),
+        pod("b", "10.1.0.2", json!({"app": "reviews"}), true),
+    ]);
+    let model = store.model();
+    let a = model.pod(&Name::new("shop", "a")).expect("pod a");
+    let b = model.pod(&Name::new("shop", "b")).expect("pod b");
+    assert!(Arc::ptr_eq(&a.name.namespace, &b.name.namespace));
+    assert!(Arc::ptr_eq(&a.service_account, &b.service_account));
+    assert!(Arc::ptr_eq(
+        a.node.as_ref().expect("node"),
+        b.node.as_ref().expect("node")
+    ));
+    assert!(Arc::ptr_eq(&a.named_ports[0].0, &b.named_ports[0].0));
+    assert_eq!(a.labels, b.labels);
+    assert_eq!(a.labels.get("app"), Some("reviews"));
+}
