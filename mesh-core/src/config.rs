@@ -9,6 +9,7 @@ pub mod analyze;
 pub mod duration;
 pub mod host;
 pub mod istio;
+mod key_set;
 pub mod labels;
 pub mod model;
 pub mod resource;

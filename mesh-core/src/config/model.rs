@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::host;
 use super::istio::{AuthorizationPolicy, DestinationRule, PeerAuthentication, VirtualService};
+use super::key_set::KeySet;
 use super::labels::{Labels, NO_LABELS};
 use super::resource::{Kind, Resource, ResourceKey};
 use super::shard_map::ShardMap;
@@ -177,11 +178,11 @@ pub struct Model {
     /// Istio objects by key.
     pub(crate) istio: ShardMap<ResourceKey, Resource>,
     /// Resolved host (exact) → VirtualServices / DestinationRules naming it.
-    pub(crate) rules_by_host: ShardMap<(Kind, String), Arc<BTreeSet<ResourceKey>>>,
+    pub(crate) rules_by_host: ShardMap<(Kind, String), Arc<KeySet<ResourceKey>>>,
     /// Wildcard hosts of VirtualServices / DestinationRules (few; scanned).
     pub(crate) wildcard_rules: Arc<BTreeSet<(Kind, String, ResourceKey)>>,
     /// Namespace → PeerAuthentications / AuthorizationPolicies in it.
-    pub(crate) policies_by_namespace: ShardMap<(Kind, String), Arc<BTreeSet<ResourceKey>>>,
+    pub(crate) policies_by_namespace: ShardMap<(Kind, String), Arc<KeySet<ResourceKey>>>,
     /// Objects refused, each with the reason and fix.
     pub(crate) problems: Arc<BTreeMap<String, String>>,
 }
