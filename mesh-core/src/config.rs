@@ -9,6 +9,8 @@ pub mod analyze;
 pub mod duration;
 pub mod host;
 pub mod istio;
+mod key_set;
+pub mod labels;
 pub mod model;
 pub mod resource;
 mod shard_map;
@@ -17,6 +19,7 @@ pub mod support;
 pub mod validate;
 
 pub use analyze::{Diagnostic, Report, analyze};
+pub use labels::Labels;
 pub use model::{Endpoint, Model, Name, PodInfo, ServiceInfo, Waypoint, WaypointSource};
 pub use resource::{Kind, Resource, ResourceKey};
 pub use store::Store;

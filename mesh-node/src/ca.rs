@@ -152,8 +152,8 @@ impl Authorizer for NodeAuthorizer {
             Principal::Node(node) => {
                 let scheduled = model.pods().any(|pod| {
                     pod.node.as_deref() == Some(node.as_str())
-                        && pod.name.namespace == identity.namespace
-                        && pod.service_account == identity.service_account
+                        && *pod.name.namespace == *identity.namespace
+                        && *pod.service_account == *identity.service_account
                 });
                 if scheduled {
                     Ok(())
@@ -171,8 +171,8 @@ impl Authorizer for NodeAuthorizer {
                         "pod {pod} does not exist (any more)"
                     )));
                 };
-                if found.name.namespace == identity.namespace
-                    && found.service_account == identity.service_account
+                if *found.name.namespace == *identity.namespace
+                    && *found.service_account == *identity.service_account
                 {
                     Ok(())
                 } else {

@@ -33,10 +33,10 @@ pub fn local_pods(model: &Model, node: &str) -> Vec<LocalPod> {
         .pods()
         .filter(|p| p.node.as_deref() == Some(node))
         .map(|p| LocalPod {
-            namespace: p.name.namespace.clone(),
-            name: p.name.name.clone(),
+            namespace: p.name.namespace.to_string(),
+            name: p.name.name.to_string(),
             uid: p.uid.clone().unwrap_or_default(),
-            service_account: p.service_account.clone(),
+            service_account: p.service_account.to_string(),
             ip: p.ips.iter().find_map(|ip| match ip {
                 IpAddr::V4(ip) => Some(*ip),
                 IpAddr::V6(_) => None,

@@ -46,7 +46,7 @@ fn principal(identity: Option<&Identity>) -> String {
 }
 
 fn label(pod: Option<&PodInfo>, key: &str, fallback: impl FnOnce() -> String) -> String {
-    pod.and_then(|p| p.labels.get(key).cloned())
+    pod.and_then(|p| p.labels.get(key).map(str::to_owned))
         .unwrap_or_else(fallback)
 }
 
@@ -66,19 +66,20 @@ impl TcpLabels {
         let unknown = || UNKNOWN.to_owned();
         TcpLabels {
             reporter,
-            source_workload: src_pod.map_or_else(unknown, |p| p.workload.clone()),
-            source_workload_namespace: src_pod.map_or_else(unknown, |p| p.name.namespace.clone()),
+            source_workload: src_pod.map_or_else(unknown, |p| p.workload.to_string()),
+            source_workload_namespace: src_pod
+                .map_or_else(unknown, |p| p.name.namespace.to_string()),
             source_principal: principal(src_id),
             source_app: label(src_pod, "app", unknown),
             source_version: label(src_pod, "version", unknown),
             source_cluster: CLUSTER.to_owned(),
             destination_service: service.map_or_else(unknown, |s| s.hostname.clone()),
             destination_service_namespace: service
-                .map_or_else(unknown, |s| s.name.namespace.clone()),
-            destination_service_name: service.map_or_else(unknown, |s| s.name.name.clone()),
-            destination_workload: dst_pod.map_or_else(unknown, |p| p.workload.clone()),
+                .map_or_else(unknown, |s| s.name.namespace.to_string()),
+            destination_service_name: service.map_or_else(unknown, |s| s.name.name.to_string()),
+            destination_workload: dst_pod.map_or_else(unknown, |p| p.workload.to_string()),
             destination_workload_namespace: dst_pod
-                .map_or_else(unknown, |p| p.name.namespace.clone()),
+                .map_or_else(unknown, |p| p.name.namespace.to_string()),
             destination_principal: principal(dst_id),
             destination_app: label(dst_pod, "app", unknown),
             destination_version: label(dst_pod, "version", unknown),

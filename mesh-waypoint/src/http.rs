@@ -22,6 +22,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioExecutor;
+use mesh_core::config::labels::NO_LABELS;
 use mesh_core::hbone::Tunnel;
 
 use crate::metrics::RequestLabels;
@@ -154,10 +155,9 @@ async fn respond(
     let asked_upgrade = upgrade::take(&mut parts);
     let model = stream.waypoint.model();
     let client = &stream.client;
-    let empty = Default::default();
     let source = Source {
         namespace: Some(client.identity.namespace.as_str()),
-        labels: client.pod.as_ref().map_or(&empty, |p| &p.labels),
+        labels: client.pod.as_ref().map_or(&NO_LABELS, |p| &p.labels),
         ip: client.ip,
     };
     let client_ns = client.identity.namespace.clone();
@@ -337,22 +337,22 @@ fn labels(stream: &Stream, record: &Record, code: u16, headers: &HeaderMap) -> R
     let source_pod = client.pod.as_deref();
     let destination_pod = record.destination.as_ref().and_then(|e| e.pod.as_deref());
     let label = |pod: Option<&mesh_core::config::PodInfo>, key: &str| {
-        pod.and_then(|p| p.labels.get(key).cloned())
+        pod.and_then(|p| p.labels.get(key).map(str::to_owned))
             .unwrap_or_else(unknown)
     };
     RequestLabels {
         reporter: "waypoint",
-        source_workload: source_pod.map_or_else(unknown, |p| p.workload.clone()),
+        source_workload: source_pod.map_or_else(unknown, |p| p.workload.to_string()),
         source_workload_namespace: client.identity.namespace.clone(),
         source_principal: client.identity.to_string(),
         source_app: label(source_pod, "app"),
         source_version: label(source_pod, "version"),
         destination_service: stream.service.hostname.clone(),
-        destination_service_name: stream.service.name.name.clone(),
-        destination_service_namespace: stream.service.name.namespace.clone(),
-        destination_workload: destination_pod.map_or_else(unknown, |p| p.workload.clone()),
+        destination_service_name: stream.service.name.name.to_string(),
+        destination_service_namespace: stream.service.name.namespace.to_string(),
+        destination_workload: destination_pod.map_or_else(unknown, |p| p.workload.to_string()),
         destination_workload_namespace: destination_pod
-            .map_or_else(unknown, |p| p.name.namespace.clone()),
+            .map_or_else(unknown, |p| p.name.namespace.to_string()),
         destination_principal: destination_pod.map_or_else(unknown, |p| {
             stream
                 .waypoint

@@ -238,7 +238,7 @@ fn tunnel(
             .any(|e| {
                 e.pod
                     .as_ref()
-                    .is_some_and(|p| &p.service_account == account)
+                    .is_some_and(|p| *p.service_account == **account)
             });
         if !serves {
             tracing::info!(service = %service.hostname, account, "service has no workload of this waypoint's service account; refused");

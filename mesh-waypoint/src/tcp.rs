@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use mesh_core::config::labels::NO_LABELS;
 use mesh_core::hbone::Tunnel;
 
 use crate::metrics::{Overflow as OverflowMetric, RequestLabels};
@@ -17,13 +18,12 @@ pub async fn serve(stream: Arc<Stream>, mut tunnel: Tunnel) {
     let model = waypoint.model();
     let client = &stream.client;
     let client_ns = client.identity.namespace.as_str();
-    let empty = Default::default();
     let facts = TcpFacts {
         destination_port: stream.port,
         destination_ip: None,
         source: Source {
             namespace: Some(client_ns),
-            labels: client.pod.as_ref().map_or(&empty, |p| &p.labels),
+            labels: client.pod.as_ref().map_or(&NO_LABELS, |p| &p.labels),
             ip: client.ip,
         },
     };
@@ -106,17 +106,17 @@ fn labels(stream: &Stream, destination: Option<&mesh_core::config::PodInfo>) -> 
     let source = stream.client.pod.as_deref();
     RequestLabels {
         reporter: "waypoint",
-        source_workload: source.map_or_else(unknown, |p| p.workload.clone()),
+        source_workload: source.map_or_else(unknown, |p| p.workload.to_string()),
         source_workload_namespace: stream.client.identity.namespace.clone(),
         source_principal: stream.client.identity.to_string(),
         destination_service: stream.service.hostname.clone(),
-        destination_service_name: stream.service.name.name.clone(),
-        destination_service_namespace: stream.service.name.namespace.clone(),
-        destination_workload: destination.map_or_else(unknown, |p| p.workload.clone()),
+        destination_service_name: stream.service.name.name.to_string(),
+        destination_service_namespace: stream.service.name.namespace.to_string(),
+        destination_workload: destination.map_or_else(unknown, |p| p.workload.to_string()),
         destination_workload_namespace: destination
-            .map_or_else(unknown, |p| p.name.namespace.clone()),
+            .map_or_else(unknown, |p| p.name.namespace.to_string()),
         destination_version: destination
-            .and_then(|p| p.labels.get("version").cloned())
+            .and_then(|p| p.labels.get("version").map(str::to_owned))
             .unwrap_or_else(unknown),
         request_protocol: "tcp",
         response_flags: "-".to_owned(),

@@ -11,6 +11,8 @@ use serde::Serialize;
 
 use super::host;
 use super::istio::{AuthorizationPolicy, DestinationRule, PeerAuthentication, VirtualService};
+use super::key_set::KeySet;
+use super::labels::{Labels, NO_LABELS};
 use super::resource::{Kind, Resource, ResourceKey};
 use super::shard_map::ShardMap;
 
@@ -24,18 +26,19 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// The label Istio's ambient mode reads on namespaces and pods.
 pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
 
-/// A namespaced name.
+/// A namespaced name. Shared strings: the indexes hold a pod's name several times over, and
+/// the store gives every object of a namespace the same namespace string.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Name {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl Name {
     pub fn new(namespace: &str, name: &str) -> Name {
         Name {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
+            namespace: namespace.into(),
+            name: name.into(),
         }
     }
 }
@@ -43,7 +46,7 @@ impl Name {
 /// What the model keeps of a Namespace or ServiceAccount: its labels.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LabelledInfo {
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
 }
 
 /// What the model keeps of a Pod.
@@ -51,21 +54,20 @@ pub struct LabelledInfo {
 pub struct PodInfo {
     pub name: Name,
     pub uid: Option<String>,
-    pub labels: BTreeMap<String, String>,
-    pub service_account: String,
-    pub node: Option<String>,
+    pub labels: Labels,
+    pub service_account: Arc<str>,
+    pub node: Option<Arc<str>>,
     /// `status.hostIP`: the node's address, where the node proxy's HBONE listener is.
     pub host_ip: Option<IpAddr>,
     pub ips: Vec<IpAddr>,
     /// The workload it belongs to, as Istio's metrics name it: the Deployment (from the
     /// ReplicaSet owner less its `pod-template-hash`), else the owner, else the pod's name.
-    pub workload: String,
+    pub workload: Arc<str>,
     /// The pod's `Ready` condition is true (and it is not terminating).
     pub ready: bool,
-    /// Named container ports, for Services whose `targetPort` is a name.
-    /// Named container ports (a few per pod: a slice, not a map, whose node alone would take
-    /// ~300 bytes per pod).
-    pub named_ports: Box<[(String, u16)]>,
+    /// Named container ports, for Services whose `targetPort` is a name (a few per pod: a
+    /// slice, not a map, whose node alone would take ~300 bytes per pod).
+    pub named_ports: Box<[(Arc<str>, u16)]>,
 }
 
 /// A Service's target port: a number, or the name of a container port.
@@ -93,8 +95,8 @@ pub struct ServiceInfo {
     pub cluster_ips: Vec<IpAddr>,
     pub ports: Vec<ServicePortInfo>,
     /// `None` for services without a selector (endpoints come from EndpointSlices only).
-    pub selector: Option<BTreeMap<String, String>>,
-    pub labels: BTreeMap<String, String>,
+    pub selector: Option<Labels>,
+    pub labels: Labels,
 }
 
 /// One endpoint of an EndpointSlice.
@@ -103,7 +105,7 @@ pub struct SliceEndpoint {
     pub ips: Vec<IpAddr>,
     pub ready: bool,
     pub pod: Option<Name>,
-    pub node: Option<String>,
+    pub node: Option<Arc<str>>,
 }
 
 /// What the model keeps of an EndpointSlice.
@@ -121,14 +123,13 @@ pub struct SliceInfo {
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub pod: Option<Arc<PodInfo>>,
-    pub node: Option<String>,
+    pub node: Option<Arc<str>>,
 }
 
 impl Endpoint {
     /// The pod's labels (empty when the endpoint has no known pod).
-    pub fn labels(&self) -> &BTreeMap<String, String> {
-        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
-        self.pod.as_ref().map_or(&EMPTY, |p| &p.labels)
+    pub fn labels(&self) -> &Labels {
+        self.pod.as_ref().map_or(&NO_LABELS, |p| &p.labels)
     }
 }
 
@@ -170,18 +171,18 @@ pub struct Model {
     pub(crate) services_by_host: ShardMap<String, Name>,
     pub(crate) services_by_addr: ShardMap<SocketAddr, Name>,
     /// Pods a service's selector picks (for services without EndpointSlices).
-    pub(crate) selected: ShardMap<Name, Arc<BTreeSet<String>>>,
+    pub(crate) selected: ShardMap<Name, Arc<BTreeSet<Arc<str>>>>,
     pub(crate) slices: ShardMap<Name, Arc<SliceInfo>>,
     /// Service → names of its EndpointSlices.
-    pub(crate) slices_by_service: ShardMap<Name, Arc<BTreeSet<String>>>,
+    pub(crate) slices_by_service: ShardMap<Name, Arc<BTreeSet<Arc<str>>>>,
     /// Istio objects by key.
     pub(crate) istio: ShardMap<ResourceKey, Resource>,
     /// Resolved host (exact) → VirtualServices / DestinationRules naming it.
-    pub(crate) rules_by_host: ShardMap<(Kind, String), Arc<BTreeSet<ResourceKey>>>,
+    pub(crate) rules_by_host: ShardMap<(Kind, String), Arc<KeySet<ResourceKey>>>,
     /// Wildcard hosts of VirtualServices / DestinationRules (few; scanned).
     pub(crate) wildcard_rules: Arc<BTreeSet<(Kind, String, ResourceKey)>>,
     /// Namespace → PeerAuthentications / AuthorizationPolicies in it.
-    pub(crate) policies_by_namespace: ShardMap<(Kind, String), Arc<BTreeSet<ResourceKey>>>,
+    pub(crate) policies_by_namespace: ShardMap<(Kind, String), Arc<KeySet<ResourceKey>>>,
     /// Objects refused, each with the reason and fix.
     pub(crate) problems: Arc<BTreeMap<String, String>>,
 }
@@ -197,7 +198,7 @@ impl Model {
     }
 
     /// A namespace's labels (`None` when the namespace is not known).
-    pub fn namespace_labels(&self, namespace: &str) -> Option<&BTreeMap<String, String>> {
+    pub fn namespace_labels(&self, namespace: &str) -> Option<&Labels> {
         self.namespaces.get(namespace).map(|ns| &ns.labels)
     }
 
@@ -317,7 +318,7 @@ impl Model {
                 TargetPort::Name(name) => pod
                     .named_ports
                     .iter()
-                    .find(|(port, _)| port == name)
+                    .find(|(port, _)| **port == **name)
                     .map(|(_, number)| *number),
             };
             let Some(target) = target else { continue };
@@ -333,7 +334,7 @@ impl Model {
     }
 
     fn label_waypoint(
-        labels: &BTreeMap<String, String>,
+        labels: &Labels,
         own_namespace: &str,
         source: WaypointSource,
     ) -> Option<Option<Waypoint>> {
@@ -341,9 +342,7 @@ impl Model {
         if name == "none" {
             return Some(None);
         }
-        let namespace = labels
-            .get(USE_WAYPOINT_NAMESPACE)
-            .map_or(own_namespace, String::as_str);
+        let namespace = labels.get(USE_WAYPOINT_NAMESPACE).unwrap_or(own_namespace);
         Some(Some(Waypoint {
             gateway: Name::new(namespace, name),
             source,
@@ -454,7 +453,7 @@ impl Model {
         let rank = |key: &ResourceKey| {
             if key.namespace == client_ns {
                 0
-            } else if Some(&key.namespace) == service_ns.as_ref() {
+            } else if service_ns.as_deref() == Some(key.namespace.as_str()) {
                 1
             } else if key.namespace == host::ROOT_NAMESPACE {
                 2
@@ -524,7 +523,7 @@ impl Model {
     /// `targetRef` attach to services and waypoints instead ([`Self::authorization_policies_for_service`]).
     pub fn authorization_policies_for(&self, pod: &PodInfo) -> Vec<Arc<AuthorizationPolicy>> {
         let mut namespaces = vec![host::ROOT_NAMESPACE];
-        if pod.name.namespace != host::ROOT_NAMESPACE {
+        if *pod.name.namespace != *host::ROOT_NAMESPACE {
             namespaces.push(&pod.name.namespace);
         }
         namespaces
@@ -559,7 +558,7 @@ impl Model {
                     .target_ref
                     .iter()
                     .chain(&ap.spec.target_refs)
-                    .any(|t| t.kind == "Service" && t.name == service.name.name)
+                    .any(|t| t.kind == "Service" && *t.name == *service.name.name)
             })
             .collect()
     }
@@ -580,7 +579,7 @@ impl Model {
                     .target_ref
                     .iter()
                     .chain(&ap.spec.target_refs)
-                    .any(|t| t.kind == "Gateway" && t.name == gateway.name)
+                    .any(|t| t.kind == "Gateway" && *t.name == *gateway.name)
             })
             .collect()
     }
@@ -591,7 +590,8 @@ impl Model {
     }
 }
 
-/// Whether a label selector (all pairs must match; empty matches all) selects `labels`.
-pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+/// Whether a label selector as Istio's types hold it (all pairs must match; empty matches
+/// all) selects `labels`.
+pub fn selects(selector: &BTreeMap<String, String>, labels: &Labels) -> bool {
+    labels.contains_all(selector.iter().map(|(k, v)| (k.as_str(), v.as_str())))
 }

@@ -15,9 +15,10 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::sync::{mpsc, watch};
 
+use super::labels::{Interner, Labels};
 use super::model::{
     LabelledInfo, Model, Name, PodInfo, SERVICE_NAME_LABEL, ServiceInfo, ServicePortInfo,
-    SliceEndpoint, SliceInfo, TargetPort, selects,
+    SliceEndpoint, SliceInfo, TargetPort,
 };
 use super::resource::{Kind, Resource, ResourceKey};
 use super::{host, validate};
@@ -28,9 +29,12 @@ use crate::source::{ObjectKey, Update};
 pub struct Store {
     model: Model,
     /// Pod names by namespace (writer-only: finds the pods a new selector picks).
-    pods_by_namespace: HashMap<String, HashSet<String>>,
+    pods_by_namespace: HashMap<Arc<str>, HashSet<Arc<str>>>,
     /// Hash of (namespace, label key, value) → services whose selector has that pair.
     selector_index: HashMap<u64, HashSet<Name>>,
+    /// Shares the model's repetitive strings (namespaces, label keys and values, service
+    /// accounts, nodes, workloads).
+    strings: Interner,
     problems: BTreeMap<String, String>,
     published: watch::Sender<Arc<Model>>,
 }
@@ -63,6 +67,7 @@ impl Store {
             model: Model::default(),
             pods_by_namespace: HashMap::new(),
             selector_index: HashMap::new(),
+            strings: Interner::default(),
             problems: BTreeMap::new(),
             published,
         }
@@ -173,21 +178,30 @@ impl Store {
         match resource {
             Resource::Namespace(ns) => {
                 let name = ns.metadata.name.clone().unwrap_or_default();
-                let labels = ns.metadata.labels.clone().unwrap_or_default();
+                let labels = interned_labels(ns.metadata.labels.as_ref(), &mut self.strings);
                 self.model
                     .namespaces
                     .insert(name, Arc::new(LabelledInfo { labels }));
             }
             Resource::ServiceAccount(sa) => {
-                let name = meta_name(&sa.metadata);
-                let labels = sa.metadata.labels.clone().unwrap_or_default();
+                let name = meta_name(&sa.metadata, &mut self.strings);
+                let labels = interned_labels(sa.metadata.labels.as_ref(), &mut self.strings);
                 self.model
                     .service_accounts
                     .insert(name, Arc::new(LabelledInfo { labels }));
             }
-            Resource::Pod(pod) => self.insert_pod(pod_info(&pod)),
-            Resource::Service(service) => self.insert_service(service_info(&service)),
-            Resource::EndpointSlice(slice) => self.insert_slice(slice_info(&slice)),
+            Resource::Pod(pod) => {
+                let info = pod_info(&pod, &mut self.strings);
+                self.insert_pod(info);
+            }
+            Resource::Service(service) => {
+                let info = service_info(&service, &mut self.strings);
+                self.insert_service(info);
+            }
+            Resource::EndpointSlice(slice) => {
+                let info = slice_info(&slice, &mut self.strings);
+                self.insert_slice(info);
+            }
             other => self.insert_istio(other),
         }
     }
@@ -212,34 +226,33 @@ impl Store {
         // Services that might select the pod before or after the change.
         let mut candidates: HashSet<Name> = HashSet::new();
         for labels in old.iter().map(|o| &o.labels).chain([&pod.labels]) {
-            for (k, v) in labels {
+            for (k, v) in labels.iter() {
                 if let Some(services) = self.selector_index.get(&pair_hash(&name.namespace, k, v)) {
                     candidates.extend(services.iter().cloned());
                 }
             }
         }
         for service in candidates {
-            let Some(selector) = self
-                .model
-                .services
-                .get(&service)
-                .and_then(|s| s.selector.clone())
-            else {
+            let Some(info) = self.model.services.get(&service).cloned() else {
                 continue;
             };
-            self.set_selected(&service, &name.name, selects(&selector, &pod.labels));
+            let Some(selector) = &info.selector else {
+                continue;
+            };
+            let selected = pod.labels.contains_all(selector.iter());
+            self.set_selected(&service, &pod.name.name, selected);
         }
         self.model.pods.insert(name, Arc::new(pod));
     }
 
-    fn set_selected(&mut self, service: &Name, pod: &str, selected: bool) {
+    fn set_selected(&mut self, service: &Name, pod: &Arc<str>, selected: bool) {
         let set = self.model.selected.get(service);
         if set.is_some_and(|s| s.contains(pod)) == selected {
             return;
         }
         let set = Arc::make_mut(self.model.selected.get_or_default(service.clone()));
         if selected {
-            set.insert(pod.to_owned());
+            set.insert(pod.clone());
         } else {
             set.remove(pod);
         }
@@ -258,7 +271,7 @@ impl Store {
             pods.remove(&name.name);
         }
         let mut candidates: HashSet<Name> = HashSet::new();
-        for (k, v) in &old.labels {
+        for (k, v) in old.labels.iter() {
             if let Some(services) = self.selector_index.get(&pair_hash(&name.namespace, k, v)) {
                 candidates.extend(services.iter().cloned());
             }
@@ -282,13 +295,13 @@ impl Store {
             }
         }
         if let Some(selector) = service.selector.as_ref().filter(|s| !s.is_empty()) {
-            for (k, v) in selector {
+            for (k, v) in selector.iter() {
                 self.selector_index
                     .entry(pair_hash(&name.namespace, k, v))
                     .or_default()
                     .insert(name.clone());
             }
-            let selected: BTreeSet<String> = self
+            let selected: BTreeSet<Arc<str>> = self
                 .pods_by_namespace
                 .get(&name.namespace)
                 .into_iter()
@@ -297,7 +310,7 @@ impl Store {
                     self.model
                         .pods
                         .get(&Name::new(&name.namespace, pod))
-                        .is_some_and(|p| selects(selector, &p.labels))
+                        .is_some_and(|p| p.labels.contains_all(selector.iter()))
                 })
                 .cloned()
                 .collect();
@@ -321,7 +334,7 @@ impl Store {
                 }
             }
         }
-        for (k, v) in old.selector.iter().flatten() {
+        for (k, v) in old.selector.iter().flat_map(Labels::iter) {
             let hash = pair_hash(&name.namespace, k, v);
             if let Some(services) = self.selector_index.get_mut(&hash) {
                 services.remove(name);
@@ -453,13 +466,19 @@ fn rule_hosts(resource: &Resource, namespace: &str) -> Vec<(Kind, String)> {
     }
 }
 
-fn meta_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Name {
-    Name::new(
-        meta.namespace
-            .as_deref()
-            .unwrap_or(super::resource::DEFAULT_NAMESPACE),
-        meta.name.as_deref().unwrap_or_default(),
-    )
+/// The object's name, its namespace shared through `strings`.
+fn meta_name(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    strings: &mut Interner,
+) -> Name {
+    let namespace = meta
+        .namespace
+        .as_deref()
+        .unwrap_or(super::resource::DEFAULT_NAMESPACE);
+    Name {
+        namespace: strings.get(namespace),
+        name: meta.name.as_deref().unwrap_or_default().into(),
+    }
 }
 
 fn parse_ips<'a>(ips: impl IntoIterator<Item = &'a String>) -> Vec<IpAddr> {
@@ -469,6 +488,8 @@ fn parse_ips<'a>(ips: impl IntoIterator<Item = &'a String>) -> Vec<IpAddr> {
             out.push(ip);
         }
     }
+    // Kept for the object's life: no room for more (a push reserves four).
+    out.shrink_to_fit();
     out
 }
 
@@ -476,8 +497,13 @@ fn port_u16(port: i32) -> Option<u16> {
     u16::try_from(port).ok().filter(|p| *p != 0)
 }
 
+fn interned_labels(labels: Option<&BTreeMap<String, String>>, strings: &mut Interner) -> Labels {
+    let pairs = labels.into_iter().flatten();
+    Labels::interned(pairs.map(|(k, v)| (k.as_str(), v.as_str())), strings)
+}
+
 /// What the model keeps of a Pod.
-pub(crate) fn pod_info(pod: &Pod) -> PodInfo {
+pub(crate) fn pod_info(pod: &Pod, strings: &mut Interner) -> PodInfo {
     let spec = pod.spec.as_ref();
     let status = pod.status.as_ref();
     let ready = pod.metadata.deletion_timestamp.is_none()
@@ -495,19 +521,25 @@ pub(crate) fn pod_info(pod: &Pod) -> PodInfo {
         .into_iter()
         .flat_map(|s| &s.containers)
         .flat_map(|c| c.ports.iter().flatten())
-        .filter_map(|p| Some((p.name.clone()?, port_u16(p.container_port)?)))
+        .filter_map(|p| Some((strings.get(p.name.as_deref()?), port_u16(p.container_port)?)))
         .collect::<Vec<_>>()
         .into_boxed_slice();
-    let name = meta_name(&pod.metadata);
-    let workload = workload_name(pod).unwrap_or_else(|| name.name.clone());
+    let name = meta_name(&pod.metadata, strings);
+    let workload = match workload_name(pod) {
+        Some(workload) => strings.get(workload),
+        None => name.name.clone(),
+    };
     PodInfo {
         name,
         uid: pod.metadata.uid.clone(),
-        labels: pod.metadata.labels.clone().unwrap_or_default(),
-        service_account: spec
-            .and_then(|s| s.service_account_name.clone())
-            .unwrap_or_else(|| "default".to_owned()),
-        node: spec.and_then(|s| s.node_name.clone()),
+        labels: interned_labels(pod.metadata.labels.as_ref(), strings),
+        service_account: strings.get(
+            spec.and_then(|s| s.service_account_name.as_deref())
+                .unwrap_or("default"),
+        ),
+        node: spec
+            .and_then(|s| s.node_name.as_deref())
+            .map(|node| strings.get(node)),
         host_ip: status
             .and_then(|s| s.host_ip.as_deref())
             .and_then(|ip| ip.parse().ok()),
@@ -520,7 +552,7 @@ pub(crate) fn pod_info(pod: &Pod) -> PodInfo {
 
 /// The Deployment behind a pod (its ReplicaSet owner's name less the `pod-template-hash`),
 /// else its controller's name.
-fn workload_name(pod: &Pod) -> Option<String> {
+fn workload_name(pod: &Pod) -> Option<&str> {
     let owner = pod
         .metadata
         .owner_references
@@ -537,20 +569,19 @@ fn workload_name(pod: &Pod) -> Option<String> {
             .name
             .strip_suffix(hash.as_str())
             .and_then(|n| n.strip_suffix('-'))
-            .map(str::to_owned)
-            .or_else(|| Some(owner.name.clone())),
-        _ => Some(owner.name.clone()),
+            .or(Some(&owner.name)),
+        _ => Some(&owner.name),
     }
 }
 
 /// What the model keeps of a Service.
-pub(crate) fn service_info(service: &Service) -> ServiceInfo {
-    let name = meta_name(&service.metadata);
+pub(crate) fn service_info(service: &Service, strings: &mut Interner) -> ServiceInfo {
+    let name = meta_name(&service.metadata, strings);
     let spec = service.spec.as_ref();
     let cluster_ips = spec.map_or_else(Vec::new, |s| {
         parse_ips(s.cluster_ip.iter().chain(s.cluster_ips.iter().flatten()))
     });
-    let ports = spec
+    let mut ports = spec
         .and_then(|s| s.ports.as_ref())
         .into_iter()
         .flatten()
@@ -572,20 +603,23 @@ pub(crate) fn service_info(service: &Service) -> ServiceInfo {
                 app_protocol: p.app_protocol.clone(),
             })
         })
-        .collect();
+        .collect::<Vec<_>>();
+    ports.shrink_to_fit();
     ServiceInfo {
         hostname: host::service_fqdn(&name.name, &name.namespace),
         name,
         cluster_ips,
         ports,
-        selector: spec.and_then(|s| s.selector.clone()),
-        labels: service.metadata.labels.clone().unwrap_or_default(),
+        selector: spec
+            .and_then(|s| s.selector.as_ref())
+            .map(|selector| interned_labels(Some(selector), strings)),
+        labels: interned_labels(service.metadata.labels.as_ref(), strings),
     }
 }
 
 /// What the model keeps of an EndpointSlice.
-pub(crate) fn slice_info(slice: &EndpointSlice) -> SliceInfo {
-    let name = meta_name(&slice.metadata);
+pub(crate) fn slice_info(slice: &EndpointSlice, strings: &mut Interner) -> SliceInfo {
+    let name = meta_name(&slice.metadata, strings);
     let service = slice
         .metadata
         .labels
@@ -615,7 +649,7 @@ pub(crate) fn slice_info(slice: &EndpointSlice) -> SliceInfo {
                         r.name.as_deref()?,
                     ))
                 }),
-            node: e.node_name.clone(),
+            node: e.node_name.as_deref().map(|node| strings.get(node)),
         })
         .collect();
     SliceInfo {

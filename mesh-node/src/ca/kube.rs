@@ -226,8 +226,8 @@ impl KubeAuthorizer {
 
     /// Any other caller: its own service account only, while its pod (if bound) exists.
     async fn check_own(&self, caller: &Caller, identity: &Identity) -> Result<(), Refusal> {
-        if caller.account.namespace != identity.namespace
-            || caller.account.name != identity.service_account
+        if *caller.account.namespace != *identity.namespace
+            || *caller.account.name != *identity.service_account
         {
             return Err(Refusal::Denied(format!(
                 "{caller} may obtain only its own identity, not that of service account {}/{}",

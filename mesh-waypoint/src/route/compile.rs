@@ -301,7 +301,7 @@ fn http_rule(
     if route.route.is_empty() && (route.redirect.is_some() || route.direct_response.is_some()) {
         actions::forward_only_fields(ctx, path, route);
     }
-    let headers = headers::header_ops(ctx, &format!("{path}.headers"), route.headers.as_ref());
+    let headers = headers::header_ops(ctx, &format!("{path}.headers"), route.headers.as_deref());
     let fault = route
         .fault
         .as_ref()

@@ -8,12 +8,12 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName, Method};
+use mesh_core::config::labels::{Labels, NO_LABELS};
+use mesh_core::config::model::selects;
 use regex::Regex;
 
 /// The gateway name that stands for mesh (sidecar and waypoint) traffic.
 pub(crate) const MESH_GATEWAY: &str = "mesh";
-
-static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 
 /// Who sent the traffic: the source workload's namespace, labels and address, as the
 /// waypoint learns them from the HBONE peer identity and the config model. Unknown fields
@@ -21,7 +21,7 @@ static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 #[derive(Debug, Clone, Copy)]
 pub struct Source<'a> {
     pub namespace: Option<&'a str>,
-    pub labels: &'a BTreeMap<String, String>,
+    pub labels: &'a Labels,
     pub ip: Option<IpAddr>,
 }
 
@@ -245,9 +245,7 @@ pub(crate) struct SourceCondition {
 
 impl SourceCondition {
     fn labels_and_namespace(&self, source: &Source<'_>) -> bool {
-        self.labels
-            .iter()
-            .all(|(k, v)| source.labels.get(k) == Some(v))
+        selects(&self.labels, source.labels)
             && self
                 .namespace
                 .as_deref()

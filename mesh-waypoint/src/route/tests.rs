@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use mesh_core::config::Resource;
 use mesh_core::config::istio::VirtualService;
+use mesh_core::config::{Labels, Resource};
 use mesh_core::manifest::parse_documents;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -86,7 +86,7 @@ struct Req {
     headers: HeaderMap,
     port: u16,
     namespace: Option<String>,
-    labels: BTreeMap<String, String>,
+    labels: Labels,
 }
 
 impl Req {
@@ -99,7 +99,7 @@ impl Req {
             headers: HeaderMap::new(),
             port: 9080,
             namespace: Some("shop".into()),
-            labels: BTreeMap::new(),
+            labels: Labels::default(),
         }
     }
 
@@ -128,10 +128,7 @@ impl Req {
 
     fn from(mut self, namespace: Option<&str>, labels: &[(&str, &str)]) -> Req {
         self.namespace = namespace.map(str::to_owned);
-        self.labels = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        self.labels = labels.iter().copied().collect();
         self
     }
 
@@ -320,7 +317,7 @@ fn tcp_echo_gateway_rule_is_skipped_with_a_reason_and_splits_80_20_on_the_mesh()
     Arc::make_mut(&mut vs[0]).spec.gateways = vec!["mesh".into()];
     let table = RouteTable::compile(&vs);
     assert!(table.errors().is_empty() && table.unsupported().is_empty());
-    let labels = BTreeMap::new();
+    let labels = Labels::default();
     let facts = |port| TcpFacts {
         destination_port: port,
         destination_ip: None,
@@ -360,7 +357,7 @@ tcp:
   - destination: {host: db.other.svc.cluster.local}
 "#,
     );
-    let cart = BTreeMap::from([("app".to_string(), "cart".to_string())]);
+    let cart: Labels = [("app", "cart")].into_iter().collect();
     let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
     let facts = |dst, src, ns| TcpFacts {
         destination_port: 5432,

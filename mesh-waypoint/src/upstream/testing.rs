@@ -1,13 +1,12 @@
 //! Fixtures shared by the upstream tests: DestinationRules from YAML (parsed by mesh-core as
 //! the config sources parse them), labelled endpoints, Istio's samples.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use mesh_core::config::istio::DestinationRule;
-use mesh_core::config::{Endpoint, Name, PodInfo, Resource};
+use mesh_core::config::{Endpoint, Labels, Name, PodInfo, Resource};
 use mesh_core::manifest;
 
 use super::{EffectivePolicy, Upstream, UpstreamKey};
@@ -56,26 +55,23 @@ pub(crate) fn addr(text: &str) -> SocketAddr {
 /// An endpoint whose pod has these labels.
 pub(crate) fn endpoint(address: &str, labels: &[(&str, &str)]) -> Endpoint {
     let addr = addr(address);
-    let labels: BTreeMap<String, String> = labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let labels: Labels = labels.iter().copied().collect();
     let pod = PodInfo {
         name: Name::new("shop", &format!("pod-{}", addr.ip())),
         uid: None,
         labels,
-        service_account: "default".to_owned(),
-        node: Some("node1".to_owned()),
+        service_account: "default".into(),
+        node: Some("node1".into()),
         host_ip: None,
         ips: vec![addr.ip()],
-        workload: "app".to_owned(),
+        workload: "app".into(),
         ready: true,
         named_ports: Box::new([]),
     };
     Endpoint {
         addr,
         pod: Some(Arc::new(pod)),
-        node: Some("node1".to_owned()),
+        node: Some("node1".into()),
     }
 }
 

@@ -28,6 +28,7 @@ pub struct VirtualServiceSpec {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRoute {
+    // The larger optional blocks are boxed: inline they made every rule ~1 KB, set or not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(rename = "match", default, skip_serializing_if = "Vec::is_empty")]
@@ -35,19 +36,19 @@ pub struct HttpRoute {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub route: Vec<HttpRouteDestination>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub redirect: Option<HttpRedirect>,
+    pub redirect: Option<Box<HttpRedirect>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub direct_response: Option<HttpDirectResponse>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delegate: Option<Delegate>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rewrite: Option<HttpRewrite>,
+    pub rewrite: Option<Box<HttpRewrite>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub retries: Option<HttpRetry>,
+    pub retries: Option<Box<HttpRetry>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub fault: Option<HttpFaultInjection>,
+    pub fault: Option<Box<HttpFaultInjection>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mirror: Option<Destination>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -63,9 +64,9 @@ pub struct HttpRoute {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mirror_percentage: Option<Percent>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cors_policy: Option<CorsPolicy>,
+    pub cors_policy: Option<Box<CorsPolicy>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub headers: Option<Headers>,
+    pub headers: Option<Box<Headers>>,
 }
 
 /// Conditions a request must meet for its rule to apply (all must hold).

@@ -94,7 +94,7 @@ fn destination_address_leads_to_ready_endpoints_with_labels() {
     let v2: Vec<_> = model
         .ready_endpoints(service, 9080)
         .into_iter()
-        .filter(|e| e.labels().get("version").map(String::as_str) == Some("v2"))
+        .filter(|e| e.labels().get("version") == Some("v2"))
         .collect();
     assert_eq!(v2.len(), 1);
     assert!(model.service_by_addr(addr("10.96.0.7:80")).is_none());
@@ -177,10 +177,7 @@ fn endpoint_slices_take_precedence_over_selectors() {
     let endpoints = model.ready_endpoints(service, 9080);
     assert_eq!(endpoints.len(), 1);
     assert_eq!(endpoints[0].addr, addr("10.0.0.9:9080"));
-    assert_eq!(
-        endpoints[0].labels().get("version").map(String::as_str),
-        Some("v9")
-    );
+    assert_eq!(endpoints[0].labels().get("version"), Some("v9"));
 }
 
 #[test]
@@ -439,4 +436,24 @@ fn a_bad_update_is_refused_and_the_last_good_version_keeps_serving() {
             .get(&Name::new("default", "sa"))
             .is_some()
     );
+}
+
+#[test]
+fn pods_share_their_namespace_label_account_and_node_strings() {
+    let store = store_with(vec![
+        pod("a", "10.1.0.1", json!({"app": "reviews"}), true),
+        pod("b", "10.1.0.2", json!({"app": "reviews"}), true),
+    ]);
+    let model = store.model();
+    let a = model.pod(&Name::new("shop", "a")).expect("pod a");
+    let b = model.pod(&Name::new("shop", "b")).expect("pod b");
+    assert!(Arc::ptr_eq(&a.name.namespace, &b.name.namespace));
+    assert!(Arc::ptr_eq(&a.service_account, &b.service_account));
+    assert!(Arc::ptr_eq(
+        a.node.as_ref().expect("node"),
+        b.node.as_ref().expect("node")
+    ));
+    assert!(Arc::ptr_eq(&a.named_ports[0].0, &b.named_ports[0].0));
+    assert_eq!(a.labels, b.labels);
+    assert_eq!(a.labels.get("app"), Some("reviews"));
 }

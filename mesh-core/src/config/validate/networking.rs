@@ -279,7 +279,7 @@ fn http_route(check: &mut Check, path: &str, route: &HttpRoute) {
         }
         check.duration(format!("{path}.corsPolicy.maxAge"), cors.max_age.as_ref());
     }
-    check.headers(format!("{path}.headers"), route.headers.as_ref());
+    check.headers(format!("{path}.headers"), route.headers.as_deref());
 }
 
 fn http_match(check: &mut Check, path: &str, m: &HttpMatchRequest) {

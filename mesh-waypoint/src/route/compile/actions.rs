@@ -50,7 +50,7 @@ pub(super) fn forward(ctx: &mut Ctx<'_>, path: &str, route: &HttpRoute) -> Optio
         .as_deref()
         .and_then(|t| ctx.duration(format!("{path}.timeout"), t))
         .filter(|t| !t.is_zero());
-    let retries = retries(ctx, &format!("{path}.retries"), route.retries.as_ref());
+    let retries = retries(ctx, &format!("{path}.retries"), route.retries.as_deref());
     let mirrors = mirrors(ctx, path, route);
     Some(Forward {
         destinations: destinations?,
