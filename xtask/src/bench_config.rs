@@ -15,7 +15,8 @@ pub(crate) struct BenchArgs {
 
 #[derive(clap::Subcommand)]
 enum Bench {
-    /// Load and index 10k Services, 50k Pods, 2k VirtualServices, 2k DestinationRules.
+    /// Load and index 10k Services, 50k Pods, 2k VirtualServices, 2k DestinationRules, as
+    /// one Snapshot and streamed in one by one.
     Config,
     /// Connect and 1 KB request/response latency: direct, eBPF redirect (fast path off/on),
     /// netfilter NAT, through the node proxy (root; builds a one-node lab).
@@ -32,19 +33,24 @@ enum Bench {
 pub(crate) fn run(args: BenchArgs) -> Result<()> {
     match args.what {
         Bench::Config => {
-            let status = std::process::Command::new(env!("CARGO"))
-                .args([
-                    "run",
-                    "--release",
-                    "-q",
-                    "-p",
-                    "mesh-core",
-                    "--example",
-                    "bench_config",
-                ])
-                .status()?;
-            if !status.success() {
-                bail!("the config benchmark failed: {status}");
+            // One process per mode: each reports its own peak memory.
+            for mode in ["snapshot", "stream"] {
+                let status = std::process::Command::new(env!("CARGO"))
+                    .args([
+                        "run",
+                        "--release",
+                        "-q",
+                        "-p",
+                        "mesh-core",
+                        "--example",
+                        "bench_config",
+                        "--",
+                        mode,
+                    ])
+                    .status()?;
+                if !status.success() {
+                    bail!("the config benchmark ({mode}) failed: {status}");
+                }
             }
             Ok(())
         }
