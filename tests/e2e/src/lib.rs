@@ -1,12 +1,13 @@
 //! The harness of the end-to-end tests: a lab per test with a unique name, removed when the
 //! test ends however it ends, and helpers to run commands in its pods.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use mesh_sim::{Lab, LabOptions, MeshOptions, Pod};
+use anyhow::{Context, Result, bail, ensure};
+use mesh_sim::{Lab, LabOptions, MeshOptions, Pod, http_get_in};
 
 /// Fails the test (never skips it) when it cannot run for real.
 pub fn require_root() {
@@ -218,4 +219,178 @@ impl Drop for TestLab {
         let _ =
             std::fs::remove_dir_all(std::env::temp_dir().join(format!("mesh-e2e-{}", self.name)));
     }
+}
+
+// Helpers of the mTLS tests (mtls_*.rs).
+
+/// Writes `text` to a file of its own for the test tagged `tag` and returns the path; unlike
+/// [`TestLab::manifest`], before the test's lab is up.
+pub fn manifest(tag: &str, name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mesh-mtls-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The Prometheus metrics of node `node`'s agent.
+pub fn metrics(lab: &TestLab, node: &str) -> String {
+    let node = lab.lab.node(node).unwrap();
+    let (status, body) = http_get_in(
+        &node.netns,
+        SocketAddr::from((node.ip, mesh_sim::METRICS_PORT)),
+        "/stats/prometheus",
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// A lab of the mTLS tests: `server` (httpbin, service account httpbin); `remote` (service
+/// account sleep) and `local` (no account of its own) in namespace `default`; `stranger` in
+/// the ambient namespace `other`.
+pub const POLICY_LAB: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: other, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: httpbin}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, labels: {app: httpbin}}
+spec:
+  serviceAccountName: httpbin
+  containers:
+  - {name: httpbin, image: mccutchen/go-httpbin, ports: [{containerPort: 8080}]}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: sleep}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: remote, labels: {app: sleep}}
+spec:
+  serviceAccountName: sleep
+  containers:
+  - {name: curl, image: curlimages/curl, command: ["/bin/sleep", "infinity"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: local, labels: {app: local}}
+spec:
+  containers:
+  - {name: curl, image: curlimages/curl, command: ["/bin/sleep", "infinity"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: stranger, namespace: other, labels: {app: stranger}}
+spec:
+  containers:
+  - {name: curl, image: curlimages/curl, command: ["/bin/sleep", "infinity"]}
+"#;
+
+// Helpers of the waypoint policy tests (waypoint_resilience.rs, waypoint_traffic.rs).
+
+/// How long a config change may take to show in requests.
+pub const CONFIG_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A lab with `files` and curl, the mesh on, and namespace `default` using a waypoint, once
+/// the waypoint has counted traffic to `service` (which `warm` sends from curl).
+pub fn lab_with_waypoint(
+    tag: &str,
+    files: impl FnOnce(&TestLab) -> Vec<PathBuf>,
+    service: &str,
+    warm: impl Fn(&TestLab) -> Result<()>,
+) -> TestLab {
+    let mut lab = TestLab::up(tag, 2, &[istio_sample("curl/curl.yaml")]);
+    let files = files(&lab);
+    lab.apply(&files);
+    lab.start_mesh(&MeshOptions::default(), "default");
+    lab.use_waypoint(service, warm);
+    lab
+}
+
+/// httpbin (Istio's sample, or `files`) behind the waypoint.
+pub fn httpbin_with_waypoint(tag: &str, files: impl FnOnce(&TestLab) -> Vec<PathBuf>) -> TestLab {
+    lab_with_waypoint(tag, files, "httpbin", |lab| {
+        lab.curl("curl", &["-f", "httpbin:8000/get"]).map(drop)
+    })
+}
+
+/// [`TestLab::waypoint_metrics`], as a function.
+pub fn waypoint_metrics(lab: &TestLab) -> Result<String> {
+    lab.waypoint_metrics()
+}
+
+/// The sum of the samples of metric `name` whose labels include every one of `labels`.
+pub fn metric_sum(metrics: &str, name: &str, labels: &[&str]) -> u64 {
+    metrics
+        .lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|line| labels.iter().all(|label| line.contains(label)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|value| value as u64)
+        .sum()
+}
+
+/// The pods of a Deployment.
+pub fn pods_of(lab: &TestLab, deployment: &str) -> Vec<Pod> {
+    let pods: Vec<Pod> = lab
+        .lab
+        .state()
+        .pods
+        .values()
+        .filter(|p| p.owner.as_deref() == Some(deployment))
+        .cloned()
+        .collect();
+    assert!(!pods.is_empty(), "deployment {deployment} has no pods");
+    pods
+}
+
+/// The access-log lines of a pod (sample httpbin logs one per request, before answering)
+/// for requests whose path and query are `target`.
+pub fn access_lines(lab: &TestLab, pod: &Pod, target: &str) -> Vec<String> {
+    let needle = format!("\"GET {target} ");
+    lab.lab
+        .logs(pod)
+        .unwrap_or_else(|e| panic!("reading the log of {}: {e}", pod.key()))
+        .lines()
+        .filter(|line| line.contains(&needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// GETs every URL in one curl (sequentially, on a keep-alive connection) with `headers`:
+/// each answer's status code and body.
+pub fn get_all(lab: &TestLab, urls: &[String], headers: &[&str]) -> Result<Vec<(u16, String)>> {
+    let mut args: Vec<&str> = vec!["-w", "\n<<%{http_code}>>\n"];
+    for header in headers {
+        args.extend(["-H", header]);
+    }
+    args.extend(urls.iter().map(String::as_str));
+    let out = lab.curl("curl", &args)?;
+    let mut answers = Vec::new();
+    let mut rest = out.as_str();
+    while let Some(start) = rest.find("<<") {
+        let code = rest[start + 2..]
+            .get(..3)
+            .and_then(|c| c.parse().ok())
+            .with_context(|| format!("no status code in {out:?}"))?;
+        answers.push((code, rest[..start].trim().to_owned()));
+        rest = &rest[start + 7..];
+    }
+    ensure!(
+        answers.len() == urls.len(),
+        "{} answers to {} requests: {out}",
+        answers.len(),
+        urls.len()
+    );
+    Ok(answers)
 }

@@ -1,0 +1,201 @@
+//! The lab's CA and HBONE as Istio speaks it, for real (root): the CA signs only identities
+//! of pods on the caller's node, and an Istio-style client (HBONE straight to a pod address,
+//! no SNI) is served as that pod, with its certificate, under policy.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use mesh_e2e::{POLICY_LAB, TestLab, eventually, manifest};
+use mesh_sim::MeshOptions;
+
+/// What a client inside node `from` needs to ask the lab's CA: its address, root, and the
+/// node's credential.
+struct CaAccess {
+    ca: SocketAddr,
+    root: String,
+    credential: String,
+}
+
+impl CaAccess {
+    fn of(lab: &TestLab, from: &str) -> Result<CaAccess> {
+        let ca_dir = lab.lab.dir().join("ca");
+        Ok(CaAccess {
+            ca: SocketAddr::from((lab.lab.node("node1")?.ip, mesh_sim::CA_PORT)),
+            root: std::fs::read_to_string(ca_dir.join("root-cert.pem"))?,
+            credential: std::fs::read_to_string(ca_dir.join(format!("{from}.credential")))?,
+        })
+    }
+
+    /// A certificate for `namespace/service_account`, or the CA's refusal.
+    async fn certificate(
+        &self,
+        namespace: &str,
+        service_account: &str,
+    ) -> Result<mesh_core::identity::WorkloadCertificate> {
+        use mesh_core::identity::Identity;
+        use mesh_core::identity::service::{ca_client, request_certificate};
+        let identity = Identity::new("cluster.local", namespace, service_account);
+        let mut client = ca_client(self.ca, &self.root, Duration::from_secs(5))?;
+        let cert = request_certificate(
+            &mut client,
+            self.credential.trim(),
+            &identity,
+            Duration::from_secs(60),
+        )
+        .await
+        .map_err(|status| anyhow::anyhow!("{:?}: {}", status.code(), status.message()))?;
+        ensure!(cert.identity == identity, "signed {}", cert.identity);
+        Ok(cert)
+    }
+}
+
+/// Runs `work` on a thread of its own inside node `node`'s network namespace (setns changes
+/// only the calling thread), on a runtime of its own.
+fn in_node<T, F>(lab: &TestLab, node: &str, work: impl FnOnce() -> F + Send + 'static) -> Result<T>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T>>,
+{
+    let netns = std::fs::File::open(format!("/run/netns/{}", lab.lab.node(node)?.netns))?;
+    std::thread::spawn(move || -> Result<T> {
+        nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(work())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the thread in {node}'s network namespace panicked"))?
+}
+
+/// Asks the lab's CA, from inside node `from`'s network namespace with that node's
+/// credential, for a certificate of `namespace/service_account`.
+fn ask_ca(lab: &TestLab, from: &str, namespace: &str, service_account: &str) -> Result<()> {
+    let access = CaAccess::of(lab, from)?;
+    let (namespace, service_account) = (namespace.to_owned(), service_account.to_owned());
+    in_node(lab, from, move || async move {
+        access
+            .certificate(&namespace, &service_account)
+            .await
+            .map(drop)
+    })
+}
+
+/// From inside node `from`'s network namespace, as an Istio ztunnel would: a certificate for
+/// `client_sa` from the CA (with the node's credential), then HBONE straight to the pod
+/// `server` (`<pod ip>:15008`, no SNI), expecting the server to prove `expect_sa`; an HTTP
+/// GET of `/ip` on port 8080 through the tunnel. Returns the HTTP response.
+fn istio_style_get(
+    lab: &TestLab,
+    from: &str,
+    client_sa: &str,
+    server: std::net::IpAddr,
+    expect_sa: &str,
+) -> Result<String> {
+    use mesh_core::hbone::Connection;
+    use mesh_core::identity::Identity;
+    use mesh_core::identity::tls::client_config;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let access = CaAccess::of(lab, from)?;
+    let client_sa = client_sa.to_owned();
+    let expected = Identity::new("cluster.local", "default", expect_sa);
+    in_node(lab, from, move || async move {
+        let cert = access.certificate("default", &client_sa).await?;
+        let roots: Vec<_> = pem::parse_many(&access.root)?
+            .into_iter()
+            .map(|p| rustls::pki_types::CertificateDer::from(p.into_contents()))
+            .collect();
+        let config = client_config(&cert, &roots, expected)?;
+        let connector = std::sync::Arc::new(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+            config,
+        )));
+        let connection = Connection::connect(
+            connector,
+            SocketAddr::new(server, mesh_core::hbone::PORT),
+            rustls::pki_types::ServerName::IpAddress(server.into()),
+        )
+        .await?;
+        let mut tunnel = connection
+            .tunnel(SocketAddr::new(server, 8080), None)
+            .await?;
+        tunnel
+            .write_all(b"GET /ip HTTP/1.0\r\nHost: server\r\n\r\n")
+            .await?;
+        let mut response = String::new();
+        tokio::time::timeout(Duration::from_secs(5), tunnel.read_to_string(&mut response))
+            .await??;
+        Ok(response)
+    })
+}
+
+#[test]
+fn istio_style_hbone_to_a_pod_address_without_sni_is_served_as_that_pod() {
+    let file = manifest("ist", "lab.yaml", POLICY_LAB);
+    let mut lab = TestLab::up("ist", 2, &[file]);
+    lab.start_mesh(&MeshOptions::default(), "default");
+    // server (sa httpbin) on node1; node2 may have sleep's identity (remote runs there).
+    let server = lab.pod("server").ip;
+    let response = eventually(Duration::from_secs(5), || {
+        istio_style_get(&lab, "node2", "sleep", server.into(), "httpbin")
+    })
+    .expect("HBONE to <pod ip>:15008 without SNI, as Istio's ztunnel sends it");
+    assert!(
+        response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
+        "{response}"
+    );
+    // The certificate presented is the pod's own: a client expecting another identity fails.
+    let wrong = istio_style_get(&lab, "node2", "sleep", server.into(), "sleep");
+    assert!(wrong.is_err(), "{wrong:?}");
+    // Policy applies as for any tunnel.
+    let deny = manifest(
+        "ist",
+        "deny.yaml",
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-sleep}
+spec:
+  action: DENY
+  rules: [{from: [{source: {principals: ["cluster.local/ns/default/sa/sleep"]}}]}]
+"#,
+    );
+    lab.lab
+        .apply(std::slice::from_ref(&deny), "default")
+        .unwrap();
+    eventually(Duration::from_secs(5), || {
+        let refused = istio_style_get(&lab, "node2", "sleep", server.into(), "httpbin");
+        ensure!(refused.is_err(), "still served: {refused:?}");
+        Ok(())
+    })
+    .expect("a DENY policy refuses the tunnel");
+}
+
+#[test]
+fn the_ca_signs_only_identities_of_pods_on_the_callers_node() {
+    let file = manifest("ca", "lab.yaml", POLICY_LAB);
+    let mut lab = TestLab::up("ca", 2, &[file]);
+    lab.start_mesh(&MeshOptions::default(), "default");
+    // server (sa httpbin) runs on node1, remote (sa sleep) on node2.
+    ask_ca(&lab, "node1", "default", "httpbin").expect("node1 may have httpbin's identity");
+    ask_ca(&lab, "node2", "default", "sleep").expect("node2 may have sleep's identity");
+    let refused = ask_ca(&lab, "node2", "default", "httpbin")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("PermissionDenied") && refused.contains("is scheduled on node node2"),
+        "{refused}"
+    );
+    let unknown = ask_ca(&lab, "node1", "default", "nobody")
+        .unwrap_err()
+        .to_string();
+    assert!(unknown.contains("PermissionDenied"), "{unknown}");
+    // A forged credential is refused too.
+    std::fs::write(
+        lab.lab.dir().join("ca/forged.credential"),
+        "not-a-credential",
+    )
+    .unwrap();
+    let forged = ask_ca(&lab, "forged", "default", "httpbin");
+    assert!(forged.is_err(), "{forged:?}");
+}
