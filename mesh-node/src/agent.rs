@@ -194,6 +194,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
                 inbound_port: config.inbound_capture.then_some(config.inbound_port),
                 hbone_port: config.hbone_port,
             }))?;
+            release_freed_memory();
             Some(Arc::new(Mutex::new(dataplane)))
         }
         RedirectMode::Netfilter => None,
@@ -298,6 +299,19 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         task.abort();
     }
     Ok(())
+}
+
+/// Gives the heap the eBPF loader used back to the system: aya parses the kernel's BTF
+/// (~10 MB, heaptrack says) to load the programs and frees it after, but glibc keeps freed
+/// pages mapped, and an idle agent would carry them for its whole life.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    #[allow(unsafe_code, reason = "malloc_trim has no safe wrapper")]
+    // SAFETY: malloc_trim only hands free heap pages back to the kernel; no live allocation
+    // is touched.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Attaches the inbound capture program to interfaces that appeared.
