@@ -321,11 +321,6 @@ pub fn httpbin_with_waypoint(tag: &str, files: impl FnOnce(&TestLab) -> Vec<Path
     })
 }
 
-/// [`TestLab::waypoint_metrics`], as a function.
-pub fn waypoint_metrics(lab: &TestLab) -> Result<String> {
-    lab.waypoint_metrics()
-}
-
 /// The sum of the samples of metric `name` whose labels include every one of `labels`.
 pub fn metric_sum(metrics: &str, name: &str, labels: &[&str]) -> u64 {
     metrics

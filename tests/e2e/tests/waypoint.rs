@@ -8,11 +8,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use mesh_e2e::{TestLab, eventually, istio_sample};
+use mesh_e2e::{CONFIG_DEADLINE, TestLab, eventually, istio_sample};
 use mesh_sim::{MeshOptions, Pod};
 
-/// How long a config change may take to show in requests.
-const CONFIG_DEADLINE: Duration = Duration::from_secs(10);
 /// Pages in a row that must agree before a change counts as applied (a random split could
 /// agree by chance a few times).
 const IN_A_ROW: usize = 8;
@@ -45,10 +43,6 @@ fn waypoint_pod(lab: &TestLab) -> Pod {
         .waypoint_pod("default", "waypoint")
         .expect("the waypoint pod exists")
         .clone()
-}
-
-fn waypoint_metrics(lab: &TestLab) -> Result<String> {
-    lab.waypoint_metrics()
 }
 
 /// The reviews versions one product page showed, for a signed-in `user` or anonymously.
@@ -187,7 +181,7 @@ fn request_routing_and_traffic_shifting_follow_istios_samples() {
         }
     }
 
-    let metrics = waypoint_metrics(&lab).unwrap();
+    let metrics = lab.waypoint_metrics().unwrap();
     for expected in [
         "istio_requests_total{",
         r#"reporter="waypoint""#,
@@ -244,7 +238,7 @@ fn faults_and_timeouts_follow_istios_tasks() {
         .curl("curl", &["-f", "productpage:9080/productpage"])
         .unwrap();
     assert!(!anonymous.contains("Ratings service is currently unavailable"));
-    let metrics = waypoint_metrics(&lab).unwrap();
+    let metrics = lab.waypoint_metrics().unwrap();
     assert!(
         metrics.contains(r#"response_flags="FI""#) && metrics.contains(r#"response_code="500""#),
         "the abort is counted with flag FI:\n{metrics}"
@@ -327,7 +321,7 @@ spec:
     .expect("reviews timeout 0.5 s + ratings delay 2 s: the page in about 1 s");
     // The delayed ratings calls finish (or are given up by their client) after the page.
     eventually(CONFIG_DEADLINE, || {
-        let metrics = waypoint_metrics(&lab)?;
+        let metrics = lab.waypoint_metrics()?;
         ensure!(
             metrics.contains(r#"response_flags="UT""#) && metrics.contains(r#"response_flags="DI"#),
             "timeouts (UT) and delays (DI) are counted:\n{metrics}"

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, ensure};
 use mesh_e2e::{
     CONFIG_DEADLINE, TestLab, access_lines, eventually, get_all, httpbin_with_waypoint,
-    istio_sample, metric_sum, pods_of, waypoint_metrics,
+    istio_sample, metric_sum, pods_of,
 };
 
 const HTTPBIN: &str = "httpbin.default.svc.cluster.local";
@@ -141,7 +141,7 @@ spec:
         );
     }
 
-    let metrics = waypoint_metrics(&lab).unwrap();
+    let metrics = lab.waypoint_metrics().unwrap();
     assert!(
         metric_sum(
             &metrics,
@@ -208,10 +208,10 @@ spec:
             ],
         )
     };
-    let metrics = waypoint_metrics(&lab).unwrap();
+    let metrics = lab.waypoint_metrics().unwrap();
     let (overflow_before, uo_before) = (overflow(&metrics), uo(&metrics));
     let codes = burst(&lab, 90).unwrap();
-    let metrics = waypoint_metrics(&lab).unwrap();
+    let metrics = lab.waypoint_metrics().unwrap();
     let refused = codes.get(&503).copied().unwrap_or(0);
     let pending_overflow = overflow(&metrics) - overflow_before;
     let flagged = uo(&metrics) - uo_before;
@@ -300,7 +300,7 @@ spec:
     lab.apply(&[rule]);
     let ejections = |lab: &TestLab| -> Result<u64> {
         Ok(metric_sum(
-            &waypoint_metrics(lab)?,
+            &lab.waypoint_metrics()?,
             "envoy_cluster_outlier_detection_ejections_enforced_total",
             &[&format!(r#"cluster_name="{HTTPBIN_CLUSTER}""#)],
         ))

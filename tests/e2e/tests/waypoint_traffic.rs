@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail, ensure};
 use mesh_e2e::{
     CONFIG_DEADLINE, TestLab, access_lines, eventually, get_all, httpbin_with_waypoint,
-    istio_sample, lab_with_waypoint, metric_sum, pods_of, waypoint_metrics,
+    istio_sample, lab_with_waypoint, metric_sum, pods_of,
 };
 use serde_json::{Value, json};
 
@@ -312,7 +312,7 @@ fn tcp_traffic_shifts_by_weight_when_bound_to_the_mesh() {
         (two - 20.0).abs() <= 7.0,
         "v2 got {two:.1} % of {total} connections, wanted 20 ± 7: {split:?}"
     );
-    let metrics = waypoint_metrics(&lab).unwrap();
+    let metrics = lab.waypoint_metrics().unwrap();
     assert!(
         metric_sum(
             &metrics,

@@ -4,15 +4,11 @@
 //! since curl has no WebSocket). A VirtualService's header edits and an AuthorizationPolicy
 //! apply to the upgrade request; messages pass both ways; the waypoint counts the 101.
 
-use std::time::Duration;
-
 use anyhow::{Context as _, Result, ensure};
-use mesh_e2e::{TestLab, eventually, istio_sample};
+use mesh_e2e::{CONFIG_DEADLINE, TestLab, eventually, istio_sample, metric_sum};
 use mesh_sim::{MeshOptions, Pod};
 use serde_json::Value;
 
-/// How long a config change may take to show in requests.
-const CONFIG_DEADLINE: Duration = Duration::from_secs(10);
 const WEBSOCKET_URL: &str = "ws://httpbin:8000/websocket/echo";
 const HTTPBIN: &str = "httpbin.default.svc.cluster.local";
 
@@ -46,20 +42,6 @@ fn websocket_session(lab: &TestLab, messages: usize) -> Result<Value> {
         serde_json::from_str(&out).with_context(|| format!("the client's report: {out}"))?;
     ensure!(report["echoed"] == messages, "{report}");
     Ok(report)
-}
-
-/// The sum of the samples of metric `name` whose labels include every one of `labels`.
-fn metric_sum(metrics: &str, name: &str, labels: &[&str]) -> u64 {
-    metrics
-        .lines()
-        .filter(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter(|line| labels.iter().all(|label| line.contains(label)))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|value| value as u64)
-        .sum()
 }
 
 fn httpbin_pod(lab: &TestLab) -> Pod {
