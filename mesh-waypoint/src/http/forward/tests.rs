@@ -107,3 +107,40 @@ fn route_header_edits_apply_to_an_upgrade_request() {
     assert!(!headers.contains_key("sec-websocket-key"));
     assert_eq!(headers[header::UPGRADE], "websocket");
 }
+
+#[test]
+fn trace_headers_reach_the_upstream_unchanged_and_headers_the_connection_names_do_not() {
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let parts = Request::get("/headers")
+        .header("host", "httpbin:8000")
+        .header("traceparent", traceparent)
+        .header("tracestate", "congo=t61rcWkgMzE")
+        .header("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7")
+        .header("x-b3-spanid", "e457b5a2e4d86bd1")
+        .header("x-b3-sampled", "1")
+        .header("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1")
+        .header("x-request-id", "7d3e-42")
+        .header("connection", "x-hop-secret, keep-alive")
+        .header("x-hop-secret", "for the next hop only")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    for h2 in [false, true] {
+        let request =
+            upstream_request(&parts, &plan(), "httpbin:8000", h2, None, Bytes::new()).unwrap();
+        let headers = request.headers();
+        assert_eq!(headers["traceparent"], traceparent, "h2 {h2}");
+        assert_eq!(headers["tracestate"], "congo=t61rcWkgMzE");
+        assert_eq!(headers["x-b3-traceid"], "80f198ee56343ba864fe8b2a57d3eff7");
+        assert_eq!(headers["x-b3-spanid"], "e457b5a2e4d86bd1");
+        assert_eq!(headers["x-b3-sampled"], "1");
+        assert_eq!(
+            headers["b3"],
+            "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"
+        );
+        assert_eq!(headers["x-request-id"], "7d3e-42");
+        assert!(!headers.contains_key("x-hop-secret"), "h2 {h2}");
+        assert!(!headers.contains_key(header::CONNECTION), "h2 {h2}");
+    }
+}
