@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use crate::admin::Page;
 use crate::ebpf::{Dataplane, DataplaneOptions, Redirect};
 use crate::enroll::{LocalPod, capture_addresses, local_pods, pod_cgroup};
+use crate::links::LinkEvents;
 use crate::metrics::Metrics;
 use crate::outbound::{self, Counters, OriginalDst, SoOriginalDst};
 use crate::proxy::{Proxy, inbound, listen_transparent, plaintext};
@@ -268,8 +269,20 @@ pub async fn run(config: NodeConfig) -> Result<()> {
 
     let mut synced = false;
     let mut resync = tokio::time::interval(Duration::from_secs(1));
-    // New interfaces (pod veths) get the inbound capture program within this period.
-    let mut interfaces = tokio::time::interval(Duration::from_millis(200));
+    // New interfaces (pod veths) get the inbound capture program as the kernel announces
+    // them; the slow poll is a safety net (and the only way when netlink is refused).
+    let mut links = match LinkEvents::open() {
+        Ok(links) => Some(links),
+        Err(error) => {
+            tracing::warn!(%error, "no netlink link events; polling the interfaces every 200 ms");
+            None
+        }
+    };
+    let mut interfaces = tokio::time::interval(if links.is_some() {
+        Duration::from_secs(5)
+    } else {
+        Duration::from_millis(200)
+    });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(Error::Signal)?;
     loop {
@@ -288,6 +301,14 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             }
             _ = resync.tick(), if synced => sync(&config, &store.model(), &shared),
             _ = interfaces.tick(), if config.inbound_capture => sync_interfaces(&shared),
+            changed = link_change(&mut links), if config.inbound_capture => {
+                if let Err(error) = changed {
+                    tracing::warn!(%error, "netlink link events failed; polling the interfaces every 200 ms");
+                    links = None;
+                    interfaces = tokio::time::interval(Duration::from_millis(200));
+                }
+                sync_interfaces(&shared);
+            }
             res = tokio::signal::ctrl_c() => { res.map_err(Error::Signal)?; break; }
             _ = term.recv() => break,
         }
@@ -299,6 +320,14 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         task.abort();
     }
     Ok(())
+}
+
+/// The next link change, or never without a netlink socket.
+async fn link_change(links: &mut Option<LinkEvents>) -> std::io::Result<()> {
+    match links {
+        Some(links) => links.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Gives the heap the eBPF loader used back to the system: aya parses the kernel's BTF
