@@ -7,8 +7,8 @@
 //! the writer does not take (it is full: backpressure) is kept, in a buffer of the
 //! connection's own, until the writer takes it (the buffer is given back when the reader
 //! goes quiet). An idle connection holds no buffer, and a bulk transfer moves up to
-//! [`SCRATCH`] bytes per system call. A direction whose reader
-//! ended shuts its writer down (half-close), and the copy ends when both directions have.
+//! [`SCRATCH`] bytes per system call. A direction whose reader ended shuts its writer down
+//! (half-close), and the copy ends when both directions have.
 
 use std::cell::RefCell;
 use std::future::poll_fn;

@@ -271,18 +271,15 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let mut resync = tokio::time::interval(Duration::from_secs(1));
     // New interfaces (pod veths) get the inbound capture program as the kernel announces
     // them; the slow poll is a safety net (and the only way when netlink is refused).
-    let mut links = match LinkEvents::open() {
-        Ok(links) => Some(links),
-        Err(error) => {
-            tracing::warn!(%error, "no netlink link events; polling the interfaces every 200 ms");
+    let mut links = match config.inbound_capture.then(LinkEvents::open) {
+        Some(Ok(links)) => Some(links),
+        Some(Err(error)) => {
+            tracing::warn!(%error, "no netlink link events; polling the interfaces");
             None
         }
+        None => None,
     };
-    let mut interfaces = tokio::time::interval(if links.is_some() {
-        Duration::from_secs(5)
-    } else {
-        Duration::from_millis(200)
-    });
+    let mut interfaces = interface_poll(links.is_some());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(Error::Signal)?;
     loop {
@@ -303,9 +300,9 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             _ = interfaces.tick(), if config.inbound_capture => sync_interfaces(&shared),
             changed = link_change(&mut links), if config.inbound_capture => {
                 if let Err(error) = changed {
-                    tracing::warn!(%error, "netlink link events failed; polling the interfaces every 200 ms");
+                    tracing::warn!(%error, "netlink link events failed; polling the interfaces");
                     links = None;
-                    interfaces = tokio::time::interval(Duration::from_millis(200));
+                    interfaces = interface_poll(false);
                 }
                 sync_interfaces(&shared);
             }
@@ -320,6 +317,16 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         task.abort();
     }
     Ok(())
+}
+
+/// How often the interfaces are looked at: a safety net beside netlink's link events, or
+/// the only way to see new ones without them.
+fn interface_poll(netlink: bool) -> tokio::time::Interval {
+    tokio::time::interval(if netlink {
+        Duration::from_secs(5)
+    } else {
+        Duration::from_millis(200)
+    })
 }
 
 /// The next link change, or never without a netlink socket.
