@@ -35,6 +35,19 @@ impl Page {
         Page::ok("application/json", body)
     }
 
+    /// `/memory`: the heap's bytes in use and free, and what the process has resident
+    /// ([`crate::heap::Usage`]).
+    pub fn memory() -> Page {
+        match crate::heap::Usage::now() {
+            Some(usage) => Page::json(&serde_json::json!(usage)),
+            None => Page {
+                status: "501 Not Implemented",
+                content_type: "text/plain",
+                body: "memory figures need glibc's malloc and /proc\n".into(),
+            },
+        }
+    }
+
     /// A 404 naming the paths there are.
     pub fn not_found(hint: &str) -> Page {
         Page {

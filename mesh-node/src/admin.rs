@@ -39,8 +39,9 @@ fn route(page: Page, path: &str, shared: &Shared) -> pages::Page {
         }
         (Page::Admin, "/config_dump") => pages::Page::json(&shared.config_dump()),
         (Page::Admin, "/stats/redirect") => pages::Page::json(&shared.redirect_stats()),
+        (Page::Admin, "/memory") => pages::Page::memory(),
         (Page::Admin, _) => {
-            pages::Page::not_found("/healthz/ready, /config_dump or /stats/redirect")
+            pages::Page::not_found("/healthz/ready, /config_dump, /stats/redirect or /memory")
         }
         (Page::Metrics, "/stats/prometheus" | "/metrics") => {
             pages::Page::ok("text/plain; version=0.0.4", shared.proxy.metrics.encode())

@@ -195,7 +195,8 @@ pub async fn run(config: NodeConfig) -> Result<()> {
                 inbound_port: config.inbound_capture.then_some(config.inbound_port),
                 hbone_port: config.hbone_port,
             }))?;
-            release_freed_memory();
+            // aya parsed the kernel's BTF (~10 MB) to load the programs, and freed it.
+            mesh_core::heap::release();
             Some(Arc::new(Mutex::new(dataplane)))
         }
         RedirectMode::Netfilter => None,
@@ -265,6 +266,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             Page::Readiness,
         )),
         tokio::spawn(certs.clone().renew_forever()),
+        tokio::spawn(mesh_core::heap::release_when_wasteful()),
     ];
 
     let mut synced = false;
@@ -334,19 +336,6 @@ async fn link_change(links: &mut Option<LinkEvents>) -> std::io::Result<()> {
     match links {
         Some(links) => links.changed().await,
         None => std::future::pending().await,
-    }
-}
-
-/// Gives the heap the eBPF loader used back to the system: aya parses the kernel's BTF
-/// (~10 MB, heaptrack says) to load the programs and frees it after, but glibc keeps freed
-/// pages mapped, and an idle agent would carry them for its whole life.
-fn release_freed_memory() {
-    #[cfg(target_env = "gnu")]
-    #[allow(unsafe_code, reason = "malloc_trim has no safe wrapper")]
-    // SAFETY: malloc_trim only hands free heap pages back to the kernel; no live allocation
-    // is touched.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 

@@ -12,6 +12,7 @@ use mesh_node::ebpf::Ebpf;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
+    mesh_core::heap::configure();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env()

@@ -8,6 +8,7 @@ use mesh_waypoint::server;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
+    mesh_core::heap::configure();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),

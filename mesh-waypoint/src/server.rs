@@ -147,6 +147,7 @@ pub async fn run(config: WaypointConfig) -> Result<(), Error> {
     let hbone_listener = listen(config.hbone_port).await?;
     tracing::info!(%identity, addr = %SocketAddr::new(config.pod_ip, config.hbone_port), "waypoint serving HBONE");
     let accept = tokio::spawn(accept(hbone_listener, acceptor, waypoint.clone()));
+    let heap = tokio::spawn(mesh_core::heap::release_when_wasteful());
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(Error::Signal)?;
@@ -155,7 +156,7 @@ pub async fn run(config: WaypointConfig) -> Result<(), Error> {
         _ = term.recv() => {}
     }
     tracing::info!("mesh-waypoint stopping");
-    for task in [renew, apply, accept].into_iter().chain(pages) {
+    for task in [renew, apply, accept, heap].into_iter().chain(pages) {
         task.abort();
     }
     Ok(())
@@ -283,6 +284,7 @@ fn page(waypoint: &Waypoint, metrics: bool, path: &str) -> Page {
             "certificates": waypoint.destinations.certs.status(),
             "hbone_connections": waypoint.destinations.pool.connections(),
         })),
-        (false, _) => Page::not_found("/healthz/ready or /config_dump"),
+        (false, "/memory") => Page::memory(),
+        (false, _) => Page::not_found("/healthz/ready, /config_dump or /memory"),
     }
 }

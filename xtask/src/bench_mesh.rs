@@ -4,9 +4,10 @@
 //! connections per second), and `iperf3` one-stream throughput; and, for the tunnel issue's
 //! latency target, 1 KB GETs at a fixed 1000 req/s (`xtask bench-peer paced`, open loop:
 //! P50/P90/P99 and the P99 the mesh adds). For each node agent it prints CPU seconds per 1000
-//! requests under both loads and its CPU share over 5 s without traffic, RSS idle and after
-//! the loads, and its peak RSS while 1000
-//! connections are open through it at once (and the file descriptors left once they close).
+//! requests under both loads and its CPU share over 5 s without traffic, RSS idle, right after
+//! the loads and once the agent has given freed heap back ([`SETTLE`]), and its peak RSS while
+//! 1000 connections are open through it at once (and the file descriptors left once they
+//! close).
 //! Client on node2, server on node1, both run inside the pods (their netns and cgroup) so the
 //! eBPF redirect sees them. The targets are printed beside the figures.
 
@@ -25,6 +26,10 @@ const LAB: &str = "benchmesh";
 const RATE: u32 = 1000;
 /// How long the agents' idle CPU is measured, enrolled pods and no traffic.
 const IDLE: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long after the loads the settled RSS is read: one period of the agents' heap release
+/// check (`mesh_core::heap`), and a second for it to run.
+const SETTLE: std::time::Duration =
+    mesh_core::heap::CHECK_PERIOD.saturating_add(std::time::Duration::from_secs(1));
 /// Connections held open at once for the memory figure.
 const HELD: usize = 1000;
 /// The node agents, by the side of the connection they serve.
@@ -75,6 +80,8 @@ struct Agent {
     idle_cpu: f64,
     idle_mb: f64,
     after_load_mb: f64,
+    /// [`SETTLE`] after the loads.
+    settled_mb: f64,
     /// Peak RSS while [`HELD`] connections were open, and fds before and after them.
     held_peak_mb: f64,
     fds_before: usize,
@@ -138,6 +145,10 @@ fn scenarios(mut lab: Lab, mesh_node: &std::path::Path, seconds: u64) -> Result<
         before = now;
         Ok(())
     })?;
+    std::thread::sleep(SETTLE);
+    for (agent, now) in agents.iter_mut().zip(&usage(&lab)?) {
+        agent.settled_mb = mb(now.rss_kb);
+    }
     println!("bench: {HELD} connections open at once through the mesh");
     let held_ok = hold_connections(&lab, &client, &server, &mut agents)?;
     Ok(Report {
@@ -291,24 +302,26 @@ fn print(report: &Report, seconds: u64) {
         "\n(wrk -t1 -c16 --latency, closed loop; @1k: {RATE} req/s over 16 connections, open loop)"
     );
     println!(
-        "\n{:<12} {:>13} {:>13} {:>9} {:>8} {:>11} {:>16} {:>14}",
+        "\n{:<12} {:>13} {:>13} {:>9} {:>8} {:>10} {:>11} {:>16} {:>14}",
         "node agent",
         "CPU/1k (wrk)",
         "CPU/1k (@1k)",
         "idle CPU",
         "idle MB",
         "loaded MB",
+        "settled MB",
         format!("peak MB, {HELD}c"),
         "fds before/after"
     );
     for ((side, _), agent) in AGENTS.iter().zip(agents) {
         println!(
-            "{side:<12} {:>13.4} {:>13.4} {:>8.2}% {:>8.1} {:>11.1} {:>16.1} {:>14}",
+            "{side:<12} {:>13.4} {:>13.4} {:>8.2}% {:>8.1} {:>10.1} {:>11.1} {:>16.1} {:>14}",
             agent.cpu_wrk,
             agent.cpu_paced,
             agent.idle_cpu * 100.0,
             agent.idle_mb,
             agent.after_load_mb,
+            agent.settled_mb,
             agent.held_peak_mb,
             format!("{}/{}", agent.fds_before, agent.fds_after),
         );

@@ -1,0 +1,53 @@
+use super::*;
+
+const MIB: u64 = 1 << 20;
+
+/// What the decision does not look at.
+fn usage() -> Usage {
+    Usage {
+        in_use: 0,
+        free_in_heap: 0,
+        resident_anon: 0,
+        resident_file: 0,
+    }
+}
+
+#[test]
+fn waste_below_the_floor_is_left_alone() {
+    let usage = Usage {
+        in_use: MIB / 2,
+        resident_anon: MIB * 2 - 1,
+        ..usage()
+    };
+    assert!(!usage.wasteful());
+}
+
+#[test]
+fn waste_smaller_than_what_is_in_use_is_left_alone() {
+    // Steady load: freed chunks are soon reused.
+    let usage = Usage {
+        in_use: 6 * MIB,
+        resident_anon: 11 * MIB,
+        ..usage()
+    };
+    assert!(!usage.wasteful());
+}
+
+#[test]
+fn waste_as_large_as_what_is_in_use_is_released() {
+    // After a burst: 3 MiB live in 10 MiB resident.
+    let usage = Usage {
+        in_use: 3 * MIB,
+        resident_anon: 10 * MIB,
+        ..usage()
+    };
+    assert!(usage.wasteful());
+}
+
+#[test]
+fn this_process_reports_its_usage() {
+    let usage = Usage::now().expect("mallinfo2 and /proc/self/statm");
+    assert!(usage.in_use > 0, "{usage:?}");
+    assert!(usage.resident_anon > 0, "{usage:?}");
+    assert!(usage.resident_file > 0, "{usage:?}");
+}
