@@ -50,18 +50,23 @@ pub fn release() {
 pub async fn release_when_wasteful() {
     let mut ticks = tokio::time::interval(CHECK_PERIOD);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // What the last release left resident.
+    let mut settled = 0;
     loop {
         ticks.tick().await;
         let Some(usage) = Usage::now() else {
             return;
         };
-        if usage.wasteful() {
+        if usage.worth_releasing(settled) {
             release();
+            let after = Usage::now().map_or(0, |u| u.resident_anon);
             tracing::debug!(
                 in_use = usage.in_use,
-                resident = usage.resident_anon,
+                before = usage.resident_anon,
+                after,
                 "gave free heap pages back"
             );
+            settled = after;
         }
     }
 }
@@ -99,6 +104,14 @@ impl Usage {
     pub fn wasteful(&self) -> bool {
         let waste = self.resident_anon.saturating_sub(self.in_use);
         waste >= self.in_use.max(WASTE_FLOOR)
+    }
+
+    /// Whether to release now, given what the last release left resident (`settled`):
+    /// [`Usage::wasteful`], and grown since. Free space in chunks smaller than a page, between
+    /// live ones, stays resident whatever the allocator does, and is not worth a walk of the
+    /// whole heap every period.
+    pub fn worth_releasing(&self, settled: u64) -> bool {
+        self.wasteful() && self.resident_anon >= settled.saturating_add(WASTE_FLOOR)
     }
 }
 

@@ -84,6 +84,8 @@ struct Agent {
     settled_mb: f64,
     /// Peak RSS while [`HELD`] connections were open, and fds before and after them.
     held_peak_mb: f64,
+    /// The most heap in use seen while they were open (sampled).
+    held_heap_mb: f64,
     fds_before: usize,
     fds_after: usize,
 }
@@ -236,7 +238,25 @@ fn hold_connections(
          'http://{}:8080/delay/2?[1-{per_curl}]' & done; wait",
         server.ip
     );
-    let out = exec(lab, client, "bash", &["-c", &script])?;
+    // The agents' heap in use, sampled from /memory while the connections are open: the RSS
+    // peak splits into what is live, what the allocator keeps, and code.
+    let holding = std::sync::atomic::AtomicBool::new(true);
+    let (out, heap_peak) = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let mut most = [0u64; 2];
+            while holding.load(std::sync::atomic::Ordering::Relaxed) {
+                for (most, (_, node)) in most.iter_mut().zip(AGENTS) {
+                    *most = (*most).max(heap_in_use(lab, node).unwrap_or(0));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            most
+        });
+        let out = exec(lab, client, "bash", &["-c", &script]);
+        holding.store(false, std::sync::atomic::Ordering::Relaxed);
+        (out, sampler.join().unwrap_or_default())
+    });
+    let out = out?;
     let ok = out.lines().filter(|l| *l == "200").count();
     let peak = usage(lab)?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -251,12 +271,28 @@ fn hold_connections(
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
-    for (((agent, before), peak), after) in agents.iter_mut().zip(&before).zip(&peak).zip(&after) {
+    for ((((agent, before), peak), after), heap) in agents
+        .iter_mut()
+        .zip(&before)
+        .zip(&peak)
+        .zip(&after)
+        .zip(heap_peak)
+    {
         agent.held_peak_mb = mb(peak.peak_rss_kb);
+        agent.held_heap_mb = heap as f64 / (1024.0 * 1024.0);
         agent.fds_before = before.fds;
         agent.fds_after = after.fds;
     }
     Ok(ok)
+}
+
+/// A node agent's heap bytes in use (`/memory`).
+fn heap_in_use(lab: &Lab, node: &str) -> Result<u64> {
+    let (_, body) = lab.agent_get(node, "/memory")?;
+    let memory: serde_json::Value = serde_json::from_str(&body)?;
+    memory["in_use"]
+        .as_u64()
+        .with_context(|| format!("{node} /memory has no in_use: {body}"))
 }
 
 /// Both agents' usage, in [`AGENTS`] order.
@@ -302,7 +338,7 @@ fn print(report: &Report, seconds: u64) {
         "\n(wrk -t1 -c16 --latency, closed loop; @1k: {RATE} req/s over 16 connections, open loop)"
     );
     println!(
-        "\n{:<12} {:>13} {:>13} {:>9} {:>8} {:>10} {:>11} {:>16} {:>14}",
+        "\n{:<12} {:>13} {:>13} {:>9} {:>8} {:>10} {:>11} {:>16} {:>9} {:>14}",
         "node agent",
         "CPU/1k (wrk)",
         "CPU/1k (@1k)",
@@ -311,11 +347,12 @@ fn print(report: &Report, seconds: u64) {
         "loaded MB",
         "settled MB",
         format!("peak MB, {HELD}c"),
+        "heap MB",
         "fds before/after"
     );
     for ((side, _), agent) in AGENTS.iter().zip(agents) {
         println!(
-            "{side:<12} {:>13.4} {:>13.4} {:>8.2}% {:>8.1} {:>10.1} {:>11.1} {:>16.1} {:>14}",
+            "{side:<12} {:>13.4} {:>13.4} {:>8.2}% {:>8.1} {:>10.1} {:>11.1} {:>16.1} {:>9.1} {:>14}",
             agent.cpu_wrk,
             agent.cpu_paced,
             agent.idle_cpu * 100.0,
@@ -323,10 +360,14 @@ fn print(report: &Report, seconds: u64) {
             agent.after_load_mb,
             agent.settled_mb,
             agent.held_peak_mb,
+            agent.held_heap_mb,
             format!("{}/{}", agent.fds_before, agent.fds_after),
         );
     }
-    println!("({held_ok} of {HELD} held connections answered 200)");
+    println!(
+        "({held_ok} of {HELD} held connections answered 200; heap MB: the most heap in use \
+         seen while they were open, from /memory)"
+    );
     let worst = |f: fn(&Agent) -> f64| agents.iter().map(f).fold(0.0, f64::max);
     let added_p99 = mesh.paced.p99.zip(direct.paced.p99).map(|(m, d)| m - d);
     let targets: [(&str, String, &str, bool); 7] = [

@@ -45,6 +45,23 @@ fn waste_as_large_as_what_is_in_use_is_released() {
 }
 
 #[test]
+fn waste_a_release_could_not_free_is_not_walked_again_until_it_grows() {
+    let usage = Usage {
+        in_use: 2 * MIB,
+        resident_anon: 12 * MIB,
+        ..usage()
+    };
+    assert!(usage.worth_releasing(0));
+    // The last release left 11 MiB resident: pinned pages.
+    assert!(!usage.worth_releasing(11 * MIB));
+    let grown = Usage {
+        resident_anon: 13 * MIB,
+        ..usage
+    };
+    assert!(grown.worth_releasing(11 * MIB));
+}
+
+#[test]
 fn this_process_reports_its_usage() {
     let usage = Usage::now().expect("mallinfo2 and /proc/self/statm");
     assert!(usage.in_use > 0, "{usage:?}");
