@@ -51,16 +51,22 @@ const BACKOFF_BASE: Duration = Duration::from_millis(25);
 
 /// Serves HTTP on the tunnel until the client closes it.
 pub async fn serve(stream: Arc<Stream>, tunnel: Tunnel) {
+    serve_connection(stream, tunnel.into_inner()).await;
+}
+
+/// Serves HTTP on one client connection (a tunnel's, or a test's) until the client closes
+/// it.
+async fn serve_connection<I>(stream: Arc<Stream>, io: I)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let stream = stream.clone();
         async move { Ok::<_, Infallible>(handle(stream, request).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // With upgrades: after a 101 hyper hands the connection over instead of closing it.
-    if let Err(error) = builder
-        .serve_connection_with_upgrades(tunnel.into_inner(), service)
-        .await
-    {
+    if let Err(error) = builder.serve_connection_with_upgrades(io, service).await {
         tracing::debug!(%error, "HTTP connection ended with an error");
     }
 }
@@ -413,3 +419,6 @@ fn labels(stream: &Stream, record: &Record, code: u16, grpc_status: String) -> R
         connection_security_policy: "mutual_tls",
     }
 }
+
+#[cfg(test)]
+mod tests;
