@@ -93,7 +93,7 @@ fn local(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     response
 }
 
-async fn handle(stream: Arc<Stream>, request: Request<Incoming>) -> Response<Body> {
+async fn handle(stream: Arc<Stream>, request: Request<Incoming>) -> Response<CountedBody> {
     let mut exchange = Exchange {
         stream: stream.clone(),
         started: Instant::now(),
@@ -115,14 +115,38 @@ async fn handle(stream: Arc<Stream>, request: Request<Incoming>) -> Response<Bod
             .and_then(|v| v.to_str().ok()?.parse().ok())
             .unwrap_or(0),
     });
-    // Counted when hyper is done with the response body: sent, or the client gone.
-    response.map(|body| {
-        body.map_frame(move |frame| {
-            let _ = &exchange;
-            frame
-        })
-        .boxed()
+    response.map(|body| CountedBody {
+        body,
+        _exchange: exchange,
     })
+}
+
+/// A response body that counts its exchange when hyper is done with it: sent, or the
+/// client gone.
+struct CountedBody {
+    body: Body,
+    /// Held for its drop, which counts the exchange.
+    _exchange: Exchange,
+}
+
+impl hyper::body::Body for CountedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// The response the client got, for the metrics.
