@@ -51,8 +51,8 @@ impl Drop for CachedUpstream {
     }
 }
 
-type Http1 = hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>;
-type Http2 = hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>;
+type Http1 = hyper::client::conn::http1::SendRequest<crate::http::body::Outgoing>;
+type Http2 = hyper::client::conn::http2::SendRequest<crate::http::body::Outgoing>;
 
 /// Idle HTTP/1.1 connections kept per endpoint: enough for the concurrency one waypoint sees
 /// (h2load -c16 -m10 is 160 requests at once); `maxConnections` limits them further.

@@ -6,10 +6,16 @@
 //! mirrors — and Istio's request metrics with response flags. This file decides; the
 //! upstream side (the request as sent, the tries, kept connections, mirrors) is [`forward`].
 //!
-//! Request bodies are read whole before forwarding (retries and mirrors replay them), so
-//! streaming request bodies (gRPC client streaming) are buffered; responses stream through.
-//! An HTTP/1.1 upgrade (WebSocket) is routed like any request and, once the upstream answers
-//! 101, spliced through ([`upgrade`]).
+//! Request bodies stream to the upstream as the client sends them, and responses stream
+//! back, so gRPC client and bidirectional streams pass; a retry resends the body from a
+//! replay buffer of [`body::REPLAY_LIMIT`] bytes, and a body that outgrew it is not retried
+//! ([`body`]). A request answered here (403, a fault, a redirect, a circuit breaker's 503) is
+//! answered without reading its body. An HTTP/1.1 upgrade (WebSocket) is routed like any
+//! request and, once the upstream answers 101, spliced through ([`upgrade`]).
+//!
+//! Each exchange is counted in the request metrics when its response ends (or the client
+//! goes away), as Envoy's stats do at the end of a stream: by then the request body's size
+//! is known.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -31,9 +37,11 @@ use crate::route::{
 };
 use crate::server::Stream;
 
+pub mod body;
 mod forward;
 mod upgrade;
 
+use body::RequestBody;
 use forward::{forward, spawn_mirror};
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -43,25 +51,33 @@ const BACKOFF_BASE: Duration = Duration::from_millis(25);
 
 /// Serves HTTP on the tunnel until the client closes it.
 pub async fn serve(stream: Arc<Stream>, tunnel: Tunnel) {
+    serve_connection(stream, tunnel.into_inner()).await;
+}
+
+/// Serves HTTP on one client connection (a tunnel's, or a test's) until the client closes
+/// it.
+async fn serve_connection<I>(stream: Arc<Stream>, io: I)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let stream = stream.clone();
-        async move { Ok::<_, Infallible>(handle(&stream, request).await) }
+        async move { Ok::<_, Infallible>(handle(stream, request).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // With upgrades: after a 101 hyper hands the connection over instead of closing it.
-    if let Err(error) = builder
-        .serve_connection_with_upgrades(tunnel.into_inner(), service)
-        .await
-    {
+    if let Err(error) = builder.serve_connection_with_upgrades(io, service).await {
         tracing::debug!(%error, "HTTP connection ended with an error");
     }
 }
 
 /// What happened to a request, for the metrics.
+#[derive(Default)]
 struct Record {
     flags: Vec<&'static str>,
     destination: Option<mesh_core::config::Endpoint>,
-    request_bytes: u64,
+    /// The body, once the request is forwarded: its size is known when it has been read.
+    request: Option<RequestBody>,
 }
 
 fn local(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
@@ -77,58 +93,98 @@ fn local(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     response
 }
 
-async fn handle(stream: &Stream, request: Request<Incoming>) -> Response<Body> {
-    let mut pending = Pending {
-        stream,
+async fn handle(stream: Arc<Stream>, request: Request<Incoming>) -> Response<CountedBody> {
+    let mut exchange = Exchange {
+        stream: stream.clone(),
         started: Instant::now(),
-        record: Record {
-            flags: Vec::new(),
-            destination: None,
-            request_bytes: 0,
-        },
-        done: false,
+        record: Record::default(),
+        answer: None,
     };
-    let response = respond(stream, request, &mut pending.record).await;
-    pending.done = true;
-    stream.waypoint.metrics.request(
-        &labels(
-            stream,
-            &pending.record,
-            response.status().as_u16(),
-            response.headers(),
-        ),
-        pending.started.elapsed().as_secs_f64() * 1000.0,
-        pending.record.request_bytes,
-        response
+    let response = respond(&stream, request, &mut exchange.record).await;
+    exchange.answer = Some(Answer {
+        code: response.status().as_u16(),
+        grpc_status: response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
+        bytes: response
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse().ok())
             .unwrap_or(0),
-    );
-    response
+    });
+    response.map(|body| CountedBody {
+        body,
+        _exchange: exchange,
+    })
 }
 
-/// A request in progress. Dropped before its response (the client went away: hyper drops
-/// the handler), it is still counted, as Envoy does: response code 0, flag DC.
-struct Pending<'a> {
-    stream: &'a Stream,
+/// A response body that counts its exchange when hyper is done with it: sent, or the
+/// client gone.
+struct CountedBody {
+    body: Body,
+    /// Held for its drop, which counts the exchange.
+    _exchange: Exchange,
+}
+
+impl hyper::body::Body for CountedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The response the client got, for the metrics.
+struct Answer {
+    code: u16,
+    grpc_status: String,
+    bytes: u64,
+}
+
+/// One request and its response, counted in the metrics when dropped: with its response's
+/// end, or, dropped before its response (the client went away: hyper drops the handler),
+/// as Envoy counts it: response code 0, flag DC.
+struct Exchange {
+    stream: Arc<Stream>,
     started: Instant,
     record: Record,
-    done: bool,
+    answer: Option<Answer>,
 }
 
-impl Drop for Pending<'_> {
+impl Drop for Exchange {
     fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        self.record.flags.push("DC");
-        let labels = labels(self.stream, &self.record, 0, &HeaderMap::new());
+        let answer = self.answer.take().unwrap_or_else(|| {
+            self.record.flags.push("DC");
+            Answer {
+                code: 0,
+                grpc_status: String::new(),
+                bytes: 0,
+            }
+        });
+        let labels = labels(&self.stream, &self.record, answer.code, answer.grpc_status);
         self.stream.waypoint.metrics.request(
             &labels,
             self.started.elapsed().as_secs_f64() * 1000.0,
-            self.record.request_bytes,
-            0,
+            self.record
+                .request
+                .as_ref()
+                .map_or(0, RequestBody::bytes_read),
+            answer.bytes,
         );
     }
 }
@@ -201,31 +257,34 @@ async fn respond(
             Err(response) => return response,
         },
     };
-    let body = match body.collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) => {
-            tracing::debug!(%error, "reading the request body failed");
-            record.flags.push("DC");
-            return local(StatusCode::BAD_REQUEST, "the request body was cut off\n");
-        }
-    };
-    record.request_bytes = body.len() as u64;
+    let body = RequestBody::new(body);
+    record.request = Some(body.clone());
     // A mirror cannot take part in an upgraded session (its answers are dropped): upgrade
     // requests are not mirrored.
     if asked_upgrade.is_none() {
         for mirror in &plan.mirrors {
-            spawn_mirror(stream, &model, mirror, &parts, &plan, body.clone());
+            spawn_mirror(stream, &model, mirror, &parts, &plan, &body);
         }
     }
-    let forwarded = forward(stream, &model, &parts, &plan, body, asked_upgrade, record);
+    let forwarded = forward(stream, &model, &parts, &plan, &body, asked_upgrade, record);
     let mut response = match plan.timeout {
-        Some(timeout) => match tokio::time::timeout(timeout, forwarded).await {
-            Ok(response) => response,
-            Err(_) => {
+        Some(timeout) => {
+            // As Envoy: the route timeout runs from the end of the client's request to the
+            // response's headers, so a body still streaming does not count against it.
+            let expired = async {
+                body.ended().await;
+                tokio::time::sleep(timeout).await;
+            };
+            let answered = tokio::select! {
+                biased;
+                response = forwarded => Some(response),
+                () = expired => None,
+            };
+            answered.unwrap_or_else(|| {
                 record.flags.push("UT");
                 local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
-            }
-        },
+            })
+        }
         None => forwarded.await,
     };
     for edits in &plan.response_edits {
@@ -331,7 +390,7 @@ async fn decide(
     })
 }
 
-fn labels(stream: &Stream, record: &Record, code: u16, headers: &HeaderMap) -> RequestLabels {
+fn labels(stream: &Stream, record: &Record, code: u16, grpc_status: String) -> RequestLabels {
     let unknown = || "unknown".to_owned();
     let client = &stream.client;
     let source_pod = client.pod.as_deref();
@@ -375,11 +434,7 @@ fn labels(stream: &Stream, record: &Record, code: u16, headers: &HeaderMap) -> R
             "http"
         },
         response_code: code,
-        grpc_response_status: headers
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned(),
+        grpc_response_status: grpc_status,
         response_flags: if record.flags.is_empty() {
             "-".to_owned()
         } else {
@@ -388,3 +443,6 @@ fn labels(stream: &Stream, record: &Record, code: u16, headers: &HeaderMap) -> R
         connection_security_policy: "mutual_tls",
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -2,7 +2,7 @@
 //! 15020 at `/stats/prometheus`: `istio_requests_total`, `istio_request_duration_milliseconds`,
 //! `istio_request_bytes`, `istio_response_bytes` for HTTP; the `istio_tcp_*` family for TCP
 //! routes; and the circuit breakers' overflow counters (Envoy's `upstream_rq_pending_overflow`
-//! and friends) per destination.
+//! and friends) and `retry_or_shadow_abandoned` per destination.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -58,6 +58,7 @@ pub struct Metrics {
     request_overflow: Family<ClusterLabels, Counter>,
     retry_overflow: Family<ClusterLabels, Counter>,
     ejections: Family<ClusterLabels, Counter>,
+    abandoned: Family<ClusterLabels, Counter>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -137,6 +138,7 @@ impl Default for Metrics {
         let request_overflow = Family::<ClusterLabels, Counter>::default();
         let retry_overflow = Family::<ClusterLabels, Counter>::default();
         let ejections = Family::<ClusterLabels, Counter>::default();
+        let abandoned = Family::<ClusterLabels, Counter>::default();
         registry.register(
             "envoy_cluster_upstream_rq_pending_overflow",
             "Requests refused at once (503, flag UO) because http1MaxPendingRequests were waiting",
@@ -162,6 +164,11 @@ impl Default for Metrics {
             "Endpoints ejected by outlier detection",
             ejections.clone(),
         );
+        registry.register(
+            "envoy_cluster_retry_or_shadow_abandoned",
+            "Retries not made because the request body outgrew the replay buffer, and mirror copies dropped because the mirror fell behind",
+            abandoned.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -177,6 +184,7 @@ impl Default for Metrics {
             request_overflow,
             retry_overflow,
             ejections,
+            abandoned,
         }
     }
 }
@@ -231,6 +239,16 @@ impl Metrics {
             Overflow::Retries => &self.retry_overflow,
         };
         family.get_or_create(&labels).inc();
+    }
+
+    /// A retry or a mirror's copy given up for the request body's sake (Envoy's
+    /// `retry_or_shadow_abandoned`).
+    pub fn retry_or_shadow_abandoned(&self, cluster: &str) {
+        self.abandoned
+            .get_or_create(&ClusterLabels {
+                cluster_name: cluster.to_owned(),
+            })
+            .inc();
     }
 
     pub fn ejected(&self, cluster: &str) {

@@ -68,6 +68,20 @@ pub struct Waypoint {
 }
 
 impl Waypoint {
+    /// The shared state over the config snapshots `model` receives.
+    pub fn new(
+        config: WaypointConfig,
+        model: watch::Receiver<Arc<Model>>,
+        destinations: Destinations,
+    ) -> Waypoint {
+        Waypoint {
+            config,
+            model,
+            destinations,
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+
     pub fn model(&self) -> Arc<Model> {
         self.model.borrow().clone()
     }
@@ -116,12 +130,11 @@ pub async fn run(config: WaypointConfig) -> Result<(), Error> {
     certs.set_wanted(&BTreeSet::from([identity.clone()]));
     let renew = tokio::spawn(certs.clone().renew_forever());
 
-    let waypoint = Arc::new(Waypoint {
-        destinations: Destinations::new(certs.clone(), identity.clone()),
-        metrics: Arc::new(Metrics::default()),
-        config: config.clone(),
+    let waypoint = Arc::new(Waypoint::new(
+        config.clone(),
         model,
-    });
+        Destinations::new(certs.clone(), identity.clone()),
+    ));
     let listen = |port| async move {
         let addr = SocketAddr::new(config.pod_ip, port);
         TcpListener::bind(addr)

@@ -3,20 +3,25 @@
 //! upstream (endpoint choice, circuit breaker, outlier detection), kept connections to
 //! endpoints, and mirrors. A 101 to an upgrade request ends the tries: the upgraded
 //! connections are spliced ([`super::upgrade`]) and the upstream one is never kept.
+//!
+//! The request body streams to the try in flight and to the mirrors as the client sends it
+//! ([`super::body`]); a retry resends it from the replay buffer, and a request whose body
+//! outgrew that buffer is not retried.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt as _, Empty, Full};
+use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_core::config::Model;
 use rand::Rng as _;
 
+use super::body::{MIRROR_LAG, Outgoing, RequestBody};
 use super::upgrade::{self, Requested};
 use super::{BACKOFF_BASE, Body, Plan, Record, local};
 use crate::destinations::InUse;
@@ -82,8 +87,8 @@ fn upstream_request(
     authority: &str,
     h2: bool,
     upgrade: Option<&HeaderValue>,
-    body: Bytes,
-) -> Option<Request<Full<Bytes>>> {
+    body: Outgoing,
+) -> Option<Request<Outgoing>> {
     let uri = if h2 {
         Uri::builder()
             .scheme("http")
@@ -94,7 +99,7 @@ fn upstream_request(
     } else {
         plan.path.parse().ok()?
     };
-    let mut request = Request::new(Full::new(body));
+    let mut request = Request::new(body);
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = uri;
     *request.version_mut() = if h2 {
@@ -141,17 +146,43 @@ fn client_authority(parts: &http::request::Parts) -> String {
         .unwrap_or_default()
 }
 
+/// Gives up the request body's try in flight when dropped armed: the client is answered
+/// some other way than by that try (a local answer, a timeout), so the body must stop
+/// streaming to it.
+struct GiveUp<'a>(Option<&'a RequestBody>);
+
+impl GiveUp<'_> {
+    /// The try in flight answers the client: the body goes on streaming to it, and the
+    /// replay buffer is no longer needed.
+    fn answered(&mut self) {
+        if let Some(body) = self.0.take() {
+            body.last_try();
+        }
+    }
+}
+
+impl Drop for GiveUp<'_> {
+    fn drop(&mut self) {
+        if let Some(body) = self.0 {
+            body.abandon();
+        }
+    }
+}
+
 /// Sends with retries; the response, or the local answer when every try failed. For an
 /// upgrade the upstream accepts, the 101, with the splice of the two connections spawned.
+/// A retry resends the body from the replay buffer; a body that outgrew it is not retried.
 pub(super) async fn forward(
     stream: &Stream,
     model: &Arc<Model>,
     parts: &http::request::Parts,
     plan: &Plan,
-    body: Bytes,
+    body: &RequestBody,
     mut upgrade: Option<Requested>,
     record: &mut Record,
 ) -> Response<Body> {
+    let mut give_up = GiveUp(Some(body));
+    let mut try_body = body.first_try();
     let waypoint = &stream.waypoint;
     let port = plan.target.port.unwrap_or(stream.port);
     let client_ns = stream.client.identity.namespace.as_str();
@@ -222,12 +253,23 @@ pub(super) async fn forward(
             }
         };
         let protocol = upgrade.as_ref().map(|u| &u.protocol);
-        let Some(request) = upstream_request(parts, plan, &authority, h2, protocol, body.clone())
+        let Some(request) = upstream_request(parts, plan, &authority, h2, protocol, try_body)
         else {
             return local(StatusCode::BAD_REQUEST, "the request cannot be forwarded\n");
         };
         let per_try = retries.as_ref().and_then(|r| r.per_try_timeout);
-        let attempt_result = send(stream, model, &upstream, &pick, request, h2, per_try).await;
+        // As Envoy: a try's timeout runs from the end of the client's request, so a body
+        // still streaming (a slow upload, a gRPC client stream) does not count against it.
+        let expiry = async {
+            match per_try {
+                Some(limit) => {
+                    body.ended().await;
+                    tokio::time::sleep(limit).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let attempt_result = send(stream, model, &upstream, &pick, request, h2, expiry).await;
         let (attempt_result, in_use) = match attempt_result {
             Ok((response, in_use)) => (Ok(response), in_use),
             Err(failure) => (Err(failure), None),
@@ -252,12 +294,16 @@ pub(super) async fn forward(
                 let retriable = status != StatusCode::SWITCHING_PROTOCOLS
                     && retry_on.is_some_and(|r| r.retries_response(status, grpc_status));
                 if retriable && may_retry {
-                    if let Some(slot) = take_retry(&upstream, &waypoint.metrics, &cluster) {
-                        retry_slot = Some(slot);
-                        attempt += 1;
-                        continue;
+                    match next_try(&upstream, &waypoint.metrics, &cluster, body) {
+                        Ok((slot, next)) => {
+                            retry_slot = Some(slot);
+                            try_body = next;
+                            attempt += 1;
+                            continue;
+                        }
+                        Err(NoRetry::Overflow) => record.flags.push("URX"),
+                        Err(NoRetry::Body) => {}
                     }
-                    record.flags.push("URX");
                 } else if retriable && attempt > 0 {
                     record.flags.push("URX");
                 }
@@ -285,6 +331,7 @@ pub(super) async fn forward(
                     let guard = (lease, pick, in_use.map(InUse::upgraded));
                     upgrade::spawn_splice(asked.client, upstream_io, cluster, guard);
                     let empty = Empty::new().map_err(|never| match never {}).boxed();
+                    give_up.answered();
                     return Response::from_parts(head, empty);
                 }
                 // The slots stay taken until the response body is done.
@@ -296,9 +343,17 @@ pub(super) async fn forward(
                         frame
                     })
                     .boxed();
+                // The request body goes on streaming to this try (a bidirectional stream).
+                give_up.answered();
                 return Response::from_parts(head, body);
             }
             Err(failure) => {
+                if body.failed() {
+                    // The client went away mid-body: not the upstream's doing, and nothing
+                    // to retry.
+                    record.flags.push("DC");
+                    return local(StatusCode::BAD_REQUEST, "the request body was cut off\n");
+                }
                 let (outcome, flag, message) = match failure {
                     Failure::Connect(message) => (
                         Outcome::ConnectFailed,
@@ -325,13 +380,18 @@ pub(super) async fn forward(
                 };
                 let retriable = outcome == Outcome::Timeout
                     || retry_on.is_some_and(|r| r.retries_failure(kind));
-                if retriable
-                    && may_retry
-                    && let Some(slot) = take_retry(&upstream, &waypoint.metrics, &cluster)
-                {
-                    retry_slot = Some(slot);
-                    attempt += 1;
-                    continue;
+                let mut exceeded = retriable && attempt > 0;
+                if retriable && may_retry {
+                    match next_try(&upstream, &waypoint.metrics, &cluster, body) {
+                        Ok((slot, next)) => {
+                            retry_slot = Some(slot);
+                            try_body = next;
+                            attempt += 1;
+                            continue;
+                        }
+                        Err(NoRetry::Overflow) => exceeded = true,
+                        Err(NoRetry::Body) => exceeded = false,
+                    }
                 }
                 let status = if outcome == Outcome::Timeout {
                     StatusCode::GATEWAY_TIMEOUT
@@ -339,7 +399,7 @@ pub(super) async fn forward(
                     StatusCode::SERVICE_UNAVAILABLE
                 };
                 record.flags.push(flag);
-                if retriable && (may_retry || attempt > 0) {
+                if exceeded {
                     record.flags.push("URX");
                 }
                 return local(status, message);
@@ -348,15 +408,44 @@ pub(super) async fn forward(
     }
 }
 
-/// A `maxRetries` slot for another try, or `None` (counted as retry overflow): no retry.
-fn take_retry(upstream: &Upstream, metrics: &Metrics, cluster: &str) -> Option<RetrySlot> {
-    match upstream.pool().try_acquire_retry() {
-        Ok(slot) => Some(slot),
+/// Why a try that could be retried is not.
+enum NoRetry {
+    /// No `maxRetries` slot (counted as retry overflow; flag URX).
+    Overflow,
+    /// The request body outgrew the replay buffer and part of it has been let go, as Envoy
+    /// gives up a retry whose body no longer fits its buffer.
+    Body,
+}
+
+/// Another try: a `maxRetries` slot and the request body from its start.
+fn next_try(
+    upstream: &Upstream,
+    metrics: &Metrics,
+    cluster: &str,
+    body: &RequestBody,
+) -> Result<(RetrySlot, Outgoing), NoRetry> {
+    let not_replayed = || {
+        metrics.retry_or_shadow_abandoned(cluster);
+        tracing::debug!(
+            %cluster,
+            limit = super::body::REPLAY_LIMIT,
+            "not retried: the request body outgrew the replay buffer"
+        );
+        NoRetry::Body
+    };
+    if !body.replays() {
+        return Err(not_replayed());
+    }
+    let slot = match upstream.pool().try_acquire_retry() {
+        Ok(slot) => slot,
         Err(_) => {
             metrics.overflow(cluster, OverflowMetric::Retries);
-            None
+            return Err(NoRetry::Overflow);
         }
-    }
+    };
+    // The try in flight may have let go of part of the body since the check above.
+    let next = body.retry().ok_or_else(not_replayed)?;
+    Ok((slot, next))
 }
 
 enum Failure {
@@ -371,9 +460,9 @@ async fn send(
     model: &Model,
     upstream: &Upstream,
     pick: &crate::upstream::Pick,
-    request: Request<Full<Bytes>>,
+    request: Request<Outgoing>,
     h2: bool,
-    per_try: Option<Duration>,
+    expiry: impl Future<Output = ()>,
 ) -> Result<(Response<Incoming>, Option<InUse>), Failure> {
     let endpoint = pick.endpoint().endpoint();
     let addr = endpoint.addr;
@@ -452,22 +541,24 @@ async fn send(
             Ok((response, Some(in_use)))
         }
     };
-    match per_try {
-        Some(limit) => tokio::time::timeout(limit, attempt)
-            .await
-            .map_err(|_| Failure::Timeout)?,
-        None => attempt.await,
+    tokio::select! {
+        biased;
+        result = attempt => result,
+        () = expiry => Err(Failure::Timeout),
     }
 }
 
 /// Sends a copy to a mirror destination, authority suffixed `-shadow`; its answer is dropped.
+/// The body streams to it as the client sends it; a mirror that falls behind loses its copy
+/// and its request is reset (counted as `retry_or_shadow_abandoned`), never holding up the
+/// request.
 pub(super) fn spawn_mirror(
     stream: &Stream,
     model: &Arc<Model>,
     target: &Target,
     parts: &http::request::Parts,
     plan: &Plan,
-    body: Bytes,
+    body: &RequestBody,
 ) {
     let port = target.port.unwrap_or(stream.port);
     let client_ns = stream.client.identity.namespace.clone();
@@ -493,6 +584,7 @@ pub(super) fn spawn_mirror(
         _ => format!("{authority}-shadow"),
     };
     let h2 = upstream_h2(model, &target.host, port);
+    let (body, copy) = body.mirror();
     let Some(request) = upstream_request(parts, plan, &shadow, h2, None, body) else {
         return;
     };
@@ -515,12 +607,25 @@ pub(super) fn spawn_mirror(
         let Ok(pick) = upstream.pick(&input, &mut rand::rng()) else {
             return;
         };
-        match send(&stream, &model, &upstream, &pick, request, h2, None).await {
-            Ok((response, _in_use)) => {
-                // Read and drop the answer, so the connection ends cleanly.
-                let _ = response.into_body().collect().await;
-            }
-            Err(_) => tracing::debug!(host = %upstream.key(), "mirror request failed"),
+        let pending = std::future::pending();
+        let exchange = async {
+            let (response, _in_use) = send(&stream, &model, &upstream, &pick, request, h2, pending)
+                .await
+                .ok()?;
+            // Read and drop the answer, so the connection ends cleanly.
+            response.into_body().collect().await.ok()
+        };
+        let answered = tokio::select! {
+            answered = exchange => answered.is_some(),
+            // Dropping the exchange resets the mirror's request, read or not.
+            () = copy.cut() => false,
+        };
+        let cluster = upstream.key().to_string();
+        if copy.fell_behind() {
+            waypoint.metrics.retry_or_shadow_abandoned(&cluster);
+            tracing::debug!(%cluster, lag = MIRROR_LAG, "the mirror fell behind the request: its copy is dropped");
+        } else if !answered {
+            tracing::debug!(%cluster, "mirror request failed");
         }
     });
 }

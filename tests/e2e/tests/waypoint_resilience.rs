@@ -1,14 +1,15 @@
 //! The waypoint's resilience policies on the lab, for real (root), with a namespace waypoint
 //! (deployed from `meshctl waypoint generate`'s Gateway) and Istio's samples and task YAML:
 //! retries counted on the server (VirtualService `retries`, `attempts: 0`, Istio's default,
-//! and under a one-connection limit), circuit breaking (overflow 503s counted by the client,
-//! `istio_requests_total` and Envoy's overflow counter alike), and outlier detection
+//! and under a one-connection limit), request bodies streamed whole (chunked and with a
+//! length) and retried with their body, circuit breaking (overflow 503s counted by the
+//! client, `istio_requests_total` and Envoy's overflow counter alike), and outlier detection
 //! (ejection, the metric, readmission).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, ensure};
 use mesh_e2e::{
     CONFIG_DEADLINE, TestLab, access_lines, eventually, get_all, httpbin_with_waypoint,
     istio_sample, metric_sum, pods_of,
@@ -150,6 +151,90 @@ spec:
         ) > 0,
         "503s after retries are counted with flag URX:\n{metrics}"
     );
+}
+
+#[test]
+fn request_bodies_stream_through_whole_are_counted_and_retried_with_their_body() {
+    let lab = httpbin_with_waypoint("wbo", |_| vec![istio_sample("httpbin/httpbin.yaml")]);
+    let httpbin = pods_of(&lab, "httpbin").remove(0);
+    let service = format!(r#"destination_service="{HTTPBIN}""#);
+    let request_bytes = |lab: &TestLab| -> Result<u64> {
+        let metrics = lab.waypoint_metrics()?;
+        Ok(metric_sum(&metrics, "istio_request_bytes_sum", &[&service]))
+    };
+    let before = request_bytes(&lab).unwrap();
+
+    // Under httpbin's 1 MiB limit, many frames long; sent with its length, then chunked.
+    let size = 900_000;
+    let text: String = (0..size)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let upload = format!("@{}", lab.manifest("upload.txt", &text).display());
+    for (framing, header, value) in [
+        ("length", "Content-Length", size.to_string()),
+        ("chunked", "Transfer-Encoding", "chunked".to_owned()),
+    ] {
+        let mut args = vec![
+            "-f",
+            "-H",
+            "content-type: text/plain",
+            "--data-binary",
+            &upload,
+        ];
+        if framing == "chunked" {
+            args.extend(["-H", "transfer-encoding: chunked"]);
+        }
+        args.push("httpbin:8000/anything");
+        let out = lab.curl("curl", &args).unwrap();
+        let answer: serde_json::Value = serde_json::from_str(&out)
+            .with_context(|| format!("not JSON: {}", &out[..out.len().min(200)]))
+            .unwrap();
+        assert_eq!(
+            answer["data"].as_str().map(str::len),
+            Some(size),
+            "{framing}: httpbin got the whole body"
+        );
+        assert_eq!(
+            answer["headers"][header][0], value,
+            "{framing}: the body reached httpbin framed as sent"
+        );
+    }
+    eventually(CONFIG_DEADLINE, || {
+        let counted = request_bytes(&lab)? - before;
+        ensure!(
+            counted == 2 * size as u64,
+            "istio_request_bytes counted {counted}"
+        );
+        Ok(())
+    })
+    .expect("the waypoint counts both bodies whole");
+
+    // A POST answered 503 is retried (Istio's default: twice) with its body.
+    let out = lab
+        .curl(
+            "curl",
+            &[
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--data-binary",
+                "retry me",
+                "httpbin:8000/status/503?body=1",
+            ],
+        )
+        .unwrap();
+    assert_eq!(out, "503");
+    eventually(CONFIG_DEADLINE, || {
+        let log = lab.lab.logs(&httpbin)?;
+        let tries = log
+            .lines()
+            .filter(|l| l.contains("\"POST /status/503?body=1 "))
+            .count();
+        ensure!(tries == 1 + 2, "httpbin logged {tries} tries");
+        Ok(())
+    })
+    .expect("1 try + 2 retries of the POST");
 }
 
 #[test]

@@ -44,7 +44,7 @@ fn an_upgrade_keeps_its_upgrade_headers_to_an_http1_upstream_and_loses_other_hop
         "httpbin:8000",
         false,
         Some(&websocket),
-        Bytes::new(),
+        Outgoing::Empty,
     )
     .unwrap();
     assert_eq!(request.method(), Method::GET);
@@ -59,8 +59,15 @@ fn an_upgrade_keeps_its_upgrade_headers_to_an_http1_upstream_and_loses_other_hop
 #[test]
 fn upgrade_headers_are_dropped_without_an_upgrade_or_to_an_http2_upstream() {
     let parts = websocket_parts();
-    let plain =
-        upstream_request(&parts, &plan(), "httpbin:8000", false, None, Bytes::new()).unwrap();
+    let plain = upstream_request(
+        &parts,
+        &plan(),
+        "httpbin:8000",
+        false,
+        None,
+        Outgoing::Empty,
+    )
+    .unwrap();
     let websocket = HeaderValue::from_static("websocket");
     let h2 = upstream_request(
         &parts,
@@ -68,7 +75,7 @@ fn upgrade_headers_are_dropped_without_an_upgrade_or_to_an_http2_upstream() {
         "httpbin:8000",
         true,
         Some(&websocket),
-        Bytes::new(),
+        Outgoing::Empty,
     )
     .unwrap();
     for request in [plain, h2] {
@@ -99,7 +106,7 @@ fn route_header_edits_apply_to_an_upgrade_request() {
         "httpbin:8000",
         false,
         Some(&websocket),
-        Bytes::new(),
+        Outgoing::Empty,
     )
     .unwrap();
     let headers = request.headers();
@@ -128,7 +135,7 @@ fn trace_headers_reach_the_upstream_unchanged_and_headers_the_connection_names_d
         .0;
     for h2 in [false, true] {
         let request =
-            upstream_request(&parts, &plan(), "httpbin:8000", h2, None, Bytes::new()).unwrap();
+            upstream_request(&parts, &plan(), "httpbin:8000", h2, None, Outgoing::Empty).unwrap();
         let headers = request.headers();
         assert_eq!(headers["traceparent"], traceparent, "h2 {h2}");
         assert_eq!(headers["tracestate"], "congo=t61rcWkgMzE");

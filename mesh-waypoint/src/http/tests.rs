@@ -1,0 +1,502 @@
+//! Request bodies through a waypoint in the test's process, end to end: the client's body
+//! streams to the upstream as it is sent (HTTP/1.1 chunked and with a length, HTTP/2), a
+//! bidirectional HTTP/2 stream passes, trailers reach the upstream, retries resend the body
+//! from the replay buffer (and a body past it is not retried), mirrors get a copy without
+//! holding up the request, and a fault answers without the body.
+
+use std::io;
+use std::sync::Mutex;
+
+use http_body_util::channel::{Channel, Sender};
+use tokio::sync::mpsc;
+
+use super::*;
+
+mod harness;
+
+use harness::{TestWaypoint, service, until, upstream, within};
+
+/// A body the test sends chunk by chunk.
+fn client_body() -> (Sender<Bytes, io::Error>, Channel<Bytes, io::Error>) {
+    Channel::new(4)
+}
+
+/// A POST to `echo:8000`; HTTP/2 requests carry the authority in the URI.
+fn post(h2: bool, path: &str) -> http::request::Builder {
+    if h2 {
+        Request::post(format!("http://echo:8000{path}"))
+    } else {
+        Request::post(path).header(header::HOST, "echo:8000")
+    }
+}
+
+/// The upstream's echo of a request: how its body was framed, and the body.
+async fn echo(
+    request: Request<Incoming>,
+    seen: mpsc::UnboundedSender<Bytes>,
+) -> Response<Full<Bytes>> {
+    let framing = match (
+        request.headers().get(header::CONTENT_LENGTH),
+        request.headers().get(header::TRANSFER_ENCODING),
+    ) {
+        (Some(length), _) => format!("length {}", length.to_str().unwrap_or_default()),
+        (None, Some(coding)) => coding.to_str().unwrap_or_default().to_owned(),
+        (None, None) => "none".to_owned(),
+    };
+    let mut body = request.into_body();
+    let mut all = Vec::new();
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            all.extend_from_slice(&data);
+            let _ = seen.send(data);
+        }
+    }
+    let mut response = Response::new(Full::new(Bytes::from(all)));
+    response
+        .headers_mut()
+        .insert("x-framing", HeaderValue::from_str(&framing).unwrap());
+    response
+}
+
+/// Receives what the upstream reads until it adds up to `expected`.
+async fn upstream_reads(seen: &mut mpsc::UnboundedReceiver<Bytes>, expected: &str) {
+    let mut read = Vec::new();
+    while read.len() < expected.len() {
+        read.extend_from_slice(&seen.recv().await.expect("the upstream is reading"));
+    }
+    assert_eq!(read, expected.as_bytes());
+}
+
+#[tokio::test]
+async fn the_upstream_gets_the_first_chunk_before_the_client_sends_the_next() {
+    // (client HTTP/2, upstream HTTP/2, length declared, how the upstream sees the body)
+    let cases = [
+        (false, false, false, "chunked"),
+        (false, false, true, "length 12"),
+        (true, true, false, "none"),
+        (true, false, true, "length 12"),
+        (false, true, false, "none"),
+    ];
+    for (client_h2, upstream_h2, declared, framing) in cases {
+        let case = format!("client h2 {client_h2}, upstream h2 {upstream_h2}, declared {declared}");
+        let (seen_tx, mut seen) = mpsc::unbounded_channel();
+        let port = upstream("127.0.0.1", upstream_h2, move |request| {
+            echo(request, seen_tx.clone())
+        })
+        .await;
+        let port_name = if upstream_h2 { "http2" } else { "http" };
+        let waypoint = TestWaypoint::new(&[service("echo", "127.0.0.1", port_name, port)]);
+        let (mut tx, body) = client_body();
+        let mut request = post(client_h2, "/upload");
+        if declared {
+            request = request.header(header::CONTENT_LENGTH, "12");
+        }
+        let request = request.body(body).unwrap();
+        let response = if client_h2 {
+            tokio::spawn(waypoint.http2().await.send_request(request))
+        } else {
+            tokio::spawn(waypoint.http1().await.send_request(request))
+        };
+
+        tx.send_data(Bytes::from_static(b"first ")).await.unwrap();
+        within(
+            &format!("{case}: the upstream reads the first chunk"),
+            upstream_reads(&mut seen, "first "),
+        )
+        .await;
+        tx.send_data(Bytes::from_static(b"second")).await.unwrap();
+        drop(tx);
+        let response = within(&format!("{case}: the response"), response)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{case}");
+        assert_eq!(response.headers()["x-framing"], framing, "{case}");
+        let echoed = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(echoed, "first second", "{case}");
+    }
+}
+
+#[tokio::test]
+async fn a_bidirectional_stream_passes_over_http2_and_its_bytes_are_counted() {
+    // The upstream answers at once and echoes each message as it comes, as a gRPC
+    // bidirectional stream does.
+    let port = upstream("127.0.0.1", true, |request: Request<Incoming>| async move {
+        let (mut tx, body) = Channel::<Bytes, Infallible>::new(4);
+        tokio::spawn(async move {
+            let mut incoming = request.into_body();
+            while let Some(Ok(frame)) = incoming.frame().await {
+                // The end of the stream may come as an empty frame.
+                if let Ok(data) = frame.into_data()
+                    && !data.is_empty()
+                {
+                    let echo = [b"echo ".as_slice(), &data].concat();
+                    if tx.send_data(echo.into()).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Response::new(body)
+    })
+    .await;
+    let waypoint = TestWaypoint::new(&[service("echo", "127.0.0.1", "grpc", port)]);
+    let (mut tx, body) = client_body();
+    let request = post(true, "/echo.Echo/Chat")
+        .header(header::CONTENT_TYPE, "application/grpc")
+        .body(body)
+        .unwrap();
+    let response = tokio::spawn(waypoint.http2().await.send_request(request));
+    tx.send_data(Bytes::from_static(b"ping 1")).await.unwrap();
+    let response = within("the response headers before the client's end", response)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut answers = response.into_body();
+    // The next message; an empty frame (HTTP/2 may end a stream with one) is none.
+    let mut next = async || {
+        within("the echo", answers.frame())
+            .await
+            .map(|frame| frame.unwrap().into_data().unwrap())
+            .filter(|data| !data.is_empty())
+    };
+    assert_eq!(next().await.unwrap(), "echo ping 1");
+    tx.send_data(Bytes::from_static(b"ping 2")).await.unwrap();
+    assert_eq!(next().await.unwrap(), "echo ping 2");
+    drop(tx);
+    assert_eq!(next().await, None, "the stream ends after the client's end");
+
+    // Counted once the exchange is over, with the request body's size.
+    let service = r#"destination_service="echo.default.svc.cluster.local""#;
+    until("the exchange is counted", || {
+        waypoint.metric("istio_requests_total", &[service]) == 1.0
+    })
+    .await;
+    assert_eq!(
+        waypoint.metric(
+            "istio_request_bytes_sum",
+            &[service, r#"response_code="200""#]
+        ),
+        12.0
+    );
+}
+
+#[tokio::test]
+async fn request_trailers_reach_the_upstream_over_http2() {
+    let port = upstream("127.0.0.1", true, |request: Request<Incoming>| async move {
+        let collected = request.into_body().collect().await.unwrap();
+        let checksum = collected
+            .trailers()
+            .and_then(|t| t.get("x-checksum"))
+            .cloned()
+            .unwrap_or(HeaderValue::from_static("none"));
+        let mut response = Response::new(Full::new(collected.to_bytes()));
+        response.headers_mut().insert("x-seen-checksum", checksum);
+        response
+    })
+    .await;
+    let waypoint = TestWaypoint::new(&[service("echo", "127.0.0.1", "http2", port)]);
+    let (mut tx, body) = client_body();
+    let request = post(true, "/upload").body(body).unwrap();
+    let response = tokio::spawn(waypoint.http2().await.send_request(request));
+    tx.send_data(Bytes::from_static(b"payload")).await.unwrap();
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-checksum", HeaderValue::from_static("5eb63bbb"));
+    tx.send_trailers(trailers).await.unwrap();
+    drop(tx);
+    let response = within("the response", response).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-seen-checksum"], "5eb63bbb");
+    assert_eq!(
+        response.into_body().collect().await.unwrap().to_bytes(),
+        "payload"
+    );
+}
+
+/// The bodies an upstream read, one per try, and its answer to each.
+#[derive(Clone, Default)]
+struct Tries(Arc<Mutex<Vec<Bytes>>>);
+
+impl Tries {
+    fn bodies(&self) -> Vec<Bytes> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Reads the whole body; the status for the try it was.
+    async fn read(
+        &self,
+        request: Request<Incoming>,
+        status: impl Fn(usize) -> StatusCode,
+    ) -> Response<Full<Bytes>> {
+        let body = request.into_body().collect().await.map(|c| c.to_bytes());
+        let mut tries = self.0.lock().unwrap();
+        tries.push(body.unwrap_or_default());
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = status(tries.len());
+        response
+    }
+}
+
+#[tokio::test]
+async fn a_retried_post_sends_the_same_body_again() {
+    let tries = Tries::default();
+    let server = tries.clone();
+    let port = upstream("127.0.0.1", false, move |request| {
+        let server = server.clone();
+        async move {
+            server
+                .read(request, |n| {
+                    if n == 1 {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        StatusCode::OK
+                    }
+                })
+                .await
+        }
+    })
+    .await;
+    // No VirtualService: Istio's default retries a 503.
+    let waypoint = TestWaypoint::new(&[service("echo", "127.0.0.1", "http", port)]);
+    let (mut tx, body) = client_body();
+    let request = post(false, "/orders").body(body).unwrap();
+    let response = tokio::spawn(waypoint.http1().await.send_request(request));
+    tx.send_data(Bytes::from_static(b"hello ")).await.unwrap();
+    tx.send_data(Bytes::from_static(b"world")).await.unwrap();
+    drop(tx);
+    let response = within("the response", response).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(tries.bodies(), ["hello world", "hello world"]);
+}
+
+#[tokio::test]
+async fn a_retry_after_an_early_answer_replays_the_start_and_streams_the_rest() {
+    // The first try is answered 503 after the body's first chunk; the client sends the rest
+    // only then, so the retry takes the start from the replay buffer and the rest from the
+    // client.
+    let (first_read_tx, mut first_read) = mpsc::unbounded_channel();
+    let tries = Tries::default();
+    let server = tries.clone();
+    let port = upstream("127.0.0.1", false, move |request: Request<Incoming>| {
+        let server = server.clone();
+        let first_read_tx = first_read_tx.clone();
+        async move {
+            if server.bodies().is_empty() {
+                let mut body = request.into_body();
+                let chunk = body.frame().await.unwrap().unwrap().into_data().unwrap();
+                server.0.lock().unwrap().push(chunk);
+                let _ = first_read_tx.send(());
+                let mut response = Response::new(Full::new(Bytes::new()));
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                return response;
+            }
+            server.read(request, |_| StatusCode::OK).await
+        }
+    })
+    .await;
+    let waypoint = TestWaypoint::new(&[service("echo", "127.0.0.1", "http", port)]);
+    let (mut tx, body) = client_body();
+    let request = post(false, "/orders").body(body).unwrap();
+    let response = tokio::spawn(waypoint.http1().await.send_request(request));
+    tx.send_data(Bytes::from_static(b"hello ")).await.unwrap();
+    within("the first try reads the first chunk", first_read.recv())
+        .await
+        .unwrap();
+    tx.send_data(Bytes::from_static(b"world")).await.unwrap();
+    drop(tx);
+    let response = within("the response", response).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(tries.bodies(), ["hello ", "hello world"]);
+}
+
+/// `len` bytes of a pattern that shows a byte out of place.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+/// Sends `body` in 64 KiB chunks.
+async fn send_all(mut tx: Sender<Bytes, io::Error>, body: Vec<u8>) {
+    let body = Bytes::from(body);
+    for start in (0..body.len()).step_by(64 * 1024) {
+        let end = (start + 64 * 1024).min(body.len());
+        if tx.send_data(body.slice(start..end)).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_body_past_the_replay_limit_is_forwarded_whole_and_not_retried() {
+    let tries = Tries::default();
+    let server = tries.clone();
+    let port = upstream("127.0.0.1", false, move |request| {
+        let server = server.clone();
+        async move {
+            server
+                .read(request, |_| StatusCode::SERVICE_UNAVAILABLE)
+                .await
+        }
+    })
+    .await;
+    let waypoint = TestWaypoint::new(&[service("echo", "127.0.0.1", "http", port)]);
+    let size = 2 * body::REPLAY_LIMIT + 1;
+    let (tx, body) = client_body();
+    let request = post(false, "/upload").body(body).unwrap();
+    let response = tokio::spawn(waypoint.http1().await.send_request(request));
+    tokio::spawn(send_all(tx, pattern(size)));
+    let response = within("the response", response).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let bodies = tries.bodies();
+    assert_eq!(
+        bodies.len(),
+        1,
+        "one try: the body did not fit the replay buffer"
+    );
+    assert!(
+        bodies[0] == pattern(size),
+        "the upstream got the whole body"
+    );
+    assert_eq!(
+        waypoint.metric(
+            "envoy_cluster_retry_or_shadow_abandoned_total",
+            &["outbound|8000||echo.default.svc.cluster.local"]
+        ),
+        1.0
+    );
+}
+
+/// The echo service routed to itself with a mirror to `shadow`.
+fn mirrored() -> String {
+    r#"---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo, namespace: default}
+spec:
+  hosts: [echo]
+  http:
+  - route: [{destination: {host: echo}}]
+    mirror: {host: shadow}
+"#
+    .to_owned()
+}
+
+#[tokio::test]
+async fn a_mirror_gets_the_body_with_a_shadow_authority() {
+    let (seen_tx, _seen) = mpsc::unbounded_channel();
+    let port = upstream("127.0.0.1", false, move |request| {
+        echo(request, seen_tx.clone())
+    })
+    .await;
+    let (mirrored_tx, mut mirrored_requests) = mpsc::unbounded_channel();
+    let shadow_port = upstream("127.0.0.2", false, move |request: Request<Incoming>| {
+        let mirrored_tx = mirrored_tx.clone();
+        async move {
+            let host = request.headers()[header::HOST].clone();
+            let body = request.into_body().collect().await.unwrap().to_bytes();
+            let _ = mirrored_tx.send((host, body));
+            Response::new(Full::new(Bytes::from_static(b"dropped by the waypoint")))
+        }
+    })
+    .await;
+    let waypoint = TestWaypoint::new(&[
+        service("echo", "127.0.0.1", "http", port),
+        service("shadow", "127.0.0.2", "http", shadow_port),
+        mirrored(),
+    ]);
+    let (mut tx, body) = client_body();
+    let request = post(false, "/orders").body(body).unwrap();
+    let response = tokio::spawn(waypoint.http1().await.send_request(request));
+    tx.send_data(Bytes::from_static(b"hello ")).await.unwrap();
+    tx.send_data(Bytes::from_static(b"mirror")).await.unwrap();
+    drop(tx);
+    let response = within("the response", response).await.unwrap().unwrap();
+    assert_eq!(
+        response.into_body().collect().await.unwrap().to_bytes(),
+        "hello mirror"
+    );
+    let (host, body) = within("the mirror's request", mirrored_requests.recv())
+        .await
+        .unwrap();
+    assert_eq!(host, "echo-shadow:8000");
+    assert_eq!(body, "hello mirror");
+}
+
+#[tokio::test]
+async fn a_stalled_mirror_neither_slows_nor_fails_the_request() {
+    let (seen_tx, _seen) = mpsc::unbounded_channel();
+    let port = upstream("127.0.0.1", false, move |request| {
+        echo(request, seen_tx.clone())
+    })
+    .await;
+    // The mirror takes connections and never reads from them.
+    let stalled = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let stalled_port = stalled.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = stalled.accept().await {
+            held.push(tcp);
+        }
+    });
+    let waypoint = TestWaypoint::new(&[
+        service("echo", "127.0.0.1", "http", port),
+        service("shadow", "127.0.0.2", "http", stalled_port),
+        mirrored(),
+    ]);
+    // Far more than the kernel's and hyper's buffers toward the mirror hold, and the lag.
+    let size = 16 * 1024 * 1024;
+    let (tx, body) = client_body();
+    let request = post(false, "/upload").body(body).unwrap();
+    let response = tokio::spawn(waypoint.http1().await.send_request(request));
+    tokio::spawn(send_all(tx, pattern(size)));
+    let response = within("the response despite the stalled mirror", response)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let echoed = within("the echo", response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert!(echoed == pattern(size), "the upstream got the whole body");
+    until("the mirror's copy is dropped and counted", || {
+        waypoint.metric(
+            "envoy_cluster_retry_or_shadow_abandoned_total",
+            &["outbound|8000||shadow.default.svc.cluster.local"],
+        ) == 1.0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_fault_abort_answers_before_the_body_is_sent() {
+    let (seen_tx, _seen) = mpsc::unbounded_channel();
+    let port = upstream("127.0.0.1", false, move |request| {
+        echo(request, seen_tx.clone())
+    })
+    .await;
+    let abort = r#"---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo, namespace: default}
+spec:
+  hosts: [echo]
+  http:
+  - fault: {abort: {httpStatus: 503, percentage: {value: 100}}}
+    route: [{destination: {host: echo}}]
+"#;
+    let waypoint =
+        TestWaypoint::new(&[service("echo", "127.0.0.1", "http", port), abort.to_owned()]);
+    let (mut tx, body) = client_body();
+    let request = post(false, "/orders").body(body).unwrap();
+    let response = tokio::spawn(waypoint.http1().await.send_request(request));
+    tx.send_data(Bytes::from_static(b"the start"))
+        .await
+        .unwrap();
+    let response = within("the abort while the body is still open", response)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    drop(tx);
+}
