@@ -109,24 +109,19 @@ async fn handle(stream: Arc<Stream>, request: Request<Incoming>) -> Response<Cou
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned(),
-        bytes: response
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse().ok())
-            .unwrap_or(0),
+        bytes: 0,
     });
-    response.map(|body| CountedBody {
-        body,
-        _exchange: exchange,
-    })
+    response.map(|body| CountedBody { body, exchange })
 }
 
 /// A response body that counts its exchange when hyper is done with it: sent, or the
-/// client gone.
+/// client gone. It adds up the body's bytes as they pass (a chunked or streamed response
+/// has no length to read), and takes a `grpc-status` from the trailers, where gRPC sends it
+/// for every call that got as far as a response.
 struct CountedBody {
     body: Body,
-    /// Held for its drop, which counts the exchange.
-    _exchange: Exchange,
+    /// Counted when dropped.
+    exchange: Exchange,
 }
 
 impl hyper::body::Body for CountedBody {
@@ -137,7 +132,22 @@ impl hyper::body::Body for CountedBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        if let (std::task::Poll::Ready(Some(Ok(frame))), Some(answer)) =
+            (&polled, this.exchange.answer.as_mut())
+        {
+            if let Some(data) = frame.data_ref() {
+                answer.bytes += data.len() as u64;
+            } else if let Some(status) = frame
+                .trailers_ref()
+                .and_then(|t| t.get("grpc-status"))
+                .and_then(|v| v.to_str().ok())
+            {
+                status.clone_into(&mut answer.grpc_status);
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -118,7 +118,7 @@ async fn the_upstream_gets_the_first_chunk_before_the_client_sends_the_next() {
 }
 
 #[tokio::test]
-async fn a_bidirectional_stream_passes_over_http2_and_its_bytes_are_counted() {
+async fn a_bidirectional_stream_passes_over_http2_and_its_bytes_and_grpc_status_are_counted() {
     // The upstream answers at once and echoes each message as it comes, as a gRPC
     // bidirectional stream does.
     let port = upstream("127.0.0.1", true, |request: Request<Incoming>| async move {
@@ -136,6 +136,9 @@ async fn a_bidirectional_stream_passes_over_http2_and_its_bytes_are_counted() {
                     }
                 }
             }
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", HeaderValue::from_static("0"));
+            let _ = tx.send_trailers(trailers).await;
         });
         Response::new(body)
     })
@@ -165,21 +168,29 @@ async fn a_bidirectional_stream_passes_over_http2_and_its_bytes_are_counted() {
     tx.send_data(Bytes::from_static(b"ping 2")).await.unwrap();
     assert_eq!(next().await.unwrap(), "echo ping 2");
     drop(tx);
-    assert_eq!(next().await, None, "the stream ends after the client's end");
+    let trailers = within("the trailers", answers.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .into_trailers()
+        .expect("trailers end the stream");
+    assert_eq!(trailers["grpc-status"], "0");
 
-    // Counted once the exchange is over, with the request body's size.
+    // Counted once the exchange is over, with both bodies' sizes (the response had no
+    // length to read) and the gRPC status from the trailers.
     let service = r#"destination_service="echo.default.svc.cluster.local""#;
     until("the exchange is counted", || {
         waypoint.metric("istio_requests_total", &[service]) == 1.0
     })
     .await;
-    assert_eq!(
-        waypoint.metric(
-            "istio_request_bytes_sum",
-            &[service, r#"response_code="200""#]
-        ),
-        12.0
-    );
+    let counted = [
+        service,
+        r#"response_code="200""#,
+        r#"grpc_response_status="0""#,
+    ];
+    assert_eq!(waypoint.metric("istio_requests_total", &counted), 1.0);
+    assert_eq!(waypoint.metric("istio_request_bytes_sum", &counted), 12.0);
+    assert_eq!(waypoint.metric("istio_response_bytes_sum", &counted), 22.0);
 }
 
 #[tokio::test]
