@@ -274,12 +274,15 @@ impl Resource {
                 preferred,
             });
         }
-        if depth_exceeds(&value, MAX_DEPTH) {
+        let Some(bound) = size_bound(&value, MAX_DEPTH) else {
             return Err(Error::TooDeep { key });
-        }
-        let size = json_size(&value);
-        if size > MAX_OBJECT_BYTES {
-            return Err(Error::TooLarge { key, size });
+        };
+        // Counting exactly means writing the JSON out: only when the bound does not decide.
+        if bound > MAX_OBJECT_BYTES {
+            let size = json_size(&value);
+            if size > MAX_OBJECT_BYTES {
+                return Err(Error::TooLarge { key, size });
+            }
         }
         if kind.namespaced()
             && let Some(metadata) = value.get_mut("metadata").and_then(Value::as_object_mut)
@@ -367,20 +370,56 @@ fn display_path(path: &serde_path_to_error::Path) -> String {
     }
 }
 
-/// Whether `value` nests deeper than `limit` (iterative: deep input cannot overflow the stack).
-pub fn depth_exceeds(value: &Value, limit: usize) -> bool {
-    let mut stack = vec![(value, 0usize)];
-    while let Some((value, depth)) = stack.pop() {
-        if depth > limit {
-            return true;
-        }
+/// A size `value` written as compact JSON cannot exceed, found in one walk that writes
+/// nothing (a string byte takes at most six once escaped, a number at most 24 characters);
+/// `None` if it nests deeper than `depth_limit`. Iterative: deep input cannot overflow the
+/// stack.
+fn size_bound(value: &Value, depth_limit: usize) -> Option<usize> {
+    fn bound<'a>(
+        value: &'a Value,
+        depth: usize,
+        containers: &mut Vec<(&'a Value, usize)>,
+    ) -> usize {
         match value {
-            Value::Array(items) => stack.extend(items.iter().map(|v| (v, depth + 1))),
-            Value::Object(map) => stack.extend(map.values().map(|v| (v, depth + 1))),
+            Value::Null | Value::Bool(_) => 5,
+            Value::Number(_) => 24,
+            Value::String(s) => 6 * s.len() + 2,
+            Value::Array(_) | Value::Object(_) => {
+                containers.push((value, depth));
+                2
+            }
+        }
+    }
+    let mut containers = Vec::new();
+    let mut size = bound(value, 0, &mut containers);
+    while let Some((value, depth)) = containers.pop() {
+        let entries = match value {
+            Value::Array(items) => items.len(),
+            Value::Object(map) => map.len(),
+            _ => 0,
+        };
+        if entries == 0 {
+            continue;
+        }
+        if depth + 1 > depth_limit {
+            return None;
+        }
+        size += entries - 1;
+        match value {
+            Value::Array(items) => {
+                for item in items {
+                    size += bound(item, depth + 1, &mut containers);
+                }
+            }
+            Value::Object(map) => {
+                for (key, item) in map {
+                    size += 6 * key.len() + 3 + bound(item, depth + 1, &mut containers);
+                }
+            }
             _ => {}
         }
     }
-    false
+    Some(size)
 }
 
 /// The size of `value` serialized as compact JSON, without building the text.
