@@ -1,5 +1,5 @@
 //! Config model benchmark (run by `cargo xtask bench config`): loads and indexes 10k
-//! Services, 50k Pods, 2k VirtualServices and 2k DestinationRules from one snapshot, then
+//! Services, 50k Pods, 2k VirtualServices and 2k DestinationRules as one first sync, then
 //! applies single pod updates, and prints the time and the process's peak memory.
 
 use std::path::Path;
@@ -81,22 +81,22 @@ fn status_kb(field: &str) -> u64 {
 }
 
 fn main() {
-    // Mode `snapshot` (default): all objects built in memory first, then one Snapshot, as
-    // a source hands them over. Mode `stream`: objects generated one at a time into one
-    // batch, so the peak memory is the model's own (plus the allocator's slack).
+    // Mode `snapshot` (default): all objects built in memory first, then applied. Mode
+    // `stream`: objects generated one at a time into one batch, so the peak memory is the
+    // model's own (plus the allocator's slack).
     let stream = std::env::args().nth(1).as_deref() == Some("stream");
     let mut store = Store::new();
     let (generate, load);
     let start = Instant::now();
     if stream {
-        store.apply_all(objects().map(Update::Upsert));
+        store.apply_all(Update::first_sync(objects()));
         generate = Duration::ZERO;
         load = start.elapsed();
     } else {
         let input: Vec<Object> = objects().collect();
         generate = start.elapsed();
         let start = Instant::now();
-        store.apply(Update::Snapshot(input));
+        store.apply_all(Update::first_sync(input));
         load = start.elapsed();
     }
     let peak_kb = status_kb("VmHWM:");
@@ -124,7 +124,7 @@ fn main() {
     let mode = if stream {
         "stream: objects generated one by one into one batch"
     } else {
-        "snapshot: all input JSON in memory, then one Snapshot"
+        "snapshot: all input JSON in memory, then applied as one first sync"
     };
     println!("config model benchmark, {mode} ({NAMESPACES} namespaces)");
     println!("| figure | value | target |");
@@ -141,7 +141,7 @@ fn main() {
     let what = if stream {
         "generate + convert + validate + index"
     } else {
-        "convert + validate + index (one Snapshot)"
+        "convert + validate + index (one first sync)"
     };
     println!(
         "| {what} | {:.0} ms | ≤ 1000 ms |",

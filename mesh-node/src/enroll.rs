@@ -225,7 +225,7 @@ mod tests {
     #[test]
     fn pods_in_ambient_namespaces_on_this_node_are_enrolled_unless_they_opt_out() {
         let mut store = Store::new();
-        store.apply(Update::Snapshot(vec![
+        store.apply_all(Update::first_sync([
             namespace("shop", Some("ambient")),
             namespace("plain", None),
             pod("shop", "a", "node1", None),
@@ -248,7 +248,7 @@ mod tests {
     #[test]
     fn label_changes_and_deletes_follow_without_a_resync() {
         let mut store = Store::new();
-        store.apply(Update::Snapshot(vec![
+        store.apply_all(Update::first_sync([
             namespace("shop", None),
             pod("shop", "a", "node1", None),
         ]));

@@ -1,11 +1,11 @@
 //! The `kube` source: the Kubernetes API, the one place this project talks to it. One
 //! kube-runtime watcher per kind (re-listing after errors with backoff, after `410 Gone`
 //! and after a lost watch); a node agent watches only the pods on its node. It sends the
-//! same [`Update`]s of the same [`Object`]s as the files source: a snapshot once every kind
-//! has listed, then changes; a re-list sends what changed while disconnected, deletions
-//! included.
+//! same [`Update`]s of the same [`Object`]s as the files source, each object as its list
+//! page or watch event brings it: every list (the first, or a re-list) between
+//! [`Update::Listing`] and [`Update::Listed`], so that objects deleted while disconnected
+//! go too; [`Update::Synced`] once every kind has listed; then changes.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use futures::{StreamExt, stream::BoxStream};
@@ -15,7 +15,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::{ObjectKey, Update};
+use super::{ObjectKey, ObjectKind, Update};
 use crate::manifest::{self, Object, Origin};
 
 /// A kind the source watches.
@@ -47,6 +47,13 @@ impl Resource {
             self.version.to_owned()
         } else {
             format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    fn object_kind(&self) -> ObjectKind {
+        ObjectKind {
+            group: self.group.to_owned(),
+            kind: self.kind.to_owned(),
         }
     }
 
@@ -156,7 +163,8 @@ impl KubeSource {
         KubeSource { client, options }
     }
 
-    /// Starts the watchers: a [`Update::Snapshot`] once every kind has listed, then changes.
+    /// Starts the watchers: each kind's list, [`Update::Synced`] once every kind has listed,
+    /// then changes.
     pub fn spawn(self, updates: mpsc::Sender<Update>) -> WatchHandle {
         let streams: Vec<BoxStream<'static, (usize, WatchResult)>> = self
             .options
@@ -195,17 +203,17 @@ impl KubeSource {
 
 type WatchResult = Result<watcher::Event<DynamicObject>, watcher::Error>;
 
-/// The source's view of the cluster, fed by the watchers' events.
+/// What the source remembers between watcher events: which kinds have listed, which are
+/// failing. No objects: each goes on to the consumer as it arrives, and a re-list is
+/// announced ([`Update::Listing`] … [`Update::Listed`]) so the consumer, which holds the
+/// model anyway, removes what the list no longer names.
 struct State {
     resources: Vec<Resource>,
-    objects: BTreeMap<ObjectKey, Object>,
-    /// Objects of a kind being re-listed, until its list is complete.
-    listing: Vec<Option<Vec<Object>>>,
     /// Kinds that have listed at least once (or are not served at all).
     listed: Vec<bool>,
     /// Kinds whose last event was an error (reported once until they recover).
     failing: Vec<bool>,
-    snapshot_sent: bool,
+    synced: bool,
 }
 
 impl State {
@@ -213,11 +221,9 @@ impl State {
         let n = resources.len();
         State {
             resources,
-            objects: BTreeMap::new(),
-            listing: vec![None; n],
             listed: vec![false; n],
             failing: vec![false; n],
-            snapshot_sent: false,
+            synced: false,
         }
     }
 
@@ -231,43 +237,25 @@ impl State {
             Err(error) => return self.on_error(index, &error),
         };
         match event {
-            watcher::Event::Init => {
-                self.listing[index] = Some(Vec::new());
-                Vec::new()
-            }
-            watcher::Event::InitApply(object) => {
+            watcher::Event::Init => vec![Update::Listing(resource.object_kind())],
+            watcher::Event::InitApply(object) | watcher::Event::Apply(object) => {
                 match to_object(&resource, object) {
-                    Ok(object) => self.listing[index].get_or_insert_default().push(object),
-                    Err(problem) => return vec![Update::Problems(vec![problem])],
+                    Ok(object) => vec![Update::Upsert(object)],
+                    Err(problem) => vec![Update::Problems(vec![problem])],
                 }
-                Vec::new()
             }
             watcher::Event::InitDone => {
-                let listed = self.listing[index].take().unwrap_or_default();
-                let updates = self.replace_kind(&resource, listed);
                 self.listed[index] = true;
-                self.after_list(updates)
+                let mut updates = vec![Update::Listed(resource.object_kind())];
+                updates.extend(self.first_sync_complete());
+                updates
             }
-            watcher::Event::Apply(object) => match to_object(&resource, object) {
-                Ok(object) => {
-                    let key = ObjectKey::of(&object);
-                    let changed = self
-                        .objects
-                        .get(&key)
-                        .is_none_or(|old| old.value != object.value);
-                    self.objects.insert(key, object.clone());
-                    self.live(changed.then_some(Update::Upsert(object)))
-                }
-                Err(problem) => vec![Update::Problems(vec![problem])],
-            },
-            watcher::Event::Delete(object) => match to_object(&resource, object) {
-                Ok(object) => {
-                    let key = ObjectKey::of(&object);
-                    let removed = self.objects.remove(&key).is_some();
-                    self.live(removed.then_some(Update::Delete(key)))
-                }
-                Err(problem) => vec![Update::Problems(vec![problem])],
-            },
+            watcher::Event::Delete(object) => vec![Update::Delete(ObjectKey {
+                group: resource.group.to_owned(),
+                kind: resource.kind.to_owned(),
+                namespace: object.metadata.namespace,
+                name: object.metadata.name.unwrap_or_default(),
+            })],
         }
     }
 
@@ -297,67 +285,21 @@ impl State {
             };
             updates.push(Update::Problems(vec![message]));
         }
-        // A kind the cluster does not serve must not hold back the first snapshot.
+        // A kind the cluster does not serve must not hold back the first sync.
         if not_served && !self.listed[index] {
             self.listed[index] = true;
-            return self.after_list(updates);
+            updates.extend(self.first_sync_complete());
         }
         updates
     }
 
-    /// Replaces every object of one kind with a fresh list, returning what changed.
-    fn replace_kind(&mut self, resource: &Resource, listed: Vec<Object>) -> Vec<Update> {
-        let of_kind = |key: &ObjectKey| key.group == resource.group && key.kind == resource.kind;
-        let mut updates = Vec::new();
-        let fresh: BTreeMap<ObjectKey, Object> =
-            listed.into_iter().map(|o| (ObjectKey::of(&o), o)).collect();
-        let gone: Vec<ObjectKey> = self
-            .objects
-            .keys()
-            .filter(|k| of_kind(k) && !fresh.contains_key(*k))
-            .cloned()
-            .collect();
-        for key in gone {
-            self.objects.remove(&key);
-            updates.push(Update::Delete(key));
+    /// [`Update::Synced`] once every kind has listed for the first time.
+    fn first_sync_complete(&mut self) -> Option<Update> {
+        if self.synced || !self.listed.iter().all(|l| *l) {
+            return None;
         }
-        for (key, object) in fresh {
-            if self
-                .objects
-                .get(&key)
-                .is_none_or(|old| old.value != object.value)
-            {
-                updates.push(Update::Upsert(object.clone()));
-            }
-            self.objects.insert(key, object);
-        }
-        updates
-    }
-
-    /// After a list: the first complete set goes out as one snapshot; later lists as changes.
-    fn after_list(&mut self, updates: Vec<Update>) -> Vec<Update> {
-        if self.snapshot_sent {
-            return updates;
-        }
-        let problems: Vec<Update> = updates
-            .into_iter()
-            .filter(|u| matches!(u, Update::Problems(_)))
-            .collect();
-        if !self.listed.iter().all(|l| *l) {
-            return problems;
-        }
-        self.snapshot_sent = true;
-        let mut out = vec![Update::Snapshot(self.objects.values().cloned().collect())];
-        out.extend(problems);
-        out
-    }
-
-    /// Changes flow once the first snapshot is out; before, they wait in the state.
-    fn live(&self, update: Option<Update>) -> Vec<Update> {
-        match update {
-            Some(update) if self.snapshot_sent => vec![update],
-            _ => Vec::new(),
-        }
+        self.synced = true;
+        Some(Update::Synced)
     }
 }
 
