@@ -140,6 +140,21 @@ impl Store {
                 let key = ResourceKey::new(kind, object.namespace.as_deref(), &object.name);
                 self.upsert(key, Resource::from_object(object));
             }
+            Update::UpsertJson(object) => {
+                let ObjectKey {
+                    group,
+                    kind,
+                    namespace,
+                    name,
+                } = &object.key;
+                let Some(kind) = Kind::of(group, kind) else {
+                    return;
+                };
+                let key = ResourceKey::new(kind, namespace.as_deref(), name);
+                let converted =
+                    Resource::from_json(kind, namespace.as_deref(), name, object.json.get());
+                self.upsert(key, converted);
+            }
             Update::Delete(key) => {
                 if let Some(key) = resource_key(&key) {
                     self.named_by_list(&key);
@@ -597,21 +612,7 @@ impl Store {
 
 /// The key of a typed object (its namespace already defaulted).
 pub fn key_of(resource: &Resource) -> ResourceKey {
-    let meta = match resource {
-        Resource::Namespace(o) => &o.metadata,
-        Resource::Pod(o) => &o.metadata,
-        Resource::Service(o) => &o.metadata,
-        Resource::EndpointSlice(o) => &o.metadata,
-        Resource::ServiceAccount(o) => &o.metadata,
-        Resource::VirtualService(o) => &o.metadata,
-        Resource::DestinationRule(o) => &o.metadata,
-        Resource::Gateway(o) => &o.metadata,
-        Resource::ServiceEntry(o) => &o.metadata,
-        Resource::Sidecar(o) => &o.metadata,
-        Resource::PeerAuthentication(o) => &o.metadata,
-        Resource::AuthorizationPolicy(o) => &o.metadata,
-        Resource::RequestAuthentication(o) => &o.metadata,
-    };
+    let meta = resource.metadata();
     ResourceKey::new(
         resource.kind(),
         meta.namespace.as_deref(),

@@ -14,7 +14,8 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::config::{Name, Store};
+use crate::config::{self, Kind, Name, Store};
+use crate::manifest;
 use crate::source::files::FilesSource;
 
 type ResponseBody = BoxBody<Bytes, std::io::Error>;
@@ -153,7 +154,8 @@ impl FakeApi {
 
 impl Cluster {
     fn send(&mut self, plural: &str, kind: &str, object: &Value) {
-        let line = Bytes::from(format!("{}\n", json!({"type": kind, "object": object})));
+        // `type` first, as the API server writes it (the source relies on it).
+        let line = Bytes::from(format!("{{\"type\":\"{kind}\",\"object\":{object}}}\n"));
         self.watches.retain(|w| {
             if w.plural != plural || !on_node(object, w.node.as_deref()) {
                 return true;
@@ -211,14 +213,26 @@ async fn first_sync(rx: &mut mpsc::Receiver<Update>) -> Vec<Update> {
 }
 
 /// The objects of a first sync.
-fn upserted(updates: &[Update]) -> Vec<&Object> {
+fn upserted(updates: &[Update]) -> Vec<&JsonObject> {
     updates
         .iter()
         .filter_map(|u| match u {
-            Update::Upsert(object) => Some(object),
+            Update::UpsertJson(object) => Some(object),
             _ => None,
         })
         .collect()
+}
+
+/// An object as the model holds it.
+fn typed(object: &JsonObject) -> config::Resource {
+    let kind = Kind::of(&object.key.group, &object.key.kind).unwrap();
+    let (namespace, name) = (object.key.namespace.as_deref(), &object.key.name);
+    config::Resource::from_json(kind, namespace, name, object.json.get()).unwrap()
+}
+
+fn labels(object: &JsonObject) -> Value {
+    let value: Value = serde_json::from_str(object.json.get()).unwrap();
+    value["metadata"]["labels"].clone()
 }
 
 fn kind(kind: &str) -> ObjectKind {
@@ -266,33 +280,35 @@ async fn watches_follow_changes_restarts_and_deletions_while_disconnected() {
         );
     }
     let objects = upserted(&updates);
-    let mut names: Vec<&str> = objects.iter().map(|o| o.name.as_str()).collect();
+    let mut names: Vec<&str> = objects.iter().map(|o| o.key.name.as_str()).collect();
     names.sort();
     assert_eq!(names, ["default", "local"], "only this node's pods");
-    let local = objects.iter().find(|o| o.name == "local").unwrap();
-    assert!(
-        local.value["metadata"].get("resourceVersion").is_none(),
+    let local = typed(objects.iter().find(|o| o.key.name == "local").unwrap());
+    let metadata = local.metadata();
+    assert_eq!(
+        metadata.resource_version, None,
         "server metadata is dropped"
     );
-    assert_eq!(local.value["metadata"]["uid"], "uid-local");
+    assert_eq!(metadata.managed_fields, None, "server metadata is dropped");
+    assert_eq!(metadata.uid.as_deref(), Some("uid-local"));
     let mut store = Store::new();
     store.apply_all(updates);
     until_watching(&api, 2).await;
 
     api.apply("pods", pod("second", "node1"));
     api.apply("pods", pod("other-node", "node2"));
-    let Update::Upsert(added) = next(&mut rx).await else {
+    let Update::UpsertJson(added) = next(&mut rx).await else {
         panic!("upsert")
     };
-    assert_eq!(added.name, "second");
-    store.apply(Update::Upsert(added));
+    assert_eq!(added.key.name, "second");
+    store.apply(Update::UpsertJson(added));
 
     api.apply("namespaces", namespace("default", "none"));
-    let Update::Upsert(changed) = next(&mut rx).await else {
+    let Update::UpsertJson(changed) = next(&mut rx).await else {
         panic!("upsert")
     };
-    assert_eq!(changed.labels()["istio.io/dataplane-mode"], "none");
-    store.apply(Update::Upsert(changed));
+    assert_eq!(labels(&changed)["istio.io/dataplane-mode"], "none");
+    store.apply(Update::UpsertJson(changed));
 
     // A watch restart resumes where it stopped.
     api.disconnect(None);
@@ -357,7 +373,7 @@ async fn kinds_the_cluster_does_not_serve_do_not_hold_back_the_first_sync() {
         loop {
             match rx.recv().await.unwrap() {
                 Update::Synced => return,
-                Update::Upsert(object) => objects.push(object),
+                Update::UpsertJson(object) => objects.push(object),
                 Update::Problems(p) => problems.extend(p),
                 Update::Listing(_) | Update::Listed(_) => {}
                 other => panic!("unexpected {other:?}"),
@@ -381,7 +397,7 @@ async fn kinds_the_cluster_does_not_serve_do_not_hold_back_the_first_sync() {
 }
 
 #[tokio::test]
-async fn kube_and_files_sources_produce_identical_objects() {
+async fn kube_and_files_sources_lead_to_identical_resources() {
     let samples =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/istio-samples");
     let loaded = manifest::load_paths(&[
@@ -423,13 +439,19 @@ async fn kube_and_files_sources_produce_identical_objects() {
     let _watch = KubeSource::new(api.client(), options).spawn(tx);
     let from_kube = first_sync(&mut rx).await;
 
-    let by_key = |updates: &[Update]| -> BTreeMap<ObjectKey, Value> {
-        upserted(updates)
-            .into_iter()
-            .map(|o| (ObjectKey::of(o), o.value.clone()))
-            .collect()
-    };
-    let (files, from_kube) = (by_key(&from_files), by_key(&from_kube));
+    // As the model holds them: typed, the API server's own metadata dropped.
+    let files: BTreeMap<ObjectKey, config::Resource> = from_files
+        .into_iter()
+        .filter_map(|u| match u {
+            Update::Upsert(object) => Some(object),
+            _ => None,
+        })
+        .map(|o| (ObjectKey::of(&o), config::Resource::from_object(o).unwrap()))
+        .collect();
+    let from_kube: BTreeMap<ObjectKey, config::Resource> = upserted(&from_kube)
+        .into_iter()
+        .map(|o| (o.key.clone(), typed(o)))
+        .collect();
     assert_eq!(
         files.len(),
         4 + 4 + 1 + 4,
