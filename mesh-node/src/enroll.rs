@@ -35,7 +35,7 @@ pub fn local_pods(model: &Model, node: &str) -> Vec<LocalPod> {
         .map(|p| LocalPod {
             namespace: p.name.namespace.to_string(),
             name: p.name.name.to_string(),
-            uid: p.uid.clone().unwrap_or_default(),
+            uid: p.uid.as_deref().unwrap_or_default().to_owned(),
             service_account: p.service_account.to_string(),
             ip: p.ips.iter().find_map(|ip| match ip {
                 IpAddr::V4(ip) => Some(*ip),

@@ -8,7 +8,7 @@
 //! convert or validate are kept out (an update to a known object keeps its last good
 //! version) and reported, naming the object and the fix; everything else keeps serving.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::sync::{mpsc, watch};
 
+use super::key_set::KeySet;
 use super::labels::{Interner, Labels};
 use super::model::{
     LabelledInfo, Model, Name, PodInfo, SERVICE_NAME_LABEL, ServiceInfo, ServicePortInfo,
@@ -395,7 +396,7 @@ impl Store {
     /// during it services and pods arrive in any order, and a service that scanned its
     /// namespace's pods as it arrived would make 10k services × 500 pods label checks.
     fn select_all(&mut self) {
-        let mut selected: HashMap<Name, BTreeSet<Arc<str>>> = HashMap::new();
+        let mut selected: HashMap<Name, Vec<Arc<str>>> = HashMap::new();
         for pod in self.model.pods.values() {
             for (k, v) in pod.labels.iter() {
                 let hash = pair_hash(&pod.name.namespace, k, v);
@@ -410,13 +411,15 @@ impl Store {
                         selected
                             .entry(service.clone())
                             .or_default()
-                            .insert(pod.name.name.clone());
+                            .push(pod.name.name.clone());
                     }
                 }
             }
         }
         for (service, pods) in selected {
-            self.model.selected.insert(service, Arc::new(pods));
+            self.model
+                .selected
+                .insert(service, Arc::new(KeySet::from(pods)));
         }
     }
 
@@ -483,7 +486,7 @@ impl Store {
             } else {
                 None
             };
-            let selected: BTreeSet<Arc<str>> = pods
+            let selected: KeySet<Arc<str>> = pods
                 .into_iter()
                 .flatten()
                 .filter(|pod| {
@@ -704,7 +707,7 @@ pub(crate) fn pod_info(pod: &Pod, strings: &mut Interner) -> PodInfo {
     };
     PodInfo {
         name,
-        uid: pod.metadata.uid.clone(),
+        uid: pod.metadata.uid.as_deref().map(Box::from),
         labels: interned_labels(pod.metadata.labels.as_ref(), strings),
         service_account: strings.get(
             spec.and_then(|s| s.service_account_name.as_deref())
@@ -716,7 +719,7 @@ pub(crate) fn pod_info(pod: &Pod, strings: &mut Interner) -> PodInfo {
         host_ip: status
             .and_then(|s| s.host_ip.as_deref())
             .and_then(|ip| ip.parse().ok()),
-        ips,
+        ips: ips.into_boxed_slice(),
         workload,
         ready,
         named_ports,
