@@ -1,7 +1,7 @@
 //! Config sources behind one interface: wherever objects come from (a watched folder of YAML,
-//! or the Kubernetes API), consumers see the same [`Update`]s of the same [`Object`]s, and
-//! nothing downstream knows which source it is. [`ConfigSource`] is the choice the binaries
-//! offer (`--config-source`).
+//! or the Kubernetes API), consumers see the same [`Update`]s, and nothing downstream knows
+//! which source it is. [`ConfigSource`] is the choice the binaries offer
+//! (`--config-source`).
 
 pub mod files;
 pub mod kube;
@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use crate::manifest::Object;
@@ -50,7 +51,7 @@ pub enum StartError {
 const KUBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl ConfigSource {
-    /// Starts the source: a snapshot, then changes. With kube and `node`, only that node's
+    /// Starts the source: its first sync, then changes. With kube and `node`, only that node's
     /// pods are watched (a node agent); without, all of them (a waypoint).
     pub async fn spawn(
         &self,
@@ -123,17 +124,55 @@ impl fmt::Display for ObjectKey {
     }
 }
 
-/// What a source tells its consumer.
+/// An object as JSON text, with the key that names it.
+#[derive(Debug, Clone)]
+pub struct JsonObject {
+    pub key: ObjectKey,
+    pub json: Box<RawValue>,
+}
+
+/// A kind as sources name it: its API group (empty for the core group) and kind.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKind {
+    pub group: String,
+    pub kind: String,
+}
+
+/// What a source tells its consumer. Objects always travel one at a time, the first sync
+/// included: a source never holds, nor hands over, the whole set at once (at 50k pods that
+/// set is several times the size of the indexed model).
 #[derive(Debug, Clone)]
 pub enum Update {
-    /// Every object the source has: replaces all that was known before (the first sync,
-    /// and any resync after an error or a lost watch).
-    Snapshot(Vec<Object>),
     /// An object was added or changed.
     Upsert(Object),
+    /// An object was added or changed, as the JSON text the API server sent: the store
+    /// decodes it straight into its typed form, which costs half of building the JSON tree
+    /// of an [`Object`] first (most of the work of loading 50k pods).
+    UpsertJson(JsonObject),
     /// An object is gone.
     Delete(ObjectKey),
+    /// A full list of one kind begins (its first list, or a re-list after `410 Gone` or an
+    /// error): the upserts of that kind up to the matching [`Update::Listed`] are every
+    /// object of it, and the objects of that kind they do not name are gone. A `Listing`
+    /// for a kind already being listed starts that list over.
+    Listing(ObjectKind),
+    /// The list that [`Update::Listing`] began is complete.
+    Listed(ObjectKind),
+    /// Everything the source had when it started has been sent: the model is complete and
+    /// may be served. Sent once, after the first sync.
+    Synced,
     /// Input that could not be read, each message naming where and why. Objects read
     /// before keep serving; the good objects around the bad input still arrive.
     Problems(Vec<String>),
+}
+
+impl Update {
+    /// A whole set of objects the way a source's first sync delivers it: one upsert each,
+    /// then [`Update::Synced`].
+    pub fn first_sync(objects: impl IntoIterator<Item = Object>) -> impl Iterator<Item = Update> {
+        objects
+            .into_iter()
+            .map(Update::Upsert)
+            .chain([Update::Synced])
+    }
 }

@@ -269,7 +269,6 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         tokio::spawn(mesh_core::heap::release_when_wasteful()),
     ];
 
-    let mut synced = false;
     let mut resync = tokio::time::interval(Duration::from_secs(1));
     // New interfaces (pod veths) get the inbound capture program as the kernel announces
     // them; the slow poll is a safety net (and the only way when netlink is refused).
@@ -291,14 +290,12 @@ pub async fn run(config: NodeConfig) -> Result<()> {
                 if let Update::Problems(problems) = &update {
                     tracing::warn!(?problems, "config source problems");
                 }
-                let first = matches!(update, Update::Snapshot(_));
                 store.apply(update);
-                synced = synced || first;
-                if synced {
+                if store.synced() {
                     sync(&config, &store.model(), &shared);
                 }
             }
-            _ = resync.tick(), if synced => sync(&config, &store.model(), &shared),
+            _ = resync.tick(), if store.synced() => sync(&config, &store.model(), &shared),
             _ = interfaces.tick(), if config.inbound_capture => sync_interfaces(&shared),
             changed = link_change(&mut links), if config.inbound_capture => {
                 if let Err(error) = changed {

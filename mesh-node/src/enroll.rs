@@ -35,7 +35,7 @@ pub fn local_pods(model: &Model, node: &str) -> Vec<LocalPod> {
         .map(|p| LocalPod {
             namespace: p.name.namespace.to_string(),
             name: p.name.name.to_string(),
-            uid: p.uid.clone().unwrap_or_default(),
+            uid: p.uid.as_deref().unwrap_or_default().to_owned(),
             service_account: p.service_account.to_string(),
             ip: p.ips.iter().find_map(|ip| match ip {
                 IpAddr::V4(ip) => Some(*ip),
@@ -225,7 +225,7 @@ mod tests {
     #[test]
     fn pods_in_ambient_namespaces_on_this_node_are_enrolled_unless_they_opt_out() {
         let mut store = Store::new();
-        store.apply(Update::Snapshot(vec![
+        store.apply_all(Update::first_sync([
             namespace("shop", Some("ambient")),
             namespace("plain", None),
             pod("shop", "a", "node1", None),
@@ -248,7 +248,7 @@ mod tests {
     #[test]
     fn label_changes_and_deletes_follow_without_a_resync() {
         let mut store = Store::new();
-        store.apply(Update::Snapshot(vec![
+        store.apply_all(Update::first_sync([
             namespace("shop", None),
             pod("shop", "a", "node1", None),
         ]));

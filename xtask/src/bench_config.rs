@@ -15,8 +15,9 @@ pub(crate) struct BenchArgs {
 
 #[derive(clap::Subcommand)]
 enum Bench {
-    /// Load and index 10k Services, 50k Pods, 2k VirtualServices, 2k DestinationRules, as
-    /// one Snapshot and streamed in one by one.
+    /// Load and index 10k Services, 50k Pods, 2k VirtualServices, 2k DestinationRules: as a
+    /// proxy starts (the kube source listing them from a fake API server), and generated
+    /// straight into the store.
     Config,
     /// Connect and 1 KB request/response latency: direct, eBPF redirect (fast path off/on),
     /// netfilter NAT, through the node proxy (root; builds a one-node lab).
@@ -34,7 +35,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
     match args.what {
         Bench::Config => {
             // One process per mode: each reports its own peak memory.
-            for mode in ["snapshot", "stream"] {
+            for mode in ["startup", "stream"] {
                 let status = std::process::Command::new(env!("CARGO"))
                     .args([
                         "run",

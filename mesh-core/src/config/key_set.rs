@@ -1,14 +1,31 @@
-//! [`KeySet`]: the few keys an index entry holds (the rules naming one host, the policies in
-//! one namespace), as a sorted vector sized to fit. A `BTreeSet` would allocate a ~600-byte
-//! node for the usual one or two keys.
+//! [`KeySet`]: the keys an index entry holds (the rules naming one host, the policies in one
+//! namespace, the pods a service selects), as a sorted vector sized to fit. A `BTreeSet`
+//! would allocate a ~200 to ~600-byte node for the usual handful of keys.
 
-/// A sorted set of a few values; inserting and removing are linear, so keep it small.
+/// A sorted set of values; inserting and removing are linear (a move of the values after
+/// the place), which is cheap for the hundreds of pods even a large service selects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct KeySet<T>(Vec<T>);
 
 impl<T> Default for KeySet<T> {
     fn default() -> Self {
         KeySet(Vec::new())
+    }
+}
+
+/// The set of the values given, in any order, once each.
+impl<T: Ord> From<Vec<T>> for KeySet<T> {
+    fn from(mut values: Vec<T>) -> KeySet<T> {
+        values.sort();
+        values.dedup();
+        values.shrink_to_fit();
+        KeySet(values)
+    }
+}
+
+impl<T: Ord> FromIterator<T> for KeySet<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(values: I) -> KeySet<T> {
+        KeySet::from(values.into_iter().collect::<Vec<T>>())
     }
 }
 
@@ -38,6 +55,10 @@ impl<T: Ord> KeySet<T> {
         }
     }
 
+    pub(crate) fn contains(&self, value: &T) -> bool {
+        self.0.binary_search(value).is_ok()
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -63,6 +84,9 @@ mod tests {
         assert!(set.remove(&"b"));
         assert!(!set.remove(&"b"));
         assert_eq!(set.iter().copied().collect::<Vec<_>>(), ["a", "c"]);
+        assert!(set.contains(&"a") && !set.contains(&"b"));
         assert!(set.remove(&"a") && set.remove(&"c") && set.is_empty());
+        let built: KeySet<_> = ["c", "a", "c", "b"].into_iter().collect();
+        assert_eq!(built.iter().copied().collect::<Vec<_>>(), ["a", "b", "c"]);
     }
 }

@@ -1,7 +1,9 @@
-//! Labels and label selectors as the model keeps them ([`Labels`]: a sorted boxed slice of
-//! key/value pairs) and the [`Interner`] that lets equal strings share one allocation. 50k
-//! pods with a handful of distinct keys and values then cost two pointers per label, where a
-//! `BTreeMap<String, String>` took a ~544-byte node and a string per key and value.
+//! Labels and label selectors as the model keeps them ([`Labels`]: a shared sorted slice of
+//! key/value pairs) and the [`Interner`] that lets equal strings, and equal label sets,
+//! share one allocation. 50k pods with a handful of distinct keys and values then cost two
+//! pointers per label, where a `BTreeMap<String, String>` took a ~544-byte node and a string
+//! per key and value; and the pods of one Deployment, which carry the same labels, share
+//! one set.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -12,33 +14,25 @@ use serde::ser::SerializeMap;
 
 /// A label set (or selector), sorted by key, one value per key.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
-pub struct Labels(Box<[(Arc<str>, Arc<str>)]>);
+pub struct Labels(Arc<[Label]>);
+
+type Label = (Arc<str>, Arc<str>);
 
 /// The empty label set, for lookups that have no object to borrow from.
 pub static NO_LABELS: LazyLock<Labels> = LazyLock::new(Labels::default);
 
 impl Labels {
-    /// The labels from `pairs`, strings shared through `strings`. A key given twice keeps its
-    /// last value, as inserting into a map would.
+    /// The labels from `pairs`, strings and the set itself shared through `strings`. A key
+    /// given twice keeps its last value, as inserting into a map would.
     pub fn interned<'a>(
         pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
         strings: &mut Interner,
     ) -> Labels {
-        Labels::from_pairs(
-            pairs
-                .into_iter()
-                .map(|(k, v)| (strings.get(k), strings.get(v)))
-                .collect(),
-        )
-    }
-
-    fn from_pairs(mut pairs: Vec<(Arc<str>, Arc<str>)>) -> Labels {
-        // Stable: among equal keys the last given stays last, and dedup keeps the first of a
-        // run, so reverse the run order first.
-        pairs.reverse();
-        pairs.sort_by(|a, b| a.0.cmp(&b.0));
-        pairs.dedup_by(|later, earlier| later.0 == earlier.0);
-        Labels(pairs.into_boxed_slice())
+        let pairs = pairs
+            .into_iter()
+            .map(|(k, v)| (strings.get(k), strings.get(v)))
+            .collect();
+        Labels(strings.sets.get(&sorted(pairs)))
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
@@ -70,13 +64,22 @@ impl Labels {
 /// store uses [`Labels::interned`]).
 impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for Labels {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Labels {
-        Labels::from_pairs(
-            pairs
-                .into_iter()
-                .map(|(k, v)| (Arc::from(k.as_ref()), Arc::from(v.as_ref())))
-                .collect(),
-        )
+        let pairs = pairs
+            .into_iter()
+            .map(|(k, v)| (Arc::from(k.as_ref()), Arc::from(v.as_ref())))
+            .collect();
+        Labels(sorted(pairs).into())
     }
+}
+
+/// Sorted by key, a key given twice keeping its last value.
+fn sorted(mut pairs: Vec<Label>) -> Vec<Label> {
+    // Stable: among equal keys the last given stays last, and dedup keeps the first of a
+    // run, so reverse the run order first.
+    pairs.reverse();
+    pairs.sort_by(|a, b| a.0.cmp(&b.0));
+    pairs.dedup_by(|later, earlier| later.0 == earlier.0);
+    pairs
 }
 
 impl From<&BTreeMap<String, String>> for Labels {
@@ -101,40 +104,66 @@ impl Serialize for Labels {
     }
 }
 
-/// Hands out one shared `Arc<str>` per distinct string. Strings nothing else holds any more
-/// are forgotten once the set has doubled since the last such sweep, so label values that
-/// come and go (pod-template hashes) do not pile up; the sweep's cost is spread over the
-/// insertions that doubled the set.
+/// Hands out one shared `Arc<str>` per distinct string, and one shared label set per
+/// distinct set.
 #[derive(Debug, Default)]
 pub struct Interner {
-    strings: HashSet<Arc<str>>,
-    sweep_at: usize,
+    strings: Pool<str>,
+    sets: Pool<[Label]>,
 }
-
-/// Below this many strings the interner does not sweep.
-const MIN_SWEEP: usize = 1024;
 
 impl Interner {
     pub fn get(&mut self, s: &str) -> Arc<str> {
-        if let Some(found) = self.strings.get(s) {
-            return found.clone();
-        }
-        if self.strings.len() >= self.sweep_at {
-            self.strings.retain(|s| Arc::strong_count(s) > 1);
-            self.sweep_at = (self.strings.len() * 2).max(MIN_SWEEP);
-        }
-        let new: Arc<str> = Arc::from(s);
-        self.strings.insert(new.clone());
-        new
+        self.strings.get(s)
     }
 
     /// How many distinct strings it holds.
     pub fn len(&self) -> usize {
-        self.strings.len()
+        self.strings.values.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.strings.is_empty()
+        self.strings.values.is_empty()
+    }
+}
+
+/// One shared `Arc` per distinct value. Values nothing else holds any more are forgotten
+/// once the pool has doubled since the last such sweep, so label values that come and go
+/// (pod-template hashes) do not pile up; the sweep's cost is spread over the insertions
+/// that doubled the pool.
+#[derive(Debug)]
+struct Pool<T: ?Sized> {
+    values: HashSet<Arc<T>>,
+    sweep_at: usize,
+}
+
+impl<T: ?Sized> Default for Pool<T> {
+    fn default() -> Self {
+        Pool {
+            values: HashSet::new(),
+            sweep_at: 0,
+        }
+    }
+}
+
+/// Below this many values a pool does not sweep.
+const MIN_SWEEP: usize = 1024;
+
+impl<T: ?Sized + Eq + std::hash::Hash> Pool<T>
+where
+    for<'a> Arc<T>: From<&'a T>,
+{
+    fn get(&mut self, value: &T) -> Arc<T> {
+        if let Some(found) = self.values.get(value) {
+            return found.clone();
+        }
+        if self.values.len() >= self.sweep_at {
+            self.values.retain(|v| Arc::strong_count(v) > 1);
+            self.sweep_at = (self.values.len() * 2).max(MIN_SWEEP);
+        }
+        let new = Arc::from(value);
+        self.values.insert(new.clone());
+        new
     }
 }
 
@@ -181,14 +210,17 @@ mod tests {
     }
 
     #[test]
-    fn interned_labels_share_their_strings() {
+    fn interned_labels_share_their_strings_and_equal_sets_share_one_slice() {
         let mut strings = Interner::default();
-        let a = Labels::interned([("app", "reviews")], &mut strings);
-        let b = Labels::interned([("app", "reviews")], &mut strings);
+        let a = Labels::interned([("app", "reviews"), ("version", "v1")], &mut strings);
+        let b = Labels::interned([("version", "v1"), ("app", "reviews")], &mut strings);
+        let c = Labels::interned([("app", "reviews")], &mut strings);
         assert_eq!(a, b);
-        assert!(Arc::ptr_eq(&a.0[0].0, &b.0[0].0));
-        assert!(Arc::ptr_eq(&a.0[0].1, &b.0[0].1));
-        assert_eq!(strings.len(), 2);
+        assert!(Arc::ptr_eq(&a.0, &b.0));
+        assert!(!Arc::ptr_eq(&a.0, &c.0));
+        assert!(Arc::ptr_eq(&a.0[0].0, &c.0[0].0));
+        assert!(Arc::ptr_eq(&a.0[0].1, &c.0[0].1));
+        assert_eq!(strings.len(), 4);
     }
 
     #[test]

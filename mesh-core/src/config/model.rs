@@ -53,13 +53,14 @@ pub struct LabelledInfo {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PodInfo {
     pub name: Name,
-    pub uid: Option<String>,
+    /// Boxed, as `ips` below, for a smaller entry: 16 bytes less per pod.
+    pub uid: Option<Box<str>>,
     pub labels: Labels,
     pub service_account: Arc<str>,
     pub node: Option<Arc<str>>,
     /// `status.hostIP`: the node's address, where the node proxy's HBONE listener is.
     pub host_ip: Option<IpAddr>,
-    pub ips: Vec<IpAddr>,
+    pub ips: Box<[IpAddr]>,
     /// The workload it belongs to, as Istio's metrics name it: the Deployment (from the
     /// ReplicaSet owner less its `pod-template-hash`), else the owner, else the pod's name.
     pub workload: Arc<str>,
@@ -171,7 +172,7 @@ pub struct Model {
     pub(crate) services_by_host: ShardMap<String, Name>,
     pub(crate) services_by_addr: ShardMap<SocketAddr, Name>,
     /// Pods a service's selector picks (for services without EndpointSlices).
-    pub(crate) selected: ShardMap<Name, Arc<BTreeSet<Arc<str>>>>,
+    pub(crate) selected: ShardMap<Name, Arc<KeySet<Arc<str>>>>,
     pub(crate) slices: ShardMap<Name, Arc<SliceInfo>>,
     /// Service → names of its EndpointSlices.
     pub(crate) slices_by_service: ShardMap<Name, Arc<BTreeSet<Arc<str>>>>,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -110,6 +111,14 @@ impl Kind {
             NETWORKING => &["v1", "v1beta1", "v1alpha3"],
             SECURITY => &["v1", "v1beta1"],
             _ => &["v1"],
+        }
+    }
+
+    /// `group/version` (`version` for the core group) of the preferred version.
+    pub fn preferred_api_version(self) -> String {
+        match self.group() {
+            "" => self.versions()[0].to_owned(),
+            group => format!("{group}/{}", self.versions()[0]),
         }
     }
 
@@ -252,6 +261,78 @@ impl Resource {
         Resource::from_value(kind, object.value)
     }
 
+    /// Converts an object of a known kind from the JSON text the API server sent, straight
+    /// into the typed form: building the JSON tree first would cost as much again. The API
+    /// server has already checked the version (it converts to the one asked for), the text
+    /// is what it stores, so its length is the size that counts, and serde_json's own
+    /// nesting limit guards the stack. The metadata the API server keeps for itself is
+    /// dropped, so that an object read from the API equals the same object read from a file.
+    pub fn from_json(
+        kind: Kind,
+        namespace: Option<&str>,
+        name: &str,
+        json: &str,
+    ) -> Result<Resource> {
+        let key = ResourceKey::new(kind, namespace, name);
+        if json.len() > MAX_OBJECT_BYTES {
+            return Err(Error::TooLarge {
+                key,
+                size: json.len(),
+            });
+        }
+        fn typed<T: serde::de::DeserializeOwned>(json: &str, key: &ResourceKey) -> Result<T> {
+            // Tracking the field path costs a third more; only a refusal needs it.
+            serde_json::from_str(json).or_else(|_| {
+                let mut deserializer = serde_json::Deserializer::from_str(json);
+                serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+                    Error::Invalid {
+                        key: key.clone(),
+                        path: display_path(error.path()),
+                        message: error.inner().to_string(),
+                    }
+                })
+            })
+        }
+        let mut resource = match kind {
+            Kind::Namespace => Resource::Namespace(Arc::new(typed(json, &key)?)),
+            Kind::Pod => Resource::Pod(Arc::new(typed(json, &key)?)),
+            Kind::Service => Resource::Service(Arc::new(typed(json, &key)?)),
+            Kind::EndpointSlice => Resource::EndpointSlice(Arc::new(typed(json, &key)?)),
+            Kind::ServiceAccount => Resource::ServiceAccount(Arc::new(typed(json, &key)?)),
+            // Kept whole in the model (the kinds above are not): decoded through a JSON tree,
+            // whose arrays know their length, their lists get no more room than they need.
+            // Straight from text a list of two gets room for four: +6 MB at 2k
+            // VirtualServices. List items may lack apiVersion and kind.
+            _ => {
+                let mut value: Value =
+                    serde_json::from_str(json).map_err(|error| Error::Invalid {
+                        key: key.clone(),
+                        path: "(top level)".to_owned(),
+                        message: error.to_string(),
+                    })?;
+                if let Some(object) = value.as_object_mut() {
+                    object
+                        .entry("apiVersion")
+                        .or_insert_with(|| kind.preferred_api_version().into());
+                    object.entry("kind").or_insert_with(|| kind.name().into());
+                }
+                Resource::from_value(kind, value)?
+            }
+        };
+        let metadata = resource.metadata_mut();
+        if kind.namespaced() {
+            metadata
+                .namespace
+                .get_or_insert_with(|| DEFAULT_NAMESPACE.to_owned());
+        }
+        metadata.resource_version = None;
+        metadata.managed_fields = None;
+        metadata.creation_timestamp = None;
+        metadata.generation = None;
+        metadata.self_link = None;
+        Ok(resource)
+    }
+
     /// Converts the JSON of an object of a known kind.
     pub fn from_value(kind: Kind, mut value: Value) -> Result<Resource> {
         let text = |pointer: &str| value.pointer(pointer).and_then(Value::as_str);
@@ -264,22 +345,21 @@ impl Resource {
         let version = api_version.rsplit('/').next().unwrap_or_default();
         let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
         if group != kind.group() || !kind.versions().contains(&version) {
-            let preferred = match kind.group() {
-                "" => kind.versions()[0].to_owned(),
-                group => format!("{group}/{}", kind.versions()[0]),
-            };
             return Err(Error::Version {
                 key,
                 api_version,
-                preferred,
+                preferred: kind.preferred_api_version(),
             });
         }
-        if depth_exceeds(&value, MAX_DEPTH) {
+        let Some(bound) = size_bound(&value, MAX_DEPTH) else {
             return Err(Error::TooDeep { key });
-        }
-        let size = json_size(&value);
-        if size > MAX_OBJECT_BYTES {
-            return Err(Error::TooLarge { key, size });
+        };
+        // Counting exactly means writing the JSON out: only when the bound does not decide.
+        if bound > MAX_OBJECT_BYTES {
+            let size = json_size(&value);
+            if size > MAX_OBJECT_BYTES {
+                return Err(Error::TooLarge { key, size });
+            }
         }
         if kind.namespaced()
             && let Some(metadata) = value.get_mut("metadata").and_then(Value::as_object_mut)
@@ -314,6 +394,43 @@ impl Resource {
                 Resource::RequestAuthentication(Arc::new(typed(value, &key)?))
             }
         })
+    }
+
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Resource::Namespace(o) => &o.metadata,
+            Resource::Pod(o) => &o.metadata,
+            Resource::Service(o) => &o.metadata,
+            Resource::EndpointSlice(o) => &o.metadata,
+            Resource::ServiceAccount(o) => &o.metadata,
+            Resource::VirtualService(o) => &o.metadata,
+            Resource::DestinationRule(o) => &o.metadata,
+            Resource::Gateway(o) => &o.metadata,
+            Resource::ServiceEntry(o) => &o.metadata,
+            Resource::Sidecar(o) => &o.metadata,
+            Resource::PeerAuthentication(o) => &o.metadata,
+            Resource::AuthorizationPolicy(o) => &o.metadata,
+            Resource::RequestAuthentication(o) => &o.metadata,
+        }
+    }
+
+    /// The metadata to change (copying the object first if a snapshot shares it).
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Resource::Namespace(o) => &mut Arc::make_mut(o).metadata,
+            Resource::Pod(o) => &mut Arc::make_mut(o).metadata,
+            Resource::Service(o) => &mut Arc::make_mut(o).metadata,
+            Resource::EndpointSlice(o) => &mut Arc::make_mut(o).metadata,
+            Resource::ServiceAccount(o) => &mut Arc::make_mut(o).metadata,
+            Resource::VirtualService(o) => &mut Arc::make_mut(o).metadata,
+            Resource::DestinationRule(o) => &mut Arc::make_mut(o).metadata,
+            Resource::Gateway(o) => &mut Arc::make_mut(o).metadata,
+            Resource::ServiceEntry(o) => &mut Arc::make_mut(o).metadata,
+            Resource::Sidecar(o) => &mut Arc::make_mut(o).metadata,
+            Resource::PeerAuthentication(o) => &mut Arc::make_mut(o).metadata,
+            Resource::AuthorizationPolicy(o) => &mut Arc::make_mut(o).metadata,
+            Resource::RequestAuthentication(o) => &mut Arc::make_mut(o).metadata,
+        }
     }
 
     pub fn kind(&self) -> Kind {
@@ -367,20 +484,56 @@ fn display_path(path: &serde_path_to_error::Path) -> String {
     }
 }
 
-/// Whether `value` nests deeper than `limit` (iterative: deep input cannot overflow the stack).
-pub fn depth_exceeds(value: &Value, limit: usize) -> bool {
-    let mut stack = vec![(value, 0usize)];
-    while let Some((value, depth)) = stack.pop() {
-        if depth > limit {
-            return true;
-        }
+/// A size `value` written as compact JSON cannot exceed, found in one walk that writes
+/// nothing (a string byte takes at most six once escaped, a number at most 24 characters);
+/// `None` if it nests deeper than `depth_limit`. Iterative: deep input cannot overflow the
+/// stack.
+fn size_bound(value: &Value, depth_limit: usize) -> Option<usize> {
+    fn bound<'a>(
+        value: &'a Value,
+        depth: usize,
+        containers: &mut Vec<(&'a Value, usize)>,
+    ) -> usize {
         match value {
-            Value::Array(items) => stack.extend(items.iter().map(|v| (v, depth + 1))),
-            Value::Object(map) => stack.extend(map.values().map(|v| (v, depth + 1))),
+            Value::Null | Value::Bool(_) => 5,
+            Value::Number(_) => 24,
+            Value::String(s) => 6 * s.len() + 2,
+            Value::Array(_) | Value::Object(_) => {
+                containers.push((value, depth));
+                2
+            }
+        }
+    }
+    let mut containers = Vec::new();
+    let mut size = bound(value, 0, &mut containers);
+    while let Some((value, depth)) = containers.pop() {
+        let entries = match value {
+            Value::Array(items) => items.len(),
+            Value::Object(map) => map.len(),
+            _ => 0,
+        };
+        if entries == 0 {
+            continue;
+        }
+        if depth + 1 > depth_limit {
+            return None;
+        }
+        size += entries - 1;
+        match value {
+            Value::Array(items) => {
+                for item in items {
+                    size += bound(item, depth + 1, &mut containers);
+                }
+            }
+            Value::Object(map) => {
+                for (key, item) in map {
+                    size += 6 * key.len() + 3 + bound(item, depth + 1, &mut containers);
+                }
+            }
             _ => {}
         }
     }
-    false
+    Some(size)
 }
 
 /// The size of `value` serialized as compact JSON, without building the text.

@@ -1,11 +1,14 @@
-//! The one writer of the config model: applies a source's [`Update`]s (snapshot, upsert,
-//! delete) to the indexes incrementally — one pod update touches that pod's entries and the
-//! services that select it, never a full rebuild — and publishes an `Arc<Model>` snapshot for
-//! the many readers after each update. Objects that fail to convert or validate are kept out
-//! (an update to a known object keeps its last good version) and reported, naming the object
-//! and the fix; everything else keeps serving.
+//! The one writer of the config model: applies a source's [`Update`]s to the indexes
+//! incrementally — one pod update touches that pod's entries and the services that select
+//! it, never a full rebuild — and publishes an `Arc<Model>` snapshot for the many readers
+//! after each update that changed it. The first sync arrives one object at a time like any
+//! other change; nothing is published until the source says it is complete, so readers
+//! never see a half-loaded model. A kind's full list (the first, or a re-list after the
+//! watch was lost) removes the objects of that kind it did not name. Objects that fail to
+//! convert or validate are kept out (an update to a known object keeps its last good
+//! version) and reported, naming the object and the fix; everything else keeps serving.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -15,6 +18,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::sync::{mpsc, watch};
 
+use super::key_set::KeySet;
 use super::labels::{Interner, Labels};
 use super::model::{
     LabelledInfo, Model, Name, PodInfo, SERVICE_NAME_LABEL, ServiceInfo, ServicePortInfo,
@@ -22,8 +26,7 @@ use super::model::{
 };
 use super::resource::{Kind, Resource, ResourceKey};
 use super::{host, validate};
-use crate::manifest::Object;
-use crate::source::{ObjectKey, Update};
+use crate::source::{ObjectKey, ObjectKind, Update};
 
 /// The writer. Readers call [`Store::subscribe`] (or [`Store::model`]) and get snapshots.
 pub struct Store {
@@ -35,7 +38,15 @@ pub struct Store {
     /// Shares the model's repetitive strings (namespaces, label keys and values, service
     /// accounts, nodes, workloads).
     strings: Interner,
-    problems: BTreeMap<String, String>,
+    /// Objects refused, each with the reason and fix.
+    problems: BTreeMap<ResourceKey, String>,
+    /// Kinds being listed, each with the objects (served or refused) its list has not named
+    /// yet: what is left when the list completes is gone.
+    unlisted: HashMap<Kind, HashSet<ResourceKey>>,
+    /// The source's first sync is complete: from then on changes are published.
+    synced: bool,
+    /// The model or its problems changed since the last publish.
+    changed: bool,
     published: watch::Sender<Arc<Model>>,
 }
 
@@ -49,15 +60,14 @@ fn pair_hash(namespace: &str, key: &str, value: &str) -> u64 {
     BuildHasherDefault::<DefaultHasher>::default().hash_one((namespace, key, value))
 }
 
-/// Applying kinds in this order lets a snapshot index services before the pods they select.
-fn apply_rank(kind: Option<Kind>) -> u8 {
-    match kind {
-        Some(Kind::Namespace) => 0,
-        Some(Kind::ServiceAccount) => 1,
-        Some(Kind::Service) => 2,
-        Some(Kind::Pod) => 3,
-        _ => 4,
-    }
+/// The model's key for a source's object key (`None` for kinds the model does not have).
+fn resource_key(key: &ObjectKey) -> Option<ResourceKey> {
+    let kind = Kind::of(&key.group, &key.kind)?;
+    Some(ResourceKey::new(kind, key.namespace.as_deref(), &key.name))
+}
+
+fn model_kind(kind: &ObjectKind) -> Option<Kind> {
+    Kind::of(&kind.group, &kind.kind)
 }
 
 impl Store {
@@ -69,11 +79,14 @@ impl Store {
             selector_index: HashMap::new(),
             strings: Interner::default(),
             problems: BTreeMap::new(),
+            unlisted: HashMap::new(),
+            synced: false,
+            changed: false,
             published,
         }
     }
 
-    /// The latest snapshot.
+    /// The latest snapshot (empty until the source's first sync is complete).
     pub fn model(&self) -> Arc<Model> {
         self.published.borrow().clone()
     }
@@ -83,6 +96,11 @@ impl Store {
         self.published.subscribe()
     }
 
+    /// Whether the source's first sync is complete (and the model published).
+    pub fn synced(&self) -> bool {
+        self.synced
+    }
+
     /// Applies updates until the source closes its channel.
     pub async fn run(mut self, mut updates: mpsc::Receiver<Update>) {
         while let Some(update) = updates.recv().await {
@@ -90,7 +108,7 @@ impl Store {
         }
     }
 
-    /// Applies one update and publishes the new snapshot.
+    /// Applies one update and publishes the new snapshot (once synced, if it changed).
     pub fn apply(&mut self, update: Update) {
         self.apply_all([update]);
     }
@@ -101,24 +119,68 @@ impl Store {
         for update in updates {
             self.apply_unpublished(update);
         }
-        self.model.problems = Arc::new(self.problems.clone());
-        self.published.send_replace(Arc::new(self.model.clone()));
+        if self.synced && self.changed {
+            self.changed = false;
+            self.model.problems = Arc::new(
+                self.problems
+                    .iter()
+                    .map(|(key, reason)| (key.to_string(), reason.clone()))
+                    .collect(),
+            );
+            self.published.send_replace(Arc::new(self.model.clone()));
+        }
     }
 
     fn apply_unpublished(&mut self, update: Update) {
         match update {
-            Update::Snapshot(mut objects) => {
-                *self = Store {
-                    published: self.published.clone(),
-                    ..Store::new()
+            Update::Upsert(object) => {
+                // Kinds the model does not have are not the mesh's business.
+                let Some(kind) = Kind::of(object.group(), &object.kind) else {
+                    return;
                 };
-                objects.sort_by_key(|o| apply_rank(Kind::of(o.group(), &o.kind)));
-                for object in objects {
-                    self.upsert(object);
+                let key = ResourceKey::new(kind, object.namespace.as_deref(), &object.name);
+                self.upsert(key, Resource::from_object(object));
+            }
+            Update::UpsertJson(object) => {
+                let ObjectKey {
+                    group,
+                    kind,
+                    namespace,
+                    name,
+                } = &object.key;
+                let Some(kind) = Kind::of(group, kind) else {
+                    return;
+                };
+                let key = ResourceKey::new(kind, namespace.as_deref(), name);
+                let converted =
+                    Resource::from_json(kind, namespace.as_deref(), name, object.json.get());
+                self.upsert(key, converted);
+            }
+            Update::Delete(key) => {
+                if let Some(key) = resource_key(&key) {
+                    self.named_by_list(&key);
+                    self.delete(&key);
                 }
             }
-            Update::Upsert(object) => self.upsert(object),
-            Update::Delete(key) => self.delete(&key),
+            Update::Listing(kind) => {
+                if let Some(kind) = model_kind(&kind) {
+                    let known = self.keys_of(kind);
+                    self.unlisted.insert(kind, known);
+                }
+            }
+            Update::Listed(kind) => {
+                let gone = model_kind(&kind).and_then(|kind| self.unlisted.remove(&kind));
+                for key in gone.into_iter().flatten() {
+                    self.delete(&key);
+                }
+            }
+            Update::Synced => {
+                if !self.synced {
+                    self.synced = true;
+                    self.select_all();
+                    self.changed = true;
+                }
+            }
             Update::Problems(problems) => {
                 for problem in problems {
                     tracing::warn!(%problem, "config source problem");
@@ -127,12 +189,13 @@ impl Store {
         }
     }
 
-    fn upsert(&mut self, object: Object) {
-        let display = object.display_name();
-        let resource = match Resource::from_object(object) {
+    /// Validates and indexes a converted object, or refuses it; either way a list in
+    /// progress has named it.
+    fn upsert(&mut self, key: ResourceKey, converted: super::resource::Result<Resource>) {
+        self.named_by_list(&key);
+        let resource = match converted {
             Ok(resource) => resource,
-            Err(super::resource::Error::UnknownKind { .. }) => return,
-            Err(error) => return self.refuse(display, error.to_string()),
+            Err(error) => return self.refuse(key, error.to_string()),
         };
         let errors: Vec<String> = validate::object(&resource)
             .into_iter()
@@ -140,70 +203,149 @@ impl Store {
             .map(|f| f.message)
             .collect();
         if !errors.is_empty() {
-            let key = key_of(&resource);
-            return self.refuse(key.to_string(), format!("{key}: {}", errors.join("; ")));
+            let reason = format!("{key}: {}", errors.join("; "));
+            return self.refuse(key, reason);
         }
-        self.problems.remove(&key_of(&resource).to_string());
-        self.problems.remove(&display);
-        self.insert(resource);
+        self.changed |= self.problems.remove(&key).is_some();
+        self.changed |= self.insert(resource);
     }
 
-    fn refuse(&mut self, object: String, reason: String) {
-        tracing::warn!(%object, %reason, "config object refused; the last good version (if any) stays");
-        self.problems.insert(object, reason);
+    fn refuse(&mut self, key: ResourceKey, reason: String) {
+        tracing::warn!(object = %key, %reason, "config object refused; the last good version (if any) stays");
+        self.changed |= self.problems.get(&key) != Some(&reason);
+        self.problems.insert(key, reason);
     }
 
-    fn delete(&mut self, key: &ObjectKey) {
-        let Some(kind) = Kind::of(&key.group, &key.kind) else {
-            return;
+    /// A list in progress has named the object: it stays.
+    fn named_by_list(&mut self, key: &ResourceKey) {
+        if let Some(unlisted) = self.unlisted.get_mut(&key.kind) {
+            unlisted.remove(key);
+        }
+    }
+
+    /// Every object of a kind the store knows: served, or refused.
+    fn keys_of(&self, kind: Kind) -> HashSet<ResourceKey> {
+        let named = |name: &Name| ResourceKey::new(kind, Some(&name.namespace), &name.name);
+        let mut keys: HashSet<ResourceKey> = match kind {
+            Kind::Namespace => self
+                .model
+                .namespaces
+                .iter()
+                .map(|(name, _)| ResourceKey::new(kind, None, name))
+                .collect(),
+            Kind::ServiceAccount => self
+                .model
+                .service_accounts
+                .iter()
+                .map(|(n, _)| named(n))
+                .collect(),
+            Kind::Pod => self.model.pods.iter().map(|(n, _)| named(n)).collect(),
+            Kind::Service => self.model.services.iter().map(|(n, _)| named(n)).collect(),
+            Kind::EndpointSlice => self.model.slices.iter().map(|(n, _)| named(n)).collect(),
+            _ => self
+                .model
+                .istio
+                .iter()
+                .map(|(key, _)| key)
+                .filter(|key| key.kind == kind)
+                .cloned()
+                .collect(),
         };
-        let key = ResourceKey::new(kind, key.namespace.as_deref(), &key.name);
-        self.problems.remove(&key.to_string());
+        keys.extend(self.problems.keys().filter(|key| key.kind == kind).cloned());
+        keys
+    }
+
+    fn delete(&mut self, key: &ResourceKey) {
+        self.changed |= self.problems.remove(key).is_some();
         let name = Name::new(&key.namespace, &key.name);
-        match kind {
-            Kind::Namespace => {
-                self.model.namespaces.remove(&key.name);
-            }
-            Kind::ServiceAccount => {
-                self.model.service_accounts.remove(&name);
-            }
+        self.changed |= match key.kind {
+            Kind::Namespace => self.model.namespaces.remove(&key.name).is_some(),
+            Kind::ServiceAccount => self.model.service_accounts.remove(&name).is_some(),
             Kind::Pod => self.remove_pod(&name),
             Kind::Service => self.remove_service(&name),
             Kind::EndpointSlice => self.remove_slice(&name),
-            _ => self.remove_istio(&key),
-        }
+            _ => self.remove_istio(key),
+        };
     }
 
-    fn insert(&mut self, resource: Resource) {
+    /// Indexes a valid object; `false` when the model already held it as it is (a re-list
+    /// names every object again, and most have not changed).
+    fn insert(&mut self, resource: Resource) -> bool {
         match resource {
             Resource::Namespace(ns) => {
                 let name = ns.metadata.name.clone().unwrap_or_default();
-                let labels = interned_labels(ns.metadata.labels.as_ref(), &mut self.strings);
-                self.model
+                let info = LabelledInfo {
+                    labels: interned_labels(ns.metadata.labels.as_ref(), &mut self.strings),
+                };
+                if self
+                    .model
                     .namespaces
-                    .insert(name, Arc::new(LabelledInfo { labels }));
+                    .get(&name)
+                    .is_some_and(|old| **old == info)
+                {
+                    return false;
+                }
+                self.model.namespaces.insert(name, Arc::new(info));
             }
             Resource::ServiceAccount(sa) => {
                 let name = meta_name(&sa.metadata, &mut self.strings);
-                let labels = interned_labels(sa.metadata.labels.as_ref(), &mut self.strings);
-                self.model
+                let info = LabelledInfo {
+                    labels: interned_labels(sa.metadata.labels.as_ref(), &mut self.strings),
+                };
+                if self
+                    .model
                     .service_accounts
-                    .insert(name, Arc::new(LabelledInfo { labels }));
+                    .get(&name)
+                    .is_some_and(|old| **old == info)
+                {
+                    return false;
+                }
+                self.model.service_accounts.insert(name, Arc::new(info));
             }
             Resource::Pod(pod) => {
                 let info = pod_info(&pod, &mut self.strings);
+                if self
+                    .model
+                    .pods
+                    .get(&info.name)
+                    .is_some_and(|old| **old == info)
+                {
+                    return false;
+                }
                 self.insert_pod(info);
             }
             Resource::Service(service) => {
                 let info = service_info(&service, &mut self.strings);
+                if self
+                    .model
+                    .services
+                    .get(&info.name)
+                    .is_some_and(|old| **old == info)
+                {
+                    return false;
+                }
                 self.insert_service(info);
             }
             Resource::EndpointSlice(slice) => {
                 let info = slice_info(&slice, &mut self.strings);
+                if self
+                    .model
+                    .slices
+                    .get(&info.name)
+                    .is_some_and(|old| **old == info)
+                {
+                    return false;
+                }
                 self.insert_slice(info);
             }
-            other => self.insert_istio(other),
+            other => {
+                if self.model.istio.get(&key_of(&other)) == Some(&other) {
+                    return false;
+                }
+                self.insert_istio(other);
+            }
         }
+        true
     }
 
     fn insert_pod(&mut self, pod: PodInfo) {
@@ -223,6 +365,11 @@ impl Store {
             .entry(name.namespace.clone())
             .or_default()
             .insert(name.name.clone());
+        if !self.synced {
+            // Selections are made once the first sync is complete (`select_all`).
+            self.model.pods.insert(name, Arc::new(pod));
+            return;
+        }
         // Services that might select the pod before or after the change.
         let mut candidates: HashSet<Name> = HashSet::new();
         for labels in old.iter().map(|o| &o.labels).chain([&pod.labels]) {
@@ -245,6 +392,37 @@ impl Store {
         self.model.pods.insert(name, Arc::new(pod));
     }
 
+    /// The pods each service selects, worked out once when the first sync is complete:
+    /// during it services and pods arrive in any order, and a service that scanned its
+    /// namespace's pods as it arrived would make 10k services × 500 pods label checks.
+    fn select_all(&mut self) {
+        let mut selected: HashMap<Name, Vec<Arc<str>>> = HashMap::new();
+        for pod in self.model.pods.values() {
+            for (k, v) in pod.labels.iter() {
+                let hash = pair_hash(&pod.name.namespace, k, v);
+                for service in self.selector_index.get(&hash).into_iter().flatten() {
+                    let selects = self
+                        .model
+                        .services
+                        .get(service)
+                        .and_then(|info| info.selector.as_ref())
+                        .is_some_and(|selector| pod.labels.contains_all(selector.iter()));
+                    if selects {
+                        selected
+                            .entry(service.clone())
+                            .or_default()
+                            .push(pod.name.name.clone());
+                    }
+                }
+            }
+        }
+        for (service, pods) in selected {
+            self.model
+                .selected
+                .insert(service, Arc::new(KeySet::from(pods)));
+        }
+    }
+
     fn set_selected(&mut self, service: &Name, pod: &Arc<str>, selected: bool) {
         let set = self.model.selected.get(service);
         if set.is_some_and(|s| s.contains(pod)) == selected {
@@ -258,9 +436,9 @@ impl Store {
         }
     }
 
-    fn remove_pod(&mut self, name: &Name) {
+    fn remove_pod(&mut self, name: &Name) -> bool {
         let Some(old) = self.model.pods.remove(name) else {
-            return;
+            return false;
         };
         for ip in &old.ips {
             if self.model.pods_by_ip.get(ip) == Some(name) {
@@ -279,6 +457,7 @@ impl Store {
         for service in candidates {
             self.set_selected(&service, &name.name, false);
         }
+        true
     }
 
     fn insert_service(&mut self, service: ServiceInfo) {
@@ -301,15 +480,23 @@ impl Store {
                     .or_default()
                     .insert(name.clone());
             }
-            let selected: BTreeSet<Arc<str>> = self
-                .pods_by_namespace
-                .get(&name.namespace)
+            // Until the first sync is complete, `select_all` does it.
+            let pods = if self.synced {
+                self.pods_by_namespace.get(&name.namespace)
+            } else {
+                None
+            };
+            let selected: KeySet<Arc<str>> = pods
                 .into_iter()
                 .flatten()
                 .filter(|pod| {
+                    let pod = Name {
+                        namespace: name.namespace.clone(),
+                        name: Arc::clone(pod),
+                    };
                     self.model
                         .pods
-                        .get(&Name::new(&name.namespace, pod))
+                        .get(&pod)
                         .is_some_and(|p| p.labels.contains_all(selector.iter()))
                 })
                 .cloned()
@@ -319,9 +506,9 @@ impl Store {
         self.model.services.insert(name, Arc::new(service));
     }
 
-    fn remove_service(&mut self, name: &Name) {
+    fn remove_service(&mut self, name: &Name) -> bool {
         let Some(old) = self.model.services.remove(name) else {
-            return;
+            return false;
         };
         if self.model.services_by_host.get(&old.hostname) == Some(name) {
             self.model.services_by_host.remove(&old.hostname);
@@ -344,6 +531,7 @@ impl Store {
             }
         }
         self.model.selected.remove(name);
+        true
     }
 
     fn insert_slice(&mut self, slice: SliceInfo) {
@@ -356,9 +544,9 @@ impl Store {
         self.model.slices.insert(name, Arc::new(slice));
     }
 
-    fn remove_slice(&mut self, name: &Name) {
+    fn remove_slice(&mut self, name: &Name) -> bool {
         let Some(old) = self.model.slices.remove(name) else {
-            return;
+            return false;
         };
         if let Some(service) = &old.service
             && let Some(slices) = self.model.slices_by_service.get_mut(service)
@@ -368,6 +556,7 @@ impl Store {
                 self.model.slices_by_service.remove(service);
             }
         }
+        true
     }
 
     fn insert_istio(&mut self, resource: Resource) {
@@ -395,9 +584,9 @@ impl Store {
         self.model.istio.insert(key, resource);
     }
 
-    fn remove_istio(&mut self, key: &ResourceKey) {
+    fn remove_istio(&mut self, key: &ResourceKey) -> bool {
         let Some(old) = self.model.istio.remove(key) else {
-            return;
+            return false;
         };
         for (kind, hostname) in rule_hosts(&old, &key.namespace) {
             if hostname.starts_with('*') {
@@ -420,26 +609,13 @@ impl Store {
                 self.model.policies_by_namespace.remove(&policy_key);
             }
         }
+        true
     }
 }
 
 /// The key of a typed object (its namespace already defaulted).
 pub fn key_of(resource: &Resource) -> ResourceKey {
-    let meta = match resource {
-        Resource::Namespace(o) => &o.metadata,
-        Resource::Pod(o) => &o.metadata,
-        Resource::Service(o) => &o.metadata,
-        Resource::EndpointSlice(o) => &o.metadata,
-        Resource::ServiceAccount(o) => &o.metadata,
-        Resource::VirtualService(o) => &o.metadata,
-        Resource::DestinationRule(o) => &o.metadata,
-        Resource::Gateway(o) => &o.metadata,
-        Resource::ServiceEntry(o) => &o.metadata,
-        Resource::Sidecar(o) => &o.metadata,
-        Resource::PeerAuthentication(o) => &o.metadata,
-        Resource::AuthorizationPolicy(o) => &o.metadata,
-        Resource::RequestAuthentication(o) => &o.metadata,
-    };
+    let meta = resource.metadata();
     ResourceKey::new(
         resource.kind(),
         meta.namespace.as_deref(),
@@ -531,7 +707,7 @@ pub(crate) fn pod_info(pod: &Pod, strings: &mut Interner) -> PodInfo {
     };
     PodInfo {
         name,
-        uid: pod.metadata.uid.clone(),
+        uid: pod.metadata.uid.as_deref().map(Box::from),
         labels: interned_labels(pod.metadata.labels.as_ref(), strings),
         service_account: strings.get(
             spec.and_then(|s| s.service_account_name.as_deref())
@@ -543,7 +719,7 @@ pub(crate) fn pod_info(pod: &Pod, strings: &mut Interner) -> PodInfo {
         host_ip: status
             .and_then(|s| s.host_ip.as_deref())
             .and_then(|ip| ip.parse().ok()),
-        ips,
+        ips: ips.into_boxed_slice(),
         workload,
         ready,
         named_ports,

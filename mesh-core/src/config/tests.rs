@@ -231,3 +231,27 @@ fn all_served_versions_parse_to_the_same_model() {
         "DestinationRule default/r: apiVersion networking.istio.io/v2 is not served; use networking.istio.io/v1"
     );
 }
+
+#[test]
+fn objects_over_the_size_limit_are_refused_counting_escapes() {
+    let service = |note: String| {
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "big", "annotations": {"note": note}}, "spec": {}})
+    };
+    let size = |value: &Value| serde_json::to_string(value).unwrap().len();
+    // Quotes are written escaped, two bytes each: 300k of them stay under the limit…
+    let under = service("\"".repeat(300_000));
+    assert!(Resource::from_value(Kind::Service, under).is_ok());
+    // …800k do not, though the string itself is shorter than the limit.
+    let over = service("\"".repeat(800_000));
+    let expected = size(&over);
+    let error = Resource::from_value(Kind::Service, over)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        error,
+        format!(
+            "Service default/big: the object is {expected} bytes; Kubernetes stores at most 1572864 bytes per object"
+        )
+    );
+}

@@ -3,7 +3,8 @@
 //! upserts and deletes of the objects that changed; a bad file is reported and leaves the
 //! objects of every other file, and its own last good ones, in place.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{DefaultHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -36,8 +37,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// A watched folder. Dropping the handle returned by [`FilesSource::spawn`] stops it.
 pub struct FilesSource {
     dir: PathBuf,
-    /// The objects each file held when last read well.
-    files: BTreeMap<PathBuf, Vec<Object>>,
+    /// What each file held when last read well: its objects' keys and fingerprints, in file
+    /// order. Enough to tell which objects a change of the file added, changed or removed,
+    /// without keeping the objects (the consumer holds the model).
+    files: BTreeMap<PathBuf, Vec<(ObjectKey, u64)>>,
 }
 
 /// Keeps the watch running; drop it to stop.
@@ -52,6 +55,16 @@ impl Drop for WatchHandle {
     }
 }
 
+/// One file, read again.
+enum FileRead {
+    Gone,
+    /// Nothing good in it: its last good objects stay.
+    Unreadable(Vec<String>),
+    /// Its objects by key (where a file defines a key twice, the later document wins), and
+    /// the problems of the documents that were bad.
+    Read(HashMap<ObjectKey, Object>, Vec<String>),
+}
+
 impl FilesSource {
     pub fn new(dir: impl Into<PathBuf>) -> FilesSource {
         FilesSource {
@@ -60,8 +73,8 @@ impl FilesSource {
         }
     }
 
-    /// Starts watching: sends a [`Update::Snapshot`] of the folder, then updates as files
-    /// change, until the handle is dropped or the receiver is closed.
+    /// Starts watching: sends the folder's objects one by one and [`Update::Synced`], then
+    /// updates as files change, until the handle is dropped or the receiver is closed.
     pub fn spawn(mut self, updates: mpsc::Sender<Update>) -> Result<WatchHandle> {
         let (events_tx, mut events) = mpsc::unbounded_channel::<notify::Result<notify::Event>>();
         let mut watcher = notify::recommended_watcher(move |event| {
@@ -72,10 +85,29 @@ impl FilesSource {
         watcher
             .watch(&self.dir, RecursiveMode::NonRecursive)
             .map_err(|source| self.watch_error(source))?;
-        let problems = self.rescan()?;
+        let paths = self.manifest_paths()?;
         let task = tokio::spawn(async move {
-            let snapshot = Update::Snapshot(self.objects().into_values().collect());
-            if updates.send(snapshot).await.is_err() {
+            // One file at a time: only one file's objects are ever in memory here.
+            let mut problems = Vec::new();
+            for path in paths {
+                let objects = match self.read(&path) {
+                    FileRead::Read(objects, found) => {
+                        problems.extend(found);
+                        objects
+                    }
+                    FileRead::Unreadable(found) => {
+                        problems.extend(found);
+                        continue;
+                    }
+                    FileRead::Gone => continue,
+                };
+                for object in objects.into_values() {
+                    if updates.send(Update::Upsert(object)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            if updates.send(Update::Synced).await.is_err() {
                 return;
             }
             if !problems.is_empty() && updates.send(Update::Problems(problems)).await.is_err() {
@@ -106,61 +138,63 @@ impl FilesSource {
         }
     }
 
-    /// Reads the whole folder once, returning the objects (keyed) and any problems.
-    pub fn load(dir: impl Into<PathBuf>) -> Result<(Vec<Object>, Vec<String>)> {
-        let mut source = FilesSource::new(dir);
-        let problems = source.rescan()?;
-        Ok((source.objects().into_values().collect(), problems))
-    }
-
-    /// Re-reads every manifest file in the folder.
-    fn rescan(&mut self) -> Result<Vec<String>> {
+    /// The folder's manifest files, sorted: where two files define one key, the later wins.
+    fn manifest_paths(&self) -> Result<BTreeSet<PathBuf>> {
         let entries = std::fs::read_dir(&self.dir).map_err(|source| Error::Folder {
             path: self.dir.clone(),
             source,
         })?;
-        let paths: Vec<PathBuf> = entries
+        Ok(entries
             .flatten()
             .map(|e| e.path())
             .filter(|p| is_manifest(p))
-            .collect();
-        self.files.retain(|path, _| paths.contains(path));
-        let mut problems = Vec::new();
-        for path in paths {
-            problems.extend(self.read(&path));
-        }
-        Ok(problems)
+            .collect())
     }
 
-    /// Reads one file; on errors keeps the file's last good objects and returns the problems.
-    fn read(&mut self, path: &Path) -> Vec<String> {
+    /// Reads one file; a file read well (even with some bad documents) becomes its new
+    /// known content.
+    fn read(&mut self, path: &Path) -> FileRead {
         if !path.exists() {
             self.files.remove(path);
-            return Vec::new();
+            return FileRead::Gone;
         }
         let loaded = manifest::load_paths(&[path]);
         let problems: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
-        let unreadable = loaded.objects.is_empty() && !problems.is_empty();
-        if !unreadable {
-            self.files.insert(path.to_owned(), loaded.objects);
+        if loaded.objects.is_empty() && !problems.is_empty() {
+            return FileRead::Unreadable(problems);
         }
-        problems
+        let entries = loaded
+            .objects
+            .iter()
+            .map(|o| (ObjectKey::of(o), fingerprint(o)))
+            .collect();
+        self.files.insert(path.to_owned(), entries);
+        let objects = loaded
+            .objects
+            .into_iter()
+            .map(|o| (ObjectKey::of(&o), o))
+            .collect();
+        FileRead::Read(objects, problems)
     }
 
-    /// All objects by key; where two files define one key, the later file name wins.
-    fn objects(&self) -> BTreeMap<ObjectKey, Object> {
-        self.files
-            .values()
-            .flatten()
-            .map(|o| (ObjectKey::of(o), o.clone()))
-            .collect()
+    /// Where each of `keys` is defined now (the file and the fingerprint that wins).
+    fn winners(&self, keys: &BTreeSet<ObjectKey>) -> HashMap<ObjectKey, (PathBuf, u64)> {
+        let mut winners = HashMap::new();
+        for (path, entries) in &self.files {
+            for (key, fingerprint) in entries.iter().filter(|(key, _)| keys.contains(key)) {
+                winners.insert(key.clone(), (path.clone(), *fingerprint));
+            }
+        }
+        winners
     }
 
+    /// Re-reads the files a batch of events names (or the whole folder, when the watch lost
+    /// track) and returns upserts for the objects that are new or changed, deletes for the
+    /// ones that are gone.
     fn apply_events(&mut self, batch: Vec<notify::Result<notify::Event>>) -> Vec<Update> {
-        let before = self.objects();
         let mut problems = Vec::new();
         let mut rescan = false;
-        let mut paths = Vec::new();
+        let mut paths = BTreeSet::new();
         for event in batch {
             match event {
                 Ok(event) if event.need_rescan() => rescan = true,
@@ -172,19 +206,56 @@ impl FilesSource {
             }
         }
         if rescan {
-            match self.rescan() {
-                Ok(found) => problems.extend(found),
+            match self.manifest_paths() {
+                Ok(found) => {
+                    paths.extend(found);
+                    paths.extend(self.files.keys().cloned());
+                }
+                // The objects read before keep serving.
                 Err(error) => problems.push(error.to_string()),
             }
-        } else {
-            paths.sort();
-            paths.dedup();
-            for path in paths {
-                problems.extend(self.read(&path));
+        }
+        // The keys a changed file held before and holds now.
+        let mut affected: BTreeSet<ObjectKey> = paths
+            .iter()
+            .filter_map(|path| self.files.get(path))
+            .flatten()
+            .map(|(key, _)| key.clone())
+            .collect();
+        let before = self.winners(&affected);
+        let mut read = HashMap::new();
+        for path in paths {
+            match self.read(&path) {
+                FileRead::Read(objects, found) => {
+                    problems.extend(found);
+                    affected.extend(objects.keys().cloned());
+                    read.insert(path, objects);
+                }
+                FileRead::Unreadable(found) => problems.extend(found),
+                FileRead::Gone => {}
             }
         }
-        let after = self.objects();
-        let mut updates = diff(&before, &after);
+        let after = self.winners(&affected);
+        let mut updates = Vec::new();
+        for key in affected {
+            match (before.get(&key), after.get(&key)) {
+                (Some(_), None) => updates.push(Update::Delete(key)),
+                (was, Some(now)) if was != Some(now) => {
+                    let (path, _) = now;
+                    // A file the batch did not touch: a definition another file shadowed
+                    // until now.
+                    let object = match read.get_mut(path) {
+                        Some(objects) => objects.remove(&key),
+                        None => manifest::load_paths(&[path])
+                            .objects
+                            .into_iter()
+                            .rfind(|o| ObjectKey::of(o) == key),
+                    };
+                    updates.extend(object.map(Update::Upsert));
+                }
+                _ => {}
+            }
+        }
         if !problems.is_empty() {
             updates.push(Update::Problems(problems));
         }
@@ -192,26 +263,29 @@ impl FilesSource {
     }
 }
 
+/// A hash of the object's JSON: a change of the object changes it (short of a 1 in 2^64
+/// collision), and it costs 8 bytes where the object costs kilobytes.
+fn fingerprint(object: &Object) -> u64 {
+    struct Hashing(DefaultHasher);
+    impl std::io::Write for Hashing {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.write(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut hashing = Hashing(DefaultHasher::new());
+    // Writing to a hasher cannot fail.
+    let _ = serde_json::to_writer(&mut hashing, &object.value);
+    hashing.0.finish()
+}
+
 fn is_manifest(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
-}
-
-/// Upserts for new or changed objects, deletes for vanished ones.
-fn diff(before: &BTreeMap<ObjectKey, Object>, after: &BTreeMap<ObjectKey, Object>) -> Vec<Update> {
-    let mut updates = Vec::new();
-    for (key, object) in after {
-        if before.get(key).is_none_or(|old| old.value != object.value) {
-            updates.push(Update::Upsert(object.clone()));
-        }
-    }
-    for key in before.keys() {
-        if !after.contains_key(key) {
-            updates.push(Update::Delete(key.clone()));
-        }
-    }
-    updates
 }
 
 #[cfg(test)]

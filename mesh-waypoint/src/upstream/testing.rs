@@ -63,7 +63,7 @@ pub(crate) fn endpoint(address: &str, labels: &[(&str, &str)]) -> Endpoint {
         service_account: "default".into(),
         node: Some("node1".into()),
         host_ip: None,
-        ips: vec![addr.ip()],
+        ips: Box::new([addr.ip()]),
         workload: "app".into(),
         ready: true,
         named_ports: Box::new([]),

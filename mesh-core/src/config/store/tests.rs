@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::config::model::{Waypoint, WaypointSource};
-use crate::manifest::{Origin, object_from_value};
+use crate::manifest::{Object, Origin, object_from_value};
 
 fn object(value: Value) -> Object {
     let origin = Origin {
@@ -55,7 +55,7 @@ fn endpoint_ips(model: &Model, svc: &str) -> Vec<SocketAddr> {
 
 fn store_with(objects: Vec<Object>) -> Store {
     let mut store = Store::new();
-    store.apply(Update::Snapshot(objects));
+    store.apply_all(Update::first_sync(objects));
     store
 }
 
@@ -456,4 +456,139 @@ fn pods_share_their_namespace_label_account_and_node_strings() {
     assert!(Arc::ptr_eq(&a.named_ports[0].0, &b.named_ports[0].0));
     assert_eq!(a.labels, b.labels);
     assert_eq!(a.labels.get("app"), Some("reviews"));
+}
+
+fn kind(kind: &str, group: &str) -> ObjectKind {
+    ObjectKind {
+        group: group.to_owned(),
+        kind: kind.to_owned(),
+    }
+}
+
+#[test]
+fn nothing_is_published_until_the_first_sync_is_complete() {
+    let mut store = Store::new();
+    let mut model = store.subscribe();
+    store.apply(Update::Listing(kind("Pod", "")));
+    store.apply(Update::Upsert(pod("r1", "10.0.0.1", json!({}), true)));
+    store.apply(Update::Listed(kind("Pod", "")));
+    assert!(!model.has_changed().unwrap());
+    assert_eq!(store.model().pods.len(), 0);
+    store.apply(Update::Synced);
+    assert!(model.has_changed().unwrap());
+    assert_eq!(model.borrow_and_update().pods.len(), 1);
+    assert!(store.synced());
+}
+
+#[test]
+fn a_relist_removes_the_objects_of_its_kind_it_does_not_name() {
+    let net = "networking.istio.io";
+    let rule = |name: &str, weight: i32| {
+        istio(
+            "VirtualService",
+            net,
+            name,
+            "shop",
+            json!({"hosts": [name], "http": [{"route": [{"destination": {"host": name}, "weight": weight}]}]}),
+        )
+    };
+    let mut store = store_with(vec![
+        service("reviews", "10.96.0.7", json!({"app": "reviews"}), json!({})),
+        pod("r1", "10.0.0.1", json!({"app": "reviews"}), true),
+        pod("r2", "10.0.0.2", json!({"app": "reviews"}), true),
+        rule("kept", 100),
+        rule("refused-then-gone", -1),
+    ]);
+    assert_eq!(store.model().problems().len(), 1);
+
+    store.apply_all([
+        Update::Listing(kind("Pod", "")),
+        Update::Upsert(pod("r1", "10.0.0.1", json!({"app": "reviews"}), true)),
+        Update::Listed(kind("Pod", "")),
+        // The refused object the list does not name goes, with its problem.
+        Update::Listing(kind("VirtualService", net)),
+        Update::Upsert(rule("kept", 100)),
+        Update::Listed(kind("VirtualService", net)),
+    ]);
+    let model = store.model();
+    assert_eq!(
+        endpoint_ips(&model, "10.96.0.7:9080"),
+        vec![addr("10.0.0.1:9080")]
+    );
+    assert!(model.pod(&Name::new("shop", "r2")).is_none());
+    assert!(
+        model
+            .service_by_host("reviews.shop.svc.cluster.local")
+            .is_some(),
+        "other kinds stay"
+    );
+    assert_eq!(
+        model
+            .virtual_services_for("kept.shop.svc.cluster.local", "shop")
+            .len(),
+        1
+    );
+    assert!(model.problems().is_empty(), "{:?}", model.problems());
+}
+
+#[test]
+fn a_refused_object_a_relist_names_keeps_its_last_good_version() {
+    let net = "networking.istio.io";
+    let rule = |weight: i32| {
+        istio(
+            "VirtualService",
+            net,
+            "reviews",
+            "shop",
+            json!({"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews"}, "weight": weight}]}]}),
+        )
+    };
+    let mut store = store_with(vec![rule(100)]);
+    store.apply_all([
+        Update::Listing(kind("VirtualService", net)),
+        Update::Upsert(rule(-1)),
+        Update::Listed(kind("VirtualService", net)),
+    ]);
+    let model = store.model();
+    let served = model.virtual_services_for("reviews.shop.svc.cluster.local", "shop");
+    assert_eq!(served.len(), 1);
+    assert_eq!(served[0].spec.http[0].route[0].weight, Some(100));
+    assert!(model.problems().contains_key("VirtualService shop/reviews"));
+}
+
+#[test]
+fn a_list_started_over_drops_what_the_abandoned_list_brought() {
+    let mut store = store_with(vec![]);
+    store.apply_all([
+        Update::Listing(kind("Pod", "")),
+        Update::Upsert(pod("r1", "10.0.0.1", json!({}), true)),
+        Update::Upsert(pod("r2", "10.0.0.2", json!({}), true)),
+        // The list failed midway; the watcher lists again, and r2 has gone meanwhile.
+        Update::Listing(kind("Pod", "")),
+        Update::Upsert(pod("r1", "10.0.0.1", json!({}), true)),
+        Update::Listed(kind("Pod", "")),
+    ]);
+    let model = store.model();
+    assert!(model.pod(&Name::new("shop", "r1")).is_some());
+    assert!(model.pod(&Name::new("shop", "r2")).is_none());
+}
+
+#[test]
+fn an_unchanged_object_publishes_nothing() {
+    let mut store = store_with(vec![pod("r1", "10.0.0.1", json!({"app": "reviews"}), true)]);
+    let model = store.subscribe();
+    store.apply(Update::Upsert(pod(
+        "r1",
+        "10.0.0.1",
+        json!({"app": "reviews"}),
+        true,
+    )));
+    assert!(!model.has_changed().unwrap());
+    store.apply(Update::Upsert(pod(
+        "r1",
+        "10.0.0.1",
+        json!({"app": "reviews"}),
+        false,
+    )));
+    assert!(model.has_changed().unwrap());
 }

@@ -34,17 +34,38 @@ async fn next(rx: &mut mpsc::Receiver<Update>) -> Update {
         .expect("the source is running")
 }
 
+/// The names of the objects of the first sync, sorted, and what followed it at once.
+async fn first_sync(rx: &mut mpsc::Receiver<Update>) -> Vec<String> {
+    let mut names = Vec::new();
+    loop {
+        match next(rx).await {
+            Update::Upsert(object) => names.push(object.name),
+            Update::Synced => break,
+            other => panic!("only upserts before Synced, got {other:?}"),
+        }
+    }
+    names.sort();
+    names
+}
+
+/// Names the update's object and says what happened to it (`upsert a mode=two`).
+fn describe(update: &Update) -> String {
+    match update {
+        Update::Upsert(object) => {
+            format!("upsert {} mode={}", object.name, object.labels()["mode"])
+        }
+        Update::Delete(key) => format!("delete {}", key.name),
+        other => format!("{other:?}"),
+    }
+}
+
 #[tokio::test]
-async fn snapshot_then_add_change_and_delete_arrive_within_a_second() {
+async fn first_sync_then_add_change_and_delete_arrive_within_a_second() {
     let dir = TempDir::new("watch");
     std::fs::write(dir.0.join("a.yaml"), namespace("a", "one")).unwrap();
     let (tx, mut rx) = mpsc::channel(16);
     let _watch = FilesSource::new(&dir.0).spawn(tx).unwrap();
-
-    let Update::Snapshot(objects) = next(&mut rx).await else {
-        panic!("snapshot first")
-    };
-    assert_eq!(objects.len(), 1);
+    assert_eq!(first_sync(&mut rx).await, ["a"]);
 
     std::fs::write(dir.0.join("b.yaml"), namespace("b", "one")).unwrap();
     let Update::Upsert(added) = next(&mut rx).await else {
@@ -66,12 +87,67 @@ async fn snapshot_then_add_change_and_delete_arrive_within_a_second() {
 }
 
 #[tokio::test]
+async fn a_changed_file_sends_only_the_objects_that_changed_or_went() {
+    let dir = TempDir::new("diff");
+    let file = dir.0.join("all.yaml");
+    let three = [
+        namespace("a", "one"),
+        namespace("b", "one"),
+        namespace("c", "one"),
+    ];
+    std::fs::write(&file, three.join("---\n")).unwrap();
+    let (tx, mut rx) = mpsc::channel(16);
+    let _watch = FilesSource::new(&dir.0).spawn(tx).unwrap();
+    assert_eq!(first_sync(&mut rx).await, ["a", "b", "c"]);
+
+    std::fs::write(
+        &file,
+        [namespace("a", "one"), namespace("b", "two")].join("---\n"),
+    )
+    .unwrap();
+    let updates = [next(&mut rx).await, next(&mut rx).await];
+    assert_eq!(
+        updates.map(|u| describe(&u)),
+        ["upsert b mode=two", "delete c"]
+    );
+}
+
+#[tokio::test]
+async fn a_later_file_shadows_an_earlier_one_until_it_lets_go() {
+    let dir = TempDir::new("shadow");
+    std::fs::write(dir.0.join("a.yaml"), namespace("x", "from-a")).unwrap();
+    std::fs::write(dir.0.join("b.yaml"), namespace("x", "from-b")).unwrap();
+    let (tx, mut rx) = mpsc::channel(16);
+    let _watch = FilesSource::new(&dir.0).spawn(tx).unwrap();
+    let mut store = crate::config::Store::new();
+    let mut sync = Vec::new();
+    while !matches!(sync.last(), Some(Update::Synced)) {
+        sync.push(next(&mut rx).await);
+    }
+    store.apply_all(sync);
+    let labels = store.model().namespace_labels("x").cloned();
+    assert_eq!(
+        labels
+            .and_then(|l| l.get("mode").map(str::to_owned))
+            .as_deref(),
+        Some("from-b")
+    );
+
+    std::fs::write(dir.0.join("b.yaml"), namespace("y", "from-b")).unwrap();
+    let updates = [next(&mut rx).await, next(&mut rx).await];
+    assert_eq!(
+        updates.map(|u| describe(&u)),
+        ["upsert x mode=from-a", "upsert y mode=from-b"]
+    );
+}
+
+#[tokio::test]
 async fn a_bad_file_is_reported_and_keeps_its_last_good_objects() {
     let dir = TempDir::new("bad");
     std::fs::write(dir.0.join("a.yaml"), namespace("a", "one")).unwrap();
     let (tx, mut rx) = mpsc::channel(16);
     let _watch = FilesSource::new(&dir.0).spawn(tx).unwrap();
-    assert!(matches!(next(&mut rx).await, Update::Snapshot(_)));
+    assert_eq!(first_sync(&mut rx).await, ["a"]);
 
     std::fs::write(dir.0.join("a.yaml"), "kind: [broken\n").unwrap();
     let Update::Problems(problems) = next(&mut rx).await else {
@@ -87,13 +163,29 @@ async fn a_bad_file_is_reported_and_keeps_its_last_good_objects() {
     assert_eq!(object.labels()["mode"], "three");
 }
 
-#[test]
-fn load_reads_the_folder_once() {
-    let dir = TempDir::new("load");
-    std::fs::write(dir.0.join("a.yaml"), namespace("a", "one")).unwrap();
+#[tokio::test]
+async fn the_good_objects_of_a_file_load_beside_its_bad_ones() {
+    let dir = TempDir::new("mixed");
+    let bad = "apiVersion: v1\nkind: Namespace\nmetadata: {}\n";
+    std::fs::write(
+        dir.0.join("a.yaml"),
+        [namespace("a", "one").as_str(), bad].join("---\n"),
+    )
+    .unwrap();
     std::fs::write(dir.0.join("ignored.txt"), "not yaml").unwrap();
-    let (objects, problems) = FilesSource::load(&dir.0).unwrap();
-    assert_eq!(objects.len(), 1);
-    assert!(problems.is_empty());
-    assert!(FilesSource::load(dir.0.join("missing")).is_err());
+    let (tx, mut rx) = mpsc::channel(16);
+    let _watch = FilesSource::new(&dir.0).spawn(tx).unwrap();
+    assert_eq!(first_sync(&mut rx).await, ["a"]);
+    let Update::Problems(problems) = next(&mut rx).await else {
+        panic!("problems")
+    };
+    assert!(problems[0].contains("a.yaml (document 2)"), "{problems:?}");
+}
+
+#[tokio::test]
+async fn a_missing_folder_is_an_error_at_start() {
+    let dir = TempDir::new("missing");
+    let (tx, _rx) = mpsc::channel(16);
+    let error = FilesSource::new(dir.0.join("missing")).spawn(tx).err();
+    assert!(error.is_some_and(|e| e.to_string().contains("missing")));
 }

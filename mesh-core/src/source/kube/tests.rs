@@ -1,6 +1,6 @@
 //! The kube source against a fake API server on a tower-test mock: lists, watches, watch
-//! restarts, `410 Gone`, objects deleted while disconnected, and equality with the files
-//! source.
+//! restarts, `410 Gone`, objects deleted while disconnected (through a [`Store`], which
+//! removes what a re-list no longer names), and equality with the files source.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -14,6 +14,8 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::*;
+use crate::config::{self, Kind, Name, Store};
+use crate::manifest;
 use crate::source::files::FilesSource;
 
 type ResponseBody = BoxBody<Bytes, std::io::Error>;
@@ -152,7 +154,8 @@ impl FakeApi {
 
 impl Cluster {
     fn send(&mut self, plural: &str, kind: &str, object: &Value) {
-        let line = Bytes::from(format!("{}\n", json!({"type": kind, "object": object})));
+        // `type` first, as the API server writes it (the source relies on it).
+        let line = Bytes::from(format!("{{\"type\":\"{kind}\",\"object\":{object}}}\n"));
         self.watches.retain(|w| {
             if w.plural != plural || !on_node(object, w.node.as_deref()) {
                 return true;
@@ -196,6 +199,49 @@ async fn next(rx: &mut mpsc::Receiver<Update>) -> Update {
     }
 }
 
+/// The updates up to and including [`Update::Synced`].
+async fn first_sync(rx: &mut mpsc::Receiver<Update>) -> Vec<Update> {
+    let mut updates = Vec::new();
+    loop {
+        let update = next(rx).await;
+        let synced = matches!(update, Update::Synced);
+        updates.push(update);
+        if synced {
+            return updates;
+        }
+    }
+}
+
+/// The objects of a first sync.
+fn upserted(updates: &[Update]) -> Vec<&JsonObject> {
+    updates
+        .iter()
+        .filter_map(|u| match u {
+            Update::UpsertJson(object) => Some(object),
+            _ => None,
+        })
+        .collect()
+}
+
+/// An object as the model holds it.
+fn typed(object: &JsonObject) -> config::Resource {
+    let kind = Kind::of(&object.key.group, &object.key.kind).unwrap();
+    let (namespace, name) = (object.key.namespace.as_deref(), &object.key.name);
+    config::Resource::from_json(kind, namespace, name, object.json.get()).unwrap()
+}
+
+fn labels(object: &JsonObject) -> Value {
+    let value: Value = serde_json::from_str(object.json.get()).unwrap();
+    value["metadata"]["labels"].clone()
+}
+
+fn kind(kind: &str) -> ObjectKind {
+    ObjectKind {
+        group: String::new(),
+        kind: kind.to_owned(),
+    }
+}
+
 async fn until_watching(api: &FakeApi, count: usize) {
     tokio::time::timeout(WAIT, async {
         while api.watch_count() < count {
@@ -220,31 +266,49 @@ async fn watches_follow_changes_restarts_and_deletions_while_disconnected() {
     let (tx, mut rx) = mpsc::channel(64);
     let _watch = KubeSource::new(api.client(), options).spawn(tx);
 
-    let Update::Snapshot(objects) = next(&mut rx).await else {
-        panic!("a snapshot first")
-    };
-    let names: Vec<&str> = objects.iter().map(|o| o.name.as_str()).collect();
+    let updates = first_sync(&mut rx).await;
+    for kind in [kind("Namespace"), kind("Pod")] {
+        let listing = updates
+            .iter()
+            .position(|u| matches!(u, Update::Listing(k) if *k == kind));
+        let listed = updates
+            .iter()
+            .position(|u| matches!(u, Update::Listed(k) if *k == kind));
+        assert!(
+            listing.is_some() && listing < listed,
+            "each kind's list is announced and completed: {updates:?}"
+        );
+    }
+    let objects = upserted(&updates);
+    let mut names: Vec<&str> = objects.iter().map(|o| o.key.name.as_str()).collect();
+    names.sort();
     assert_eq!(names, ["default", "local"], "only this node's pods");
-    let local = objects.iter().find(|o| o.name == "local").unwrap();
-    assert!(
-        local.value["metadata"].get("resourceVersion").is_none(),
+    let local = typed(objects.iter().find(|o| o.key.name == "local").unwrap());
+    let metadata = local.metadata();
+    assert_eq!(
+        metadata.resource_version, None,
         "server metadata is dropped"
     );
-    assert_eq!(local.value["metadata"]["uid"], "uid-local");
+    assert_eq!(metadata.managed_fields, None, "server metadata is dropped");
+    assert_eq!(metadata.uid.as_deref(), Some("uid-local"));
+    let mut store = Store::new();
+    store.apply_all(updates);
     until_watching(&api, 2).await;
 
     api.apply("pods", pod("second", "node1"));
     api.apply("pods", pod("other-node", "node2"));
-    let Update::Upsert(added) = next(&mut rx).await else {
+    let Update::UpsertJson(added) = next(&mut rx).await else {
         panic!("upsert")
     };
-    assert_eq!(added.name, "second");
+    assert_eq!(added.key.name, "second");
+    store.apply(Update::UpsertJson(added));
 
     api.apply("namespaces", namespace("default", "none"));
-    let Update::Upsert(changed) = next(&mut rx).await else {
+    let Update::UpsertJson(changed) = next(&mut rx).await else {
         panic!("upsert")
     };
-    assert_eq!(changed.labels()["istio.io/dataplane-mode"], "none");
+    assert_eq!(labels(&changed)["istio.io/dataplane-mode"], "none");
+    store.apply(Update::UpsertJson(changed));
 
     // A watch restart resumes where it stopped.
     api.disconnect(None);
@@ -254,18 +318,29 @@ async fn watches_follow_changes_restarts_and_deletions_while_disconnected() {
         panic!("delete")
     };
     assert_eq!(key.to_string(), "Pod default/second");
+    store.apply(Update::Delete(key));
 
-    // Deleted while disconnected, and the resource version expired: the re-list finds out.
+    // Deleted while disconnected, and the resource version expired: the pods are listed
+    // again, and the store drops the one the list no longer names.
     api.delete("pods", "default/local", false);
     api.disconnect(Some("pods"));
-    let Update::Delete(key) = next(&mut rx).await else {
-        panic!("delete after re-list")
-    };
-    assert_eq!(key.to_string(), "Pod default/local");
+    let relist = [next(&mut rx).await, next(&mut rx).await];
+    assert!(
+        matches!(&relist, [Update::Listing(a), Update::Listed(b)] if *a == kind("Pod") && *b == kind("Pod")),
+        "{relist:?}"
+    );
+    assert!(store.model().pod(&Name::new("default", "local")).is_some());
+    store.apply_all(relist);
+    let model = store.model();
+    assert!(model.pod(&Name::new("default", "local")).is_none());
+    assert!(
+        model.namespace_labels("default").is_some(),
+        "other kinds stay"
+    );
 }
 
 #[tokio::test]
-async fn kinds_the_cluster_does_not_serve_do_not_hold_back_the_snapshot() {
+async fn kinds_the_cluster_does_not_serve_do_not_hold_back_the_first_sync() {
     let (service, mut handle) =
         tower_test::mock::pair::<Request<kube::client::Body>, Response<ResponseBody>>();
     let api = FakeApi::default();
@@ -293,18 +368,21 @@ async fn kinds_the_cluster_does_not_serve_do_not_hold_back_the_snapshot() {
     let (tx, mut rx) = mpsc::channel(64);
     let _watch = KubeSource::new(kube::Client::new(service, "default"), options).spawn(tx);
     let mut problems = Vec::new();
-    let snapshot = tokio::time::timeout(WAIT, async {
+    let mut objects = Vec::new();
+    tokio::time::timeout(WAIT, async {
         loop {
             match rx.recv().await.unwrap() {
-                Update::Snapshot(objects) => return objects,
+                Update::Synced => return,
+                Update::UpsertJson(object) => objects.push(object),
                 Update::Problems(p) => problems.extend(p),
+                Update::Listing(_) | Update::Listed(_) => {}
                 other => panic!("unexpected {other:?}"),
             }
         }
     })
     .await
-    .expect("a snapshot despite the missing CRD");
-    assert_eq!(snapshot.len(), 1);
+    .expect("the first sync completes despite the missing CRD");
+    assert_eq!(objects.len(), 1);
     while let Ok(Some(Update::Problems(p))) =
         tokio::time::timeout(Duration::from_millis(200), rx.recv()).await
     {
@@ -319,7 +397,7 @@ async fn kinds_the_cluster_does_not_serve_do_not_hold_back_the_snapshot() {
 }
 
 #[tokio::test]
-async fn kube_and_files_sources_produce_identical_objects() {
+async fn kube_and_files_sources_lead_to_identical_resources() {
     let samples =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/istio-samples");
     let loaded = manifest::load_paths(&[
@@ -347,9 +425,11 @@ async fn kube_and_files_sources_produce_identical_objects() {
         let file = dir.join(format!("{}-{}.yaml", object.kind, object.name));
         std::fs::write(file, serde_yaml_ng::to_string(&value).unwrap()).unwrap();
     }
-    let (files, problems) = FilesSource::load(&dir).unwrap();
+    let (tx, mut rx) = mpsc::channel(64);
+    let watch = FilesSource::new(&dir).spawn(tx).unwrap();
+    let from_files = first_sync(&mut rx).await;
+    drop(watch);
     std::fs::remove_dir_all(&dir).unwrap();
-    assert!(problems.is_empty(), "{problems:?}");
 
     let (tx, mut rx) = mpsc::channel(64);
     let options = KubeOptions {
@@ -357,17 +437,21 @@ async fn kube_and_files_sources_produce_identical_objects() {
         resources: watched,
     };
     let _watch = KubeSource::new(api.client(), options).spawn(tx);
-    let Update::Snapshot(from_kube) = next(&mut rx).await else {
-        panic!("snapshot")
-    };
+    let from_kube = first_sync(&mut rx).await;
 
-    let by_key = |objects: Vec<Object>| -> BTreeMap<ObjectKey, Value> {
-        objects
-            .into_iter()
-            .map(|o| (ObjectKey::of(&o), o.value))
-            .collect()
-    };
-    let (files, from_kube) = (by_key(files), by_key(from_kube));
+    // As the model holds them: typed, the API server's own metadata dropped.
+    let files: BTreeMap<ObjectKey, config::Resource> = from_files
+        .into_iter()
+        .filter_map(|u| match u {
+            Update::Upsert(object) => Some(object),
+            _ => None,
+        })
+        .map(|o| (ObjectKey::of(&o), config::Resource::from_object(o).unwrap()))
+        .collect();
+    let from_kube: BTreeMap<ObjectKey, config::Resource> = upserted(&from_kube)
+        .into_iter()
+        .map(|o| (o.key.clone(), typed(o)))
+        .collect();
     assert_eq!(
         files.len(),
         4 + 4 + 1 + 4,

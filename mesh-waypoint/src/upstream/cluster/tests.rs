@@ -368,7 +368,7 @@ fn an_upstream_for_a_model_service_uses_its_rule_and_endpoints() {
     let loaded = manifest::parse_documents(&text, Path::new("bookinfo.yaml"));
     assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
     let mut store = Store::new();
-    store.apply(Update::Snapshot(loaded.objects));
+    store.apply_all(Update::first_sync(loaded.objects));
     let model = store.model();
     assert!(model.problems().is_empty(), "{:?}", model.problems());
     let service = model
