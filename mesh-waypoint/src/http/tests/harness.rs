@@ -127,7 +127,7 @@ impl TestWaypoint {
         let loaded = manifest::parse_documents(&text, Path::new("test.yaml"));
         assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
         let mut store = Store::new();
-        store.apply(Update::Snapshot(loaded.objects));
+        store.apply_all(Update::first_sync(loaded.objects));
         let model = store.model();
         assert!(model.problems().is_empty(), "{:?}", model.problems());
 
