@@ -247,24 +247,28 @@ impl Tries {
         *response.status_mut() = status(tries.len());
         response
     }
+
+    /// An HTTP/1.1 upstream that reads every try's body whole and answers `status(try)`;
+    /// the tries it saw, and its port.
+    async fn upstream(status: fn(usize) -> StatusCode) -> (Tries, u16) {
+        let tries = Tries::default();
+        let server = tries.clone();
+        let port = upstream("127.0.0.1", false, move |request| {
+            let server = server.clone();
+            async move { server.read(request, status).await }
+        })
+        .await;
+        (tries, port)
+    }
 }
 
 #[tokio::test]
 async fn a_retried_post_sends_the_same_body_again() {
-    let tries = Tries::default();
-    let server = tries.clone();
-    let port = upstream("127.0.0.1", false, move |request| {
-        let server = server.clone();
-        async move {
-            server
-                .read(request, |n| {
-                    if n == 1 {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    } else {
-                        StatusCode::OK
-                    }
-                })
-                .await
+    let (tries, port) = Tries::upstream(|n| {
+        if n == 1 {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
         }
     })
     .await;
@@ -339,17 +343,7 @@ async fn send_all(mut tx: Sender<Bytes, io::Error>, body: Vec<u8>) {
 
 #[tokio::test]
 async fn a_body_past_the_replay_limit_is_forwarded_whole_and_not_retried() {
-    let tries = Tries::default();
-    let server = tries.clone();
-    let port = upstream("127.0.0.1", false, move |request| {
-        let server = server.clone();
-        async move {
-            server
-                .read(request, |_| StatusCode::SERVICE_UNAVAILABLE)
-                .await
-        }
-    })
-    .await;
+    let (tries, port) = Tries::upstream(|_| StatusCode::SERVICE_UNAVAILABLE).await;
     let waypoint = TestWaypoint::new(&[service("echo", "127.0.0.1", "http", port)]);
     let size = 2 * body::REPLAY_LIMIT + 1;
     let (tx, body) = client_body();
