@@ -8,8 +8,8 @@
 //! the loads and once the agent has given freed heap back ([`SETTLE`]), and its peak RSS while
 //! 1000 connections are open through it at once (and the file descriptors left once they
 //! close).
-//! Client on node2, server on node1, both run inside the pods (their netns and cgroup) so the
-//! eBPF redirect sees them. The targets are printed beside the figures.
+//! Client and server on two nodes (the table names them), both run inside the pods (their
+//! netns and cgroup) so the eBPF redirect sees them. The targets are printed beside the figures.
 
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
@@ -32,8 +32,12 @@ const SETTLE: std::time::Duration =
     mesh_core::heap::CHECK_PERIOD.saturating_add(std::time::Duration::from_secs(1));
 /// Connections held open at once for the memory figure.
 const HELD: usize = 1000;
-/// The node agents, by the side of the connection they serve.
-const AGENTS: [(&str, &str); 2] = [("client side", "node2"), ("server side", "node1")];
+/// The node agents, by the side of the connection they serve: [`Sides`] holds their nodes,
+/// read from where the lab placed the pods.
+const SIDES: [&str; 2] = ["client side", "server side"];
+
+/// The nodes of the client's agent and of the server's.
+type Sides = [String; 2];
 
 const MANIFEST: &str = r#"
 apiVersion: v1
@@ -91,6 +95,7 @@ struct Agent {
 }
 
 struct Report {
+    sides: Sides,
     direct: Row,
     mesh: Row,
     agents: [Agent; 2],
@@ -117,15 +122,21 @@ fn scenarios(mut lab: Lab, mesh_node: &std::path::Path, seconds: u64) -> Result<
     })?;
     let client = lab.pod("client")?.clone();
     let server = lab.pod("server")?.clone();
+    let sides: Sides = [client.node.clone(), server.node.clone()];
+    anyhow::ensure!(
+        sides[0] != sides[1],
+        "the lab placed the client and the server both on {}",
+        sides[0]
+    );
     let url = format!("http://{}:8080/bytes/1024", server.ip);
     let _iperf = IperfServer::start(&lab, &server)?;
     println!("bench: direct (namespace not enrolled)");
     let direct = measure(&lab, &client, &server, seconds, &mut |_| Ok(()))?;
     lab.label("ns/default", &["istio.io/dataplane-mode=ambient".into()])?;
     wait_in_mesh(&lab, &client, &url)?;
-    let quiet_from = usage(&lab)?;
+    let quiet_from = usage(&lab, &sides)?;
     std::thread::sleep(IDLE);
-    let idle = usage(&lab)?;
+    let idle = usage(&lab, &sides)?;
     let mut agents = [Agent::default(); 2];
     for ((agent, from), to) in agents.iter_mut().zip(&quiet_from).zip(&idle) {
         agent.idle_mb = mb(to.rss_kb);
@@ -134,7 +145,7 @@ fn scenarios(mut lab: Lab, mesh_node: &std::path::Path, seconds: u64) -> Result<
     println!("bench: mesh (HBONE between the nodes)");
     let mut before = idle;
     let mesh = measure(&lab, &client, &server, seconds, &mut |step| {
-        let now = usage(&lab)?;
+        let now = usage(&lab, &sides)?;
         for ((agent, was), is) in agents.iter_mut().zip(&before).zip(&now) {
             let per_1000 = |requests: f64| (is.cpu_seconds - was.cpu_seconds) / requests * 1000.0;
             match step {
@@ -148,12 +159,13 @@ fn scenarios(mut lab: Lab, mesh_node: &std::path::Path, seconds: u64) -> Result<
         Ok(())
     })?;
     std::thread::sleep(SETTLE);
-    for (agent, now) in agents.iter_mut().zip(&usage(&lab)?) {
+    for (agent, now) in agents.iter_mut().zip(&usage(&lab, &sides)?) {
         agent.settled_mb = mb(now.rss_kb);
     }
     println!("bench: {HELD} connections open at once through the mesh");
-    let held_ok = hold_connections(&lab, &client, &server, &mut agents)?;
+    let held_ok = hold_connections(&lab, &client, &server, &sides, &mut agents)?;
     Ok(Report {
+        sides,
         direct,
         mesh,
         agents,
@@ -225,10 +237,11 @@ fn hold_connections(
     lab: &Lab,
     client: &Pod,
     server: &Pod,
+    sides: &Sides,
     agents: &mut [Agent; 2],
 ) -> Result<usize> {
-    let before = usage(lab)?;
-    for (_, node) in AGENTS {
+    let before = usage(lab, sides)?;
+    for node in sides {
         lab.reset_agent_peak_rss(node)?;
     }
     let per_curl = HELD / 4;
@@ -245,7 +258,7 @@ fn hold_connections(
         let sampler = scope.spawn(|| {
             let mut most = [0u64; 2];
             while holding.load(std::sync::atomic::Ordering::Relaxed) {
-                for (most, (_, node)) in most.iter_mut().zip(AGENTS) {
+                for (most, node) in most.iter_mut().zip(sides) {
                     *most = (*most).max(heap_in_use(lab, node).unwrap_or(0));
                 }
                 std::thread::sleep(std::time::Duration::from_millis(200));
@@ -258,10 +271,10 @@ fn hold_connections(
     });
     let out = out?;
     let ok = out.lines().filter(|l| *l == "200").count();
-    let peak = usage(lab)?;
+    let peak = usage(lab, sides)?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let after = loop {
-        let now = usage(lab)?;
+        let now = usage(lab, sides)?;
         let settled = now
             .iter()
             .zip(&before)
@@ -295,10 +308,10 @@ fn heap_in_use(lab: &Lab, node: &str) -> Result<u64> {
         .with_context(|| format!("{node} /memory has no in_use: {body}"))
 }
 
-/// Both agents' usage, in [`AGENTS`] order.
-fn usage(lab: &Lab) -> Result<[AgentUsage; 2]> {
-    let usage = |node| lab.agent_usage(node).map_err(anyhow::Error::from);
-    Ok([usage(AGENTS[0].1)?, usage(AGENTS[1].1)?])
+/// Both agents' usage, client side first.
+fn usage(lab: &Lab, sides: &Sides) -> Result<[AgentUsage; 2]> {
+    let usage = |node: &str| lab.agent_usage(node).map_err(anyhow::Error::from);
+    Ok([usage(&sides[0])?, usage(&sides[1])?])
 }
 
 fn mb(kb: u64) -> f64 {
@@ -307,6 +320,7 @@ fn mb(kb: u64) -> f64 {
 
 fn print(report: &Report, seconds: u64) {
     let Report {
+        sides,
         direct,
         mesh,
         agents,
@@ -314,7 +328,8 @@ fn print(report: &Report, seconds: u64) {
     } = report;
     let opt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
     println!(
-        "\n1 KB responses, client on node2, server on node1, {seconds} s per run; latencies in ms\n"
+        "\n1 KB responses, client on {}, server on {}, {seconds} s per run; latencies in ms\n",
+        sides[0], sides[1]
     );
     println!(
         "{:<7} {:>9} {:>7} {:>7} {:>7}   {:>7} {:>7} {:>7}   {:>10} {:>8}",
@@ -338,7 +353,7 @@ fn print(report: &Report, seconds: u64) {
         "\n(wrk -t1 -c16 --latency, closed loop; @1k: {RATE} req/s over 16 connections, open loop)"
     );
     println!(
-        "\n{:<12} {:>13} {:>13} {:>9} {:>8} {:>10} {:>11} {:>16} {:>9} {:>14}",
+        "\n{:<20} {:>13} {:>13} {:>9} {:>8} {:>10} {:>11} {:>16} {:>9} {:>14}",
         "node agent",
         "CPU/1k (wrk)",
         "CPU/1k (@1k)",
@@ -350,9 +365,10 @@ fn print(report: &Report, seconds: u64) {
         "heap MB",
         "fds before/after"
     );
-    for ((side, _), agent) in AGENTS.iter().zip(agents) {
+    for ((side, node), agent) in SIDES.iter().zip(sides).zip(agents) {
+        let side = format!("{side} ({node})");
         println!(
-            "{side:<12} {:>13.4} {:>13.4} {:>8.2}% {:>8.1} {:>10.1} {:>11.1} {:>16.1} {:>9.1} {:>14}",
+            "{side:<20} {:>13.4} {:>13.4} {:>8.2}% {:>8.1} {:>10.1} {:>11.1} {:>16.1} {:>9.1} {:>14}",
             agent.cpu_wrk,
             agent.cpu_paced,
             agent.idle_cpu * 100.0,
