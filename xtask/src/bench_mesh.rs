@@ -259,7 +259,7 @@ fn hold_connections(
             let mut most = [0u64; 2];
             while holding.load(std::sync::atomic::Ordering::Relaxed) {
                 for (most, node) in most.iter_mut().zip(sides) {
-                    *most = (*most).max(heap_in_use(lab, node).unwrap_or(0));
+                    *most = (*most).max(lab.agent_heap_in_use(node).unwrap_or(0));
                 }
                 std::thread::sleep(std::time::Duration::from_millis(200));
             }
@@ -297,15 +297,6 @@ fn hold_connections(
         agent.fds_after = after.fds;
     }
     Ok(ok)
-}
-
-/// A node agent's heap bytes in use (`/memory`).
-fn heap_in_use(lab: &Lab, node: &str) -> Result<u64> {
-    let (_, body) = lab.agent_get(node, "/memory")?;
-    let memory: serde_json::Value = serde_json::from_str(&body)?;
-    memory["in_use"]
-        .as_u64()
-        .with_context(|| format!("{node} /memory has no in_use: {body}"))
 }
 
 /// Both agents' usage, client side first.

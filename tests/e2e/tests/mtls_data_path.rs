@@ -257,14 +257,6 @@ fn usage(lab: &TestLab) -> [mesh_sim::AgentUsage; 2] {
     ["node1", "node2"].map(|node| lab.lab.agent_usage(node).unwrap())
 }
 
-/// The heap bytes a node agent has in use (its `/memory` page).
-fn heap_in_use(lab: &TestLab, node: &str) -> u64 {
-    let (status, body) = lab.lab.agent_get(node, "/memory").unwrap();
-    assert_eq!(status, 200, "{node} /memory: {body}");
-    let memory: Value = serde_json::from_str(&body).unwrap();
-    memory["in_use"].as_u64().expect("in_use in /memory")
-}
-
 #[test]
 fn a_thousand_concurrent_connections_complete_and_leave_nothing_behind() {
     let file = manifest("thousand", "lab.yaml", POLICY_LAB);
@@ -283,10 +275,10 @@ fn a_thousand_concurrent_connections_complete_and_leave_nothing_behind() {
     // and then (measured over 40 rounds: +0.3 MB in all, flattening), so the bound is 1 KiB
     // per connection of the round: a leaked connection's state would be many times that.
     let first = thousand_connections(&lab, &server, before);
-    let heap_first = ["node1", "node2"].map(|node| heap_in_use(&lab, node));
+    let heap_first = ["node1", "node2"].map(|node| lab.lab.agent_heap_in_use(node).unwrap());
     let second = thousand_connections(&lab, &server, before);
     let heap_after = eventually(Duration::from_secs(10), || {
-        let now = ["node1", "node2"].map(|node| heap_in_use(&lab, node));
+        let now = ["node1", "node2"].map(|node| lab.lab.agent_heap_in_use(node).unwrap());
         if now
             .iter()
             .zip(&heap_first)

@@ -424,6 +424,20 @@ impl Lab {
         Ok(body)
     }
 
+    /// The heap bytes the node agent has in use (its `/memory` page).
+    pub fn agent_heap_in_use(&self, node: &str) -> Result<u64> {
+        let (status, body) = self.agent_get(node, "/memory")?;
+        let memory: serde_json::Value = serde_json::from_str(&body).map_err(|error| {
+            Error::Invalid(format!("{node}: /memory is not JSON ({error}): {body}"))
+        })?;
+        match (status, memory["in_use"].as_u64()) {
+            (200, Some(in_use)) => Ok(in_use),
+            _ => Err(Error::Invalid(format!(
+                "{node}: /memory answered {status} without in_use: {body}"
+            ))),
+        }
+    }
+
     /// What the node agent's processes use now: open files, resident memory, CPU time.
     pub fn agent_usage(&self, node: &str) -> Result<AgentUsage> {
         Ok(usage(&agent_cgroup(self.node(node)?)))
