@@ -8,7 +8,8 @@ use std::hash::{DefaultHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use super::{ObjectKey, Update};
@@ -65,6 +66,21 @@ enum FileRead {
     Read(HashMap<ObjectKey, Object>, Vec<String>),
 }
 
+/// Whether a watch event may mean a file's objects changed. Opening and reading a file do
+/// not: inotify reports them too (notify 8 watches `IN_OPEN`), and since reading a file after
+/// an event opens it, letting them through made every reader of the folder (this source
+/// included) wake every other, rereading the folder's files for ever.
+fn may_change_objects(event: &notify::Result<notify::Event>) -> bool {
+    match event {
+        Ok(event) => {
+            event.need_rescan()
+                || !matches!(event.kind, EventKind::Access(kind)
+                    if kind != AccessKind::Close(AccessMode::Write))
+        }
+        Err(_) => true,
+    }
+}
+
 impl FilesSource {
     pub fn new(dir: impl Into<PathBuf>) -> FilesSource {
         FilesSource {
@@ -78,7 +94,9 @@ impl FilesSource {
     pub fn spawn(mut self, updates: mpsc::Sender<Update>) -> Result<WatchHandle> {
         let (events_tx, mut events) = mpsc::unbounded_channel::<notify::Result<notify::Event>>();
         let mut watcher = notify::recommended_watcher(move |event| {
-            let _ = events_tx.send(event);
+            if may_change_objects(&event) {
+                let _ = events_tx.send(event);
+            }
         })
         .map_err(|source| self.watch_error(source))?;
         // Watch before the first read, so no change between the two is missed.

@@ -189,3 +189,46 @@ async fn a_missing_folder_is_an_error_at_start() {
     let error = FilesSource::new(dir.0.join("missing")).spawn(tx).err();
     assert!(error.is_some_and(|e| e.to_string().contains("missing")));
 }
+
+/// Reading a manifest (as this source and every other reader of the folder does after an
+/// event) must not count as a change: inotify reports the open, and when it counted, two
+/// readers of one folder woke each other for ever.
+#[test]
+fn opening_and_reading_a_file_is_not_a_change() {
+    let dir = TempDir::new("opens");
+    let watched = dir.0.join("a.yaml");
+    let sentinel = dir.0.join("z.yaml");
+    std::fs::write(&watched, namespace("a", "one")).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |event| {
+        let _ = tx.send(event);
+    })
+    .unwrap();
+    watcher.watch(&dir.0, RecursiveMode::NonRecursive).unwrap();
+    std::fs::read_to_string(&watched).unwrap();
+    // Events of one watch arrive in order: once the sentinel's write is seen, the read's
+    // events have all been seen.
+    std::fs::write(&sentinel, namespace("z", "one")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let (mut read_events, mut sentinel_changes) = (0, 0);
+    while sentinel_changes == 0 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let event = rx
+            .recv_timeout(left)
+            .expect("the sentinel's write seen within 5 s");
+        let paths = event.as_ref().map(|e| e.paths.clone()).unwrap_or_default();
+        if paths.contains(&watched) {
+            read_events += 1;
+            assert!(
+                !may_change_objects(&event),
+                "reading a file was taken for a change: {event:?}"
+            );
+        } else if paths.contains(&sentinel) && may_change_objects(&event) {
+            sentinel_changes += 1;
+        }
+    }
+    assert!(
+        read_events > 0,
+        "inotify reported no event for the read; this test no longer checks anything"
+    );
+}
