@@ -3,23 +3,22 @@
 //! each tunnel, with the client's verified identity, to a handler that decides where it
 //! goes; the client side opens tunnels over a connection it keeps.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Empty;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::identity::{Identity, tls::peer_identity};
 
 pub mod pool;
+mod tunnel;
+
+pub use tunnel::Tunnel;
 
 /// The port HBONE listens on.
 pub const PORT: u16 = 15008;
@@ -29,8 +28,12 @@ const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// The largest HTTP/2 frame each side accepts (the default is 16 KiB): a bulk transfer's
 /// large writes go out as a few large DATA frames, not many small ones.
 const MAX_FRAME: u32 = 1024 * 1024;
+/// What one tunnel may have written and not yet sent (hyper's default for HTTP/2).
+const SEND_BUFFER: usize = 1024 * 1024;
 /// Tunnels one connection may carry at once; a client past it waits for a stream to end.
 const MAX_STREAMS: u32 = 2048;
+/// The largest header block a peer may send (hyper's default): a `CONNECT` needs far less.
+const MAX_HEADERS: u32 = 16 * 1024;
 /// The CONNECT header naming the original client's address (`for=<ip>`), as Istio's
 /// ztunnel sends it: the TLS peer is the client's node proxy, not the workload.
 const FORWARDED: &str = "forwarded";
@@ -45,7 +48,7 @@ pub enum Error {
     #[error("peer {peer} has no usable identity: {message}")]
     Identity { peer: SocketAddr, message: String },
     #[error("HTTP/2: {0}")]
-    Http(#[from] hyper::Error),
+    Http(#[from] h2::Error),
     #[error("connecting to {addr}: {source}")]
     Connect {
         addr: SocketAddr,
@@ -59,9 +62,6 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// A tunnel: bytes both ways, half-close included.
-pub type Tunnel = TokioIo<Upgraded>;
 
 /// One tunnel request the server accepted, for the handler to route.
 #[derive(Debug, Clone)]
@@ -87,7 +87,7 @@ pub async fn serve_connection<H, F, U>(
 where
     H: Fn(Inbound) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<U, StatusCode>> + Send + 'static,
-    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let tls = acceptor
         .accept(tcp)
@@ -106,7 +106,7 @@ pub async fn serve_tls<H, F, U>(
 where
     H: Fn(Inbound) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<U, StatusCode>> + Send + 'static,
-    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     serve_tunnels(tls, peer, move |inbound: Inbound| {
         let upstream = handler(inbound.clone());
@@ -125,7 +125,8 @@ where
 
 /// Serves HBONE like [`serve_tls`], for servers that use each tunnel themselves (a waypoint
 /// runs HTTP on it): the handler answers with what to do once the tunnel is open, or the
-/// status to refuse with.
+/// status to refuse with. Each tunnel runs on a task of its own, from the handler's decision
+/// to the tunnel's end.
 pub async fn serve_tunnels<H, F, T, G>(
     tls: tokio_rustls::server::TlsStream<TcpStream>,
     peer: SocketAddr,
@@ -142,47 +143,57 @@ where
             peer,
             message: e.to_string(),
         })?;
-    let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-        let handler = handler.clone();
-        let peer_identity = peer_identity.clone();
-        async move { Ok::<_, Infallible>(accept_tunnel(request, peer, peer_identity, handler).await) }
-    });
-    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(STREAM_WINDOW)
+    let mut connection = h2::server::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
+        .max_send_buffer_size(SEND_BUFFER)
         .max_concurrent_streams(MAX_STREAMS)
-        .serve_connection(TokioIo::new(tls), service)
+        .max_header_list_size(MAX_HEADERS)
+        .handshake::<_, Bytes>(tls)
         .await?;
+    // Accepting also drives the connection: it runs until the client closes it.
+    while let Some(accepted) = connection.accept().await {
+        let (request, respond) = accepted?;
+        tokio::spawn(accept_tunnel(
+            request,
+            respond,
+            peer,
+            peer_identity.clone(),
+            handler.clone(),
+        ));
+    }
     Ok(())
 }
 
 async fn accept_tunnel<H, F, T, G>(
-    request: Request<hyper::body::Incoming>,
+    request: Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
     peer: SocketAddr,
     peer_identity: Identity,
     handler: H,
-) -> Response<Empty<Bytes>>
-where
+) where
     H: Fn(Inbound) -> F,
     F: Future<Output = Result<T, StatusCode>>,
-    T: FnOnce(Tunnel) -> G + Send + 'static,
-    G: Future<Output = ()> + Send + 'static,
+    T: FnOnce(Tunnel) -> G,
+    G: Future<Output = ()>,
 {
-    let status = |code| {
-        let mut response = Response::new(Empty::new());
+    let mut refuse = |code| {
+        let mut response = Response::new(());
         *response.status_mut() = code;
-        response
+        if let Err(error) = respond.send_response(response, true) {
+            tracing::debug!(%peer, %error, "refusing a tunnel");
+        }
     };
     if request.method() != Method::CONNECT {
-        return status(StatusCode::METHOD_NOT_ALLOWED);
+        return refuse(StatusCode::METHOD_NOT_ALLOWED);
     }
     let Some(destination) = request
         .uri()
         .authority()
         .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
     else {
-        return status(StatusCode::BAD_REQUEST);
+        return refuse(StatusCode::BAD_REQUEST);
     };
     let forwarded_for = request
         .headers()
@@ -195,23 +206,24 @@ where
         destination,
         forwarded_for,
     };
-    let task = match handler(inbound).await {
+    // Boxed, so what deciding takes (a connect to the pod, say) is given back before the
+    // tunnel's long life.
+    let task = match Box::pin(handler(inbound)).await {
         Ok(task) => task,
-        Err(code) => return status(code),
+        Err(code) => return refuse(code),
     };
-    tokio::spawn(async move {
-        match hyper::upgrade::on(request).await {
-            Ok(upgraded) => task(TokioIo::new(upgraded)).await,
-            Err(error) => tracing::debug!(%destination, %error, "CONNECT upgrade failed"),
-        }
-    });
-    status(StatusCode::OK)
+    match respond.send_response(Response::new(()), false) {
+        Ok(send) => task(Tunnel::new(send, request.into_body())).await,
+        Err(error) => tracing::debug!(%destination, %error, "the tunnel closed before it opened"),
+    }
 }
 
 /// A client connection to one HBONE server, carrying many tunnels.
 #[derive(Clone)]
 pub struct Connection {
-    sender: hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    sender: h2::client::SendRequest<Bytes>,
+    /// Set when the connection's task ends.
+    closed: Arc<AtomicBool>,
 }
 
 impl Connection {
@@ -236,27 +248,33 @@ impl Connection {
                 peer: server,
                 source,
             })?;
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .initial_stream_window_size(STREAM_WINDOW)
+        let (sender, connection) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME)
-            .handshake(TokioIo::new(tls))
+            .max_send_buffer_size(SEND_BUFFER)
+            .max_header_list_size(MAX_HEADERS)
+            .handshake::<_, Bytes>(tls)
             .await?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let ended = closed.clone();
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%server, %error, "HBONE connection ended");
             }
+            ended.store(true, Ordering::Relaxed);
         });
-        Ok(Connection { sender })
+        Ok(Connection { sender, closed })
     }
 
     /// Whether new tunnels can still be opened on it.
     pub fn is_open(&self) -> bool {
-        !self.sender.is_closed()
+        !self.closed.load(Ordering::Relaxed)
     }
 
     /// Opens a tunnel to `destination` through the server, telling it the original client's
-    /// address when there is one.
+    /// address when there is one. Waits while the connection carries as many tunnels as
+    /// the server allows.
     pub async fn tunnel(
         &self,
         destination: SocketAddr,
@@ -273,17 +291,18 @@ impl Connection {
             request = request.header(FORWARDED, value);
         }
         let request = request
-            .body(Empty::new())
+            .body(())
             .expect("a CONNECT request to a socket address is valid");
-        let mut sender = self.sender.clone();
-        let response = sender.send_request(request).await?;
+        let mut sender = self.sender.clone().ready().await?;
+        let (response, send) = sender.send_request(request, false)?;
+        let response = response.await?;
         if response.status() != StatusCode::OK {
             return Err(Error::Refused {
                 authority: destination,
                 status: response.status(),
             });
         }
-        Ok(TokioIo::new(hyper::upgrade::on(response).await?))
+        Ok(Tunnel::new(send, response.into_body()))
     }
 }
 

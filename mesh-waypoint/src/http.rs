@@ -27,7 +27,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_core::config::labels::NO_LABELS;
 use mesh_core::hbone::Tunnel;
 
@@ -51,7 +51,7 @@ const BACKOFF_BASE: Duration = Duration::from_millis(25);
 
 /// Serves HTTP on the tunnel until the client closes it.
 pub async fn serve(stream: Arc<Stream>, tunnel: Tunnel) {
-    serve_connection(stream, tunnel.into_inner()).await;
+    serve_connection(stream, TokioIo::new(tunnel)).await;
 }
 
 /// Serves HTTP on one client connection (a tunnel's, or a test's) until the client closes

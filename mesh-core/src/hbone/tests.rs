@@ -139,6 +139,92 @@ async fn tunnels_carry_bytes_both_ways_with_half_close_and_share_a_connection() 
     assert!(connection.is_open());
 }
 
+/// A destination that accepts and then neither reads nor closes, until the test ends.
+async fn stalled_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_writer_faster_than_the_destination_is_held_back() {
+    let ca = CertificateAuthority::new(TD).unwrap();
+    let (server, _seen) = hbone_server(&ca).await;
+    let stalled = stalled_server().await;
+    let connection =
+        Connection::connect(connector(&ca, "client", "server"), server, ip_name(server))
+            .await
+            .unwrap();
+    let mut tunnel = connection.tunnel(stalled, None).await.unwrap();
+    // What may be in flight: the stream's window (4 MiB), the tunnel's send buffer (1 MiB),
+    // and the sockets' buffers on the way. Without backpressure every write succeeds.
+    const BOUND: usize = 32 << 20;
+    let chunk = vec![7u8; 64 * 1024];
+    let mut written = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_millis(200), tunnel.write(&chunk)).await {
+            Ok(Ok(n)) => written += n,
+            Ok(Err(error)) => panic!("write failed after {written} bytes: {error}"),
+            // Held back: nobody downstream takes the bytes.
+            Err(_) => break,
+        }
+        assert!(
+            written <= BOUND,
+            "{written} bytes taken for a destination that reads nothing"
+        );
+    }
+    assert!(written > 0, "not even the first write went through");
+}
+
+#[tokio::test]
+async fn a_destination_that_resets_ends_the_tunnel() {
+    let ca = CertificateAuthority::new(TD).unwrap();
+    let (server, _seen) = hbone_server(&ca).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let resetting = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            // Reset once the client has sent something: a reset before that could fail the
+            // HBONE server's connect instead.
+            let _ = socket.read(&mut [0u8; 1]).await;
+            #[allow(
+                deprecated,
+                reason = "SO_LINGER 0 is the way to reset; it does not block"
+            )]
+            socket.set_linger(Some(Duration::ZERO)).unwrap();
+            drop(socket);
+        }
+    });
+    let connection =
+        Connection::connect(connector(&ca, "client", "server"), server, ip_name(server))
+            .await
+            .unwrap();
+    let mut tunnel = connection.tunnel(resetting, None).await.unwrap();
+    tunnel.write_all(b"x").await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), tunnel.read(&mut buf))
+        .await
+        .expect("the reset reaches the client, not a hang");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "no data from a destination that reset: {read:?}"
+    );
+    // The connection outlives the tunnel and carries the next one.
+    let echo = echo_server().await;
+    let mut next = connection.tunnel(echo, None).await.unwrap();
+    next.write_all(b"still here").await.unwrap();
+    next.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    next.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"still here");
+}
+
 #[tokio::test]
 async fn a_refused_destination_is_an_error_not_a_hang() {
     let ca = CertificateAuthority::new(TD).unwrap();
