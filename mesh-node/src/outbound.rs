@@ -105,7 +105,10 @@ async fn forward(
             return reset(client);
         }
     };
-    let (upstream, labels) = match open_upstream(proxy, peer, orig).await {
+    // Boxed: opening (a pooled connection's TLS and HTTP/2 handshakes included) takes
+    // several KiB of future state, which would otherwise stay in this task for as long as
+    // the connection lives (measured: 6.8 KiB of the task's 7 KiB).
+    let (upstream, labels) = match Box::pin(open_upstream(proxy, peer, orig)).await {
         Ok(opened) => opened,
         Err(why) => {
             tracing::debug!(%peer, %orig, %why, "outbound: no upstream; resetting the client");
