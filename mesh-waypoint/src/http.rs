@@ -38,13 +38,17 @@ use crate::route::{
 use crate::server::Stream;
 
 pub mod body;
+mod deadline;
 mod forward;
 mod upgrade;
 
 use body::RequestBody;
+use deadline::{Deadline, RouteTimeout};
 use forward::{forward, spawn_mirror};
 
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, BodyError>;
+/// Why a response body ended early: the upstream's error, or the route's timeout.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Envoy's default retry backoff: 25 ms base, at most 10 times that.
 const BACKOFF_BASE: Duration = Duration::from_millis(25);
@@ -126,14 +130,19 @@ struct CountedBody {
 
 impl hyper::body::Body for CountedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
         let polled = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Err(error))) = &polled
+            && error.is::<RouteTimeout>()
+        {
+            this.exchange.record.flags.push("UT");
+        }
         if let (std::task::Poll::Ready(Some(Ok(frame))), Some(answer)) =
             (&polled, this.exchange.answer.as_mut())
         {
@@ -279,21 +288,26 @@ async fn respond(
     let forwarded = forward(stream, &model, &parts, &plan, &body, asked_upgrade, record);
     let mut response = match plan.timeout {
         Some(timeout) => {
-            // As Envoy: the route timeout runs from the end of the client's request to the
-            // response's headers, so a body still streaming does not count against it.
-            let expired = async {
-                body.ended().await;
+            // As Envoy: the route timeout runs from the end of the client's request (a body
+            // still streaming does not count against it) to the end of the response: before
+            // the headers it is a 504, after them the response is cut off ([`deadline`]).
+            let request_body = body.clone();
+            let mut expired = Box::pin(async move {
+                request_body.ended().await;
                 tokio::time::sleep(timeout).await;
-            };
+            });
             let answered = tokio::select! {
                 biased;
                 response = forwarded => Some(response),
-                () = expired => None,
+                () = &mut expired => None,
             };
-            answered.unwrap_or_else(|| {
-                record.flags.push("UT");
-                local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
-            })
+            match answered {
+                Some(response) => response.map(|body| Deadline::new(body, expired).boxed()),
+                None => {
+                    record.flags.push("UT");
+                    local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
+                }
+            }
         }
         None => forwarded.await,
     };

@@ -74,16 +74,15 @@ pub async fn serve(stream: Arc<Stream>, mut tunnel: Tunnel) {
     };
     let endpoint = pick.endpoint().endpoint().clone();
     let connect_timeout = upstream.policy().connection_pool.connect_timeout;
-    let mut upstream_io = match waypoint
-        .destinations
-        .connect(
-            &model,
-            endpoint.addr,
-            endpoint.pod.as_deref(),
-            client.ip,
-            connect_timeout,
-        )
-        .await
+    // Boxed: what connecting takes is given back before the connection's long life.
+    let mut upstream_io = match Box::pin(waypoint.destinations.connect(
+        &model,
+        endpoint.addr,
+        endpoint.pod.as_deref(),
+        client.ip,
+        connect_timeout,
+    ))
+    .await
     {
         Ok(io) => io,
         Err(error) => {

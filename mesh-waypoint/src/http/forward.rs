@@ -342,6 +342,7 @@ pub(super) async fn forward(
                         let _ = &guard;
                         frame
                     })
+                    .map_err(super::BodyError::from)
                     .boxed();
                 // The request body goes on streaming to this try (a bidirectional stream).
                 give_up.answered();
@@ -496,24 +497,25 @@ async fn send(
             };
             return Ok((response, Some(in_use)));
         }
-        let io = stream
-            .waypoint
-            .destinations
-            .connect(
-                model,
-                addr,
-                endpoint.pod.as_deref(),
-                stream.client.ip,
-                limits.connect_timeout,
-            )
-            .await
-            .map_err(|e| Failure::Connect(e.to_string()))?;
+        // Boxed, as the handshake below: opening takes kilobytes of future state, which
+        // would otherwise be part of every request's for as long as it runs.
+        let io = Box::pin(stream.waypoint.destinations.connect(
+            model,
+            addr,
+            endpoint.pod.as_deref(),
+            stream.client.ip,
+            limits.connect_timeout,
+        ))
+        .await
+        .map_err(|e| Failure::Connect(e.to_string()))?;
         let io = TokioIo::new(io);
         if h2 {
-            let (mut sender, connection) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                    .await
-                    .map_err(|e| Failure::Connect(e.to_string()))?;
+            let (mut sender, connection) = Box::pin(hyper::client::conn::http2::handshake(
+                TokioExecutor::new(),
+                io,
+            ))
+            .await
+            .map_err(|e| Failure::Connect(e.to_string()))?;
             tokio::spawn(connection);
             connections.set_http2(addr, sender.clone());
             sender

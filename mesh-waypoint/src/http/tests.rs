@@ -7,6 +7,7 @@
 use std::io;
 use std::sync::Mutex;
 
+use http_body_util::Empty;
 use http_body_util::channel::{Channel, Sender};
 use tokio::sync::mpsc;
 
@@ -504,4 +505,120 @@ spec:
         .unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     drop(tx);
+}
+
+/// The route timeout runs to the response's end, as Envoy's does: a response whose body is
+/// still coming when it passes is cut off after its headers (and counted with flag UT),
+/// while one that ends in time passes whole.
+#[tokio::test]
+async fn the_route_timeout_cuts_off_a_response_body_still_coming() {
+    for h2 in [false, true] {
+        // The client speaks HTTP/1.1 or HTTP/2 to the waypoint; the upstream, behind a port
+        // named `http`, HTTP/1.1.
+        let port = upstream(
+            "127.0.0.1",
+            false,
+            |request: Request<Incoming>| async move {
+                let (mut tx, body) = Channel::<Bytes, io::Error>::new(1);
+                if request.uri().path() == "/slow" {
+                    tokio::spawn(async move {
+                        let _ = tx.send_data(Bytes::from_static(b"partial")).await;
+                        // The rest never comes; the sender goes with the test's runtime.
+                        std::future::pending::<()>().await;
+                    });
+                } else {
+                    tokio::spawn(async move {
+                        let _ = tx.send_data(Bytes::from_static(b"whole")).await;
+                    });
+                }
+                Response::new(body)
+            },
+        )
+        .await;
+        let timeout = r#"---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo, namespace: default}
+spec:
+  hosts: [echo]
+  http:
+  - timeout: 0.3s
+    route: [{destination: {host: echo}}]
+"#;
+        let waypoint = TestWaypoint::new(&[
+            service("echo", "127.0.0.1", "http", port),
+            timeout.to_owned(),
+        ]);
+        let get = |path: &str| {
+            let builder = if h2 {
+                Request::get(format!("http://echo:8000{path}"))
+            } else {
+                Request::get(path).header(header::HOST, "echo:8000")
+            };
+            builder.body(Empty::<Bytes>::new()).unwrap()
+        };
+        let (status, body) = if h2 {
+            let mut client = waypoint.http2().await;
+            let response = within("the fast response", client.send_request(get("/fast")))
+                .await
+                .unwrap();
+            let status = response.status();
+            (
+                status,
+                response.into_body().collect().await.map(|b| b.to_bytes()),
+            )
+        } else {
+            let mut client = waypoint.http1().await;
+            let response = within("the fast response", client.send_request(get("/fast")))
+                .await
+                .unwrap();
+            let status = response.status();
+            (
+                status,
+                response.into_body().collect().await.map(|b| b.to_bytes()),
+            )
+        };
+        assert_eq!(status, StatusCode::OK, "h2 {h2}");
+        assert_eq!(
+            body.unwrap(),
+            Bytes::from_static(b"whole"),
+            "h2 {h2}: in time, whole"
+        );
+
+        let response = if h2 {
+            within(
+                "the slow response's headers",
+                waypoint.http2().await.send_request(get("/slow")),
+            )
+            .await
+            .unwrap()
+        } else {
+            within(
+                "the slow response's headers",
+                waypoint.http1().await.send_request(get("/slow")),
+            )
+            .await
+            .unwrap()
+        };
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "h2 {h2}: the headers came in time"
+        );
+        let mut body = response.into_body();
+        let first = within("the first chunk", body.frame()).await;
+        assert_eq!(
+            first.unwrap().unwrap().into_data().unwrap(),
+            Bytes::from_static(b"partial")
+        );
+        let rest = within("the cut-off", body.collect()).await;
+        assert!(
+            rest.is_err(),
+            "h2 {h2}: the body must end in an error, not look whole"
+        );
+        until("the exchange counted with UT", || {
+            waypoint.metric("istio_requests_total", &[r#"response_flags="UT""#]) == 1.0
+        })
+        .await;
+    }
 }
