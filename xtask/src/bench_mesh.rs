@@ -20,6 +20,7 @@ use mesh_sim::{AgentUsage, Lab, MeshOptions, Pod};
 
 use crate::bench_config::{exec, wait_in_mesh};
 use crate::bench_load::{self, Figures};
+use crate::sim::OnOff;
 
 const LAB: &str = "benchmesh";
 /// The paced load's rate, the tunnel issue's "fixed rate".
@@ -63,6 +64,10 @@ pub(crate) struct BenchArgs {
     /// Use this mesh-node binary (e.g. target/release/mesh-node) instead of a debug build.
     #[arg(long)]
     mesh_node: Option<PathBuf>,
+    /// The agents' sock_ops + sk_msg fast path for the same-node legs (`mesh-node
+    /// --fast-path`; off by default, as in mesh-node).
+    #[arg(long, value_enum, default_value_t = OnOff::Off)]
+    fast_path: OnOff,
 }
 
 /// What one path (direct or mesh) measured.
@@ -109,15 +114,17 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         2,
         MANIFEST,
         args.mesh_node.as_deref(),
-        |lab, mesh_node| scenarios(lab, mesh_node, args.seconds),
+        |lab, mesh_node| scenarios(lab, mesh_node, args),
     )?;
-    print(&report, args.seconds);
+    print(&report, args);
     Ok(())
 }
 
-fn scenarios(mut lab: Lab, mesh_node: &std::path::Path, seconds: u64) -> Result<Report> {
+fn scenarios(mut lab: Lab, mesh_node: &std::path::Path, args: &BenchArgs) -> Result<Report> {
+    let seconds = args.seconds;
     lab.start_mesh(&MeshOptions {
         binary: Some(mesh_node.to_owned()),
+        fast_path: args.fast_path == OnOff::On,
         ..MeshOptions::default()
     })?;
     let client = lab.pod("client")?.clone();
@@ -309,7 +316,8 @@ fn mb(kb: u64) -> f64 {
     kb as f64 / 1024.0
 }
 
-fn print(report: &Report, seconds: u64) {
+fn print(report: &Report, args: &BenchArgs) {
+    let seconds = args.seconds;
     let Report {
         sides,
         direct,
@@ -319,8 +327,14 @@ fn print(report: &Report, seconds: u64) {
     } = report;
     let opt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
     println!(
-        "\n1 KB responses, client on {}, server on {}, {seconds} s per run; latencies in ms\n",
-        sides[0], sides[1]
+        "\n1 KB responses, client on {}, server on {}, fast path {}, {seconds} s per run; latencies in ms\n",
+        sides[0],
+        sides[1],
+        if args.fast_path == OnOff::On {
+            "on"
+        } else {
+            "off"
+        }
     );
     println!(
         "{:<7} {:>9} {:>7} {:>7} {:>7}   {:>7} {:>7} {:>7}   {:>10} {:>8}",
