@@ -474,6 +474,23 @@ async fn a_stalled_mirror_neither_slows_nor_fails_the_request() {
     .await;
 }
 
+/// A VirtualService for `echo` whose one HTTP route has `rule` (one line of YAML, e.g.
+/// `timeout: 1s`) and goes to `echo`.
+fn echo_route(rule: &str) -> String {
+    format!(
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: echo, namespace: default}}
+spec:
+  hosts: [echo]
+  http:
+  - {rule}
+    route: [{{destination: {{host: echo}}}}]
+"#
+    )
+}
+
 #[tokio::test]
 async fn a_fault_abort_answers_before_the_body_is_sent() {
     let (seen_tx, _seen) = mpsc::unbounded_channel();
@@ -481,18 +498,8 @@ async fn a_fault_abort_answers_before_the_body_is_sent() {
         echo(request, seen_tx.clone())
     })
     .await;
-    let abort = r#"---
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: echo, namespace: default}
-spec:
-  hosts: [echo]
-  http:
-  - fault: {abort: {httpStatus: 503, percentage: {value: 100}}}
-    route: [{destination: {host: echo}}]
-"#;
-    let waypoint =
-        TestWaypoint::new(&[service("echo", "127.0.0.1", "http", port), abort.to_owned()]);
+    let abort = echo_route("fault: {abort: {httpStatus: 503, percentage: {value: 100}}}");
+    let waypoint = TestWaypoint::new(&[service("echo", "127.0.0.1", "http", port), abort]);
     let (mut tx, body) = client_body();
     let request = post(false, "/orders").body(body).unwrap();
     let response = tokio::spawn(waypoint.http1().await.send_request(request));
@@ -535,71 +542,20 @@ async fn the_route_timeout_cuts_off_a_response_body_still_coming() {
             },
         )
         .await;
-        let timeout = r#"---
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: echo, namespace: default}
-spec:
-  hosts: [echo]
-  http:
-  - timeout: 0.3s
-    route: [{destination: {host: echo}}]
-"#;
         let waypoint = TestWaypoint::new(&[
             service("echo", "127.0.0.1", "http", port),
-            timeout.to_owned(),
+            echo_route("timeout: 0.3s"),
         ]);
-        let get = |path: &str| {
-            let builder = if h2 {
-                Request::get(format!("http://echo:8000{path}"))
-            } else {
-                Request::get(path).header(header::HOST, "echo:8000")
-            };
-            builder.body(Empty::<Bytes>::new()).unwrap()
-        };
-        let (status, body) = if h2 {
-            let mut client = waypoint.http2().await;
-            let response = within("the fast response", client.send_request(get("/fast")))
-                .await
-                .unwrap();
-            let status = response.status();
-            (
-                status,
-                response.into_body().collect().await.map(|b| b.to_bytes()),
-            )
-        } else {
-            let mut client = waypoint.http1().await;
-            let response = within("the fast response", client.send_request(get("/fast")))
-                .await
-                .unwrap();
-            let status = response.status();
-            (
-                status,
-                response.into_body().collect().await.map(|b| b.to_bytes()),
-            )
-        };
-        assert_eq!(status, StatusCode::OK, "h2 {h2}");
+        let fast = within("the fast response", get(&waypoint, h2, "/fast")).await;
+        assert_eq!(fast.status(), StatusCode::OK, "h2 {h2}");
+        let whole = fast.into_body().collect().await.map(|b| b.to_bytes());
         assert_eq!(
-            body.unwrap(),
+            whole.unwrap(),
             Bytes::from_static(b"whole"),
             "h2 {h2}: in time, whole"
         );
 
-        let response = if h2 {
-            within(
-                "the slow response's headers",
-                waypoint.http2().await.send_request(get("/slow")),
-            )
-            .await
-            .unwrap()
-        } else {
-            within(
-                "the slow response's headers",
-                waypoint.http1().await.send_request(get("/slow")),
-            )
-            .await
-            .unwrap()
-        };
+        let response = within("the slow response's headers", get(&waypoint, h2, "/slow")).await;
         assert_eq!(
             response.status(),
             StatusCode::OK,
@@ -621,4 +577,24 @@ spec:
         })
         .await;
     }
+}
+
+/// A GET for `echo:8000{path}` through the waypoint, over HTTP/2 or HTTP/1.1.
+async fn get(waypoint: &TestWaypoint, h2: bool, path: &str) -> Response<Incoming> {
+    let sent = if h2 {
+        let request = Request::get(format!("http://echo:8000{path}"));
+        waypoint
+            .http2()
+            .await
+            .send_request(request.body(Empty::<Bytes>::new()).unwrap())
+            .await
+    } else {
+        let request = Request::get(path).header(header::HOST, "echo:8000");
+        waypoint
+            .http1()
+            .await
+            .send_request(request.body(Empty::<Bytes>::new()).unwrap())
+            .await
+    };
+    sent.expect("a response")
 }
