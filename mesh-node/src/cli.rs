@@ -128,7 +128,9 @@ pub struct RunArgs {
     /// Workload certificate lifetime to ask for, e.g. 24h, 30m, 10s.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub cert_ttl: Duration,
-    /// The sock_ops + sk_msg sockhash fast path for same-node legs.
+    /// The sock_ops + sk_msg sockhash fast path for same-node legs. Off by default: the
+    /// kernel's ingress redirect has no backpressure, so a pod that sends faster than this
+    /// agent reads fills the agent's socket until TCP memory runs out (see the README).
     #[arg(long, value_enum, default_value_t = OnOff::Off)]
     pub fast_path: OnOff,
     #[arg(long, value_enum, default_value_t = RedirectMode::Ebpf)]
