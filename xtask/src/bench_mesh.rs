@@ -10,6 +10,8 @@
 //! close).
 //! Client and server on two nodes (the table names them), both run inside the pods (their
 //! netns and cgroup) so the eBPF redirect sees them. The targets are printed beside the figures.
+//! `--fast-path on` runs the agents with the sk_msg fast path (its `iperf3` run fails: see the
+//! README on the fast path's missing backpressure).
 
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
