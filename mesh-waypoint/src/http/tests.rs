@@ -22,13 +22,22 @@ fn client_body() -> (Sender<Bytes, io::Error>, Channel<Bytes, io::Error>) {
     Channel::new(4)
 }
 
-/// A POST to `echo:8000`; HTTP/2 requests carry the authority in the URI.
-fn post(h2: bool, path: &str) -> http::request::Builder {
+/// A request to `echo:8000`; HTTP/2 requests carry the authority in the URI.
+fn to_echo(method: http::Method, h2: bool, path: &str) -> http::request::Builder {
     if h2 {
-        Request::post(format!("http://echo:8000{path}"))
+        Request::builder()
+            .method(method)
+            .uri(format!("http://echo:8000{path}"))
     } else {
-        Request::post(path).header(header::HOST, "echo:8000")
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, "echo:8000")
     }
+}
+
+fn post(h2: bool, path: &str) -> http::request::Builder {
+    to_echo(http::Method::POST, h2, path)
 }
 
 /// The upstream's echo of a request: how its body was framed, and the body.
@@ -93,11 +102,7 @@ async fn the_upstream_gets_the_first_chunk_before_the_client_sends_the_next() {
             request = request.header(header::CONTENT_LENGTH, "12");
         }
         let request = request.body(body).unwrap();
-        let response = if client_h2 {
-            tokio::spawn(waypoint.http2().await.send_request(request))
-        } else {
-            tokio::spawn(waypoint.http1().await.send_request(request))
-        };
+        let response = waypoint.send(client_h2, request).await;
 
         tx.send_data(Bytes::from_static(b"first ")).await.unwrap();
         within(
@@ -150,7 +155,7 @@ async fn a_bidirectional_stream_passes_over_http2_and_its_bytes_and_grpc_status_
         .header(header::CONTENT_TYPE, "application/grpc")
         .body(body)
         .unwrap();
-    let response = tokio::spawn(waypoint.http2().await.send_request(request));
+    let response = waypoint.send(true, request).await;
     tx.send_data(Bytes::from_static(b"ping 1")).await.unwrap();
     let response = within("the response headers before the client's end", response)
         .await
@@ -211,7 +216,7 @@ async fn request_trailers_reach_the_upstream_over_http2() {
     let waypoint = TestWaypoint::new(&[service("echo", "127.0.0.1", "http2", port)]);
     let (mut tx, body) = client_body();
     let request = post(true, "/upload").body(body).unwrap();
-    let response = tokio::spawn(waypoint.http2().await.send_request(request));
+    let response = waypoint.send(true, request).await;
     tx.send_data(Bytes::from_static(b"payload")).await.unwrap();
     let mut trailers = HeaderMap::new();
     trailers.insert("x-checksum", HeaderValue::from_static("5eb63bbb"));
@@ -277,7 +282,7 @@ async fn a_retried_post_sends_the_same_body_again() {
     let waypoint = TestWaypoint::new(&[service("echo", "127.0.0.1", "http", port)]);
     let (mut tx, body) = client_body();
     let request = post(false, "/orders").body(body).unwrap();
-    let response = tokio::spawn(waypoint.http1().await.send_request(request));
+    let response = waypoint.send(false, request).await;
     tx.send_data(Bytes::from_static(b"hello ")).await.unwrap();
     tx.send_data(Bytes::from_static(b"world")).await.unwrap();
     drop(tx);
@@ -314,7 +319,7 @@ async fn a_retry_after_an_early_answer_replays_the_start_and_streams_the_rest() 
     let waypoint = TestWaypoint::new(&[service("echo", "127.0.0.1", "http", port)]);
     let (mut tx, body) = client_body();
     let request = post(false, "/orders").body(body).unwrap();
-    let response = tokio::spawn(waypoint.http1().await.send_request(request));
+    let response = waypoint.send(false, request).await;
     tx.send_data(Bytes::from_static(b"hello ")).await.unwrap();
     within("the first try reads the first chunk", first_read.recv())
         .await
@@ -349,7 +354,7 @@ async fn a_body_past_the_replay_limit_is_forwarded_whole_and_not_retried() {
     let size = 2 * body::REPLAY_LIMIT + 1;
     let (tx, body) = client_body();
     let request = post(false, "/upload").body(body).unwrap();
-    let response = tokio::spawn(waypoint.http1().await.send_request(request));
+    let response = waypoint.send(false, request).await;
     tokio::spawn(send_all(tx, pattern(size)));
     let response = within("the response", response).await.unwrap().unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -412,7 +417,7 @@ async fn a_mirror_gets_the_body_with_a_shadow_authority() {
     ]);
     let (mut tx, body) = client_body();
     let request = post(false, "/orders").body(body).unwrap();
-    let response = tokio::spawn(waypoint.http1().await.send_request(request));
+    let response = waypoint.send(false, request).await;
     tx.send_data(Bytes::from_static(b"hello ")).await.unwrap();
     tx.send_data(Bytes::from_static(b"mirror")).await.unwrap();
     drop(tx);
@@ -453,7 +458,7 @@ async fn a_stalled_mirror_neither_slows_nor_fails_the_request() {
     let size = 16 * 1024 * 1024;
     let (tx, body) = client_body();
     let request = post(false, "/upload").body(body).unwrap();
-    let response = tokio::spawn(waypoint.http1().await.send_request(request));
+    let response = waypoint.send(false, request).await;
     tokio::spawn(send_all(tx, pattern(size)));
     let response = within("the response despite the stalled mirror", response)
         .await
@@ -502,7 +507,7 @@ async fn a_fault_abort_answers_before_the_body_is_sent() {
     let waypoint = TestWaypoint::new(&[service("echo", "127.0.0.1", "http", port), abort]);
     let (mut tx, body) = client_body();
     let request = post(false, "/orders").body(body).unwrap();
-    let response = tokio::spawn(waypoint.http1().await.send_request(request));
+    let response = waypoint.send(false, request).await;
     tx.send_data(Bytes::from_static(b"the start"))
         .await
         .unwrap();
@@ -581,20 +586,9 @@ async fn the_route_timeout_cuts_off_a_response_body_still_coming() {
 
 /// A GET for `echo:8000{path}` through the waypoint, over HTTP/2 or HTTP/1.1.
 async fn get(waypoint: &TestWaypoint, h2: bool, path: &str) -> Response<Incoming> {
-    let sent = if h2 {
-        let request = Request::get(format!("http://echo:8000{path}"));
-        waypoint
-            .http2()
-            .await
-            .send_request(request.body(Empty::<Bytes>::new()).unwrap())
-            .await
-    } else {
-        let request = Request::get(path).header(header::HOST, "echo:8000");
-        waypoint
-            .http1()
-            .await
-            .send_request(request.body(Empty::<Bytes>::new()).unwrap())
-            .await
-    };
-    sent.expect("a response")
+    let request = to_echo(http::Method::GET, h2, path)
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let sent = waypoint.send(h2, request).await;
+    sent.await.unwrap().expect("a response")
 }

@@ -203,6 +203,25 @@ impl TestWaypoint {
         sender
     }
 
+    /// Sends `request` on a new HTTP/2 or HTTP/1.1 connection, on a task of its own, so the
+    /// test can go on feeding the request's body while it is on its way.
+    pub(super) async fn send<B>(
+        &self,
+        h2: bool,
+        request: Request<B>,
+    ) -> tokio::task::JoinHandle<hyper::Result<Response<Incoming>>>
+    where
+        B: HttpBody + Unpin + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        if h2 {
+            tokio::spawn(self.http2().await.send_request(request))
+        } else {
+            tokio::spawn(self.http1().await.send_request(request))
+        }
+    }
+
     /// The sum of the samples of metric `name` whose line has every one of `labels`.
     pub(super) fn metric(&self, name: &str, labels: &[&str]) -> f64 {
         self.stream
