@@ -229,34 +229,23 @@ impl Metrics {
     }
 
     pub fn overflow(&self, cluster: &str, which: Overflow) {
-        let labels = ClusterLabels {
-            cluster_name: cluster.to_owned(),
-        };
         let family = match which {
             Overflow::Pending => &self.pending_overflow,
             Overflow::Connections => &self.connection_overflow,
             Overflow::Requests => &self.request_overflow,
             Overflow::Retries => &self.retry_overflow,
         };
-        family.get_or_create(&labels).inc();
+        count(family, cluster);
     }
 
     /// A retry or a mirror's copy given up for the request body's sake (Envoy's
     /// `retry_or_shadow_abandoned`).
     pub fn retry_or_shadow_abandoned(&self, cluster: &str) {
-        self.abandoned
-            .get_or_create(&ClusterLabels {
-                cluster_name: cluster.to_owned(),
-            })
-            .inc();
+        count(&self.abandoned, cluster);
     }
 
     pub fn ejected(&self, cluster: &str) {
-        self.ejections
-            .get_or_create(&ClusterLabels {
-                cluster_name: cluster.to_owned(),
-            })
-            .inc();
+        count(&self.ejections, cluster);
     }
 
     /// The Prometheus text exposition.
@@ -267,4 +256,13 @@ impl Metrics {
         }
         text
     }
+}
+
+/// One more of a per-destination counter.
+fn count(family: &Family<ClusterLabels, Counter>, cluster: &str) {
+    family
+        .get_or_create(&ClusterLabels {
+            cluster_name: cluster.to_owned(),
+        })
+        .inc();
 }
