@@ -293,19 +293,23 @@ pub(super) async fn forward(
                 // A 101 is never retried: the upstream has switched protocols.
                 let retriable = status != StatusCode::SWITCHING_PROTOCOLS
                     && retry_on.is_some_and(|r| r.retries_response(status, grpc_status));
-                if retriable && may_retry {
-                    match next_try(&upstream, &waypoint.metrics, &cluster, body) {
-                        Ok((slot, next)) => {
-                            retry_slot = Some(slot);
-                            try_body = next;
-                            attempt += 1;
-                            continue;
-                        }
-                        Err(NoRetry::Overflow) => record.flags.push("URX"),
-                        Err(NoRetry::Body) => {}
+                match retry(
+                    retriable,
+                    may_retry,
+                    attempt,
+                    &upstream,
+                    &waypoint.metrics,
+                    &cluster,
+                    body,
+                ) {
+                    Retry::Again(slot, next) => {
+                        retry_slot = Some(slot);
+                        try_body = next;
+                        attempt += 1;
+                        continue;
                     }
-                } else if retriable && attempt > 0 {
-                    record.flags.push("URX");
+                    Retry::Exceeded => record.flags.push("URX"),
+                    Retry::No => {}
                 }
                 let (mut head, incoming) = response.into_parts();
                 let switched_to = head.headers.get(header::UPGRADE).cloned();
@@ -381,19 +385,24 @@ pub(super) async fn forward(
                 };
                 let retriable = outcome == Outcome::Timeout
                     || retry_on.is_some_and(|r| r.retries_failure(kind));
-                let mut exceeded = retriable && attempt > 0;
-                if retriable && may_retry {
-                    match next_try(&upstream, &waypoint.metrics, &cluster, body) {
-                        Ok((slot, next)) => {
-                            retry_slot = Some(slot);
-                            try_body = next;
-                            attempt += 1;
-                            continue;
-                        }
-                        Err(NoRetry::Overflow) => exceeded = true,
-                        Err(NoRetry::Body) => exceeded = false,
+                let exceeded = match retry(
+                    retriable,
+                    may_retry,
+                    attempt,
+                    &upstream,
+                    &waypoint.metrics,
+                    &cluster,
+                    body,
+                ) {
+                    Retry::Again(slot, next) => {
+                        retry_slot = Some(slot);
+                        try_body = next;
+                        attempt += 1;
+                        continue;
                     }
-                }
+                    Retry::Exceeded => true,
+                    Retry::No => false,
+                };
                 let status = if outcome == Outcome::Timeout {
                     StatusCode::GATEWAY_TIMEOUT
                 } else {
@@ -409,22 +418,40 @@ pub(super) async fn forward(
     }
 }
 
-/// Why a try that could be retried is not.
-enum NoRetry {
-    /// No `maxRetries` slot (counted as retry overflow; flag URX).
-    Overflow,
-    /// The request body outgrew the replay buffer and part of it has been let go, as Envoy
-    /// gives up a retry whose body no longer fits its buffer.
-    Body,
+/// What follows a try that has ended.
+enum Retry {
+    /// Another try, with its `maxRetries` slot and the request body from its start.
+    Again(RetrySlot, Outgoing),
+    /// The try's answer goes to the client, flagged URX: the try could be retried, but the
+    /// attempts are used up or no `maxRetries` slot is free (counted as retry overflow).
+    Exceeded,
+    /// The try's answer goes to the client as it is: not retriable, a first try the policy
+    /// allows no retry of, or a request body that outgrew the replay buffer and has been
+    /// partly let go (as Envoy gives up a retry whose body no longer fits its buffer).
+    No,
 }
 
-/// Another try: a `maxRetries` slot and the request body from its start.
-fn next_try(
+/// Whether a try that has ended is tried again. `retriable`: its outcome is one the route's
+/// retry policy retries; `may_retry`: attempts are left.
+fn retry(
+    retriable: bool,
+    may_retry: bool,
+    attempt: u32,
     upstream: &Upstream,
     metrics: &Metrics,
     cluster: &str,
     body: &RequestBody,
-) -> Result<(RetrySlot, Outgoing), NoRetry> {
+) -> Retry {
+    if !retriable {
+        return Retry::No;
+    }
+    if !may_retry {
+        return if attempt > 0 {
+            Retry::Exceeded
+        } else {
+            Retry::No
+        };
+    }
     let not_replayed = || {
         metrics.retry_or_shadow_abandoned(cluster);
         tracing::debug!(
@@ -432,21 +459,20 @@ fn next_try(
             limit = super::body::REPLAY_LIMIT,
             "not retried: the request body outgrew the replay buffer"
         );
-        NoRetry::Body
+        Retry::No
     };
     if !body.replays() {
-        return Err(not_replayed());
+        return not_replayed();
     }
-    let slot = match upstream.pool().try_acquire_retry() {
-        Ok(slot) => slot,
-        Err(_) => {
-            metrics.overflow(cluster, OverflowMetric::Retries);
-            return Err(NoRetry::Overflow);
-        }
+    let Ok(slot) = upstream.pool().try_acquire_retry() else {
+        metrics.overflow(cluster, OverflowMetric::Retries);
+        return Retry::Exceeded;
     };
     // The try in flight may have let go of part of the body since the check above.
-    let next = body.retry().ok_or_else(not_replayed)?;
-    Ok((slot, next))
+    match body.retry() {
+        Some(next) => Retry::Again(slot, next),
+        None => not_replayed(),
+    }
 }
 
 enum Failure {
