@@ -49,15 +49,15 @@ fn upstream_h2(model: &Model, host: &str, port: u16) -> bool {
         })
 }
 
-/// Headers that belong to one hop, not the request.
-const HOP_BY_HOP: [&str; 8] = [
+/// Headers that belong to one hop, not the request. `Trailer` is not one (RFC 9110 §6.6.2):
+/// it goes on, and an HTTP/1.1 sender sends only the trailer fields it declares.
+const HOP_BY_HOP: [&str; 7] = [
     "connection",
     "keep-alive",
     "proxy-connection",
     "transfer-encoding",
     "upgrade",
     "te",
-    "trailer",
     "content-length",
 ];
 

@@ -1,8 +1,8 @@
 //! Request bodies through a waypoint in the test's process, end to end: the client's body
 //! streams to the upstream as it is sent (HTTP/1.1 chunked and with a length, HTTP/2), a
-//! bidirectional HTTP/2 stream passes, trailers reach the upstream, retries resend the body
-//! from the replay buffer (and a body past it is not retried), mirrors get a copy without
-//! holding up the request, and a fault answers without the body.
+//! bidirectional HTTP/2 stream passes, trailers pass both ways (HTTP/1.1 and HTTP/2),
+//! retries resend the body from the replay buffer (and a body past it is not retried),
+//! mirrors get a copy without holding up the request, and a fault answers without the body.
 
 use std::io;
 use std::sync::Mutex;
@@ -120,6 +120,70 @@ async fn the_upstream_gets_the_first_chunk_before_the_client_sends_the_next() {
         assert_eq!(response.headers()["x-framing"], framing, "{case}");
         let echoed = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(echoed, "first second", "{case}");
+    }
+}
+
+#[tokio::test]
+async fn trailers_pass_both_ways_over_http1_and_http2() {
+    // The upstream answers with a streamed body whose trailer echoes the request's.
+    let answer = |request: Request<Incoming>| async move {
+        let mut incoming = request.into_body();
+        let mut checksum = HeaderValue::from_static("none");
+        while let Some(Ok(frame)) = incoming.frame().await {
+            if let Ok(trailers) = frame.into_trailers()
+                && let Some(value) = trailers.get("x-checksum")
+            {
+                checksum = value.clone();
+            }
+        }
+        let (mut tx, body) = Channel::<Bytes, Infallible>::new(2);
+        tokio::spawn(async move {
+            let _ = tx.send_data(Bytes::from_static(b"done")).await;
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("x-echo-checksum", checksum);
+            let _ = tx.send_trailers(trailers).await;
+        });
+        let mut response = Response::new(body);
+        // An HTTP/1.1 sender sends only the trailer fields its head declares.
+        response
+            .headers_mut()
+            .insert(header::TRAILER, HeaderValue::from_static("x-echo-checksum"));
+        response
+    };
+    // (client HTTP/2, upstream HTTP/2)
+    for (client_h2, upstream_h2) in [(false, false), (false, true), (true, false)] {
+        let case = format!("client h2 {client_h2}, upstream h2 {upstream_h2}");
+        let port = upstream("127.0.0.1", upstream_h2, answer).await;
+        let port_name = if upstream_h2 { "http2" } else { "http" };
+        let waypoint = TestWaypoint::new(&[service("echo", "127.0.0.1", port_name, port)]);
+        let (mut tx, body) = client_body();
+        let request = post(client_h2, "/upload")
+            .header(header::TE, "trailers")
+            .header(header::TRAILER, "x-checksum")
+            .body(body)
+            .unwrap();
+        let response = waypoint.send(client_h2, request).await;
+        tx.send_data(Bytes::from_static(b"payload")).await.unwrap();
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-checksum", HeaderValue::from_static("c0ffee"));
+        tx.send_trailers(trailers).await.unwrap();
+        drop(tx);
+        let response = within(&format!("{case}: the response"), response)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{case}");
+        let collected = within(&format!("{case}: the body"), response.into_body().collect())
+            .await
+            .unwrap();
+        let trailers = collected.trailers().cloned();
+        assert_eq!(collected.to_bytes(), "done", "{case}");
+        let echoed = trailers.and_then(|t| t.get("x-echo-checksum").cloned());
+        assert_eq!(
+            echoed,
+            Some(HeaderValue::from_static("c0ffee")),
+            "{case}: the request's trailer reached the upstream and the response's the client"
+        );
     }
 }
 
