@@ -63,7 +63,8 @@ pub(crate) struct BenchArgs {
     /// Seconds per wrk/iperf3/paced run.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Use this mesh-node binary (e.g. target/release/mesh-node) instead of a debug build.
+    /// Use this mesh-node binary (a release build: `cargo xtask release`) instead of a debug
+    /// build.
     #[arg(long)]
     mesh_node: Option<PathBuf>,
     /// The agents' sock_ops + sk_msg fast path for the same-node legs (`mesh-node
@@ -448,10 +449,10 @@ fn print(report: &Report, args: &BenchArgs) {
 }
 
 /// `iperf3 -s` in the server pod for the run's length.
-struct IperfServer(Child);
+pub(crate) struct IperfServer(Child);
 
 impl IperfServer {
-    fn start(lab: &Lab, server: &Pod) -> Result<IperfServer> {
+    pub(crate) fn start(lab: &Lab, server: &Pod) -> Result<IperfServer> {
         let child = lab
             .exec_command(server, "iperf3", &["-s".into()])?
             .stdout(Stdio::null())

@@ -42,7 +42,8 @@ pub(crate) struct BenchArgs {
     /// Samples per measurement.
     #[arg(long, default_value_t = 2000)]
     samples: usize,
-    /// Use this mesh-node binary (e.g. target/release/mesh-node) instead of a debug build.
+    /// Use this mesh-node binary (a release build: `cargo xtask release`) instead of a debug
+    /// build.
     #[arg(long)]
     mesh_node: Option<std::path::PathBuf>,
 }

@@ -31,7 +31,9 @@ use crate::bench_config::{agents_usage, exec, wait_in_mesh};
 use crate::bench_load::{self, Figures};
 
 const LAB: &str = "benchwp";
-const URL: &str = "http://httpbin:8000/bytes/1024";
+pub(crate) const URL: &str = "http://httpbin:8000/bytes/1024";
+/// [`URL`] as the paced load takes it: host, port, path.
+pub(crate) const TARGET: (&str, u16, &str) = ("httpbin", 8000, "/bytes/1024");
 /// Requests per second of the paced load (the issue's latency target is at 1000).
 const RATE: u32 = 1000;
 
@@ -40,7 +42,7 @@ const TARGET_CPU_PER_1000: f64 = 0.1;
 const TARGET_RSS_MB: f64 = 24.0;
 const TARGET_ADDED_P99_MS: f64 = 0.5;
 
-const MANIFEST: &str = r#"
+pub(crate) const MANIFEST: &str = r#"
 apiVersion: v1
 kind: Service
 metadata: {name: httpbin, labels: {app: httpbin}}
@@ -102,11 +104,12 @@ pub(crate) struct BenchArgs {
     /// Seconds per load run.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Use this mesh-waypoint binary (e.g. target/release/mesh-waypoint) instead of a debug
-    /// build.
+    /// Use this mesh-waypoint binary (a release build: `cargo xtask release`) instead of a
+    /// debug build.
     #[arg(long)]
     waypoint: Option<PathBuf>,
-    /// Use this mesh-node binary (e.g. target/release/mesh-node) instead of a debug build.
+    /// Use this mesh-node binary (a release build: `cargo xtask release`) instead of a debug
+    /// build.
     #[arg(long)]
     mesh_node: Option<PathBuf>,
 }
@@ -254,7 +257,7 @@ fn await_time_wait_expiry(lab: &Lab) -> Result<()> {
 
 /// Applies the waypoint's Gateway and the routes, points the namespace at the waypoint and
 /// waits until requests take the default route (its response header shows): the waypoint pod.
-fn deploy_waypoint(lab: &mut Lab, client: &Pod) -> Result<Pod> {
+pub(crate) fn deploy_waypoint(lab: &mut Lab, client: &Pod) -> Result<Pod> {
     let gateway = meshctl::waypoint::generate(&meshctl::waypoint::GenerateArgs {
         namespace: "default".into(),
         name: None,
@@ -344,9 +347,7 @@ fn measure(
 fn run_load(lab: &Lab, client: &Pod, load: Load, seconds: u64) -> Result<Figures> {
     match load {
         Load::Wrk => bench_load::wrk(lab, client, URL, seconds),
-        Load::Paced => {
-            bench_load::paced(lab, client, ("httpbin", 8000, "/bytes/1024"), RATE, seconds)
-        }
+        Load::Paced => bench_load::paced(lab, client, TARGET, RATE, seconds),
         Load::H2load => {
             let args = ["-c16", "-m10", "-D", &seconds.to_string(), URL];
             bench_load::parse_h2load(&exec(lab, client, "h2load", &args)?)

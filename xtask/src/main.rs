@@ -8,6 +8,7 @@ mod bench_redirect;
 mod bench_waypoint;
 mod cargo;
 mod demo;
+mod release;
 mod setup;
 mod sim;
 
@@ -35,6 +36,10 @@ enum Command {
     Sim(sim::SimArgs),
     /// Benchmarks that print a table: `bench config` (the config model).
     Bench(bench_config::BenchArgs),
+    /// The proxies' release binaries optimised with a profile of the mesh at work (PGO: an
+    /// instrumented build, a training run in the lab, the optimised build; root), in
+    /// target/pgo/<host>/release; `--no-pgo`: plain `cargo build --release`.
+    Release(release::ReleaseArgs),
     /// A benchmark's client or server, run inside a pod by `bench redirect` (internal).
     #[command(hide = true)]
     BenchPeer {
@@ -51,6 +56,7 @@ fn main() -> Result<ExitCode> {
         Command::Sim(args) => sim::run(args),
         Command::BenchPeer { peer } => bench_redirect::peer(peer).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench_config::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Release(args) => release::run(&args).map(|()| ExitCode::SUCCESS),
     }
 }
 

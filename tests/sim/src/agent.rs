@@ -115,6 +115,23 @@ fn agent_cgroup(node: &Node) -> PathBuf {
     node_cgroup(node, "agent")
 }
 
+/// Sends `signal` to every process in `cgroup` and waits (at most 10 s) until none is left.
+fn stop_cgroup(cgroup: &Path, signal: nix::sys::signal::Signal, what: &str) -> Result<()> {
+    for pid in cgroup::pids(cgroup) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cgroup::pids(cgroup).is_empty() {
+        if Instant::now() > deadline {
+            return Err(Error::Invalid(format!(
+                "{what} still running 10 s after {signal}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
 impl Lab {
     /// Starts a mesh-node on every node and waits until each is ready.
     pub fn start_mesh(&mut self, options: &MeshOptions) -> Result<()> {
@@ -383,22 +400,28 @@ impl Lab {
     /// Stops the node's agent with `signal` (SIGTERM: a clean stop; SIGKILL: a crash) and
     /// waits until it is gone. Its pinned eBPF stays.
     pub fn stop_agent(&self, node: &str, signal: nix::sys::signal::Signal) -> Result<()> {
-        let node = self.node(node)?.clone();
-        let cgroup = agent_cgroup(&node);
-        for pid in cgroup::pids(&cgroup) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        let node = self.node(node)?;
+        stop_cgroup(
+            &agent_cgroup(node),
+            signal,
+            &format!("mesh-node on {}", node.name),
+        )
+    }
+
+    /// Stops every process of the mesh with SIGTERM, as a clean shutdown does, and waits
+    /// until each is gone: the waypoint pods, then the node agents, then the CA. What a
+    /// process writes as it exits (a profile-instrumented build's counters) is written then;
+    /// `down` kills with SIGKILL.
+    pub fn stop_mesh(&self) -> Result<()> {
+        let term = nix::sys::signal::Signal::SIGTERM;
+        for pod in self.state.pods.values().filter(|p| p.runs_waypoint()) {
+            stop_cgroup(&pod.cgroup, term, &format!("waypoint pod {}", pod.key()))?;
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !cgroup::pids(&cgroup).is_empty() {
-            if Instant::now() > deadline {
-                return Err(Error::Invalid(format!(
-                    "mesh-node on {} still running 10 s after {signal}",
-                    node.name
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        for node in &self.state.nodes {
+            self.stop_agent(&node.name, term)?;
         }
-        Ok(())
+        let (node, _) = self.ca_node()?;
+        stop_cgroup(&node_cgroup(&node, "ca"), term, "the mesh CA")
     }
 
     /// `GET path` on the node agent's admin port: the status code and body.
