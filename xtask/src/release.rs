@@ -124,10 +124,10 @@ fn train(mesh_node: &Path, waypoint: &Path) -> Result<()> {
             let server = lab.pod("server")?.clone();
             let url = crate::bench_waypoint::URL;
             wait_in_mesh(&lab, &client, url)?;
-            println!("pgo: the L4 mesh: wrk, h2load, iperf3");
+            println!("pgo: the L4 mesh: wrk, 1000 req/s, h2load, iperf3");
             loads(&lab, &client)?;
             bulk(&lab, &client, &server)?;
-            println!("pgo: the waypoint: wrk, h2load");
+            println!("pgo: the waypoint: wrk, 1000 req/s, h2load");
             crate::bench_waypoint::deploy_waypoint(&mut lab, &client)?;
             loads(&lab, &client)?;
             lab.stop_mesh()?;
