@@ -189,7 +189,9 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn scenarios(mut lab: Lab, mesh_node: &Path, waypoint: &Path, seconds: u64) -> Result<Report> {
+/// Starts the mesh on a lab made from [`MANIFEST`] with these binaries, enrols namespace
+/// `default` and waits until the client's requests pass the mesh: the client and server pods.
+pub(crate) fn start_mesh(lab: &mut Lab, mesh_node: &Path, waypoint: &Path) -> Result<(Pod, Pod)> {
     lab.start_mesh(&MeshOptions {
         binary: Some(mesh_node.to_owned()),
         waypoint: Some(waypoint.to_owned()),
@@ -198,7 +200,12 @@ fn scenarios(mut lab: Lab, mesh_node: &Path, waypoint: &Path, seconds: u64) -> R
     lab.label("ns/default", &["istio.io/dataplane-mode=ambient".into()])?;
     let client = lab.pod("client")?.clone();
     let server = lab.pod("server")?.clone();
-    wait_in_mesh(&lab, &client, URL)?;
+    wait_in_mesh(lab, &client, URL)?;
+    Ok((client, server))
+}
+
+fn scenarios(mut lab: Lab, mesh_node: &Path, waypoint: &Path, seconds: u64) -> Result<Report> {
+    let (client, server) = start_mesh(&mut lab, mesh_node, waypoint)?;
     let mut l4 = Vec::new();
     for load in Load::ALL {
         println!("bench: L4 mesh, {}", load.label());

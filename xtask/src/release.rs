@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
-use mesh_sim::{Lab, MeshOptions, Pod};
+use mesh_sim::{Lab, Pod};
 
-use crate::bench_config::{exec, wait_in_mesh};
+use crate::bench_config::exec;
 use crate::bench_load;
 use crate::cargo::{cargo, step, target_dir};
 
@@ -114,16 +114,8 @@ fn train(mesh_node: &Path, waypoint: &Path) -> Result<()> {
         crate::bench_waypoint::MANIFEST,
         Some(mesh_node),
         |mut lab, mesh_node| {
-            lab.start_mesh(&MeshOptions {
-                binary: Some(mesh_node.to_owned()),
-                waypoint: Some(waypoint.to_owned()),
-                ..MeshOptions::default()
-            })?;
-            lab.label("ns/default", &["istio.io/dataplane-mode=ambient".into()])?;
-            let client = lab.pod("client")?.clone();
-            let server = lab.pod("server")?.clone();
-            let url = crate::bench_waypoint::URL;
-            wait_in_mesh(&lab, &client, url)?;
+            let (client, server) =
+                crate::bench_waypoint::start_mesh(&mut lab, mesh_node, waypoint)?;
             println!("pgo: the L4 mesh: wrk, 1000 req/s, h2load, iperf3");
             loads(&lab, &client)?;
             bulk(&lab, &client, &server)?;

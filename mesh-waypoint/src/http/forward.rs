@@ -280,141 +280,110 @@ pub(super) async fn forward(
         // endpoint pick go back before the next try asks for them — and without one the
         // client gets this try's answer.
         let may_retry = attempt < max_retries;
-        match attempt_result {
+        if attempt_result.is_err() && body.failed() {
+            // The client went away mid-body: not the upstream's doing, and nothing to retry.
+            record.flags.push("DC");
+            return local(StatusCode::BAD_REQUEST, "the request body was cut off\n");
+        }
+        let outcome = match &attempt_result {
+            Ok(response) => Outcome::Status(response.status().as_u16()),
+            Err(failure) => failure.outcome(),
+        };
+        if upstream.record(pick.endpoint(), outcome) {
+            waypoint.metrics.ejected(&cluster);
+        }
+        let retriable = match &attempt_result {
             Ok(response) => {
                 let status = response.status();
                 let grpc_status = response
                     .headers()
                     .get("grpc-status")
                     .and_then(|v| v.to_str().ok()?.parse().ok());
-                if upstream.record(pick.endpoint(), Outcome::Status(status.as_u16())) {
-                    waypoint.metrics.ejected(&cluster);
-                }
                 // A 101 is never retried: the upstream has switched protocols.
-                let retriable = status != StatusCode::SWITCHING_PROTOCOLS
-                    && retry_on.is_some_and(|r| r.retries_response(status, grpc_status));
-                match retry(
-                    retriable,
-                    may_retry,
-                    attempt,
-                    &upstream,
-                    &waypoint.metrics,
-                    &cluster,
-                    body,
-                ) {
-                    Retry::Again(slot, next) => {
-                        retry_slot = Some(slot);
-                        try_body = next;
-                        attempt += 1;
-                        continue;
-                    }
-                    Retry::Exceeded => record.flags.push("URX"),
-                    Retry::No => {}
-                }
-                let (mut head, incoming) = response.into_parts();
-                let switched_to = head.headers.get(header::UPGRADE).cloned();
-                strip_hop_by_hop(&mut head.headers);
-                if let Some(cookie) = pick.set_cookie()
-                    && let Ok(value) = HeaderValue::from_str(&cookie.to_string())
-                {
-                    head.headers.append(header::SET_COOKIE, value);
-                }
-                if status == StatusCode::SWITCHING_PROTOCOLS {
-                    let upstream_io = head.extensions.remove::<OnUpgrade>();
-                    let (Some(asked), Some(upstream_io)) = (upgrade.take(), upstream_io) else {
-                        record.flags.push("UPE");
-                        return local(
-                            StatusCode::BAD_GATEWAY,
-                            "upstream switched protocols without being asked to\n",
-                        );
-                    };
-                    let protocol = switched_to.unwrap_or_else(|| asked.protocol.clone());
-                    upgrade::restore_headers(&mut head.headers, &protocol);
-                    // The connection is the upgraded session's now, never a kept one; the
-                    // lease and the endpoint pick stay taken until the session ends.
-                    let guard = (lease, pick, in_use.map(InUse::upgraded));
-                    upgrade::spawn_splice(asked.client, upstream_io, cluster, guard);
-                    let empty = Empty::new().map_err(|never| match never {}).boxed();
-                    give_up.answered();
-                    return Response::from_parts(head, empty);
-                }
-                // The slots stay taken until the response body is done.
-                // The connection goes back for reuse then too.
-                let guard = (lease, pick, retry_slot.take(), in_use);
-                let body = incoming
-                    .map_frame(move |frame| {
-                        let _ = &guard;
-                        frame
-                    })
-                    .map_err(super::BodyError::from)
-                    .boxed();
-                // The request body goes on streaming to this try (a bidirectional stream).
-                give_up.answered();
-                return Response::from_parts(head, body);
+                status != StatusCode::SWITCHING_PROTOCOLS
+                    && retry_on.is_some_and(|r| r.retries_response(status, grpc_status))
             }
-            Err(failure) => {
-                if body.failed() {
-                    // The client went away mid-body: not the upstream's doing, and nothing
-                    // to retry.
-                    record.flags.push("DC");
-                    return local(StatusCode::BAD_REQUEST, "the request body was cut off\n");
-                }
-                let (outcome, flag, message) = match failure {
-                    Failure::Connect(message) => (
-                        Outcome::ConnectFailed,
-                        "UF",
-                        format!("upstream connect error: {message}"),
-                    ),
-                    Failure::Reset(message) => (
-                        Outcome::Reset,
-                        "UR",
-                        format!("upstream reset before response: {message}"),
-                    ),
-                    Failure::Timeout => (
-                        Outcome::Timeout,
-                        "UT",
-                        "upstream request timeout".to_owned(),
-                    ),
-                };
-                if upstream.record(pick.endpoint(), outcome) {
-                    waypoint.metrics.ejected(&cluster);
-                }
+            Err(_) => {
                 let kind = match outcome {
                     Outcome::ConnectFailed => UpstreamFailure::ConnectFailure,
                     _ => UpstreamFailure::Reset { request_sent: true },
                 };
-                let retriable = outcome == Outcome::Timeout
-                    || retry_on.is_some_and(|r| r.retries_failure(kind));
-                let exceeded = match retry(
-                    retriable,
-                    may_retry,
-                    attempt,
-                    &upstream,
-                    &waypoint.metrics,
-                    &cluster,
-                    body,
-                ) {
-                    Retry::Again(slot, next) => {
-                        retry_slot = Some(slot);
-                        try_body = next;
-                        attempt += 1;
-                        continue;
-                    }
-                    Retry::Exceeded => true,
-                    Retry::No => false,
-                };
-                let status = if outcome == Outcome::Timeout {
-                    StatusCode::GATEWAY_TIMEOUT
-                } else {
-                    StatusCode::SERVICE_UNAVAILABLE
-                };
+                outcome == Outcome::Timeout || retry_on.is_some_and(|r| r.retries_failure(kind))
+            }
+        };
+        let exceeded = match retry(
+            retriable,
+            may_retry,
+            attempt,
+            &upstream,
+            &waypoint.metrics,
+            &cluster,
+            body,
+        ) {
+            Retry::Again(slot, next) => {
+                retry_slot = Some(slot);
+                try_body = next;
+                attempt += 1;
+                continue;
+            }
+            Retry::Exceeded => true,
+            Retry::No => false,
+        };
+        let response = match attempt_result {
+            Ok(response) => response,
+            Err(failure) => {
+                let (status, flag, message) = failure.answer();
                 record.flags.push(flag);
                 if exceeded {
                     record.flags.push("URX");
                 }
                 return local(status, message);
             }
+        };
+        if exceeded {
+            record.flags.push("URX");
         }
+        let status = response.status();
+        let (mut head, incoming) = response.into_parts();
+        let switched_to = head.headers.get(header::UPGRADE).cloned();
+        strip_hop_by_hop(&mut head.headers);
+        if let Some(cookie) = pick.set_cookie()
+            && let Ok(value) = HeaderValue::from_str(&cookie.to_string())
+        {
+            head.headers.append(header::SET_COOKIE, value);
+        }
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            let upstream_io = head.extensions.remove::<OnUpgrade>();
+            let (Some(asked), Some(upstream_io)) = (upgrade.take(), upstream_io) else {
+                record.flags.push("UPE");
+                return local(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream switched protocols without being asked to\n",
+                );
+            };
+            let protocol = switched_to.unwrap_or_else(|| asked.protocol.clone());
+            upgrade::restore_headers(&mut head.headers, &protocol);
+            // The connection is the upgraded session's now, never a kept one; the
+            // lease and the endpoint pick stay taken until the session ends.
+            let guard = (lease, pick, in_use.map(InUse::upgraded));
+            upgrade::spawn_splice(asked.client, upstream_io, cluster, guard);
+            let empty = Empty::new().map_err(|never| match never {}).boxed();
+            give_up.answered();
+            return Response::from_parts(head, empty);
+        }
+        // The slots stay taken until the response body is done.
+        // The connection goes back for reuse then too.
+        let guard = (lease, pick, retry_slot.take(), in_use);
+        let body = incoming
+            .map_frame(move |frame| {
+                let _ = &guard;
+                frame
+            })
+            .map_err(super::BodyError::from)
+            .boxed();
+        // The request body goes on streaming to this try (a bidirectional stream).
+        give_up.answered();
+        return Response::from_parts(head, body);
     }
 }
 
@@ -479,6 +448,38 @@ enum Failure {
     Connect(String),
     Reset(String),
     Timeout,
+}
+
+impl Failure {
+    /// What the failure is to outlier detection.
+    fn outcome(&self) -> Outcome {
+        match self {
+            Failure::Connect(_) => Outcome::ConnectFailed,
+            Failure::Reset(_) => Outcome::Reset,
+            Failure::Timeout => Outcome::Timeout,
+        }
+    }
+
+    /// The client's answer when this failure ends the request: status, response flag, body.
+    fn answer(self) -> (StatusCode, &'static str, String) {
+        match self {
+            Failure::Connect(message) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UF",
+                format!("upstream connect error: {message}"),
+            ),
+            Failure::Reset(message) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UR",
+                format!("upstream reset before response: {message}"),
+            ),
+            Failure::Timeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "UT",
+                "upstream request timeout".to_owned(),
+            ),
+        }
+    }
 }
 
 /// One attempt: a connection to the endpoint and the request on it.
