@@ -31,9 +31,9 @@ use crate::bench_config::{agents_usage, exec, wait_in_mesh};
 use crate::bench_load::{self, Figures};
 
 const LAB: &str = "benchwp";
-pub(crate) const URL: &str = "http://httpbin:8000/bytes/1024";
+const URL: &str = "http://httpbin:8000/bytes/1024";
 /// [`URL`] as the paced load takes it: host, port, path.
-pub(crate) const TARGET: (&str, u16, &str) = ("httpbin", 8000, "/bytes/1024");
+const TARGET: (&str, u16, &str) = ("httpbin", 8000, "/bytes/1024");
 /// Requests per second of the paced load (the latency target is at 1000).
 const RATE: u32 = 1000;
 
@@ -115,14 +115,14 @@ pub(crate) struct BenchArgs {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Load {
+pub(crate) enum Load {
     Wrk,
     Paced,
     H2load,
 }
 
 impl Load {
-    const ALL: [Load; 3] = [Load::Wrk, Load::Paced, Load::H2load];
+    pub(crate) const ALL: [Load; 3] = [Load::Wrk, Load::Paced, Load::H2load];
 
     fn label(self) -> String {
         match self {
@@ -351,7 +351,7 @@ fn measure(
     })
 }
 
-fn run_load(lab: &Lab, client: &Pod, load: Load, seconds: u64) -> Result<Figures> {
+pub(crate) fn run_load(lab: &Lab, client: &Pod, load: Load, seconds: u64) -> Result<Figures> {
     match load {
         Load::Wrk => bench_load::wrk(lab, client, URL, seconds),
         Load::Paced => bench_load::paced(lab, client, TARGET, RATE, seconds),

@@ -23,7 +23,7 @@ use anyhow::{Context as _, Result, bail};
 use mesh_sim::{Lab, Pod};
 
 use crate::bench_config::exec;
-use crate::bench_load;
+use crate::bench_waypoint::{self, Load};
 use crate::cargo::{cargo, step, target_dir};
 
 const LAB: &str = "pgo";
@@ -38,13 +38,14 @@ const LINK_FLAGS: &str = "-Clink-arg=-Wl,-z,pack-relative-relocs";
 
 #[derive(clap::Args)]
 pub(crate) struct ReleaseArgs {
-    /// Plain `cargo build --release`, without the profile (no lab, no root).
+    /// `cargo build --release` with the same link flags, without the profile (no lab, no
+    /// root).
     #[arg(long)]
     no_pgo: bool,
 }
 
 pub(crate) fn run(args: &ReleaseArgs) -> Result<()> {
-    let packages = ["-p", "mesh-node", "-p", "mesh-waypoint"];
+    let packages: Vec<&str> = BINARIES.iter().flat_map(|b| ["-p", b]).collect();
     if args.no_pgo {
         let mut command = cargo(&[&["build", "--release"][..], &packages].concat());
         command.env("RUSTFLAGS", LINK_FLAGS);
@@ -111,16 +112,15 @@ fn train(mesh_node: &Path, waypoint: &Path) -> Result<()> {
     crate::bench_config::with_bench_lab(
         LAB,
         2,
-        crate::bench_waypoint::MANIFEST,
+        bench_waypoint::MANIFEST,
         Some(mesh_node),
         |mut lab, mesh_node| {
-            let (client, server) =
-                crate::bench_waypoint::start_mesh(&mut lab, mesh_node, waypoint)?;
+            let (client, server) = bench_waypoint::start_mesh(&mut lab, mesh_node, waypoint)?;
             println!("pgo: the L4 mesh: wrk, 1000 req/s, h2load, iperf3");
             loads(&lab, &client)?;
             bulk(&lab, &client, &server)?;
             println!("pgo: the waypoint: wrk, 1000 req/s, h2load");
-            crate::bench_waypoint::deploy_waypoint(&mut lab, &client)?;
+            bench_waypoint::deploy_waypoint(&mut lab, &client)?;
             loads(&lab, &client)?;
             lab.stop_mesh()?;
             Ok(())
@@ -128,15 +128,13 @@ fn train(mesh_node: &Path, waypoint: &Path) -> Result<()> {
     )
 }
 
-/// wrk (HTTP/1.1), 1000 req/s paced (HTTP/1.1, the rate of the CPU and latency targets)
-/// and h2load (h2c) from `client` to the waypoint benchmark's service, [`SECONDS`] each.
+/// The waypoint benchmark's loads from `client` to its service, [`SECONDS`] each: wrk
+/// (HTTP/1.1), 1000 req/s paced (HTTP/1.1, the rate of the CPU and latency targets) and
+/// h2load (h2c).
 fn loads(lab: &Lab, client: &Pod) -> Result<()> {
-    let url = crate::bench_waypoint::URL;
-    bench_load::wrk(lab, client, url, SECONDS)?;
-    bench_load::paced(lab, client, crate::bench_waypoint::TARGET, 1000, SECONDS)?;
-    let seconds = SECONDS.to_string();
-    let args = ["-c16", "-m10", "-D", &seconds, url];
-    bench_load::parse_h2load(&exec(lab, client, "h2load", &args)?)?;
+    for load in Load::ALL {
+        bench_waypoint::run_load(lab, client, load, SECONDS)?;
+    }
     Ok(())
 }
 
