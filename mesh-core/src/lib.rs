@@ -13,4 +13,5 @@ pub mod identity;
 pub mod manifest;
 pub mod pages;
 pub mod policy;
+pub mod runtime;
 pub mod source;

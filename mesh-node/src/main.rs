@@ -25,10 +25,7 @@ fn main() -> anyhow::Result<()> {
         // The CA and the one-shot commands: two, as for any small server.
         _ => 2,
     };
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
+    mesh_core::runtime::build(workers)
         .context("starting the async runtime")?
         .block_on(run(cli))
 }

@@ -31,7 +31,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_core::config::labels::NO_LABELS;
 use mesh_core::hbone::Tunnel;
 
-use crate::metrics::RequestLabels;
+use crate::metrics::{RequestLabels, SeriesKey};
 use crate::route::{
     AbortError, HeaderEdits, HttpAction, HttpDecision, RequestFacts, RetryPolicy, Source, Target,
 };
@@ -195,9 +195,17 @@ impl Drop for Exchange {
                 bytes: 0,
             }
         });
-        let labels = labels(&self.stream, &self.record, answer.code, answer.grpc_status);
-        self.stream.waypoint.metrics.request(
-            &labels,
+        let key = SeriesKey {
+            destination: self.record.destination.as_ref().and_then(|e| e.pod.clone()),
+            code: answer.code,
+            grpc_status: answer.grpc_status,
+            flags: std::mem::take(&mut self.record.flags),
+        };
+        let stream = &self.stream;
+        let series = stream
+            .series
+            .get(&stream.waypoint.metrics, key, |key| labels(stream, key));
+        series.record(
             self.started.elapsed().as_secs_f64() * 1000.0,
             self.record
                 .request
@@ -414,11 +422,11 @@ async fn decide(
     })
 }
 
-fn labels(stream: &Stream, record: &Record, code: u16, grpc_status: String) -> RequestLabels {
+fn labels(stream: &Stream, key: &SeriesKey) -> RequestLabels {
     let unknown = || "unknown".to_owned();
     let client = &stream.client;
     let source_pod = client.pod.as_deref();
-    let destination_pod = record.destination.as_ref().and_then(|e| e.pod.as_deref());
+    let destination_pod = key.destination.as_deref();
     let label = |pod: Option<&mesh_core::config::PodInfo>, key: &str| {
         pod.and_then(|p| p.labels.get(key).map(str::to_owned))
             .unwrap_or_else(unknown)
@@ -457,12 +465,12 @@ fn labels(stream: &Stream, record: &Record, code: u16, grpc_status: String) -> R
         } else {
             "http"
         },
-        response_code: code,
-        grpc_response_status: grpc_status,
-        response_flags: if record.flags.is_empty() {
+        response_code: key.code,
+        grpc_response_status: key.grpc_status.clone(),
+        response_flags: if key.flags.is_empty() {
             "-".to_owned()
         } else {
-            record.flags.join(",")
+            key.flags.join(",")
         },
         connection_security_policy: "mutual_tls",
     }

@@ -17,9 +17,6 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::try_parse_checked(std::env::args_os()).unwrap_or_else(|error| error.exit());
     let workers = usize::from(cli.worker_threads);
     let config = cli.into_config().unwrap_or_else(|error| error.exit());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()?;
+    let runtime = mesh_core::runtime::build(workers)?;
     Ok(runtime.block_on(server::run(config))?)
 }

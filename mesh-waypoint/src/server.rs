@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::destinations::Destinations;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SeriesCache};
 
 /// The waypoint's configuration, from flags and the environment the pod gets.
 #[derive(Debug, Clone, Serialize)]
@@ -101,6 +101,8 @@ pub struct Stream {
     pub service: Arc<ServiceInfo>,
     pub port: u16,
     pub client: Client,
+    /// The request metrics' series its requests used last.
+    pub series: SeriesCache,
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -271,6 +273,7 @@ fn tunnel(
         service,
         port: destination.port(),
         client,
+        series: SeriesCache::default(),
     });
     Ok(move |tunnel: Tunnel| -> Task {
         if http {

@@ -25,7 +25,7 @@ use super::body::{MIRROR_LAG, Outgoing, RequestBody};
 use super::upgrade::{self, Requested};
 use super::{BACKOFF_BASE, Body, Plan, Record, local};
 use crate::destinations::InUse;
-use crate::metrics::{Metrics, Overflow as OverflowMetric};
+use crate::metrics::{Metrics, Overflow as OverflowMetric, SeriesCache};
 use crate::route::{Target, UpstreamFailure};
 use crate::server::Stream;
 use crate::upstream::{HashInput, Outcome, Overflow, RetrySlot, Upstream};
@@ -625,6 +625,7 @@ pub(super) fn spawn_mirror(
         service: stream.service.clone(),
         port: stream.port,
         client: stream.client.clone(),
+        series: SeriesCache::default(),
     };
     let model = model.clone();
     tokio::spawn(async move {

@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 
 use super::*;
 use crate::destinations::Destinations;
+use crate::metrics::SeriesCache;
 use crate::server::{Client, Waypoint, WaypointConfig};
 
 /// Far more than an exchange on loopback takes; what does not happen by then fails the test.
@@ -166,6 +167,7 @@ impl TestWaypoint {
                 ip: None,
                 pod: None,
             },
+            series: SeriesCache::default(),
         });
         TestWaypoint { stream, dir }
     }
