@@ -1,12 +1,12 @@
-//! Giving freed heap memory back to the system. glibc's malloc keeps the pages of chunks freed
-//! in the middle of its arenas mapped, so a proxy that once carried a burst (a thousand
+//! Giving freed heap memory, and code that ran once, back to the system. glibc's malloc
+//! keeps the pages of chunks freed in the middle of its arenas mapped, so a proxy that once carried a burst (a thousand
 //! connections, a bulk transfer's large frames, a large config snapshot) would keep that
 //! burst's peak as its resident size for the rest of its life. [`configure`] puts the whole
 //! process in one arena, the only one whose free top glibc can give back;
 //! [`release_when_wasteful`] runs beside the proxy and hands free pages back once they
 //! outweigh what is in use; [`release`] does it at once, after a known one-off (the eBPF
 //! loader's BTF parse). Elsewhere than glibc, all three do nothing: other allocators return
-//! memory their own way.
+//! memory their own way. The same loop unmaps code ([`crate::code_pages`]).
 
 use std::time::Duration;
 
@@ -16,6 +16,10 @@ pub const CHECK_PERIOD: Duration = Duration::from_secs(5);
 
 /// Resident memory the heap is not using, below which a release is not worth its page faults.
 const WASTE_FLOOR: u64 = 2 << 20;
+
+/// Growth of the resident file pages (mostly code) that has code unmapped again. Mapping
+/// the hot path back costs a few dozen minor faults (its 2-3 MB in 64 KiB windows).
+const CODE_FLOOR: u64 = 1 << 20;
 
 /// Makes every thread allocate from glibc's main arena. By default each thread that
 /// allocates gets an arena of its own, and `malloc_trim` cannot shrink the free top of those:
@@ -46,17 +50,30 @@ pub fn release() {
 
 /// Every [`CHECK_PERIOD`], releases the heap's free pages when the resident memory the heap
 /// does not use is at least what it does use (and at least [`WASTE_FLOOR`]): after a burst,
-/// not in the churn of steady load, where freed chunks are soon reused. Runs until dropped.
+/// not in the churn of steady load, where freed chunks are soon reused. And unmaps the
+/// binary's code ([`crate::code_pages::release`]) when its resident file pages grew by
+/// [`CODE_FLOOR`] since the last time: code that ran once (the start-up, a certificate
+/// request) is let go, and the steady state, whose code stays mapped, does not trigger it
+/// again. Runs until dropped.
 pub async fn release_when_wasteful() {
     let mut ticks = tokio::time::interval(CHECK_PERIOD);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // What the last release left resident.
     let mut settled = 0;
+    // The resident file pages the last code release left.
+    let mut code_settled = 0;
     loop {
         ticks.tick().await;
         let Some(usage) = Usage::now() else {
             return;
         };
+        if usage.code_grew(code_settled) {
+            match crate::code_pages::release() {
+                Ok(released) => tracing::debug!(released, "unmapped code that ran once"),
+                Err(error) => tracing::debug!(%error, "could not unmap code"),
+            }
+            code_settled = Usage::now().map_or(usage.resident_file, |u| u.resident_file);
+        }
         if usage.worth_releasing(settled) {
             release();
             let after = Usage::now().map_or(0, |u| u.resident_anon);
@@ -112,6 +129,12 @@ impl Usage {
     /// whole heap every period.
     pub fn worth_releasing(&self, settled: u64) -> bool {
         self.wasteful() && self.resident_anon >= settled.saturating_add(WASTE_FLOOR)
+    }
+
+    /// Whether the resident file pages grew by [`CODE_FLOOR`] since a code release left
+    /// `settled`: code that had not run before did.
+    pub fn code_grew(&self, settled: u64) -> bool {
+        self.resident_file >= settled.saturating_add(CODE_FLOOR)
     }
 }
 

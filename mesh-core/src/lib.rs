@@ -5,6 +5,7 @@
 //! modes, AuthorizationPolicy decisions at L4 and L7), and the tiny HTTP server of the proxies'
 //! own pages. Free of eBPF and of process setup.
 
+pub mod code_pages;
 pub mod config;
 pub mod copy;
 pub mod hbone;

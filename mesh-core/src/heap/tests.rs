@@ -62,6 +62,24 @@ fn waste_a_release_could_not_free_is_not_walked_again_until_it_grows() {
 }
 
 #[test]
+fn code_is_unmapped_again_only_once_new_code_has_run() {
+    // A release left 3 MiB of file pages resident (the steady state's code and libc).
+    let settled = 3 * MIB;
+    let steady = Usage {
+        resident_file: 3 * MIB + MIB / 2,
+        ..usage()
+    };
+    assert!(!steady.code_grew(settled));
+    // A certificate request ran code that had not run since.
+    let grown = Usage {
+        resident_file: 4 * MIB + MIB / 2,
+        ..usage()
+    };
+    assert!(grown.code_grew(settled));
+    assert!(grown.code_grew(0), "the first check after the start");
+}
+
+#[test]
 fn this_process_reports_its_usage() {
     let usage = Usage::now().expect("mallinfo2 and /proc/self/statm");
     assert!(usage.in_use > 0, "{usage:?}");
