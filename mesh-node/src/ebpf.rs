@@ -150,9 +150,7 @@ impl Ebpf {
     /// attach time) and starts forwarding eBPF logs. Must run inside a Tokio runtime.
     pub fn load() -> Result<Self> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
-        // Compiled in up to trace; only records up to debug are emitted (the verifier prunes
-        // the rest because the level is a read-only global).
-        let log_level = aya_log::Level::Debug as u8;
+        let log_level = log_level() as u8;
         let mut ebpf = EbpfLoader::new()
             .override_global(aya_log::LEVEL, &log_level, false)
             .load(object())
@@ -223,6 +221,28 @@ impl Drop for Ebpf {
 }
 
 /// Registers the log ring buffer with Tokio and spawns the task that drains it.
+/// The most verbose level of the programs' records that this process's log shows for target
+/// `mesh_ebpf` (`RUST_LOG=info,mesh_ebpf=debug`; a directive for one of its modules alone
+/// does not count), which the programs are loaded with. The records are compiled in up to trace,
+/// and the verifier prunes those above the level, a read-only global: a record nobody reads
+/// costs nothing. With every record on, each `connect()` of every pod on the node (enrolled
+/// or not) wrote two records to the ring buffer and woke the agent to read and drop them.
+/// Programs adopted after a restart keep the level they were installed with.
+pub(crate) fn log_level() -> aya_log::Level {
+    use aya_log::Level;
+    if tracing::enabled!(target: "mesh_ebpf", tracing::Level::TRACE) {
+        Level::Trace
+    } else if tracing::enabled!(target: "mesh_ebpf", tracing::Level::DEBUG) {
+        Level::Debug
+    } else if tracing::enabled!(target: "mesh_ebpf", tracing::Level::INFO) {
+        Level::Info
+    } else if tracing::enabled!(target: "mesh_ebpf", tracing::Level::WARN) {
+        Level::Warn
+    } else {
+        Level::Error
+    }
+}
+
 fn start_log_task(
     runtime: &tokio::runtime::Handle,
     logger: EbpfLogger<LogTracer>,
@@ -306,6 +326,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aya_log::Level;
 
     #[test]
     fn embedded_object_has_the_shared_program_and_map_names() {
@@ -347,5 +368,25 @@ mod tests {
         let eacces = io::Error::from_raw_os_error(nix::libc::EACCES);
         let err = classify("test", eacces, |_| Error::NoRuntime);
         assert!(matches!(err, Error::NoRuntime), "{err:?}");
+    }
+
+    fn under(filter: &str) -> Level {
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::sink)
+            .finish();
+        tracing::subscriber::with_default(subscriber, log_level)
+    }
+
+    #[test]
+    fn the_programs_log_at_the_level_the_agents_log_shows_for_them() {
+        assert_eq!(under("info") as u8, Level::Info as u8);
+        assert_eq!(under("info,mesh_ebpf=debug") as u8, Level::Debug as u8);
+        assert_eq!(
+            under("warn,mesh_ebpf::connect=trace") as u8,
+            Level::Warn as u8
+        );
+        assert_eq!(under("mesh_ebpf=trace") as u8, Level::Trace as u8);
+        assert_eq!(under("error") as u8, Level::Error as u8);
     }
 }

@@ -444,7 +444,7 @@ fn install(options: &DataplaneOptions, runtime: &tokio::runtime::Handle) -> Resu
         .map(open_cgroup_v2)
         .transpose()?;
 
-    let log_level = aya_log::Level::Debug as u8;
+    let log_level = super::log_level() as u8;
     let mut ebpf = EbpfLoader::new()
         .override_global(aya_log::LEVEL, &log_level, false)
         .load(object())
