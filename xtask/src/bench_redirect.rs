@@ -3,6 +3,11 @@
 //! forwarder with the fast path off and on; the same forwarder behind a netfilter NAT rule
 //! (what iptables REDIRECT does; the forwarder reads SO_ORIGINAL_DST). Prints a table.
 //!
+//! The eBPF rows run the agent with `--inbound-capture off`, as the netfilter row has no
+//! capture either: both measure the outbound redirect alone. One more row turns the capture
+//! on (the tc program on every pod veth and the policy routing that send traffic addressed
+//! to pods to the agent, which the mTLS data path needs) to show what it adds.
+//!
 //! The client and the echo server are this binary (`xtask bench-peer …`), started inside the
 //! pods (their network namespace and cgroup), so the eBPF programs see the client.
 
@@ -159,7 +164,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         args.samples
     );
     println!(
-        "{:<34} {:>9} {:>9} {:>11} {:>11} {:>8} {:>8} {:>13} {:>9}",
+        "{:<34} {:>9} {:>9} {:>11} {:>11} {:>8} {:>8} {:>10} {:>13} {:>9}",
         "path",
         "conn P50",
         "conn P99",
@@ -167,22 +172,49 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         "new+RR P99",
         "RR P50",
         "RR P99",
+        "added conn",
         "added new+RR",
         "added RR"
     );
+    let us = |d: Duration| d.as_micros() as i128;
+    // What a row adds over direct, at P50: connect, new connection + RR, RR.
+    let added = |row: &[Duration; 6]| [0, 2, 4].map(|i| us(row[i]) - us(direct[i]));
     for (name, row) in &rows {
-        let us = |d: Duration| d.as_micros() as i128;
+        let [conn, new_rr, rr] = added(row);
         println!(
-            "{name:<34} {:>9} {:>9} {:>11} {:>11} {:>8} {:>8} {:>13} {:>9}",
+            "{name:<34} {:>9} {:>9} {:>11} {:>11} {:>8} {:>8} {conn:>10} {new_rr:>13} {rr:>9}",
             us(row[0]),
             us(row[1]),
             us(row[2]),
             us(row[3]),
             us(row[4]),
             us(row[5]),
-            us(row[2]) - us(direct[2]),
-            us(row[4]) - us(direct[4]),
         );
+    }
+    // The issue's target: the eBPF redirect adds at most half of what netfilter adds.
+    let netfilter = rows
+        .iter()
+        .find(|(name, _)| name.starts_with("netfilter"))
+        .map(|(_, row)| added(row));
+    println!(
+        "
+target: the eBPF redirect adds at most half of what netfilter's NAT adds (P50)"
+    );
+    for (name, row) in rows
+        .iter()
+        .filter(|(name, _)| name.starts_with("eBPF redirect,"))
+    {
+        let Some(netfilter) = netfilter else { break };
+        let ours = added(row);
+        for (i, what) in ["connect", "new conn + RR", "RR"].iter().enumerate() {
+            let met = 2 * ours[i] <= netfilter[i];
+            println!(
+                "  {name:<30} {what:<14} {:>4} vs {:>4} µs  {}",
+                ours[i],
+                netfilter[i],
+                if met { "met" } else { "NOT met" }
+            );
+        }
     }
     Ok(())
 }
@@ -254,10 +286,12 @@ fn scenarios(
         "ns/default",
         &["istio.io/dataplane-mode=ambient".to_owned()],
     )?;
-    for (name, fast_path, netfilter) in [
-        ("eBPF redirect, fast path off", false, false),
-        ("eBPF redirect, fast path on", true, false),
-        ("netfilter DNAT (iptables REDIRECT)", false, true),
+    // (name, fast path, netfilter, inbound capture)
+    for (name, fast_path, netfilter, inbound_capture) in [
+        ("eBPF redirect, fast path off", false, false, false),
+        ("eBPF redirect, fast path on", true, false, false),
+        ("eBPF redirect + inbound capture", false, false, true),
+        ("netfilter DNAT (iptables REDIRECT)", false, true, false),
     ] {
         println!("==> {name}");
         if lab.state().mesh.is_some() {
@@ -283,6 +317,7 @@ fn scenarios(
             binary: Some(mesh_node.to_owned()),
             fast_path,
             netfilter,
+            no_inbound_capture: !inbound_capture,
             ..MeshOptions::default()
         })?;
         // Wait until the path is really in place: the agent counts the client's connections.

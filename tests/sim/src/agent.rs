@@ -51,6 +51,11 @@ pub struct MeshOptions {
     /// traffic to the outbound listener; for the benchmark's comparison).
     #[serde(default)]
     pub netfilter: bool,
+    /// Run the agents with `--inbound-capture off` (the tc programs and policy routing that
+    /// send traffic addressed to pods to the agent; for the redirect benchmark's rows that
+    /// measure the outbound redirect alone, as the netfilter row does).
+    #[serde(default)]
+    pub no_inbound_capture: bool,
     /// Workload certificate lifetime (`mesh-node --cert-ttl`, e.g. `10s`); the default 24 h
     /// when `None`.
     #[serde(default)]
@@ -380,6 +385,10 @@ impl Lab {
                     .args([
                         "--redirect",
                         if mesh.netfilter { "netfilter" } else { "ebpf" },
+                    ])
+                    .args([
+                        "--inbound-capture",
+                        if mesh.no_inbound_capture { "off" } else { "on" },
                     ])
                     .args(["--ca-addr", &ca_addr.to_string()])
                     .arg("--ca-root")
