@@ -292,10 +292,10 @@ pub async fn run(config: NodeConfig) -> Result<()> {
                 }
                 store.apply(update);
                 if store.synced() {
-                    sync(&config, &store.model(), &shared);
+                    sync_beside(store.model(), &shared).await;
                 }
             }
-            _ = resync.tick(), if store.synced() => sync(&config, &store.model(), &shared),
+            _ = resync.tick(), if store.synced() => sync_beside(store.model(), &shared).await,
             _ = interfaces.tick(), if config.inbound_capture => sync_interfaces(&shared),
             changed = link_change(&mut links), if config.inbound_capture => {
                 if let Err(error) = changed {
@@ -353,6 +353,17 @@ fn sync_interfaces(shared: &Shared) {
 
 /// Publishes the local pods, makes the eBPF maps match the enrolled ones, and asks for the
 /// certificates of their service accounts. Ready once the first snapshot is applied.
+/// [`sync`] on the blocking pool, waited for. With one worker the proxy runs on the thread
+/// that runs the agent's loop, and a sync costs a system call or more per pod of the node
+/// (its cgroup's inode, the maps' reads and writes): the proxy should not wait behind it.
+async fn sync_beside(model: Arc<Model>, shared: &Arc<Shared>) {
+    let shared = shared.clone();
+    let synced = tokio::task::spawn_blocking(move || sync(&shared.config, &model, &shared));
+    if let Err(error) = synced.await {
+        tracing::warn!(%error, "syncing the node's pods did not finish");
+    }
+}
+
 fn sync(config: &NodeConfig, model: &Model, shared: &Shared) {
     let local = local_pods(model, &config.node);
     if let Some(dataplane) = &shared.dataplane {
