@@ -187,7 +187,7 @@ Anonymous:             4 kB
     #[test]
     fn release_gives_up_code_and_the_code_still_runs() {
         // The test binary's own code: released, then run again (this test goes on running
-        // it), and released again after that use.
+        // it), which maps what it runs back.
         let first = release().expect("release");
         assert!(first > 0, "a running test binary has resident code");
         let again: u64 = (0..1000u64).map(|n| n.wrapping_mul(31)).sum();

@@ -1,12 +1,12 @@
 //! Giving freed heap memory, and code that ran once, back to the system. glibc's malloc
-//! keeps the pages of chunks freed in the middle of its arenas mapped, so a proxy that once carried a burst (a thousand
-//! connections, a bulk transfer's large frames, a large config snapshot) would keep that
-//! burst's peak as its resident size for the rest of its life. [`configure`] puts the whole
-//! process in one arena, the only one whose free top glibc can give back;
-//! [`release_when_wasteful`] runs beside the proxy and hands free pages back once they
-//! outweigh what is in use; [`release`] does it at once, after a known one-off (the eBPF
-//! loader's BTF parse). Elsewhere than glibc, all three do nothing: other allocators return
-//! memory their own way. The same loop unmaps code ([`crate::code_pages`]).
+//! keeps the pages of chunks freed in the middle of its arenas mapped, so a proxy that once
+//! carried a burst (a thousand connections, a bulk transfer's large frames, a large config
+//! snapshot) would keep that burst's peak as its resident size for the rest of its life.
+//! [`configure`] puts the whole process in one arena, the only one whose free top glibc can
+//! give back; [`release_when_wasteful`] runs beside the proxy and hands free pages back once
+//! they outweigh what is in use; [`release`] does it at once, after a known one-off (the
+//! eBPF loader's BTF parse). Elsewhere than glibc, all three do nothing: other allocators
+//! return memory their own way. The same loop unmaps code ([`crate::code_pages`]).
 
 use std::time::Duration;
 

@@ -358,13 +358,14 @@ fn sync_interfaces(shared: &Shared) {
 /// (its cgroup's inode, the maps' reads and writes): the proxy should not wait behind it.
 async fn sync_beside(model: Arc<Model>, shared: &Arc<Shared>) {
     let shared = shared.clone();
-    let synced = tokio::task::spawn_blocking(move || sync(&shared.config, &model, &shared));
+    let synced = tokio::task::spawn_blocking(move || sync(&model, &shared));
     if let Err(error) = synced.await {
         tracing::warn!(%error, "syncing the node's pods did not finish");
     }
 }
 
-fn sync(config: &NodeConfig, model: &Model, shared: &Shared) {
+fn sync(model: &Model, shared: &Shared) {
+    let config = &shared.config;
     let local = local_pods(model, &config.node);
     if let Some(dataplane) = &shared.dataplane {
         let mut enrolled = BTreeSet::new();

@@ -192,19 +192,18 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         );
     }
     // The issue's target: the eBPF redirect adds at most half of what netfilter adds.
-    let netfilter = rows
+    let Some(netfilter) = rows
         .iter()
         .find(|(name, _)| name.starts_with("netfilter"))
-        .map(|(_, row)| added(row));
-    println!(
-        "
-target: the eBPF redirect adds at most half of what netfilter's NAT adds (P50)"
-    );
+        .map(|(_, row)| added(row))
+    else {
+        return Ok(());
+    };
+    println!("\ntarget: the eBPF redirect adds at most half of what netfilter's NAT adds (P50)");
     for (name, row) in rows
         .iter()
         .filter(|(name, _)| name.starts_with("eBPF redirect,"))
     {
-        let Some(netfilter) = netfilter else { break };
         let ours = added(row);
         for (i, what) in ["connect", "new conn + RR", "RR"].iter().enumerate() {
             let met = 2 * ours[i] <= netfilter[i];
