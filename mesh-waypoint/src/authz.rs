@@ -27,10 +27,10 @@ pub fn policies(stream: &Stream, model: &Model) -> Vec<Arc<AuthorizationPolicy>>
 /// policy applies (nothing to decide: allowed).
 pub fn decide(
     stream: &Stream,
-    model: &Model,
+    model: &Arc<Model>,
     request: Option<HttpRequest<'_>>,
 ) -> Option<Decision> {
-    let policies = policies(stream, model);
+    let policies = stream.cache.policies(model, || policies(stream, model));
     if policies.is_empty() {
         return None;
     }

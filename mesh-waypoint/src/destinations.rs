@@ -9,10 +9,10 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use mesh_core::config::istio::DestinationRule;
+use mesh_core::config::istio::{AuthorizationPolicy, DestinationRule};
 use mesh_core::config::{Model, PodInfo};
 use mesh_core::hbone::pool::Pool;
 use mesh_core::identity::manager::CertManager;
@@ -130,6 +130,121 @@ impl Drop for InUse {
                 .put_http1(self.addr, sender, self.used, self.max_requests);
         }
     }
+}
+
+/// What one tunnel's requests looked up last, for the config snapshot they saw. A tunnel
+/// serves one service port for one client, so its requests share a route table and mostly
+/// a few upstreams; this spares each of them the shared caches' owned-string keys, hashing
+/// and locks. A new snapshot empties it.
+#[derive(Default)]
+pub struct TunnelCache {
+    inner: Mutex<TunnelCacheInner>,
+}
+
+#[derive(Default)]
+struct TunnelCacheInner {
+    /// The snapshot the entries are for. Weak: an idle tunnel does not keep an old snapshot
+    /// alive, and the allocation it points to cannot be reused by a newer one while held.
+    model: Weak<Model>,
+    routes: Option<Arc<RouteTable>>,
+    /// The AuthorizationPolicies for the tunnel's service through this waypoint.
+    policies: Option<Arc<[Arc<AuthorizationPolicy>]>>,
+    /// Upstreams with whether they speak HTTP/2; a handful (weighted routes, mirrors).
+    upstreams: Vec<(Arc<Upstream>, bool)>,
+}
+
+/// Upstreams one tunnel keeps at most.
+const TUNNEL_UPSTREAMS: usize = 8;
+
+impl TunnelCacheInner {
+    /// Empties the entries if they are for another snapshot than `model`.
+    fn for_model(&mut self, model: &Arc<Model>) -> &mut TunnelCacheInner {
+        if !std::ptr::eq(self.model.as_ptr(), Arc::as_ptr(model)) {
+            *self = TunnelCacheInner {
+                model: Arc::downgrade(model),
+                ..TunnelCacheInner::default()
+            };
+        }
+        self
+    }
+}
+
+impl TunnelCache {
+    /// [`Destinations::routes`] for `host` from `client_ns`, which must be the same on every
+    /// call (the tunnel's service and client).
+    pub fn routes(
+        &self,
+        destinations: &Destinations,
+        model: &Arc<Model>,
+        host: &str,
+        client_ns: &str,
+    ) -> Arc<RouteTable> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = inner.for_model(model);
+        inner
+            .routes
+            .get_or_insert_with(|| destinations.routes(model, host, client_ns))
+            .clone()
+    }
+
+    /// The tunnel's AuthorizationPolicies, as `find` finds them in `model`.
+    pub fn policies(
+        &self,
+        model: &Arc<Model>,
+        find: impl FnOnce() -> Vec<Arc<AuthorizationPolicy>>,
+    ) -> Arc<[Arc<AuthorizationPolicy>]> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = inner.for_model(model);
+        inner.policies.get_or_insert_with(|| find().into()).clone()
+    }
+
+    /// [`Destinations::upstream`] from `client_ns` (the same on every call), and whether the
+    /// upstream speaks HTTP/2.
+    pub fn upstream(
+        &self,
+        destinations: &Destinations,
+        model: &Arc<Model>,
+        host: &str,
+        subset: Option<&str>,
+        port: u16,
+        client_ns: &str,
+    ) -> Result<(Arc<Upstream>, bool), Error> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = inner.for_model(model);
+        let found = inner.upstreams.iter().find(|(upstream, _)| {
+            let key = upstream.key();
+            key.port == port && key.subset.as_deref() == subset && key.host == host
+        });
+        if let Some((upstream, h2)) = found {
+            return Ok((upstream.clone(), *h2));
+        }
+        let upstream = destinations.upstream(model, host, subset, port, client_ns)?;
+        let h2 = upstream_h2(model, host, port);
+        if inner.upstreams.len() == TUNNEL_UPSTREAMS {
+            inner.upstreams.remove(0);
+        }
+        inner.upstreams.push((upstream.clone(), h2));
+        Ok((upstream, h2))
+    }
+}
+
+/// Whether the upstream speaks HTTP/2 (the service port says gRPC or HTTP/2).
+fn upstream_h2(model: &Model, host: &str, port: u16) -> bool {
+    model
+        .service_by_host(host)
+        .and_then(|s| s.ports.iter().find(|p| p.port == port))
+        .is_some_and(|p| {
+            let protocol = p
+                .app_protocol
+                .as_deref()
+                .or(p.name.as_deref())
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            protocol.starts_with("grpc")
+                || protocol.starts_with("http2")
+                || protocol.starts_with("h2c")
+                || protocol == "kubernetes.io/h2c"
+        })
 }
 
 /// The caches and the HBONE pool.

@@ -221,8 +221,9 @@ struct Plan {
     target: Target,
     path: String,
     authority: Option<String>,
-    request_edits: Vec<HeaderEdits>,
-    response_edits: Vec<HeaderEdits>,
+    /// Header edits in the order they apply; none empty.
+    request_edits: Vec<Arc<HeaderEdits>>,
+    response_edits: Vec<Arc<HeaderEdits>>,
     timeout: Option<Duration>,
     retries: Option<RetryPolicy>,
     mirrors: Vec<Target>,
@@ -243,12 +244,13 @@ async fn respond(
         labels: client.pod.as_ref().map_or(&NO_LABELS, |p| &p.labels),
         ip: client.ip,
     };
-    let client_ns = client.identity.namespace.clone();
-    let hostname = stream.service.hostname.clone();
-    let table = stream
-        .waypoint
-        .destinations
-        .routes(&model, &hostname, &client_ns);
+    let hostname = &stream.service.hostname;
+    let table = stream.cache.routes(
+        &stream.waypoint.destinations,
+        &model,
+        hostname,
+        &client.identity.namespace,
+    );
     let facts = RequestFacts::from_parts(&parts, stream.port, source);
     let request = mesh_core::policy::HttpRequest {
         method: parts.method.as_str(),
@@ -259,7 +261,7 @@ async fn respond(
     if crate::authz::decide(stream, &model, Some(request)).is_some_and(|d| !d.is_allowed()) {
         return local(StatusCode::FORBIDDEN, "RBAC: access denied");
     }
-    let plan = match table.route_http(&facts) {
+    let mut plan = match table.route_http(&facts) {
         None if table.serves_http(stream.port, &facts.source) => {
             record.flags.push("NR");
             return local(StatusCode::NOT_FOUND, "no route matched\n");
@@ -324,7 +326,7 @@ async fn respond(
     }
     response
         .headers_mut()
-        .extend(plan.extra_response_headers.clone());
+        .extend(std::mem::take(&mut plan.extra_response_headers));
     response
 }
 
@@ -407,19 +409,22 @@ async fn decide(
             .rewrite_path(facts.path)
             .unwrap_or_else(|| facts.path.to_owned()),
         authority: decision.authority_for(destination).map(str::to_owned),
-        request_edits: vec![
-            decision.headers().request.clone(),
-            destination.headers.request.clone(),
-        ],
-        response_edits: vec![
-            destination.headers.response.clone(),
-            decision.headers().response.clone(),
-        ],
+        request_edits: non_empty([&decision.headers().request, &destination.headers.request]),
+        response_edits: non_empty([&destination.headers.response, &decision.headers().response]),
         timeout: forward.timeout,
         retries: forward.retries.clone(),
         mirrors,
         extra_response_headers,
     })
+}
+
+/// The edits that change something (most routes have none: no allocation then).
+fn non_empty(edits: [&Arc<HeaderEdits>; 2]) -> Vec<Arc<HeaderEdits>> {
+    edits
+        .into_iter()
+        .filter(|e| !e.is_empty())
+        .cloned()
+        .collect()
 }
 
 fn labels(stream: &Stream, key: &SeriesKey) -> RequestLabels {

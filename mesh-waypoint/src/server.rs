@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::destinations::Destinations;
+use crate::destinations::{Destinations, TunnelCache};
 use crate::metrics::{Metrics, SeriesCache};
 
 /// The waypoint's configuration, from flags and the environment the pod gets.
@@ -103,6 +103,26 @@ pub struct Stream {
     pub client: Client,
     /// The request metrics' series its requests used last.
     pub series: SeriesCache,
+    /// The route table and upstreams its requests used last.
+    pub cache: TunnelCache,
+}
+
+impl Stream {
+    pub fn new(
+        waypoint: Arc<Waypoint>,
+        service: Arc<ServiceInfo>,
+        port: u16,
+        client: Client,
+    ) -> Stream {
+        Stream {
+            waypoint,
+            service,
+            port,
+            client,
+            series: SeriesCache::default(),
+            cache: TunnelCache::default(),
+        }
+    }
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -268,13 +288,7 @@ fn tunnel(
         pod: ip.and_then(|ip| model.pod_by_ip(ip).cloned()),
     };
     let http = is_http(&service, destination.port());
-    let stream = Arc::new(Stream {
-        waypoint,
-        service,
-        port: destination.port(),
-        client,
-        series: SeriesCache::default(),
-    });
+    let stream = Arc::new(Stream::new(waypoint, service, destination.port(), client));
     Ok(move |tunnel: Tunnel| -> Task {
         if http {
             Box::pin(crate::http::serve(stream, tunnel))

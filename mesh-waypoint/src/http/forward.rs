@@ -25,40 +25,21 @@ use super::body::{MIRROR_LAG, Outgoing, RequestBody};
 use super::upgrade::{self, Requested};
 use super::{BACKOFF_BASE, Body, Plan, Record, local};
 use crate::destinations::InUse;
-use crate::metrics::{Metrics, Overflow as OverflowMetric, SeriesCache};
+use crate::metrics::{Metrics, Overflow as OverflowMetric};
 use crate::route::{Target, UpstreamFailure};
 use crate::server::Stream;
 use crate::upstream::{HashInput, Outcome, Overflow, RetrySlot, Upstream};
 
-/// Whether the upstream speaks HTTP/2 (the service port says gRPC or HTTP/2).
-fn upstream_h2(model: &Model, host: &str, port: u16) -> bool {
-    model
-        .service_by_host(host)
-        .and_then(|s| s.ports.iter().find(|p| p.port == port).cloned())
-        .is_some_and(|p| {
-            let protocol = p
-                .app_protocol
-                .clone()
-                .or(p.name.clone())
-                .unwrap_or_default()
-                .to_ascii_lowercase();
-            protocol.starts_with("grpc")
-                || protocol.starts_with("http2")
-                || protocol.starts_with("h2c")
-                || protocol == "kubernetes.io/h2c"
-        })
-}
-
 /// Headers that belong to one hop, not the request. `Trailer` is not one (RFC 9110 §6.6.2):
 /// it goes on, and an HTTP/1.1 sender sends only the trailer fields it declares.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "content-length",
+const HOP_BY_HOP: [header::HeaderName; 7] = [
+    header::CONNECTION,
+    header::HeaderName::from_static("keep-alive"),
+    header::HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TE,
+    header::CONTENT_LENGTH,
 ];
 
 /// Removes the hop-by-hop headers: the fixed ones, and those the `Connection` header names
@@ -130,18 +111,17 @@ fn upstream_request(
     Some(request)
 }
 
-/// The authority the client used (Host or `:authority`).
-fn client_authority(parts: &http::request::Parts) -> String {
-    parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
+/// The authority to send: the route's rewrite, else the one the client used (Host or
+/// `:authority`).
+fn authority<'a>(plan: &'a Plan, parts: &'a http::request::Parts) -> &'a str {
+    plan.authority
+        .as_deref()
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
         .or_else(|| {
             parts
                 .headers
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
         })
         .unwrap_or_default()
 }
@@ -186,26 +166,23 @@ pub(super) async fn forward(
     let waypoint = &stream.waypoint;
     let port = plan.target.port.unwrap_or(stream.port);
     let client_ns = stream.client.identity.namespace.as_str();
-    let upstream = match waypoint.destinations.upstream(
+    let (upstream, h2) = match stream.cache.upstream(
+        &waypoint.destinations,
         model,
         &plan.target.host,
         plan.target.subset.as_deref(),
         port,
         client_ns,
     ) {
-        Ok(upstream) => upstream,
+        Ok(found) => found,
         Err(error) => {
             tracing::warn!(host = %plan.target.host, subset = ?plan.target.subset, %error, "no upstream");
             record.flags.push("NC");
             return local(StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n"));
         }
     };
-    let cluster = upstream.key().to_string();
-    let authority = plan
-        .authority
-        .clone()
-        .unwrap_or_else(|| client_authority(parts));
-    let h2 = upstream_h2(model, &plan.target.host, port);
+    let cluster = upstream.name();
+    let authority = authority(plan, parts);
     let retries = plan.retries.clone();
     let max_retries = retries.as_ref().map_or(0, |r| r.attempts);
     let query = parts.uri.query();
@@ -244,7 +221,7 @@ pub(super) async fn forward(
                     Overflow::Connections { .. } => OverflowMetric::Connections,
                     Overflow::Retries { .. } => OverflowMetric::Retries,
                 };
-                waypoint.metrics.overflow(&cluster, which);
+                waypoint.metrics.overflow(cluster, which);
                 record.flags.push("UO");
                 return local(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -253,8 +230,7 @@ pub(super) async fn forward(
             }
         };
         let protocol = upgrade.as_ref().map(|u| &u.protocol);
-        let Some(request) = upstream_request(parts, plan, &authority, h2, protocol, try_body)
-        else {
+        let Some(request) = upstream_request(parts, plan, authority, h2, protocol, try_body) else {
             return local(StatusCode::BAD_REQUEST, "the request cannot be forwarded\n");
         };
         let per_try = retries.as_ref().and_then(|r| r.per_try_timeout);
@@ -290,7 +266,7 @@ pub(super) async fn forward(
             Err(failure) => failure.outcome(),
         };
         if upstream.record(pick.endpoint(), outcome) {
-            waypoint.metrics.ejected(&cluster);
+            waypoint.metrics.ejected(cluster);
         }
         let retriable = match &attempt_result {
             Ok(response) => {
@@ -317,7 +293,7 @@ pub(super) async fn forward(
             attempt,
             &upstream,
             &waypoint.metrics,
-            &cluster,
+            cluster,
             body,
         ) {
             Retry::Again(slot, next) => {
@@ -366,7 +342,7 @@ pub(super) async fn forward(
             // The connection is the upgraded session's now, never a kept one; the
             // lease and the endpoint pick stay taken until the session ends.
             let guard = (lease, pick, in_use.map(InUse::upgraded));
-            upgrade::spawn_splice(asked.client, upstream_io, cluster, guard);
+            upgrade::spawn_splice(asked.client, upstream_io, cluster.to_owned(), guard);
             let empty = Empty::new().map_err(|never| match never {}).boxed();
             give_up.answered();
             return Response::from_parts(head, empty);
@@ -590,29 +566,25 @@ pub(super) fn spawn_mirror(
     body: &RequestBody,
 ) {
     let port = target.port.unwrap_or(stream.port);
-    let client_ns = stream.client.identity.namespace.clone();
-    let upstream = match stream.waypoint.destinations.upstream(
+    let (upstream, h2) = match stream.cache.upstream(
+        &stream.waypoint.destinations,
         model,
         &target.host,
         target.subset.as_deref(),
         port,
-        &client_ns,
+        &stream.client.identity.namespace,
     ) {
-        Ok(upstream) => upstream,
+        Ok(found) => found,
         Err(error) => {
             tracing::debug!(host = %target.host, %error, "mirror has no upstream");
             return;
         }
     };
-    let authority = plan
-        .authority
-        .clone()
-        .unwrap_or_else(|| client_authority(parts));
+    let authority = authority(plan, parts);
     let shadow = match authority.rsplit_once(':') {
         Some((host, port)) if port.parse::<u16>().is_ok() => format!("{host}-shadow:{port}"),
         _ => format!("{authority}-shadow"),
     };
-    let h2 = upstream_h2(model, &target.host, port);
     let (body, copy) = body.mirror();
     let Some(request) = upstream_request(parts, plan, &shadow, h2, None, body) else {
         return;
@@ -620,13 +592,12 @@ pub(super) fn spawn_mirror(
     let input_headers = parts.headers.clone();
     let client_ip = stream.client.ip;
     let waypoint = stream.waypoint.clone();
-    let stream = Stream {
-        waypoint: waypoint.clone(),
-        service: stream.service.clone(),
-        port: stream.port,
-        client: stream.client.clone(),
-        series: SeriesCache::default(),
-    };
+    let stream = Stream::new(
+        waypoint.clone(),
+        stream.service.clone(),
+        stream.port,
+        stream.client.clone(),
+    );
     let model = model.clone();
     tokio::spawn(async move {
         let input = HashInput {
@@ -650,9 +621,9 @@ pub(super) fn spawn_mirror(
             // Dropping the exchange resets the mirror's request, read or not.
             () = copy.cut() => false,
         };
-        let cluster = upstream.key().to_string();
+        let cluster = upstream.name();
         if copy.fell_behind() {
-            waypoint.metrics.retry_or_shadow_abandoned(&cluster);
+            waypoint.metrics.retry_or_shadow_abandoned(cluster);
             tracing::debug!(%cluster, lag = MIRROR_LAG, "the mirror fell behind the request: its copy is dropped");
         } else if !answered {
             tracing::debug!(%cluster, "mirror request failed");

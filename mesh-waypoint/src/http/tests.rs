@@ -648,6 +648,60 @@ async fn the_route_timeout_cuts_off_a_response_body_still_coming() {
     }
 }
 
+/// A tunnel keeps what its requests looked up (route table, upstreams, policies) only for the
+/// snapshot they saw: a change applies to the next request on a connection already open.
+#[tokio::test]
+async fn a_config_change_applies_to_the_next_request_on_an_open_connection() {
+    let (seen_tx, _seen) = mpsc::unbounded_channel();
+    let port = upstream("127.0.0.1", false, move |request| {
+        echo(request, seen_tx.clone())
+    })
+    .await;
+    let mut waypoint = TestWaypoint::new(&[service("echo", "127.0.0.1", "http", port)]);
+    let mut client = waypoint.http1::<Empty<Bytes>>().await;
+    assert_eq!(status_on(&mut client).await, StatusCode::OK);
+    assert_eq!(
+        status_on(&mut client).await,
+        StatusCode::OK,
+        "from the cache"
+    );
+    waypoint.upsert(&[echo_route(
+        "fault: {abort: {httpStatus: 418, percentage: {value: 100}}}",
+    )]);
+    assert_eq!(status_on(&mut client).await, StatusCode::IM_A_TEAPOT);
+    waypoint.upsert(&[r#"---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-orders, namespace: default}
+spec:
+  targetRefs: [{kind: Service, group: "", name: echo}]
+  action: DENY
+  rules: [{to: [{operation: {paths: [/orders]}}]}]
+"#
+    .to_owned()]);
+    assert_eq!(status_on(&mut client).await, StatusCode::FORBIDDEN);
+}
+
+/// The status of a GET for `echo:8000/orders` on an open HTTP/1.1 connection.
+async fn status_on(
+    client: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+) -> StatusCode {
+    within("the client connection ready", client.ready())
+        .await
+        .unwrap();
+    let request = to_echo(http::Method::GET, false, "/orders")
+        .body(Empty::new())
+        .unwrap();
+    let response = within("a response", client.send_request(request))
+        .await
+        .unwrap();
+    let status = response.status();
+    within("the body", response.into_body().collect())
+        .await
+        .unwrap();
+    status
+}
+
 /// A GET for `echo:8000{path}` through the waypoint, over HTTP/2 or HTTP/1.1.
 async fn get(waypoint: &TestWaypoint, h2: bool, path: &str) -> Response<Incoming> {
     let request = to_echo(http::Method::GET, h2, path)

@@ -265,8 +265,9 @@ impl<T> WeightedDestinations<T> {
 /// `headers`: edits of the request (before forwarding) and of the response.
 #[derive(Debug, Clone, Default)]
 pub struct HeaderOps {
-    pub request: HeaderEdits,
-    pub response: HeaderEdits,
+    /// Shared with each request's plan, which keeps the non-empty ones.
+    pub request: Arc<HeaderEdits>,
+    pub response: Arc<HeaderEdits>,
     /// A request `set`/`add` of `:authority` or `host`: Istio turns it into an authority
     /// rewrite instead of a header edit.
     pub authority: Option<String>,

@@ -96,6 +96,8 @@ pub struct Health {
 #[derive(Debug)]
 pub struct Upstream {
     key: UpstreamKey,
+    /// `key` as Envoy names the cluster, for metrics and logs.
+    name: String,
     policy: EffectivePolicy,
     pool: CircuitBreaker,
     epoch: Instant,
@@ -115,6 +117,7 @@ impl Upstream {
         endpoints: impl IntoIterator<Item = Endpoint>,
     ) -> Upstream {
         let upstream = Upstream {
+            name: key.to_string(),
             key,
             pool: CircuitBreaker::new(policy.connection_pool.clone()),
             policy,
@@ -150,6 +153,11 @@ impl Upstream {
 
     pub fn key(&self) -> &UpstreamKey {
         &self.key
+    }
+
+    /// The cluster's name, as Envoy's (`outbound|9080|v1|reviews.shop.svc.cluster.local`).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     pub fn policy(&self) -> &EffectivePolicy {
@@ -229,7 +237,7 @@ impl Upstream {
         };
         let Some(index) = index else {
             return Err(Error::NoHealthyEndpoint {
-                upstream: self.key.to_string(),
+                upstream: self.name.clone(),
                 endpoints: snapshot.endpoints.len(),
                 ejected: snapshot.endpoints.len() - snapshot.healthy,
             });

@@ -91,14 +91,14 @@ fn upgrade_headers_are_dropped_without_an_upgrade_or_to_an_http2_upstream() {
 fn route_header_edits_apply_to_an_upgrade_request() {
     let parts = websocket_parts();
     let mut plan = plan();
-    plan.request_edits.push(HeaderEdits {
+    plan.request_edits.push(Arc::new(HeaderEdits {
         set: vec![(
             header::HeaderName::from_static("end-user"),
             HeaderValue::from_static("websocket-tester"),
         )],
         add: Vec::new(),
         remove: vec![header::HeaderName::from_static("sec-websocket-key")],
-    });
+    }));
     let websocket = HeaderValue::from_static("websocket");
     let request = upstream_request(
         &parts,

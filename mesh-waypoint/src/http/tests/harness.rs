@@ -20,7 +20,6 @@ use tokio::net::TcpListener;
 
 use super::*;
 use crate::destinations::Destinations;
-use crate::metrics::SeriesCache;
 use crate::server::{Client, Waypoint, WaypointConfig};
 
 /// Far more than an exchange on loopback takes; what does not happen by then fails the test.
@@ -106,6 +105,8 @@ where
 /// The waypoint, serving the `echo` service's port 8000 to a client in namespace `default`.
 pub(super) struct TestWaypoint {
     stream: Arc<Stream>,
+    /// The config the waypoint serves; [`TestWaypoint::upsert`] changes it live.
+    store: Store,
     /// The CA files the certificate manager reads; removed when the test ends.
     dir: PathBuf,
 }
@@ -158,18 +159,21 @@ impl TestWaypoint {
             .service_by_host("echo.default.svc.cluster.local")
             .expect("the config has the echo service")
             .clone();
-        let stream = Arc::new(Stream {
-            waypoint,
-            service,
-            port: 8000,
-            client: Client {
-                identity: Identity::new("cluster.local", "default", "client"),
-                ip: None,
-                pod: None,
-            },
-            series: SeriesCache::default(),
-        });
-        TestWaypoint { stream, dir }
+        let client = Client {
+            identity: Identity::new("cluster.local", "default", "client"),
+            ip: None,
+            pod: None,
+        };
+        let stream = Arc::new(Stream::new(waypoint, service, 8000, client));
+        TestWaypoint { stream, store, dir }
+    }
+
+    /// Adds or replaces the objects of the YAML `documents`, as a config source would.
+    pub(super) fn upsert(&mut self, documents: &[String]) {
+        let loaded = manifest::parse_documents(&documents.concat(), Path::new("change.yaml"));
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        self.store
+            .apply_all(loaded.objects.into_iter().map(Update::Upsert));
     }
 
     /// A client connection to the waypoint, served as a tunnel's would be.
