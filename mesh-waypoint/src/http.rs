@@ -18,7 +18,7 @@
 //! is known.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -216,19 +216,28 @@ impl Drop for Exchange {
     }
 }
 
-/// Where a request goes once routing has decided to forward it.
-struct Plan {
-    target: Target,
-    path: String,
-    authority: Option<String>,
-    /// Header edits in the order they apply; none empty.
-    request_edits: Vec<Arc<HeaderEdits>>,
-    response_edits: Vec<Arc<HeaderEdits>>,
+/// Where a request goes once routing has decided to forward it: borrowed from the route
+/// table (or the tunnel) and the request, so that deciding allocates nothing but a rewritten
+/// path.
+struct Plan<'a> {
+    target: &'a Target,
+    /// The rewritten path and query; `None`: the client's.
+    path: Option<String>,
+    /// The rewritten authority; `None`: the client's.
+    authority: Option<&'a str>,
+    /// In the order they apply.
+    request_edits: [&'a HeaderEdits; 2],
+    response_edits: [&'a HeaderEdits; 2],
     timeout: Option<Duration>,
-    retries: Option<RetryPolicy>,
-    mirrors: Vec<Target>,
+    retries: Option<&'a RetryPolicy>,
+    mirrors: Vec<&'a Target>,
     extra_response_headers: HeaderMap,
 }
+
+static NO_EDITS: HeaderEdits = HeaderEdits::NONE;
+
+/// Istio's retry policy for a route that sets none (and for traffic no route names).
+static ISTIO_DEFAULT_RETRIES: LazyLock<RetryPolicy> = LazyLock::new(RetryPolicy::istio_default);
 
 async fn respond(
     stream: &Stream,
@@ -244,11 +253,10 @@ async fn respond(
         labels: client.pod.as_ref().map_or(&NO_LABELS, |p| &p.labels),
         ip: client.ip,
     };
-    let hostname = &stream.service.hostname;
     let table = stream.cache.routes(
         &stream.waypoint.destinations,
         &model,
-        hostname,
+        &stream.service.hostname,
         &client.identity.namespace,
     );
     let facts = RequestFacts::from_parts(&parts, stream.port, source);
@@ -261,27 +269,24 @@ async fn respond(
     if crate::authz::decide(stream, &model, Some(request)).is_some_and(|d| !d.is_allowed()) {
         return local(StatusCode::FORBIDDEN, "RBAC: access denied");
     }
-    let mut plan = match table.route_http(&facts) {
+    let decision = table.route_http(&facts);
+    let mut plan = match &decision {
         None if table.serves_http(stream.port, &facts.source) => {
             record.flags.push("NR");
             return local(StatusCode::NOT_FOUND, "no route matched\n");
         }
         None => Plan {
-            target: Target {
-                host: hostname.clone(),
-                subset: None,
-                port: Some(stream.port),
-            },
-            path: facts.path.to_owned(),
+            target: &stream.default_target,
+            path: None,
             authority: None,
-            request_edits: Vec::new(),
-            response_edits: Vec::new(),
+            request_edits: [&NO_EDITS; 2],
+            response_edits: [&NO_EDITS; 2],
             timeout: None,
-            retries: Some(RetryPolicy::istio_default()),
+            retries: Some(&ISTIO_DEFAULT_RETRIES),
             mirrors: Vec::new(),
             extra_response_headers: HeaderMap::new(),
         },
-        Some(decision) => match decide(&decision, &facts, record).await {
+        Some(decision) => match decide(decision, &facts, record).await {
             Ok(plan) => plan,
             Err(response) => return response,
         },
@@ -321,7 +326,7 @@ async fn respond(
         }
         None => forwarded.await,
     };
-    for edits in &plan.response_edits {
+    for edits in plan.response_edits {
         edits.apply(response.headers_mut());
     }
     response
@@ -332,11 +337,11 @@ async fn respond(
 
 /// Applies the parts of a matched rule that may answer at once (CORS preflight, faults,
 /// redirect, direct response); otherwise the forwarding plan.
-async fn decide(
-    decision: &HttpDecision,
+async fn decide<'a>(
+    decision: &'a HttpDecision,
     facts: &RequestFacts<'_>,
     record: &mut Record,
-) -> Result<Plan, Response<Body>> {
+) -> Result<Plan<'a>, Response<Body>> {
     let mut extra_response_headers = HeaderMap::new();
     if let Some(cors) = decision.cors() {
         match cors.evaluate(facts.method, facts.headers) {
@@ -401,30 +406,19 @@ async fn decide(
         .mirrors
         .iter()
         .filter(|m| m.roll(&mut rand::rng()))
-        .map(|m| m.target.clone())
+        .map(|m| &m.target)
         .collect();
     Ok(Plan {
-        target: destination.target.clone(),
-        path: decision
-            .rewrite_path(facts.path)
-            .unwrap_or_else(|| facts.path.to_owned()),
-        authority: decision.authority_for(destination).map(str::to_owned),
-        request_edits: non_empty([&decision.headers().request, &destination.headers.request]),
-        response_edits: non_empty([&destination.headers.response, &decision.headers().response]),
+        target: &destination.target,
+        path: decision.rewrite_path(facts.path),
+        authority: decision.authority_for(destination),
+        request_edits: [&decision.headers().request, &destination.headers.request],
+        response_edits: [&destination.headers.response, &decision.headers().response],
         timeout: forward.timeout,
-        retries: forward.retries.clone(),
+        retries: forward.retries.as_ref(),
         mirrors,
         extra_response_headers,
     })
-}
-
-/// The edits that change something (most routes have none: no allocation then).
-fn non_empty(edits: [&Arc<HeaderEdits>; 2]) -> Vec<Arc<HeaderEdits>> {
-    edits
-        .into_iter()
-        .filter(|e| !e.is_empty())
-        .cloned()
-        .collect()
 }
 
 fn labels(stream: &Stream, key: &SeriesKey) -> RequestLabels {

@@ -25,6 +25,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::destinations::{Destinations, TunnelCache};
 use crate::metrics::{Metrics, SeriesCache};
+use crate::route::Target;
 
 /// The waypoint's configuration, from flags and the environment the pod gets.
 #[derive(Debug, Clone, Serialize)]
@@ -105,6 +106,8 @@ pub struct Stream {
     pub series: SeriesCache,
     /// The route table and upstreams its requests used last.
     pub cache: TunnelCache,
+    /// Where requests go that no route names: the service port itself.
+    pub default_target: Target,
 }
 
 impl Stream {
@@ -115,6 +118,11 @@ impl Stream {
         client: Client,
     ) -> Stream {
         Stream {
+            default_target: Target {
+                host: service.hostname.clone(),
+                subset: None,
+                port: Some(port),
+            },
             waypoint,
             service,
             port,

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Incoming;
@@ -64,21 +65,30 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// HTTP/1.1 upstream (HTTP/2 has no `Upgrade`: there the request goes as a plain one).
 fn upstream_request(
     parts: &http::request::Parts,
-    plan: &Plan,
+    plan: &Plan<'_>,
     authority: &str,
     h2: bool,
     upgrade: Option<&HeaderValue>,
     body: Outgoing,
 ) -> Option<Request<Outgoing>> {
+    let path_and_query = match &plan.path {
+        Some(rewritten) => rewritten.parse().ok()?,
+        // As the client sent it: shares its bytes.
+        None => parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    };
     let uri = if h2 {
         Uri::builder()
             .scheme("http")
             .authority(authority)
-            .path_and_query(plan.path.as_str())
+            .path_and_query(path_and_query)
             .build()
             .ok()?
     } else {
-        plan.path.parse().ok()?
+        Uri::from(path_and_query)
     };
     let mut request = Request::new(body);
     *request.method_mut() = parts.method.clone();
@@ -101,21 +111,28 @@ fn upstream_request(
     if !h2 && let Some(protocol) = upgrade {
         upgrade::restore_headers(headers, protocol);
     }
-    for edits in &plan.request_edits {
+    for edits in plan.request_edits {
         edits.apply(headers);
     }
-    headers.remove(header::HOST);
-    if !h2 && let Ok(host) = HeaderValue::from_str(authority) {
-        headers.insert(header::HOST, host);
+    if h2 {
+        headers.remove(header::HOST);
+    } else if headers
+        .get(header::HOST)
+        .is_none_or(|host| host.as_bytes() != authority.as_bytes())
+    {
+        // (The client's own Host, most often, is kept as it is.)
+        headers.remove(header::HOST);
+        if let Ok(host) = HeaderValue::from_str(authority) {
+            headers.insert(header::HOST, host);
+        }
     }
     Some(request)
 }
 
 /// The authority to send: the route's rewrite, else the one the client used (Host or
 /// `:authority`).
-fn authority<'a>(plan: &'a Plan, parts: &'a http::request::Parts) -> &'a str {
+fn authority<'a>(plan: &Plan<'a>, parts: &'a http::request::Parts) -> &'a str {
     plan.authority
-        .as_deref()
         .or_else(|| parts.uri.authority().map(|a| a.as_str()))
         .or_else(|| {
             parts
@@ -156,7 +173,7 @@ pub(super) async fn forward(
     stream: &Stream,
     model: &Arc<Model>,
     parts: &http::request::Parts,
-    plan: &Plan,
+    plan: &Plan<'_>,
     body: &RequestBody,
     mut upgrade: Option<Requested>,
     record: &mut Record,
@@ -183,7 +200,7 @@ pub(super) async fn forward(
     };
     let cluster = upstream.name();
     let authority = authority(plan, parts);
-    let retries = plan.retries.clone();
+    let retries = plan.retries;
     let max_retries = retries.as_ref().map_or(0, |r| r.attempts);
     let query = parts.uri.query();
     let mut retry_slot = None;
@@ -562,7 +579,7 @@ pub(super) fn spawn_mirror(
     model: &Arc<Model>,
     target: &Target,
     parts: &http::request::Parts,
-    plan: &Plan,
+    plan: &Plan<'_>,
     body: &RequestBody,
 ) {
     let port = target.port.unwrap_or(stream.port);

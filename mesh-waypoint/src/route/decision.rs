@@ -265,9 +265,8 @@ impl<T> WeightedDestinations<T> {
 /// `headers`: edits of the request (before forwarding) and of the response.
 #[derive(Debug, Clone, Default)]
 pub struct HeaderOps {
-    /// Shared with each request's plan, which keeps the non-empty ones.
-    pub request: Arc<HeaderEdits>,
-    pub response: Arc<HeaderEdits>,
+    pub request: HeaderEdits,
+    pub response: HeaderEdits,
     /// A request `set`/`add` of `:authority` or `host`: Istio turns it into an authority
     /// rewrite instead of a header edit.
     pub authority: Option<String>,
@@ -282,6 +281,13 @@ pub struct HeaderEdits {
 }
 
 impl HeaderEdits {
+    /// No edits.
+    pub const NONE: HeaderEdits = HeaderEdits {
+        set: Vec::new(),
+        add: Vec::new(),
+        remove: Vec::new(),
+    };
+
     /// Removes, then sets (replacing every value), then adds (appending), as Envoy does.
     pub fn apply(&self, headers: &mut HeaderMap) {
         for name in &self.remove {

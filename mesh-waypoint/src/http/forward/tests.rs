@@ -1,19 +1,24 @@
 use http::Method;
 
+use std::sync::LazyLock;
+
 use super::*;
+use crate::http::NO_EDITS;
 use crate::route::HeaderEdits;
 
-fn plan() -> Plan {
+static HTTPBIN: LazyLock<Target> = LazyLock::new(|| Target {
+    host: "httpbin.default.svc.cluster.local".to_owned(),
+    subset: None,
+    port: None,
+});
+
+fn plan() -> Plan<'static> {
     Plan {
-        target: Target {
-            host: "httpbin.default.svc.cluster.local".to_owned(),
-            subset: None,
-            port: None,
-        },
-        path: "/websocket/echo".to_owned(),
+        target: &HTTPBIN,
+        path: None,
         authority: None,
-        request_edits: Vec::new(),
-        response_edits: Vec::new(),
+        request_edits: [&NO_EDITS; 2],
+        response_edits: [&NO_EDITS; 2],
         timeout: None,
         retries: None,
         mirrors: Vec::new(),
@@ -90,15 +95,16 @@ fn upgrade_headers_are_dropped_without_an_upgrade_or_to_an_http2_upstream() {
 #[test]
 fn route_header_edits_apply_to_an_upgrade_request() {
     let parts = websocket_parts();
-    let mut plan = plan();
-    plan.request_edits.push(Arc::new(HeaderEdits {
+    let edits = HeaderEdits {
         set: vec![(
             header::HeaderName::from_static("end-user"),
             HeaderValue::from_static("websocket-tester"),
         )],
         add: Vec::new(),
         remove: vec![header::HeaderName::from_static("sec-websocket-key")],
-    }));
+    };
+    let mut plan = plan();
+    plan.request_edits[1] = &edits;
     let websocket = HeaderValue::from_static("websocket");
     let request = upstream_request(
         &parts,
@@ -149,5 +155,50 @@ fn trace_headers_reach_the_upstream_unchanged_and_headers_the_connection_names_d
         assert_eq!(headers["x-request-id"], "7d3e-42");
         assert!(!headers.contains_key("x-hop-secret"), "h2 {h2}");
         assert!(!headers.contains_key(header::CONNECTION), "h2 {h2}");
+    }
+}
+
+/// Without a rewrite the request goes on with the client's path, query and Host; a rewrite
+/// replaces them, and an HTTP/2 upstream gets the authority in the URI and no Host.
+#[test]
+fn the_path_and_host_go_on_as_sent_unless_the_route_rewrites_them() {
+    let parts = Request::get("/status/418?x=1&y=2")
+        .header("host", "httpbin:8000")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    let as_sent = upstream_request(
+        &parts,
+        &plan(),
+        authority(&plan(), &parts),
+        false,
+        None,
+        Outgoing::Empty,
+    )
+    .unwrap();
+    assert_eq!(as_sent.uri(), "/status/418?x=1&y=2");
+    assert_eq!(as_sent.headers()[header::HOST], "httpbin:8000");
+
+    let mut rewritten = plan();
+    rewritten.path = Some("/anything?x=1".to_owned());
+    rewritten.authority = Some("httpbin.org");
+    for h2 in [false, true] {
+        let request = upstream_request(
+            &parts,
+            &rewritten,
+            authority(&rewritten, &parts),
+            h2,
+            None,
+            Outgoing::Empty,
+        )
+        .unwrap();
+        if h2 {
+            assert_eq!(request.uri(), "http://httpbin.org/anything?x=1");
+            assert!(!request.headers().contains_key(header::HOST));
+        } else {
+            assert_eq!(request.uri(), "/anything?x=1");
+            assert_eq!(request.headers()[header::HOST], "httpbin.org");
+        }
     }
 }

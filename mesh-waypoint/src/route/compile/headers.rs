@@ -1,7 +1,6 @@
 //! Compiling `headers`: request and response edits, and the authority rewrite hidden in them.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
 use mesh_core::config::istio::{HeaderOperations, Headers};
@@ -15,11 +14,11 @@ pub(super) fn header_ops(ctx: &mut Ctx<'_>, path: &str, headers: Option<&Headers
     let Some(headers) = headers else { return ops };
     if let Some(request) = &headers.request {
         let (edits, authority) = header_edits(ctx, &format!("{path}.request"), request, true);
-        ops.request = Arc::new(edits);
+        ops.request = edits;
         ops.authority = authority;
     }
     if let Some(response) = &headers.response {
-        ops.response = Arc::new(header_edits(ctx, &format!("{path}.response"), response, false).0);
+        ops.response = header_edits(ctx, &format!("{path}.response"), response, false).0;
     }
     ops
 }
