@@ -234,12 +234,7 @@ fn upstream_h2(model: &Model, host: &str, port: u16) -> bool {
         .service_by_host(host)
         .and_then(|s| s.ports.iter().find(|p| p.port == port))
         .is_some_and(|p| {
-            let protocol = p
-                .app_protocol
-                .as_deref()
-                .or(p.name.as_deref())
-                .unwrap_or_default()
-                .to_ascii_lowercase();
+            let protocol = p.declared_protocol();
             protocol.starts_with("grpc")
                 || protocol.starts_with("http2")
                 || protocol.starts_with("h2c")

@@ -453,13 +453,12 @@ fn labels(stream: &Stream, key: &SeriesKey) -> RequestLabels {
         }),
         destination_app: label(destination_pod, "app"),
         destination_version: label(destination_pod, "version"),
-        request_protocol: if stream.service.ports.iter().any(|p| {
-            p.port == stream.port
-                && p.app_protocol
-                    .as_deref()
-                    .or(p.name.as_deref())
-                    .is_some_and(|n| n.starts_with("grpc"))
-        }) {
+        request_protocol: if stream
+            .service
+            .ports
+            .iter()
+            .any(|p| p.port == stream.port && p.declared_protocol().starts_with("grpc"))
+        {
             "grpc"
         } else {
             "http"

@@ -245,12 +245,7 @@ fn is_http(service: &ServiceInfo, port: u16) -> bool {
         .iter()
         .find(|p| p.port == port)
         .is_some_and(|p| {
-            let declared = p
-                .app_protocol
-                .as_deref()
-                .or(p.name.as_deref())
-                .unwrap_or_default()
-                .to_ascii_lowercase();
+            let declared = p.declared_protocol();
             let prefix = declared.split('-').next().unwrap_or_default();
             matches!(prefix, "http" | "http2" | "grpc" | "h2c")
                 || declared == "kubernetes.io/h2c"

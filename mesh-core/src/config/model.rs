@@ -87,6 +87,19 @@ pub struct ServicePortInfo {
     pub app_protocol: Option<String>,
 }
 
+impl ServicePortInfo {
+    /// The application protocol the port declares, lowercased: `appProtocol`, else the
+    /// port's name (Istio reads a name's prefix: `http-web`, `grpc-api`); empty when neither
+    /// is set.
+    pub fn declared_protocol(&self) -> String {
+        self.app_protocol
+            .as_deref()
+            .or(self.name.as_deref())
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+    }
+}
+
 /// What the model keeps of a Service.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServiceInfo {
