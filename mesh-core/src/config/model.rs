@@ -609,3 +609,30 @@ impl Model {
 pub fn selects(selector: &BTreeMap<String, String>, labels: &Labels) -> bool {
     labels.contains_all(selector.iter().map(|(k, v)| (k.as_str(), v.as_str())))
 }
+
+#[cfg(test)]
+mod port_tests {
+    use super::{ServicePortInfo, TargetPort};
+
+    fn port(name: Option<&str>, app_protocol: Option<&str>) -> ServicePortInfo {
+        ServicePortInfo {
+            name: name.map(str::to_owned),
+            port: 9080,
+            target_port: TargetPort::Number(9080),
+            protocol: "TCP".to_owned(),
+            app_protocol: app_protocol.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_port_declares_its_app_protocol_else_its_name_lowercased() {
+        assert_eq!(port(Some("http-web"), None).declared_protocol(), "http-web");
+        assert_eq!(port(Some("GRPC-api"), None).declared_protocol(), "grpc-api");
+        assert_eq!(
+            port(Some("http-web"), Some("kubernetes.io/h2c")).declared_protocol(),
+            "kubernetes.io/h2c"
+        );
+        assert_eq!(port(None, Some("HTTP2")).declared_protocol(), "http2");
+        assert_eq!(port(None, None).declared_protocol(), "");
+    }
+}
