@@ -351,8 +351,6 @@ fn sync_interfaces(shared: &Shared) {
     }
 }
 
-/// Publishes the local pods, makes the eBPF maps match the enrolled ones, and asks for the
-/// certificates of their service accounts. Ready once the first snapshot is applied.
 /// [`sync`] on the blocking pool, waited for. With one worker the proxy runs on the thread
 /// that runs the agent's loop, and a sync costs a system call or more per pod of the node
 /// (its cgroup's inode, the maps' reads and writes): the proxy should not wait behind it.
@@ -364,6 +362,8 @@ async fn sync_beside(model: Arc<Model>, shared: &Arc<Shared>) {
     }
 }
 
+/// Publishes the local pods, makes the eBPF maps match the enrolled ones, and asks for the
+/// certificates of their service accounts. Ready once the first snapshot is applied.
 fn sync(model: &Model, shared: &Shared) {
     let config = &shared.config;
     let local = local_pods(model, &config.node);

@@ -220,7 +220,6 @@ impl Drop for Ebpf {
     }
 }
 
-/// Registers the log ring buffer with Tokio and spawns the task that drains it.
 /// The most verbose level of the programs' records that this process's log shows for target
 /// `mesh_ebpf` (`RUST_LOG=info,mesh_ebpf=debug`; a directive for one of its modules alone
 /// does not count), which the programs are loaded with. The records are compiled in up to trace,
@@ -243,6 +242,7 @@ pub(crate) fn log_level() -> aya_log::Level {
     }
 }
 
+/// Registers the log ring buffer with Tokio and spawns the task that drains it.
 fn start_log_task(
     runtime: &tokio::runtime::Handle,
     logger: EbpfLogger<LogTracer>,

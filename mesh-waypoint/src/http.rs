@@ -33,7 +33,8 @@ use mesh_core::hbone::Tunnel;
 
 use crate::metrics::{RequestLabels, SeriesKey};
 use crate::route::{
-    AbortError, HeaderEdits, HttpAction, HttpDecision, RequestFacts, RetryPolicy, Source, Target,
+    AbortError, HeaderEdits, HttpAction, HttpDecision, NO_EDITS, RequestFacts, RetryPolicy, Source,
+    Target,
 };
 use crate::server::Stream;
 
@@ -233,8 +234,6 @@ struct Plan<'a> {
     mirrors: Vec<&'a Target>,
     extra_response_headers: HeaderMap,
 }
-
-static NO_EDITS: HeaderEdits = HeaderEdits::NONE;
 
 /// Istio's retry policy for a route that sets none (and for traffic no route names).
 static ISTIO_DEFAULT_RETRIES: LazyLock<RetryPolicy> = LazyLock::new(RetryPolicy::istio_default);

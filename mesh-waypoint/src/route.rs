@@ -47,7 +47,7 @@ use mesh_core::config::istio::VirtualService;
 pub use cors::{Cors, CorsResponse};
 pub use decision::{
     DirectResponse, Forward, HeaderEdits, HeaderOps, HttpAction, HttpDecision, HttpDestination,
-    Redirect, RedirectPort, Rewrite, Target, TcpDecision, WeightedDestinations,
+    NO_EDITS, Redirect, RedirectPort, Rewrite, Target, TcpDecision, WeightedDestinations,
 };
 use decision::{HttpRule, TcpRule};
 pub use matching::{RequestFacts, Source, TcpFacts};

@@ -201,16 +201,13 @@ pub(super) async fn forward(
     let cluster = upstream.name();
     let authority = authority(plan, parts);
     let retries = plan.retries;
-    let max_retries = retries.as_ref().map_or(0, |r| r.attempts);
+    let max_retries = retries.map_or(0, |r| r.attempts);
     let query = parts.uri.query();
     let mut retry_slot = None;
     let mut attempt = 0;
     loop {
         if attempt > 0 {
-            let backoff = retries
-                .as_ref()
-                .and_then(|r| r.backoff)
-                .unwrap_or(BACKOFF_BASE);
+            let backoff = retries.and_then(|r| r.backoff).unwrap_or(BACKOFF_BASE);
             // Envoy: a random wait up to base × 2^(n−1), capped at 10 × base.
             let ceiling = (backoff * 2u32.saturating_pow(attempt - 1)).min(backoff * 10);
             let wait = rand::rng().random_range(Duration::ZERO..=ceiling);
@@ -250,7 +247,7 @@ pub(super) async fn forward(
         let Some(request) = upstream_request(parts, plan, authority, h2, protocol, try_body) else {
             return local(StatusCode::BAD_REQUEST, "the request cannot be forwarded\n");
         };
-        let per_try = retries.as_ref().and_then(|r| r.per_try_timeout);
+        let per_try = retries.and_then(|r| r.per_try_timeout);
         // As Envoy: a try's timeout runs from the end of the client's request, so a body
         // still streaming (a slow upload, a gRPC client stream) does not count against it.
         let expiry = async {
@@ -267,7 +264,7 @@ pub(super) async fn forward(
             Ok((response, in_use)) => (Ok(response), in_use),
             Err(failure) => (Err(failure), None),
         };
-        let retry_on = retries.as_ref().map(|r| &r.retry_on);
+        let retry_on = retries.map(|r| &r.retry_on);
         // A retry is decided as the try ends, as Envoy decides it at the response headers:
         // with a `maxRetries` slot the try is dropped — its connection, pool lease and
         // endpoint pick go back before the next try asks for them — and without one the

@@ -280,14 +280,14 @@ pub struct HeaderEdits {
     pub(crate) remove: Vec<HeaderName>,
 }
 
-impl HeaderEdits {
-    /// No edits.
-    pub const NONE: HeaderEdits = HeaderEdits {
-        set: Vec::new(),
-        add: Vec::new(),
-        remove: Vec::new(),
-    };
+/// No edits: what a request no route names gets.
+pub static NO_EDITS: HeaderEdits = HeaderEdits {
+    set: Vec::new(),
+    add: Vec::new(),
+    remove: Vec::new(),
+};
 
+impl HeaderEdits {
     /// Removes, then sets (replacing every value), then adds (appending), as Envoy does.
     pub fn apply(&self, headers: &mut HeaderMap) {
         for name in &self.remove {

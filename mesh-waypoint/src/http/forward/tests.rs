@@ -3,8 +3,8 @@ use http::Method;
 use std::sync::LazyLock;
 
 use super::*;
-use crate::http::NO_EDITS;
 use crate::route::HeaderEdits;
+use crate::route::NO_EDITS;
 
 static HTTPBIN: LazyLock<Target> = LazyLock::new(|| Target {
     host: "httpbin.default.svc.cluster.local".to_owned(),
