@@ -4,6 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use mesh_core::identity::manager::CaClientConfig;
+use mesh_core::runtime::Scheduling;
 use mesh_node::agent::NodeConfig;
 use mesh_node::ca::kube::KubeAuthorizerConfig;
 use mesh_node::ca::{AuthorizerConfig, CaConfig};
@@ -19,12 +20,12 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::try_parse_checked(std::env::args_os()).unwrap_or_else(|error| error.exit());
-    let workers = match &cli.command {
-        Command::Run(args) => usize::from(args.worker_threads),
+    let (workers, scheduling) = match &cli.command {
+        Command::Run(args) => (usize::from(args.worker_threads), args.scheduling),
         // The CA and the one-shot commands: two, as for any small server.
-        _ => 2,
+        _ => (2, Scheduling::Normal),
     };
-    mesh_core::runtime::build(workers)
+    mesh_core::runtime::build(workers, scheduling)
         .context("starting the async runtime")?
         .block_on(run(cli))
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::error::ErrorKind;
 use clap::{CommandFactory as _, Parser};
 use mesh_core::identity::manager::CaClientConfig;
+use mesh_core::runtime::Scheduling;
 
 use crate::server::{ConfigSource, WaypointConfig};
 
@@ -66,6 +67,11 @@ pub struct Cli {
     /// core's worth.
     #[arg(long, env = "WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub worker_threads: u16,
+    /// How the kernel schedules the proxy's threads: `batch` (SCHED_BATCH: woken by a
+    /// packet, the waypoint waits for the running task to sleep instead of preempting it) or
+    /// `normal` (SCHED_OTHER).
+    #[arg(long, env = "SCHEDULING", default_value_t = Scheduling::Batch)]
+    pub scheduling: Scheduling,
 }
 
 /// Where the config model comes from.

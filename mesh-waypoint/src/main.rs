@@ -15,8 +15,8 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::try_parse_checked(std::env::args_os()).unwrap_or_else(|error| error.exit());
-    let workers = usize::from(cli.worker_threads);
+    let (workers, scheduling) = (usize::from(cli.worker_threads), cli.scheduling);
     let config = cli.into_config().unwrap_or_else(|error| error.exit());
-    let runtime = mesh_core::runtime::build(workers)?;
+    let runtime = mesh_core::runtime::build(workers, scheduling)?;
     Ok(runtime.block_on(server::run(config))?)
 }

@@ -71,7 +71,7 @@ pub(crate) fn with_bench_lab<T>(
     mesh_node: Option<&std::path::Path>,
     scenarios: impl FnOnce(mesh_sim::Lab, &std::path::Path) -> Result<T>,
 ) -> Result<T> {
-    let sample_app = crate::cargo::build_sample_app()?;
+    let sample_app = crate::cargo::build_sample_app(crate::cargo::Profile::Release)?;
     let mesh_node = match mesh_node {
         Some(path) => path.to_owned(),
         None => crate::cargo::build_mesh_node()?,

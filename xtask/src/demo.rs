@@ -12,7 +12,7 @@ const LAB: &str = "mesh";
 
 pub(crate) fn run() -> Result<()> {
     setup::run()?;
-    let sample_app = cargo::build_sample_app()?;
+    let sample_app = cargo::build_sample_app(cargo::Profile::Debug)?;
     let mesh_node = cargo::build_mesh_node()?;
     cargo::build_mesh_waypoint()?;
     let samples = cargo::istio_samples()?;

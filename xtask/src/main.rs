@@ -87,7 +87,7 @@ fn test() -> Result<()> {
             "warnings",
         ]),
     )?;
-    cargo::build_sample_app()?;
+    cargo::build_sample_app(cargo::Profile::Debug)?;
     cargo::build_mesh_waypoint()?;
     cargo::step(
         "cargo test (unit, eBPF and simulated-cluster tests)",

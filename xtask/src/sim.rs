@@ -117,7 +117,7 @@ pub(crate) fn run(args: SimArgs) -> Result<ExitCode> {
             fast_path,
             mesh_node,
         } => {
-            let sample_app = cargo::build_sample_app()?;
+            let sample_app = cargo::build_sample_app(cargo::Profile::Debug)?;
             // Gateways of class istio-waypoint run it.
             cargo::build_mesh_waypoint()?;
             let mesh_node = match mesh_node {
