@@ -15,4 +15,5 @@ pub mod manifest;
 pub mod pages;
 pub mod policy;
 pub mod runtime;
+pub mod scheduling;
 pub mod source;

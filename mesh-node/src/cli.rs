@@ -11,7 +11,7 @@ use clap::error::ErrorKind;
 use clap::{CommandFactory as _, Parser, Subcommand};
 
 use mesh_core::config::Name;
-use mesh_core::runtime::Scheduling;
+use mesh_core::scheduling::Scheduling;
 
 use crate::agent::{ConfigSource, RedirectMode};
 use crate::ca::kube::{DEFAULT_AUDIENCE, DEFAULT_NODE_AGENT, parse_service_account};
@@ -141,10 +141,12 @@ pub struct RunArgs {
     /// two); give more to a node that proxies more than one core's worth.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub worker_threads: u16,
-    /// How the kernel schedules the proxy's threads: `batch` (SCHED_BATCH: woken by a pod's
-    /// packet, the proxy waits for the pod to sleep instead of preempting it; bench mesh:
-    /// about a quarter less CPU per request at 1000 req/s) or `normal` (SCHED_OTHER).
-    #[arg(long, default_value_t = Scheduling::Batch)]
+    /// How the kernel schedules the proxy's threads: `auto` (batch work, SCHED_BATCH, while
+    /// they get a CPU promptly, SCHED_OTHER while CPU-bound neighbours make them wait),
+    /// `batch` or `normal` (SCHED_OTHER). Batch: woken by a packet, the proxy waits for the
+    /// sender to sleep instead of preempting it (bench mesh: about a fifth less CPU per request
+    /// at 1000 req/s).
+    #[arg(long, default_value_t = Scheduling::Auto)]
     pub scheduling: Scheduling,
 }
 

@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use mesh_core::identity::manager::CaClientConfig;
-use mesh_core::runtime::Scheduling;
+use mesh_core::scheduling::Scheduling;
 use mesh_node::agent::NodeConfig;
 use mesh_node::ca::kube::KubeAuthorizerConfig;
 use mesh_node::ca::{AuthorizerConfig, CaConfig};
