@@ -4,7 +4,7 @@
 //! policy (`SCHED_OTHER`) such a wake-up may preempt the process that caused it, a client in
 //! the middle of its write, costing a switch there and another back. Threads scheduled as
 //! batch work (`SCHED_BATCH`) are never woken into preempting: the proxy runs once the waker
-//! sleeps, on the waker's CPU. On a node with CPU to spare that is cheaper and quicker (two-node
+//! sleeps or its time slice ends. On a node with CPU to spare that is cheaper and quicker (two-node
 //! lab, plain release, 1000 req/s: each agent's CPU per request 66–76 µs against 91–97 µs,
 //! the requests' P50 0.16–0.22 ms against 0.21–0.27 ms). On a node whose CPUs are taken by
 //! work that does not sleep, it is not: a woken batch thread waits for the running task's
@@ -12,8 +12,8 @@
 //!
 //! So [`Scheduling::Auto`], the proxies' default, runs as batch work while wake-ups are served
 //! promptly and falls back to the default policy when they are not: [`adapt`] reads, once a
-//! second, how long the proxy's threads waited on a run queue per run (`/proc/self/task/*/
-//! schedstat`); batch with busy neighbours measured 135 µs, batch without 10–15 µs. Under
+//! second, how long the proxy's threads waited on a run queue, per run and against the time
+//! they ran (`/proc/self/task/*/schedstat`; `SLOW_WAIT_NS` has what was measured). Under
 //! the default policy the wait no longer tells whether batch would do, so batch is tried
 //! again after a while, the while doubling each time the trial fails.
 
@@ -118,8 +118,8 @@ fn threads() -> io::Result<Vec<libc::pid_t>> {
     Ok(tids)
 }
 
-/// The process's threads' time on run queues and runs, summed from
-/// `/proc/self/task/*/schedstat` (CPU time, run-queue wait in ns, runs).
+/// The process's threads' CPU time, time on run queues and runs, summed from
+/// `/proc/self/task/*/schedstat` (CPU time and run-queue wait in ns, runs).
 fn waits() -> io::Result<Waits> {
     let mut total = Waits::default();
     for tid in threads()? {
@@ -127,8 +127,11 @@ fn waits() -> io::Result<Waits> {
         let Ok(text) = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")) else {
             continue;
         };
-        let mut fields = text.split_whitespace().skip(1).map(str::parse::<u64>);
-        if let (Some(Ok(waited_ns)), Some(Ok(runs))) = (fields.next(), fields.next()) {
+        let mut fields = text.split_whitespace().map(str::parse::<u64>);
+        if let (Some(Ok(ran_ns)), Some(Ok(waited_ns)), Some(Ok(runs))) =
+            (fields.next(), fields.next(), fields.next())
+        {
+            total.ran_ns += ran_ns;
             total.waited_ns += waited_ns;
             total.runs += runs;
         }
@@ -139,6 +142,7 @@ fn waits() -> io::Result<Waits> {
 /// Cumulative run-queue waits of the proxy's threads.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Waits {
+    pub ran_ns: u64,
     pub waited_ns: u64,
     pub runs: u64,
 }
@@ -146,7 +150,11 @@ pub struct Waits {
 /// How often [`adapt`] looks.
 const PERIOD: Duration = Duration::from_secs(1);
 
-/// The mean wait per run above which batch scheduling is given up.
+/// The mean wait per run above which batch scheduling is given up, if the threads also
+/// waited longer than they ran. Both, because a node saturated by work that sleeps (the
+/// proxy's own load) makes waits as long as busy loops do, but in proportion to the work:
+/// measured under batch, 71-101 µs per run and 0.5-0.85 µs of wait per µs run under wrk,
+/// 59-272 µs and 1.7-7.2 beside two busy loops, 13-26 µs and 0.5-0.8 at a calm 1000 req/s.
 const SLOW_WAIT_NS: u64 = 50_000;
 
 /// Fewer runs in a period than this say nothing about the node.
@@ -219,8 +227,10 @@ impl Controller {
                 if runs < MIN_RUNS {
                     return None;
                 }
-                let mean_wait_ns = waits.waited_ns.saturating_sub(last.waited_ns) / runs;
-                if mean_wait_ns <= SLOW_WAIT_NS {
+                let waited_ns = waits.waited_ns.saturating_sub(last.waited_ns);
+                let ran_ns = waits.ran_ns.saturating_sub(last.ran_ns);
+                let mean_wait_ns = waited_ns / runs;
+                if mean_wait_ns <= SLOW_WAIT_NS || waited_ns <= ran_ns {
                     if now.duration_since(since) >= CALM {
                         // Batch works here: a later fallback starts again from the shortest wait.
                         self.backoff = FIRST_RETRY;
@@ -343,7 +353,8 @@ mod tests {
         assert!(error.contains("auto, batch or normal"), "{error}");
     }
 
-    /// Feeds the controller one period at a time: `runs` runs that waited `wait_us` each.
+    /// Feeds the controller one period at a time: `runs` runs that waited `wait_us` each
+    /// and ran 40 µs each.
     struct Feed {
         controller: Controller,
         now: Instant,
@@ -362,8 +373,13 @@ mod tests {
         }
 
         fn period(&mut self, runs: u64, wait_us: u64) -> Option<Change> {
+            self.period_running(runs, wait_us, 40)
+        }
+
+        fn period_running(&mut self, runs: u64, wait_us: u64, run_us: u64) -> Option<Change> {
             self.now += PERIOD;
             self.waits.runs += runs;
+            self.waits.ran_ns += runs * run_us * 1000;
             self.waits.waited_ns += runs * wait_us * 1000;
             self.controller.observe(self.now, self.waits)
         }
@@ -376,6 +392,20 @@ mod tests {
             assert_eq!(feed.period(5000, 15), None);
         }
         assert_eq!(feed.controller.policy(), Policy::Batch);
+    }
+
+    #[test]
+    fn long_waits_in_proportion_to_the_work_keep_batch() {
+        // A node saturated by the proxy's own load: as measured under wrk.
+        let mut feed = Feed::new();
+        assert_eq!(feed.period_running(3000, 101, 119), None);
+        assert_eq!(feed.period_running(3000, 71, 153), None);
+        assert_eq!(feed.controller.policy(), Policy::Batch);
+        // Beside busy loops, the client side's agent: waits of 59 µs for runs of 34 µs.
+        assert!(matches!(
+            feed.period_running(3000, 59, 34),
+            Some(Change::FallBack { .. })
+        ));
     }
 
     #[test]
