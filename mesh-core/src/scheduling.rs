@@ -139,11 +139,14 @@ fn waits() -> io::Result<Waits> {
     Ok(total)
 }
 
-/// Cumulative run-queue waits of the proxy's threads.
+/// What the proxy's threads have counted since they started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Waits {
+    /// Time on a CPU.
     pub ran_ns: u64,
+    /// Time runnable on a run queue, waiting for a CPU.
     pub waited_ns: u64,
+    /// Times they were put on a CPU.
     pub runs: u64,
 }
 
@@ -172,9 +175,8 @@ const CALM: Duration = Duration::from_secs(60);
 /// Decides, from each period's waits, which policy the proxy's threads should run under.
 #[derive(Debug)]
 pub struct Controller {
-    policy: Policy,
     last: Option<Waits>,
-    /// When, under the default policy, batch is tried again.
+    /// When batch is tried again: set while the threads run under the default policy.
     retry_at: Option<Instant>,
     /// Since when batch has run without a fallback (from the first observation).
     batch_since: Option<Instant>,
@@ -185,7 +187,6 @@ pub struct Controller {
 impl Default for Controller {
     fn default() -> Self {
         Controller {
-            policy: Policy::Batch,
             last: None,
             retry_at: None,
             batch_since: None,
@@ -197,7 +198,8 @@ impl Default for Controller {
 /// A change of policy and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
-    /// Batch: the threads waited `mean_wait_ns` per run; back to batch in `retry_in`.
+    /// To the default policy: under batch the threads waited `mean_wait_ns` per run, and
+    /// longer than they ran; batch is tried again in `retry_in`.
     FallBack {
         mean_wait_ns: u64,
         retry_in: Duration,
@@ -210,17 +212,14 @@ impl Controller {
     /// Takes the waits counted up to `now`; returns the change to make, if any.
     pub fn observe(&mut self, now: Instant, waits: Waits) -> Option<Change> {
         let last = self.last.replace(waits);
-        match self.policy {
-            Policy::Normal => {
-                if self.retry_at.is_some_and(|at| now >= at) {
-                    self.policy = Policy::Batch;
-                    self.retry_at = None;
-                    self.batch_since = Some(now);
-                    return Some(Change::Retry);
-                }
-                None
+        match self.retry_at {
+            Some(at) if now < at => None,
+            Some(_) => {
+                self.retry_at = None;
+                self.batch_since = Some(now);
+                Some(Change::Retry)
             }
-            Policy::Batch => {
+            None => {
                 let since = *self.batch_since.get_or_insert(now);
                 let last = last?;
                 let runs = waits.runs.saturating_sub(last.runs);
@@ -238,7 +237,6 @@ impl Controller {
                     return None;
                 }
                 let retry_in = self.backoff;
-                self.policy = Policy::Normal;
                 self.retry_at = Some(now + retry_in);
                 self.backoff = (retry_in * 2).min(LAST_RETRY);
                 Some(Change::FallBack {
@@ -251,7 +249,11 @@ impl Controller {
 
     /// The policy the threads should be under now.
     pub fn policy(&self) -> Policy {
-        self.policy
+        if self.retry_at.is_some() {
+            Policy::Normal
+        } else {
+            Policy::Batch
+        }
     }
 }
 
