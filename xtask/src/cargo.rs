@@ -51,54 +51,41 @@ pub(crate) enum Profile {
     Release,
 }
 
-/// Builds the binary every simulated container runs and returns its path. The benchmarks
-/// take the release build: a debug server would hold the direct path's figures down (wrk
-/// direct, 1 KB: about 15k req/s against the release build's 30k+), flattering the mesh.
-pub(crate) fn build_sample_app(profile: Profile) -> Result<PathBuf> {
-    let (args, dir): (&[&str], _) = match profile {
-        Profile::Debug => (&["build", "--quiet", "--package", "sample-app"], "debug"),
-        Profile::Release => (
-            &["build", "--quiet", "--release", "--package", "sample-app"],
-            "release",
-        ),
+/// Builds `package`'s binary (named as the package) with `profile` and returns its path.
+fn build_binary(package: &str, profile: Profile) -> Result<PathBuf> {
+    let mut args = vec!["build", "--quiet", "--package", package];
+    let dir = match profile {
+        Profile::Debug => "debug",
+        Profile::Release => {
+            args.push("--release");
+            "release"
+        }
     };
-    step("build sample-app", cargo(args))?;
-    let path = target_dir().join(dir).join("sample-app");
+    step(&format!("build {package}"), cargo(&args))?;
+    let path = target_dir().join(dir).join(package);
     if !path.is_file() {
-        bail!("cargo built sample-app but {} is missing", path.display());
+        bail!("cargo built {package} but {} is missing", path.display());
     }
     Ok(path)
 }
 
+/// Builds the binary every simulated container runs and returns its path. The benchmarks
+/// take the release build: a debug server held wrk's direct path to about 15k req/s (1 KB),
+/// against 50-58k with the release build, flattering the mesh.
+pub(crate) fn build_sample_app(profile: Profile) -> Result<PathBuf> {
+    build_binary("sample-app", profile)
+}
+
 /// Builds the node agent and returns its path.
 pub(crate) fn build_mesh_node() -> Result<PathBuf> {
-    step(
-        "build mesh-node",
-        cargo(&["build", "--quiet", "--package", "mesh-node"]),
-    )?;
-    let path = target_dir().join("debug").join("mesh-node");
-    if !path.is_file() {
-        bail!("cargo built mesh-node but {} is missing", path.display());
-    }
-    Ok(path)
+    build_binary("mesh-node", Profile::Debug)
 }
 
 /// Builds the L7 waypoint, which the lab runs for Gateways of class `istio-waypoint`, and
 /// returns its path. `cargo test` does not build it (the crate has no integration tests),
 /// but the lab tests find it beside their executables.
 pub(crate) fn build_mesh_waypoint() -> Result<PathBuf> {
-    step(
-        "build mesh-waypoint",
-        cargo(&["build", "--quiet", "--package", "mesh-waypoint"]),
-    )?;
-    let path = target_dir().join("debug").join("mesh-waypoint");
-    if !path.is_file() {
-        bail!(
-            "cargo built mesh-waypoint but {} is missing",
-            path.display()
-        );
-    }
-    Ok(path)
+    build_binary("mesh-waypoint", Profile::Debug)
 }
 
 /// Istio's sample manifests, kept beside the repository in `../shared/istio-samples`.
