@@ -122,18 +122,38 @@ pub(crate) fn agents_usage(lab: &Lab) -> Result<AgentUsage> {
     Ok(total)
 }
 
-/// Waits until `client`'s connections pass the mesh (its node agent counts them, and `url`
-/// answers: certificates issued, tunnel up), at most 10 s.
+/// Waits until `client`'s new connections pass the mesh (its node agent counts one more
+/// across a request to `url`, which answers: enrolled, certificates issued, tunnel up), at
+/// most 10 s.
 pub(crate) fn wait_in_mesh(lab: &Lab, client: &Pod, url: &str) -> Result<()> {
+    wait_for_path(lab, client, url, true)
+}
+
+/// Waits until `client`'s new connections bypass the mesh again (its node agent's count of
+/// them stays put across a request to `url`, which answers), at most 10 s.
+pub(crate) fn wait_out_of_mesh(lab: &Lab, client: &Pod, url: &str) -> Result<()> {
+    wait_for_path(lab, client, url, false)
+}
+
+fn wait_for_path(lab: &Lab, client: &Pod, url: &str, in_mesh: bool) -> Result<()> {
+    let connections = || -> Result<u64> {
+        let (_, body) = lab.agent_get(&client.node, "/stats/redirect")?;
+        let stats: serde_json::Value = serde_json::from_str(&body)
+            .with_context(|| format!("{}: /stats/redirect is not JSON", client.node))?;
+        Ok(stats["pods"][client.key()]["counters"]["connections"]
+            .as_u64()
+            .unwrap_or(0))
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (_, body) = lab.agent_get(&client.node, "/stats/redirect")?;
-        let out = exec(lab, client, "curl", &["-sf", "-o", "/dev/null", url]);
-        if out.is_ok() && body.contains(&client.key()) {
+        let before = connections()?;
+        let answered = exec(lab, client, "curl", &["-sf", "-o", "/dev/null", url]).is_ok();
+        if answered && (connections()? > before) == in_mesh {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("the client's traffic did not enter the mesh within 10 s");
+            let state = if in_mesh { "enter" } else { "leave" };
+            bail!("the client's traffic did not {state} the mesh within 10 s");
         }
         std::thread::sleep(Duration::from_millis(100));
     }

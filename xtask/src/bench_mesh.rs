@@ -3,8 +3,14 @@
 //! for 1 KB responses (requests/s, P50/P90/P99), the same with `Connection: close` (new
 //! connections per second), and `iperf3` one-stream throughput; and, for the tunnel issue's
 //! latency target, 1 KB GETs at a fixed 1000 req/s (`xtask bench-peer paced`, open loop:
-//! P50/P90/P99 and the P99 the mesh adds). For each node agent it prints CPU seconds per 1000
-//! requests under both loads and its CPU share over 5 s without traffic, RSS idle, right after
+//! P50/P90/P99 and the P99 the mesh adds), in rounds where a direct run and a mesh run
+//! alternate (the namespace unlabelled, then labelled again), so both sides of each
+//! difference come from the same minute: this machine's pace drifts by ±15 % between
+//! consecutive 10 s runs, pods and agents alike. The paced figures and targets are the
+//! medians over the rounds; every round is printed, with the server pod's own CPU per request
+//! beside the agents' as a yardstick of the machine's pace. For each node agent it prints CPU
+//! seconds per 1000 requests under both loads and its CPU share over 5 s without traffic, RSS
+//! idle, right after
 //! the loads and once the agent has given freed heap back ([`SETTLE`]), and its peak RSS while
 //! 1000 connections are open through it at once (and the file descriptors left once they
 //! close).
@@ -20,7 +26,7 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 use mesh_sim::{AgentUsage, Lab, MeshOptions, Pod};
 
-use crate::bench_config::{exec, wait_in_mesh};
+use crate::bench_config::{exec, wait_in_mesh, wait_out_of_mesh};
 use crate::bench_load::{self, Figures};
 use crate::sim::OnOff;
 
@@ -71,21 +77,47 @@ pub(crate) struct BenchArgs {
     /// --fast-path`; off by default, as in mesh-node).
     #[arg(long, value_enum, default_value_t = OnOff::Off)]
     fast_path: OnOff,
+    /// Rounds of the paced load (a direct run, then a mesh run, each `--seconds` long).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    rounds: u16,
+    /// One more round beside this many busy loops (processes that never sleep) in the
+    /// client's pod: the latency with the client node's CPUs held, the case the agents'
+    /// `auto` scheduling watches for. 0: no such round.
+    #[arg(long, default_value_t = 0)]
+    busy: u16,
 }
 
-/// What one path (direct or mesh) measured.
+/// What one path (direct or mesh) measured with the closed-loop loads.
 #[derive(Debug, Default)]
 struct Row {
     wrk: Figures,
-    paced: Figures,
     new_conns_per_s: f64,
     gbits: f64,
+}
+
+/// One round of the paced load: a direct run, then a mesh run.
+#[derive(Debug, Default, Clone)]
+struct Round {
+    direct: Figures,
+    mesh: Figures,
+    /// Each agent's CPU seconds per 1000 requests over the mesh run, client side first.
+    agents: [f64; 2],
+    /// The server pod's CPU seconds per 1000 requests, direct and in the mesh: a release
+    /// hyper server doing the same work both times, so the machine's pace at that minute.
+    server: [f64; 2],
+}
+
+impl Round {
+    fn added_p99(&self) -> Option<f64> {
+        self.mesh.p99.zip(self.direct.p99).map(|(m, d)| m - d)
+    }
 }
 
 /// One node agent's cost during the mesh runs.
 #[derive(Debug, Default, Clone, Copy)]
 struct Agent {
-    /// CPU seconds per 1000 requests, under wrk and at the fixed rate.
+    /// CPU seconds per 1000 requests, under wrk and at the fixed rate (the median over the
+    /// rounds).
     cpu_wrk: f64,
     cpu_paced: f64,
     /// CPU seconds per second with no traffic.
@@ -106,6 +138,9 @@ struct Report {
     sides: Sides,
     direct: Row,
     mesh: Row,
+    rounds: Vec<Round>,
+    /// The round beside busy loops (`--busy`).
+    busy: Option<Round>,
     agents: [Agent; 2],
     /// How many of the held connections completed with 200.
     held_ok: usize,
@@ -142,7 +177,7 @@ fn scenarios(mut lab: Lab, mesh_node: &std::path::Path, args: &BenchArgs) -> Res
     let _iperf = IperfServer::start(&lab, &server)?;
     println!("bench: direct (namespace not enrolled)");
     let direct = measure(&lab, &client, &server, seconds, &mut |_| Ok(()))?;
-    lab.label("ns/default", &["istio.io/dataplane-mode=ambient".into()])?;
+    lab.label("ns/default", &[format!("{AMBIENT}=ambient")])?;
     wait_in_mesh(&lab, &client, &url)?;
     let quiet_from = usage(&lab, &sides)?;
     std::thread::sleep(IDLE);
@@ -158,16 +193,38 @@ fn scenarios(mut lab: Lab, mesh_node: &std::path::Path, args: &BenchArgs) -> Res
         let now = usage(&lab, &sides)?;
         for ((agent, was), is) in agents.iter_mut().zip(&before).zip(&now) {
             let per_1000 = |requests: f64| (is.cpu_seconds - was.cpu_seconds) / requests * 1000.0;
-            match step {
-                Step::Wrk(requests) => agent.cpu_wrk = per_1000(requests),
-                Step::Paced(requests) => agent.cpu_paced = per_1000(requests),
-                Step::Other => {}
+            if let Step::Wrk(requests) = step {
+                agent.cpu_wrk = per_1000(requests);
             }
             agent.after_load_mb = mb(is.rss_kb);
         }
         before = now;
         Ok(())
     })?;
+    println!(
+        "bench: {} rounds at {RATE} req/s, direct then mesh",
+        args.rounds
+    );
+    let mut rounds = Vec::new();
+    for _ in 0..args.rounds {
+        let round = paced_round(&mut lab, &client, &server, &sides, seconds)?;
+        let after = usage(&lab, &sides)?;
+        for (agent, now) in agents.iter_mut().zip(&after) {
+            agent.after_load_mb = agent.after_load_mb.max(mb(now.rss_kb));
+        }
+        rounds.push(round);
+    }
+    for (side, agent) in agents.iter_mut().enumerate() {
+        agent.cpu_paced = median(rounds.iter().map(|r| r.agents[side]));
+    }
+    let busy = if args.busy > 0 {
+        println!("bench: a round beside {} busy loops", args.busy);
+        // They stop by themselves after the round's two runs and a margin.
+        let _loops = BusyLoops::start(&lab, &client, args.busy, 2 * seconds + 60)?;
+        Some(paced_round(&mut lab, &client, &server, &sides, seconds)?)
+    } else {
+        None
+    };
     std::thread::sleep(SETTLE);
     for (agent, now) in agents.iter_mut().zip(&usage(&lab, &sides)?) {
         agent.settled_mb = mb(now.rss_kb);
@@ -178,15 +235,105 @@ fn scenarios(mut lab: Lab, mesh_node: &std::path::Path, args: &BenchArgs) -> Res
         sides,
         direct,
         mesh,
+        rounds,
+        busy,
         agents,
         held_ok,
     })
 }
 
+/// Processes that never sleep, in a pod, until dropped (or `seconds` have passed).
+struct BusyLoops(Vec<Child>);
+
+impl BusyLoops {
+    fn start(lab: &Lab, pod: &Pod, count: u16, seconds: u64) -> Result<BusyLoops> {
+        let mut loops = BusyLoops(Vec::new());
+        for _ in 0..count {
+            let args = [
+                seconds.to_string(),
+                "sh".into(),
+                "-c".into(),
+                "while :; do :; done".into(),
+            ];
+            let child = lab
+                .exec_command(pod, "timeout", &args)?
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting a busy loop in {}", pod.key()))?;
+            loops.0.push(child);
+        }
+        Ok(loops)
+    }
+}
+
+impl Drop for BusyLoops {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            // `timeout` passes the signal on to the loop.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One paced run direct (the namespace unlabelled), then one through the mesh (labelled
+/// again, as it was before).
+fn paced_round(
+    lab: &mut Lab,
+    client: &Pod,
+    server: &Pod,
+    sides: &Sides,
+    seconds: u64,
+) -> Result<Round> {
+    let url = format!("http://{}:8080/bytes/1024", server.ip);
+    let host = server.ip.to_string();
+    let target = (host.as_str(), 8080, "/bytes/1024");
+    let mut round = Round::default();
+    lab.label("ns/default", &[format!("{AMBIENT}-")])?;
+    wait_out_of_mesh(lab, client, &url)?;
+    let was = lab.pod_usage(server).cpu_seconds;
+    round.direct = bench_load::paced(lab, client, target, RATE, seconds)?;
+    round.server[0] = (lab.pod_usage(server).cpu_seconds - was) / round.direct.requests * 1000.0;
+    lab.label("ns/default", &[format!("{AMBIENT}=ambient")])?;
+    wait_in_mesh(lab, client, &url)?;
+    let was = (usage(lab, sides)?, lab.pod_usage(server).cpu_seconds);
+    round.mesh = bench_load::paced(lab, client, target, RATE, seconds)?;
+    let is = (usage(lab, sides)?, lab.pod_usage(server).cpu_seconds);
+    let per_1000 = |seconds: f64| seconds / round.mesh.requests * 1000.0;
+    for (side, agent) in round.agents.iter_mut().enumerate() {
+        *agent = per_1000(is.0[side].cpu_seconds - was.0[side].cpu_seconds);
+    }
+    round.server[1] = per_1000(is.1 - was.1);
+    Ok(round)
+}
+
+/// The median of some figures (the mean of the middle two for an even count; 0 for none).
+fn median(figures: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = figures.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The median of the figures that are there.
+fn median_of(figures: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let present: Vec<f64> = figures.flatten().collect();
+    (!present.is_empty()).then(|| median(present.into_iter()))
+}
+
+/// The namespace label that enrolls the pods.
+const AMBIENT: &str = "istio.io/dataplane-mode";
+
 /// What just ran, for the agents' CPU accounting.
 enum Step {
     Wrk(f64),
-    Paced(f64),
     Other,
 }
 
@@ -203,8 +350,6 @@ fn measure(
     let wrk = bench_load::wrk(lab, client, &url, seconds)?;
     after(Step::Wrk(wrk.requests))?;
     let host = server.ip.to_string();
-    let paced = bench_load::paced(lab, client, (&host, 8080, "/bytes/1024"), RATE, seconds)?;
-    after(Step::Paced(paced.requests))?;
     let duration = format!("{seconds}s");
     let close = [
         "-t1",
@@ -234,7 +379,6 @@ fn measure(
         .with_context(|| format!("no receiver line in iperf3's output:\n{iperf}"))?;
     Ok(Row {
         wrk,
-        paced,
         new_conns_per_s,
         gbits,
     })
@@ -325,9 +469,18 @@ fn print(report: &Report, args: &BenchArgs) {
         sides,
         direct,
         mesh,
+        rounds,
+        busy,
         agents,
         held_ok,
     } = report;
+    let paced = |f: fn(&Round) -> &Figures| Figures {
+        p50: median_of(rounds.iter().map(|r| f(r).p50)),
+        p90: median_of(rounds.iter().map(|r| f(r).p90)),
+        p99: median_of(rounds.iter().map(|r| f(r).p99)),
+        ..Figures::default()
+    };
+    let paced_rows = [paced(|r| &r.direct), paced(|r| &r.mesh)];
     let opt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
     println!(
         "\n1 KB responses, client on {}, server on {}, fast path {}, {seconds} s per run; latencies in ms\n",
@@ -343,22 +496,64 @@ fn print(report: &Report, args: &BenchArgs) {
         "{:<7} {:>9} {:>7} {:>7} {:>7}   {:>7} {:>7} {:>7}   {:>10} {:>8}",
         "path", "wrk req/s", "P50", "P90", "P99", "@1k P50", "P90", "P99", "new conn/s", "Gbit/s"
     );
-    for (name, row) in [("direct", direct), ("mesh", mesh)] {
+    for ((name, row), paced) in [("direct", direct), ("mesh", mesh)]
+        .into_iter()
+        .zip(&paced_rows)
+    {
         println!(
             "{name:<7} {:>9.0} {:>7} {:>7} {:>7}   {:>7} {:>7} {:>7}   {:>10.0} {:>8.2}",
             row.wrk.rps,
             opt(row.wrk.p50),
             opt(row.wrk.p90),
             opt(row.wrk.p99),
-            opt(row.paced.p50),
-            opt(row.paced.p90),
-            opt(row.paced.p99),
+            opt(paced.p50),
+            opt(paced.p90),
+            opt(paced.p99),
             row.new_conns_per_s,
             row.gbits,
         );
     }
     println!(
-        "\n(wrk -t1 -c16 --latency, closed loop; @1k: {RATE} req/s over 16 connections, open loop)"
+        "\n(wrk -t1 -c16 --latency, closed loop; @1k: {RATE} req/s over 16 connections, open loop, \
+         the median of {} rounds:)",
+        rounds.len()
+    );
+    println!(
+        "\n{:<6} {:>17} {:>17} {:>10}   {:>21}   {:>19}",
+        "round",
+        "direct P50/P99",
+        "mesh P50/P99",
+        "added P99",
+        "agents CPU/1k (c, s)",
+        "server pod CPU/1k"
+    );
+    let numbered = rounds
+        .iter()
+        .enumerate()
+        .map(|(i, r)| ((i + 1).to_string(), r));
+    let beside = busy.iter().map(|r| ("busy".to_string(), r));
+    for (name, round) in numbered.chain(beside) {
+        let pair = |f: &Figures| format!("{} / {}", opt(f.p50), opt(f.p99));
+        println!(
+            "{:<6} {:>17} {:>17} {:>10}   {:>21}   {:>19}",
+            name,
+            pair(&round.direct),
+            pair(&round.mesh),
+            opt(round.added_p99()),
+            format!("{:.4}, {:.4}", round.agents[0], round.agents[1]),
+            format!("{:.4} / {:.4}", round.server[0], round.server[1]),
+        );
+    }
+    println!(
+        "(server pod CPU in the direct / mesh run: a yardstick of the machine's pace{})",
+        if busy.is_some() {
+            format!(
+                "; busy: beside {} busy loops in the client's pod, not in the medians",
+                args.busy
+            )
+        } else {
+            String::new()
+        }
     );
     println!(
         "\n{:<20} {:>13} {:>13} {:>9} {:>8} {:>10} {:>11} {:>16} {:>9} {:>14}",
@@ -393,10 +588,10 @@ fn print(report: &Report, args: &BenchArgs) {
          seen while they were open, from /memory)"
     );
     let worst = |f: fn(&Agent) -> f64| agents.iter().map(f).fold(0.0, f64::max);
-    let added_p99 = mesh.paced.p99.zip(direct.paced.p99).map(|(m, d)| m - d);
+    let added_p99 = median_of(rounds.iter().map(Round::added_p99));
     let targets: [(&str, String, &str, bool); 7] = [
         (
-            "added P99 at 1000 req/s",
+            "added P99 at 1000 req/s (med.)",
             format!("{} ms", opt(added_p99)),
             "<= 0.2 ms (tunnel issue)",
             added_p99.is_some_and(|a| a <= 0.2),
