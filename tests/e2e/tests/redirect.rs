@@ -133,7 +133,6 @@ fn ebpf_stat(stats: &Value, name: &str) -> u64 {
     stats["ebpf"]["stats"][name].as_u64().unwrap_or(0)
 }
 
-/// Polls until `check` is true, failing after `deadline`; returns how long it took.
 /// Starts a curl in a pod without waiting for it (output captured), for requests that must
 /// be open while the test changes something.
 fn slow_request(lab: &TestLab, pod: &mesh_sim::Pod, url: &str) -> std::process::Child {
@@ -152,6 +151,7 @@ fn slow_request(lab: &TestLab, pod: &mesh_sim::Pod, url: &str) -> std::process::
         .unwrap()
 }
 
+/// Polls until `check` is true, failing after `deadline`; returns how long it took.
 fn within(deadline: Duration, mut check: impl FnMut() -> bool) -> Result<Duration> {
     let started = Instant::now();
     while !check() {
