@@ -664,3 +664,44 @@ impl Drop for IperfServer {
         let _ = self.0.wait();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_takes_the_middle_or_the_mean_of_the_middle_two() {
+        assert_eq!(median([0.3, 0.1, 0.2].into_iter()), 0.2);
+        assert_eq!(median([0.4, 0.1, 0.3, 0.2].into_iter()), 0.25);
+        assert_eq!(median([0.5].into_iter()), 0.5);
+        assert_eq!(median(std::iter::empty()), 0.0);
+    }
+
+    #[test]
+    fn median_of_skips_missing_figures_and_is_none_without_any() {
+        assert_eq!(
+            median_of([Some(0.3), None, Some(0.1)].into_iter()),
+            Some(0.2)
+        );
+        assert_eq!(median_of([None, None].into_iter()), None);
+    }
+
+    #[test]
+    fn a_round_adds_the_mesh_p99_over_the_direct_one() {
+        let figures = |p99| Figures {
+            p99,
+            ..Figures::default()
+        };
+        let round = Round {
+            direct: figures(Some(0.15)),
+            mesh: figures(Some(0.40)),
+            ..Round::default()
+        };
+        assert!((round.added_p99().unwrap() - 0.25).abs() < 1e-9);
+        let missing = Round {
+            direct: figures(None),
+            ..round
+        };
+        assert_eq!(missing.added_p99(), None);
+    }
+}
