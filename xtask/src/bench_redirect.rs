@@ -10,6 +10,12 @@
 //!
 //! The client and the echo server are this binary (`xtask bench-peer …`), started inside the
 //! pods (their network namespace and cgroup), so the eBPF programs see the client.
+//!
+//! The paths are measured in `--rounds` rounds, each path once per round in turn (the agent
+//! restarted, or stopped and uninstalled for the direct path), so every path sees the same
+//! minutes of a machine whose pace drifts; the table gives each figure's median over the
+//! rounds, and what a path adds is the median of its per-round differences from the direct
+//! path of the same round.
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -25,6 +31,8 @@ use nix::sys::signal::Signal;
 const LAB: &str = "bench";
 const PORT: u16 = 7000;
 const SIZE: usize = 1024;
+/// Unmeasured samples before each path's measured ones in a round.
+const WARM_UP: usize = 200;
 
 const MANIFEST: &str = r#"
 apiVersion: v1
@@ -44,14 +52,74 @@ spec:
 
 #[derive(Args)]
 pub(crate) struct BenchArgs {
-    /// Samples per measurement.
+    /// Samples per path, split evenly over the rounds.
     #[arg(long, default_value_t = 2000)]
     samples: usize,
     /// Use this mesh-node binary (a release build: `cargo xtask release`) instead of a debug
     /// build.
     #[arg(long)]
     mesh_node: Option<std::path::PathBuf>,
+    /// Rounds: every path once per round, in turn.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
+    rounds: u16,
 }
+
+/// The paths, in the order each round measures them; the first is the direct one.
+const PATHS: [PathSetup; 5] = [
+    PathSetup {
+        name: "direct (no mesh)",
+        mesh: None,
+    },
+    PathSetup {
+        name: "eBPF redirect, fast path off",
+        mesh: Some(Agent {
+            fast_path: false,
+            netfilter: false,
+            inbound_capture: false,
+        }),
+    },
+    PathSetup {
+        name: "eBPF redirect, fast path on",
+        mesh: Some(Agent {
+            fast_path: true,
+            netfilter: false,
+            inbound_capture: false,
+        }),
+    },
+    PathSetup {
+        name: "eBPF redirect + inbound capture",
+        mesh: Some(Agent {
+            fast_path: false,
+            netfilter: false,
+            inbound_capture: true,
+        }),
+    },
+    PathSetup {
+        name: "netfilter DNAT (iptables REDIRECT)",
+        mesh: Some(Agent {
+            fast_path: false,
+            netfilter: true,
+            inbound_capture: false,
+        }),
+    },
+];
+
+/// One path: its name and how the node agent runs for it (`None`: no agent, nothing
+/// installed).
+struct PathSetup {
+    name: &'static str,
+    mesh: Option<Agent>,
+}
+
+#[derive(Clone, Copy)]
+struct Agent {
+    fast_path: bool,
+    netfilter: bool,
+    inbound_capture: bool,
+}
+
+/// One path's six figures (see [`measure`]) in one round.
+type Figures = [Duration; 6];
 
 /// The two ends of the benchmark, and `bench waypoint`'s paced client, run inside pods.
 #[derive(Subcommand)]
@@ -150,18 +218,23 @@ fn percentiles(samples: &mut [Duration]) -> [Duration; 2] {
 }
 
 pub(crate) fn run(args: &BenchArgs) -> Result<()> {
-    let result = crate::bench_config::with_bench_lab(
+    let rounds = crate::bench_config::with_bench_lab(
         LAB,
         1,
         MANIFEST,
         args.mesh_node.as_deref(),
-        |lab, mesh_node| scenarios(lab, mesh_node, args.samples),
-    );
-    let rows = result?;
-    let direct = rows[0].1;
+        |lab, mesh_node| {
+            // Split over the rounds: every measured connection leaves a port in TIME_WAIT
+            // for a minute, and the client's port range holds about 28k.
+            let per_round = args.samples.div_ceil(usize::from(args.rounds)).max(1);
+            scenarios(lab, mesh_node, per_round, args.rounds)
+        },
+    )?;
     println!(
-        "\n1 KB messages, same node, {} samples each; microseconds (added = P50 over direct)\n",
-        args.samples
+        "\n1 KB messages, same node, {} samples per path in {} rounds, the median of the rounds' \
+         figures; microseconds (added = P50 over direct's in the same round)\n",
+        args.samples,
+        rounds.len()
     );
     println!(
         "{:<34} {:>9} {:>9} {:>11} {:>11} {:>8} {:>8} {:>10} {:>13} {:>9}",
@@ -176,53 +249,78 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         "added new+RR",
         "added RR"
     );
-    let us = |d: Duration| d.as_micros() as i128;
-    // What a row adds over direct, at P50: connect, new connection + RR, RR.
-    let added = |row: &[Duration; 6]| [0, 2, 4].map(|i| us(row[i]) - us(direct[i]));
-    for (name, row) in &rows {
-        let [conn, new_rr, rr] = added(row);
+    let added = |path: usize| per_round_added(&rounds, path);
+    for (path, setup) in PATHS.iter().enumerate() {
+        let figure = |i: usize| median(rounds.iter().map(|r| us(r[path][i])));
+        let [conn, new_rr, rr] = added(path).map(|per_round| median(per_round.into_iter()));
         println!(
-            "{name:<34} {:>9} {:>9} {:>11} {:>11} {:>8} {:>8} {conn:>10} {new_rr:>13} {rr:>9}",
-            us(row[0]),
-            us(row[1]),
-            us(row[2]),
-            us(row[3]),
-            us(row[4]),
-            us(row[5]),
+            "{:<34} {:>9} {:>9} {:>11} {:>11} {:>8} {:>8} {conn:>10} {new_rr:>13} {rr:>9}",
+            setup.name,
+            figure(0),
+            figure(1),
+            figure(2),
+            figure(3),
+            figure(4),
+            figure(5),
         );
     }
     // The issue's target: the eBPF redirect adds at most half of what netfilter adds.
-    let Some(netfilter) = rows
-        .iter()
-        .find(|(name, _)| name.starts_with("netfilter"))
-        .map(|(_, row)| added(row))
-    else {
-        return Ok(());
-    };
-    println!("\ntarget: the eBPF redirect adds at most half of what netfilter's NAT adds (P50)");
-    for (name, row) in rows
-        .iter()
-        .filter(|(name, _)| name.starts_with("eBPF redirect,"))
-    {
-        let ours = added(row);
+    let netfilter = added(PATHS.len() - 1);
+    println!(
+        "\ntarget: the eBPF redirect adds at most half of what netfilter's NAT adds (P50; \
+         medians, then each round's)"
+    );
+    for (path, setup) in PATHS.iter().enumerate() {
+        if !setup.name.starts_with("eBPF redirect,") {
+            continue;
+        }
+        let ours = added(path);
         for (i, what) in ["connect", "new conn + RR", "RR"].iter().enumerate() {
-            let met = 2 * ours[i] <= netfilter[i];
+            let (mine, theirs) = (
+                median(ours[i].iter().copied()),
+                median(netfilter[i].iter().copied()),
+            );
+            let list = |v: &[i128]| v.iter().map(i128::to_string).collect::<Vec<_>>().join(" ");
             println!(
-                "  {name:<30} {what:<14} {:>4} vs {:>4} µs  {}",
-                ours[i],
-                netfilter[i],
-                if met { "met" } else { "NOT met" }
+                "  {:<30} {what:<14} {mine:>4} vs {theirs:>4} µs  {:<7}  ({} vs {})",
+                setup.name,
+                if 2 * mine <= theirs { "met" } else { "NOT met" },
+                list(&ours[i]),
+                list(&netfilter[i]),
             );
         }
     }
     Ok(())
 }
 
+fn us(d: Duration) -> i128 {
+    d.as_micros() as i128
+}
+
+/// What `path` added over the direct path of the same round, at P50, for connect, new
+/// connection + RR and RR: each a list over the rounds.
+fn per_round_added(rounds: &[Vec<Figures>], path: usize) -> [Vec<i128>; 3] {
+    [0, 2, 4].map(|i| {
+        rounds
+            .iter()
+            .map(|r| us(r[path][i]) - us(r[0][i]))
+            .collect()
+    })
+}
+
+/// The median (the lower middle for an even count; 0 for none).
+fn median(values: impl Iterator<Item = i128>) -> i128 {
+    let mut v: Vec<i128> = values.collect();
+    v.sort_unstable();
+    v.get(v.len().saturating_sub(1) / 2).copied().unwrap_or(0)
+}
+
 fn scenarios(
     mut lab: Lab,
     mesh_node: &Path,
     samples: usize,
-) -> Result<Vec<(String, [Duration; 6])>> {
+    rounds: u16,
+) -> Result<Vec<Vec<Figures>>> {
     let exe = std::env::current_exe()?;
     let server = lab.pod("default/server")?.clone();
     let client = lab.pod("default/client")?.clone();
@@ -241,7 +339,7 @@ fn scenarios(
         .spawn()?,
     );
     let addr = SocketAddr::from((server.ip, PORT));
-    let client_run = |lab: &Lab, samples: usize| -> Result<[Duration; 6]> {
+    let client_run = |lab: &Lab, samples: usize| -> Result<Figures> {
         let output = lab
             .exec_command(
                 &client,
@@ -277,64 +375,145 @@ fn scenarios(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let mut rows = Vec::new();
-    println!("==> direct (no mesh)");
-    rows.push(("direct (no mesh)".to_owned(), client_run(&lab, samples)?));
-
     lab.label(
         "ns/default",
         &["istio.io/dataplane-mode=ambient".to_owned()],
     )?;
-    // (name, fast path, netfilter, inbound capture)
-    for (name, fast_path, netfilter, inbound_capture) in [
-        ("eBPF redirect, fast path off", false, false, false),
-        ("eBPF redirect, fast path on", true, false, false),
-        ("eBPF redirect + inbound capture", false, false, true),
-        ("netfilter DNAT (iptables REDIRECT)", false, true, false),
-    ] {
-        println!("==> {name}");
-        if lab.state().mesh.is_some() {
-            lab.stop_agent(&node.name, Signal::SIGTERM)?;
-            let status = Command::new(mesh_node)
-                .arg("uninstall")
-                .arg("--pin-dir")
-                .arg(pin_dir(LAB, &node.name))
-                .status()?;
-            ensure!(status.success(), "mesh-node uninstall failed");
-        }
-        if netfilter {
-            nft(
-                &node.netns,
-                &format!(
-                    "table ip meshbench {{\n  chain pre {{\n    type nat hook prerouting priority dstnat - 1;\n    \
-                 ip saddr {} tcp dport {PORT} dnat to {}:15001\n  }}\n}}\n",
-                    client.ip, node.ip
-                ),
-            )?;
-        }
-        lab.start_mesh(&MeshOptions {
-            binary: Some(mesh_node.to_owned()),
-            fast_path,
-            netfilter,
-            no_inbound_capture: !inbound_capture,
-            ..MeshOptions::default()
-        })?;
-        // Wait until the path is really in place: the agent counts the client's connections.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            client_run(&lab, 1)?;
-            let (_, body) = lab.agent_get(&node.name, "/stats/redirect")?;
-            if body.contains(&client.key()) {
-                break;
+    let netfilter_rule = format!(
+        "table ip meshbench {{\n  chain pre {{\n    type nat hook prerouting priority dstnat - 1;\n    \
+         ip saddr {} tcp dport {PORT} dnat to {}:15001\n  }}\n}}\n",
+        client.ip, node.ip
+    );
+    // The netfilter path's DNAT entries would outlive it in connection tracking (120 s in
+    // TIME_WAIT) and clash with the eBPF paths' connections to the same listener: the kernel
+    // would then remap their source ports, and the forwarder would find no original
+    // destination under the port it sees. In this lab node only, connections in TIME_WAIT are
+    // forgotten after a second, and the next path waits until they are.
+    in_netns(
+        &node.netns,
+        &[
+            "sysctl",
+            "-q",
+            "-w",
+            "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1",
+        ],
+    )?;
+    // What is in place now: the agent runs (and its install), the netfilter rule.
+    let (mut agent_running, mut rule_in_place) = (false, false);
+    let mut all = Vec::new();
+    for round in 1..=rounds {
+        let mut figures = Vec::new();
+        for setup in &PATHS {
+            println!("==> round {round}: {}", setup.name);
+            if agent_running {
+                lab.stop_agent(&node.name, Signal::SIGTERM)?;
+                let status = Command::new(mesh_node)
+                    .arg("uninstall")
+                    .arg("--pin-dir")
+                    .arg(pin_dir(LAB, &node.name))
+                    .status()?;
+                ensure!(status.success(), "mesh-node uninstall failed");
+                agent_running = false;
             }
-            if Instant::now() > deadline {
-                bail!("{name}: the client's connections do not reach the forwarder");
+            let netfilter = setup.mesh.is_some_and(|a| a.netfilter);
+            if rule_in_place && !netfilter {
+                nft(&node.netns, "delete table ip meshbench\n")?;
+                rule_in_place = false;
+                wait_for_no_dnat(&node.netns)?;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            if let Some(agent) = setup.mesh {
+                if netfilter && !rule_in_place {
+                    nft(&node.netns, &netfilter_rule)?;
+                    rule_in_place = true;
+                }
+                lab.start_mesh(&MeshOptions {
+                    binary: Some(mesh_node.to_owned()),
+                    fast_path: agent.fast_path,
+                    netfilter,
+                    no_inbound_capture: !agent.inbound_capture,
+                    ..MeshOptions::default()
+                })?;
+                agent_running = true;
+                wait_for_forwarder(&lab, &node.name, &client, setup.name, || {
+                    client_run(&lab, 1).map(|_| ())
+                })?;
+            }
+            // Unmeasured first: the agent's start (its install, first certificates, config)
+            // settles, and the path's caches are warm, as in the single long run this replaced.
+            client_run(&lab, WARM_UP)?;
+            figures.push(client_run(&lab, samples)?);
         }
-        rows.push((name.to_owned(), client_run(&lab, samples)?));
+        all.push(figures);
     }
-    Ok(rows)
+    Ok(all)
+}
+
+/// Waits until the path is really in place: a tiny run succeeds and the agent counts one
+/// more connection of the client's across it.
+fn wait_for_forwarder(
+    lab: &Lab,
+    node: &str,
+    client: &mesh_sim::Pod,
+    name: &str,
+    run: impl Fn() -> Result<()>,
+) -> Result<()> {
+    let connections = || -> Result<u64> {
+        let (_, body) = lab.agent_get(node, "/stats/redirect")?;
+        let stats: serde_json::Value = serde_json::from_str(&body)?;
+        Ok(stats["pods"][client.key()]["counters"]["connections"]
+            .as_u64()
+            .unwrap_or(0))
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let before = connections().unwrap_or(0);
+        // A connection the agent resets while it settles (its first certificates, its view
+        // of the pods) counts as not yet.
+        let ran = run();
+        if ran.is_ok() && connections().unwrap_or(0) > before {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let why = ran.err().map_or(String::new(), |e| format!(" (last: {e})"));
+            bail!("{name}: the client's connections do not reach the forwarder{why}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits (at most 10 s) until connection tracking in `netns` holds no entry of the
+/// netfilter path's DNAT (to the bench port, answered from the listener's).
+fn wait_for_no_dnat(netns: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let to = format!("dport={PORT} ");
+    loop {
+        let table = in_netns(netns, &["cat", "/proc/net/nf_conntrack"])?;
+        let left = table
+            .lines()
+            .filter(|l| l.contains(&to) && l.contains("sport=15001 "))
+            .count();
+        if left == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{left} DNAT entries still tracked in {netns} 10 s after the rule went");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs a command in a network namespace: its stdout.
+fn in_netns(netns: &str, command: &[&str]) -> Result<String> {
+    let output = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .args(command)
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "{command:?} in {netns}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 fn nft(netns: &str, ruleset: &str) -> Result<()> {
