@@ -136,19 +136,11 @@ pub(crate) fn wait_out_of_mesh(lab: &Lab, client: &Pod, url: &str) -> Result<()>
 }
 
 fn wait_for_path(lab: &Lab, client: &Pod, url: &str, in_mesh: bool) -> Result<()> {
-    let connections = || -> Result<u64> {
-        let (_, body) = lab.agent_get(&client.node, "/stats/redirect")?;
-        let stats: serde_json::Value = serde_json::from_str(&body)
-            .with_context(|| format!("{}: /stats/redirect is not JSON", client.node))?;
-        Ok(stats["pods"][client.key()]["counters"]["connections"]
-            .as_u64()
-            .unwrap_or(0))
-    };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let before = connections()?;
+        let before = client_connections(lab, client)?;
         let answered = exec(lab, client, "curl", &["-sf", "-o", "/dev/null", url]).is_ok();
-        if answered && (connections()? > before) == in_mesh {
+        if answered && (client_connections(lab, client)? > before) == in_mesh {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -157,4 +149,15 @@ fn wait_for_path(lab: &Lab, client: &Pod, url: &str, in_mesh: bool) -> Result<()
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// How many of `client`'s connections its node agent has counted (`/stats/redirect`; 0 before
+/// the first).
+pub(crate) fn client_connections(lab: &Lab, client: &Pod) -> Result<u64> {
+    let (_, body) = lab.agent_get(&client.node, "/stats/redirect")?;
+    let stats: serde_json::Value = serde_json::from_str(&body)
+        .with_context(|| format!("{}: /stats/redirect is not JSON", client.node))?;
+    Ok(stats["pods"][client.key()]["counters"]["connections"]
+        .as_u64()
+        .unwrap_or(0))
 }

@@ -116,9 +116,9 @@ impl Round {
 /// One node agent's cost during the mesh runs.
 #[derive(Debug, Default, Clone, Copy)]
 struct Agent {
-    /// CPU seconds per 1000 requests, under wrk and at the fixed rate (the median over the
-    /// rounds).
+    /// CPU seconds per 1000 requests under wrk.
     cpu_wrk: f64,
+    /// CPU seconds per 1000 requests at the fixed rate: the median over the rounds.
     cpu_paced: f64,
     /// CPU seconds per second with no traffic.
     idle_cpu: f64,

@@ -28,6 +28,8 @@ use clap::{Args, Subcommand};
 use mesh_sim::{Lab, MeshOptions, pin_dir};
 use nix::sys::signal::Signal;
 
+use crate::bench_config::client_connections;
+
 const LAB: &str = "bench";
 const PORT: u16 = 7000;
 const SIZE: usize = 1024;
@@ -389,10 +391,11 @@ fn scenarios(
     // would then remap their source ports, and the forwarder would find no original
     // destination under the port it sees. In this lab node only, connections in TIME_WAIT are
     // forgotten after a second, and the next path waits until they are.
-    in_netns(
-        &node.netns,
+    in_node(
+        &lab,
+        &node.name,
+        "sysctl",
         &[
-            "sysctl",
             "-q",
             "-w",
             "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1",
@@ -417,13 +420,13 @@ fn scenarios(
             }
             let netfilter = setup.mesh.is_some_and(|a| a.netfilter);
             if rule_in_place && !netfilter {
-                nft(&node.netns, "delete table ip meshbench\n")?;
+                nft(&lab, &node.name, "delete table ip meshbench\n")?;
                 rule_in_place = false;
-                wait_for_no_dnat(&node.netns)?;
+                wait_for_no_dnat(&lab, &node.name)?;
             }
             if let Some(agent) = setup.mesh {
                 if netfilter && !rule_in_place {
-                    nft(&node.netns, &netfilter_rule)?;
+                    nft(&lab, &node.name, &netfilter_rule)?;
                     rule_in_place = true;
                 }
                 lab.start_mesh(&MeshOptions {
@@ -434,7 +437,7 @@ fn scenarios(
                     ..MeshOptions::default()
                 })?;
                 agent_running = true;
-                wait_for_forwarder(&lab, &node.name, &client, setup.name, || {
+                wait_for_forwarder(&lab, &client, setup.name, || {
                     client_run(&lab, 1).map(|_| ())
                 })?;
             }
@@ -452,25 +455,18 @@ fn scenarios(
 /// more connection of the client's across it.
 fn wait_for_forwarder(
     lab: &Lab,
-    node: &str,
     client: &mesh_sim::Pod,
     name: &str,
     run: impl Fn() -> Result<()>,
 ) -> Result<()> {
-    let connections = || -> Result<u64> {
-        let (_, body) = lab.agent_get(node, "/stats/redirect")?;
-        let stats: serde_json::Value = serde_json::from_str(&body)?;
-        Ok(stats["pods"][client.key()]["counters"]["connections"]
-            .as_u64()
-            .unwrap_or(0))
-    };
+    let connections = || client_connections(lab, client).unwrap_or(0);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let before = connections().unwrap_or(0);
+        let before = connections();
         // A connection the agent resets while it settles (its first certificates, its view
         // of the pods) counts as not yet.
         let ran = run();
-        if ran.is_ok() && connections().unwrap_or(0) > before {
+        if ran.is_ok() && connections() > before {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -481,13 +477,13 @@ fn wait_for_forwarder(
     }
 }
 
-/// Waits (at most 10 s) until connection tracking in `netns` holds no entry of the
+/// Waits (at most 10 s) until connection tracking in `node`'s network namespace holds no entry of the
 /// netfilter path's DNAT (to the bench port, answered from the listener's).
-fn wait_for_no_dnat(netns: &str) -> Result<()> {
+fn wait_for_no_dnat(lab: &Lab, node: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let to = format!("dport={PORT} ");
     loop {
-        let table = in_netns(netns, &["cat", "/proc/net/nf_conntrack"])?;
+        let table = in_node(lab, node, "cat", &["/proc/net/nf_conntrack"])?;
         let left = table
             .lines()
             .filter(|l| l.contains(&to) && l.contains("sport=15001 "))
@@ -496,29 +492,28 @@ fn wait_for_no_dnat(netns: &str) -> Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("{left} DNAT entries still tracked in {netns} 10 s after the rule went");
+            bail!("{left} DNAT entries still tracked on {node} 10 s after the rule went");
         }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
-/// Runs a command in a network namespace: its stdout.
-fn in_netns(netns: &str, command: &[&str]) -> Result<String> {
-    let output = Command::new("ip")
-        .args(["netns", "exec", netns])
-        .args(command)
-        .output()?;
+/// Runs `program args…` in a node's network namespace: its stdout.
+fn in_node(lab: &Lab, node: &str, program: &str, args: &[&str]) -> Result<String> {
+    let output = lab.node_command(node, program)?.args(args).output()?;
     ensure!(
         output.status.success(),
-        "{command:?} in {netns}: {}",
+        "{program} {args:?} on {node}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-fn nft(netns: &str, ruleset: &str) -> Result<()> {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", netns, "nft", "-f", "-"])
+/// Loads an nftables ruleset in a node's network namespace.
+fn nft(lab: &Lab, node: &str, ruleset: &str) -> Result<()> {
+    let mut child = lab
+        .node_command(node, "nft")?
+        .args(["-f", "-"])
         .stdin(std::process::Stdio::piped())
         .spawn()?;
     child
