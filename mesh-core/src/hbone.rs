@@ -113,7 +113,7 @@ where
         async move {
             let mut upstream = upstream.await?;
             Ok(move |mut tunnel: Tunnel| async move {
-                if let Err(error) = crate::copy::bidirectional(&mut tunnel, &mut upstream).await
+                if let Err(error) = crate::copy::with_tunnel(&mut tunnel, &mut upstream).await
                 {
                     tracing::debug!(destination = %inbound.destination, %error, "tunnel ended with an error");
                 }

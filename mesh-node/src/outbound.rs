@@ -9,6 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mesh_core::hbone::Tunnel;
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -119,8 +120,14 @@ async fn forward(
     let _ = client.set_nodelay(true);
     counters.update(*peer.ip(), |c| c.open += 1);
     proxy.metrics.opened(&labels);
-    let mut upstream = upstream;
-    let result = mesh_core::copy::bidirectional(&mut client, &mut upstream).await;
+    let result = match upstream {
+        Upstream::Tunnel(mut tunnel) => mesh_core::copy::with_tunnel(&mut tunnel, &mut client)
+            .await
+            .map(|(received, sent)| (sent, received)),
+        Upstream::Stream(mut stream) => {
+            mesh_core::copy::bidirectional(&mut client, &mut stream).await
+        }
+    };
     let (sent, received) = result.as_ref().map_or((0, 0), |r| *r);
     proxy.metrics.closed(&labels, sent, received);
     counters.update(*peer.ip(), |c| {
@@ -131,6 +138,15 @@ async fn forward(
     result.map(|_| ())
 }
 
+/// Where a redirected connection goes.
+enum Upstream {
+    /// An HBONE tunnel, to another node or to a waypoint: copied to without copies of the
+    /// proxy's own ([`mesh_core::copy::with_tunnel`]).
+    Tunnel(Tunnel),
+    /// A socket: plain TCP, or the pod on this node.
+    Stream(Box<dyn Io>),
+}
+
 /// Opens the upstream side of a redirected connection from `peer` to `orig`: an HBONE
 /// tunnel to another node, the local pod after the inbound checks, or plain TCP for
 /// destinations (or sources) outside the mesh. Returns it with the source-side metric labels.
@@ -138,14 +154,14 @@ async fn open_upstream(
     proxy: &Proxy,
     peer: SocketAddrV4,
     orig: SocketAddrV4,
-) -> Result<(Box<dyn Io>, TcpLabels), String> {
+) -> Result<(Upstream, TcpLabels), String> {
     let model = proxy.model();
     let source_ip = IpAddr::V4(*peer.ip());
     let Some(source) = proxy.local_mesh_pod(&model, source_ip) else {
         // Not (or no longer) a mesh pod: forward as it asked.
         let upstream = plain(orig.into()).await?;
         return Ok((
-            Box::new(upstream),
+            Upstream::Stream(Box::new(upstream)),
             TcpLabels::new("source", (None, None), None, None, false),
         ));
     };
@@ -160,7 +176,7 @@ async fn open_upstream(
                 service.as_deref(),
                 false,
             );
-            Ok((Box::new(plain(addr).await?), labels))
+            Ok((Upstream::Stream(Box::new(plain(addr).await?)), labels))
         }
         Route::Local(target) => {
             let pod = inbound::admit(proxy, &model, Some(&source_id), source_ip, target.addr)
@@ -179,7 +195,7 @@ async fn open_upstream(
                 ..labels.clone()
             };
             let counted = Counted::new(upstream, proxy.metrics.clone(), destination_labels);
-            Ok((Box::new(counted), labels))
+            Ok((Upstream::Stream(Box::new(counted)), labels))
         }
         Route::Waypoint {
             waypoint,
@@ -213,7 +229,7 @@ async fn open_upstream(
                 waypoint.service.as_deref(),
                 true,
             );
-            Ok((Box::new(tunnel), labels))
+            Ok((Upstream::Tunnel(tunnel), labels))
         }
         Route::Remote { target, node } => {
             let cert = proxy
@@ -233,7 +249,7 @@ async fn open_upstream(
                 target.service.as_deref(),
                 true,
             );
-            Ok((Box::new(tunnel), labels))
+            Ok((Upstream::Tunnel(tunnel), labels))
         }
     }
 }

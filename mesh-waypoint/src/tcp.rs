@@ -95,7 +95,7 @@ pub async fn serve(stream: Arc<Stream>, mut tunnel: Tunnel) {
     };
     let labels = labels(&stream, endpoint.pod.as_deref());
     waypoint.metrics.tcp_opened(&labels);
-    let copied = mesh_core::copy::bidirectional(&mut tunnel, &mut upstream_io).await;
+    let copied = mesh_core::copy::with_tunnel(&mut tunnel, &mut upstream_io).await;
     let (received, sent) = copied.as_ref().map_or((0, 0), |c| *c);
     waypoint.metrics.tcp_closed(&labels, received, sent);
 }

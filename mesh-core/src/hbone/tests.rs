@@ -139,6 +139,46 @@ async fn tunnels_carry_bytes_both_ways_with_half_close_and_share_a_connection() 
     assert!(connection.is_open());
 }
 
+#[tokio::test]
+async fn a_bulk_transfer_copied_into_and_out_of_tunnels_arrives_whole() {
+    let ca = CertificateAuthority::new(TD).unwrap();
+    let echo = echo_server().await;
+    let (server, _seen) = hbone_server(&ca).await;
+    let connection =
+        Connection::connect(connector(&ca, "client", "server"), server, ip_name(server))
+            .await
+            .unwrap();
+    let mut tunnel = connection.tunnel(echo, None).await.unwrap();
+    // As a node agent's outbound side does: a client socket copied into the tunnel (the
+    // server side copies out of it to the echo server the same way).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let proxy = tokio::spawn(async move {
+        let (mut client, _) = listener.accept().await.unwrap();
+        crate::copy::with_tunnel(&mut tunnel, &mut client).await
+    });
+    let (mut reader, mut writer) = TcpStream::connect(addr).await.unwrap().into_split();
+    // Bytes that show their offset, so a reordered or dropped chunk is caught.
+    let payload: Vec<u8> = (0..16 << 20).map(|i| (i % 251) as u8).collect();
+    let sent = payload.clone();
+    let writing = tokio::spawn(async move {
+        writer.write_all(&sent).await.unwrap();
+        writer.shutdown().await.unwrap();
+        writer
+    });
+    let mut back = Vec::new();
+    reader.read_to_end(&mut back).await.unwrap();
+    let _writer = writing.await.unwrap();
+    assert!(
+        back == payload,
+        "{} bytes echoed of {}",
+        back.len(),
+        payload.len()
+    );
+    let len = payload.len() as u64;
+    assert_eq!(proxy.await.unwrap().unwrap(), (len, len));
+}
+
 /// A destination that accepts and then neither reads nor closes, until the test ends.
 async fn stalled_server() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -4,7 +4,9 @@
 //! HTTP/2 stream, used before, hands every write to a task of its own per tunnel through a
 //! channel (a task, a channel and a copy per write, and one more wake-up per message); here a
 //! write goes straight into the stream's send buffer, within its flow-control capacity, and
-//! the connection's task sends it.
+//! the connection's task sends it. [`crate::copy::with_tunnel`] moves bytes through it
+//! without copying them: it writes received frames out as they are
+//! ([`AsyncBufRead`]) and hands buffers it read into to the stream ([`WriteOwned`]).
 
 use std::io;
 use std::pin::Pin;
@@ -12,7 +14,9 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf as _, Bytes};
 use h2::{Reason, RecvStream, SendStream};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::copy::WriteOwned;
 
 /// A tunnel: bytes both ways, half-close included. Dropping it before both sides have ended
 /// resets the stream (`CANCEL`).
@@ -45,28 +49,85 @@ impl std::fmt::Debug for Tunnel {
     }
 }
 
+impl AsyncBufRead for Tunnel {
+    /// The bytes of the DATA frame at hand, as received: no copy.
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        let this = self.get_mut();
+        while this.received.is_empty() {
+            match ready!(this.recv.poll_data(cx)) {
+                // The peer ended its half: end of file.
+                None => return Poll::Ready(Ok(&[])),
+                Some(Ok(data)) => this.received = data,
+                Some(Err(error)) => return Poll::Ready(ended_or(error).map(|()| &[][..])),
+            }
+        }
+        Poll::Ready(Ok(&this.received))
+    }
+
+    fn consume(self: Pin<&mut Self>, n: usize) {
+        let this = self.get_mut();
+        this.received.advance(n);
+        if this.received.is_empty() {
+            // An empty slice would still hold the frame's buffer, read from the connection.
+            this.received = Bytes::new();
+        }
+        // The window reopens as the reader takes the bytes: a slow reader holds the sender
+        // back instead of buffering here.
+        let _ = this.recv.flow_control().release_capacity(n);
+    }
+}
+
 impl AsyncRead for Tunnel {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        while this.received.is_empty() {
-            match ready!(this.recv.poll_data(cx)) {
-                // The peer ended its half: end of file.
-                None => return Poll::Ready(Ok(())),
-                Some(Ok(data)) => this.received = data,
-                Some(Err(error)) => return Poll::Ready(ended_or(error)),
+        let data = ready!(self.as_mut().poll_fill_buf(cx))?;
+        let n = data.len().min(buf.remaining());
+        buf.put_slice(&data[..n]);
+        self.consume(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Tunnel {
+    /// Waits until the stream may send some of `wanted` bytes: how many it may.
+    fn poll_capacity(&mut self, cx: &mut Context<'_>, wanted: usize) -> Poll<io::Result<usize>> {
+        let send = &mut self.send;
+        send.reserve_capacity(wanted);
+        // Only what the peer's windows (and the send buffer's limit) allow is taken, so a
+        // writer faster than the peer waits here.
+        while send.capacity() == 0 {
+            match ready!(send.poll_capacity(cx)) {
+                Some(Ok(_)) => {}
+                Some(Err(error)) => return Poll::Ready(Err(io_error(error))),
+                // The stream can no longer send: reset by the peer, or the connection gone.
+                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
             }
         }
-        let n = this.received.len().min(buf.remaining());
-        buf.put_slice(&this.received[..n]);
-        this.received.advance(n);
-        // The window reopens as the reader takes the bytes: a slow reader holds the sender
-        // back instead of buffering here.
-        let _ = this.recv.flow_control().release_capacity(n);
-        Poll::Ready(Ok(()))
+        Poll::Ready(Ok(send.capacity().min(wanted)))
+    }
+}
+
+impl WriteOwned for Tunnel {
+    /// Queues the front of `data` for the connection as it is: no copy.
+    fn poll_write_owned(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let n = ready!(self.poll_capacity(cx, data.len()))?;
+        let front = if n == data.len() {
+            std::mem::take(data)
+        } else {
+            data.split_to(n)
+        };
+        self.send.send_data(front, false).map_err(io_error)?;
+        Poll::Ready(Ok(n))
     }
 }
 
@@ -79,20 +140,9 @@ impl AsyncWrite for Tunnel {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let send = &mut self.send;
-        send.reserve_capacity(buf.len());
-        // Only what the peer's windows (and the send buffer's limit) allow is taken, so a
-        // writer faster than the peer waits here.
-        while send.capacity() == 0 {
-            match ready!(send.poll_capacity(cx)) {
-                Some(Ok(_)) => {}
-                Some(Err(error)) => return Poll::Ready(Err(io_error(error))),
-                // The stream can no longer send: reset by the peer, or the connection gone.
-                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-            }
-        }
-        let n = send.capacity().min(buf.len());
-        send.send_data(Bytes::copy_from_slice(&buf[..n]), false)
+        let n = ready!(self.poll_capacity(cx, buf.len()))?;
+        self.send
+            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
             .map_err(io_error)?;
         Poll::Ready(Ok(n))
     }
