@@ -29,7 +29,7 @@ use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 /// The most one read takes.
 pub const SCRATCH: usize = 128 * 1024;
 
-/// The read buffer of a copy nested in another's poll (see [`Direction::poll_copy`]).
+/// The read buffer of a copy nested in another's poll (see [`with_scratch`]).
 const NESTED: usize = 16 * 1024;
 
 /// A read at least this large marks a bulk transfer: [`with_tunnel`] reads the next one into
@@ -49,6 +49,15 @@ pub trait WriteOwned: AsyncWrite {
 
 thread_local! {
     static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
+}
+
+/// Runs `f` on this thread's [`SCRATCH`] buffer; a copy nested in another's poll (a reader
+/// or writer that copies through this module itself) gets a smaller buffer of its own.
+fn with_scratch<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
+    SCRATCH_BUF.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut scratch) => f(&mut scratch),
+        Err(_) => f(&mut vec![0; NESTED]),
+    })
 }
 
 /// Copies `a` to `b` and `b` to `a` until both have ended (each end shuts the other side's
@@ -148,9 +157,7 @@ struct Direction {
     kept: Vec<u8>,
     written: usize,
     reader_done: bool,
-    /// Bytes written since the last flush.
-    unflushed: bool,
-    copied: u64,
+    out: Written,
 }
 
 /// What one read from the scratch buffer came to.
@@ -176,39 +183,26 @@ where
         loop {
             while self.written < self.kept.len() {
                 let n = ready!(writer.as_mut().poll_write(cx, &self.kept[self.written..]))?;
-                self.wrote(n)?;
+                self.out.add(n)?;
                 self.written += n;
             }
             // Written out: the buffer stays while the transfer is busy.
             self.kept.clear();
             self.written = 0;
             if self.reader_done {
-                ready!(writer.as_mut().poll_flush(cx))?;
-                self.unflushed = false;
-                return Poll::Ready(Ok(self.copied));
+                return self.out.poll_done(cx, writer);
             }
-            let read = SCRATCH_BUF.with(|scratch| match scratch.try_borrow_mut() {
-                Ok(mut scratch) => {
-                    self.read_and_write(cx, reader.as_mut(), writer.as_mut(), &mut scratch)
-                }
-                // Only if a reader or writer copies through this module from inside its own
-                // poll: then this read gets a buffer of its own.
-                Err(_) => {
-                    self.read_and_write(cx, reader.as_mut(), writer.as_mut(), &mut vec![0; NESTED])
-                }
+            let read = with_scratch(|scratch| {
+                self.read_and_write(cx, reader.as_mut(), writer.as_mut(), scratch)
             });
             match read {
                 Poll::Ready(Ok(Read::Data)) => {}
                 Poll::Ready(Ok(Read::Ended)) => self.reader_done = true,
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
                 Poll::Pending => {
-                    // Quiet: give the buffer back, and push out what was written so it does
-                    // not wait in the writer for more.
+                    // Quiet: give the buffer back.
                     self.kept = Vec::new();
-                    if self.unflushed {
-                        ready!(writer.as_mut().poll_flush(cx))?;
-                        self.unflushed = false;
-                    }
+                    ready!(self.out.poll_flush(cx, writer))?;
                     return Poll::Pending;
                 }
             }
@@ -239,7 +233,7 @@ impl Direction {
         while at < data.len() {
             match writer.as_mut().poll_write(cx, &data[at..]) {
                 Poll::Ready(Ok(n)) => {
-                    self.wrote(n)?;
+                    self.out.add(n)?;
                     at += n;
                 }
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
@@ -252,30 +246,60 @@ impl Direction {
         }
         Poll::Ready(Ok(Read::Data))
     }
+}
 
-    fn wrote(&mut self, n: usize) -> io::Result<()> {
-        self.copied += written(n)?;
+/// What a direction has written: the count, and whether the writer may hold some of it.
+#[derive(Default)]
+struct Written {
+    copied: u64,
+    /// Bytes written since the last flush.
+    unflushed: bool,
+}
+
+impl Written {
+    /// Counts `n` bytes the writer took; none is an error (it can take no more, ever).
+    fn add(&mut self, n: usize) -> io::Result<()> {
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "the writer accepted no bytes",
+            ));
+        }
+        self.copied += n as u64;
         self.unflushed = true;
         Ok(())
     }
-}
 
-/// `n` bytes written, as a count; none is an error (the writer can take no more, ever).
-fn written(n: usize) -> io::Result<u64> {
-    if n == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::WriteZero,
-            "the writer accepted no bytes",
-        ));
+    /// Pushes out what was written since the last flush, so it does not wait in the writer
+    /// for more.
+    fn poll_flush<W: AsyncWrite + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_>,
+        writer: Pin<&mut W>,
+    ) -> Poll<io::Result<()>> {
+        if self.unflushed {
+            ready!(writer.poll_flush(cx))?;
+            self.unflushed = false;
+        }
+        Poll::Ready(Ok(()))
     }
-    Ok(n as u64)
+
+    /// The end of a direction: a last flush, then the count.
+    fn poll_done<W: AsyncWrite + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_>,
+        writer: Pin<&mut W>,
+    ) -> Poll<io::Result<u64>> {
+        ready!(writer.poll_flush(cx))?;
+        self.unflushed = false;
+        Poll::Ready(Ok(self.copied))
+    }
 }
 
 /// From a reader with buffers of its own: each is written on from where it is.
 #[derive(Default)]
 struct FromBuffers {
-    unflushed: bool,
-    copied: u64,
+    out: Written,
 }
 
 impl<R, W> Pump<R, W> for FromBuffers
@@ -293,22 +317,16 @@ where
             let data = match reader.as_mut().poll_fill_buf(cx) {
                 Poll::Ready(data) => data?,
                 Poll::Pending => {
-                    if self.unflushed {
-                        ready!(writer.as_mut().poll_flush(cx))?;
-                        self.unflushed = false;
-                    }
+                    ready!(self.out.poll_flush(cx, writer))?;
                     return Poll::Pending;
                 }
             };
             if data.is_empty() {
-                ready!(writer.as_mut().poll_flush(cx))?;
-                self.unflushed = false;
-                return Poll::Ready(Ok(self.copied));
+                return self.out.poll_done(cx, writer);
             }
             // The bytes stay with the reader until the writer takes them: nothing is kept here.
             let n = ready!(writer.as_mut().poll_write(cx, data))?;
-            self.copied += written(n)?;
-            self.unflushed = true;
+            self.out.add(n)?;
             reader.as_mut().consume(n);
         }
     }
@@ -323,8 +341,7 @@ struct IntoOwned {
     pending: Bytes,
     reader_done: bool,
     bulk: bool,
-    unflushed: bool,
-    copied: u64,
+    out: Written,
 }
 
 impl<R, W> Pump<R, W> for IntoOwned
@@ -341,25 +358,19 @@ where
         loop {
             while !self.pending.is_empty() {
                 let n = ready!(writer.as_mut().poll_write_owned(cx, &mut self.pending))?;
-                self.copied += written(n)?;
-                self.unflushed = true;
+                self.out.add(n)?;
             }
             // Even emptied, a slice would hold on to the buffer it was cut from.
             self.pending = Bytes::new();
             if self.reader_done {
-                ready!(writer.as_mut().poll_flush(cx))?;
-                self.unflushed = false;
-                return Poll::Ready(Ok(self.copied));
+                return self.out.poll_done(cx, writer);
             }
             let read = if self.bulk {
                 let mut buffer = BytesMut::with_capacity(SCRATCH);
                 tokio_util::io::poll_read_buf(reader.as_mut(), cx, &mut buffer)
                     .map_ok(|_| buffer.freeze())
             } else {
-                SCRATCH_BUF.with(|scratch| match scratch.try_borrow_mut() {
-                    Ok(mut scratch) => read_copied(cx, reader.as_mut(), &mut scratch),
-                    Err(_) => read_copied(cx, reader.as_mut(), &mut vec![0; NESTED]),
-                })
+                with_scratch(|scratch| read_copied(cx, reader.as_mut(), scratch))
             };
             match read {
                 Poll::Ready(Ok(data)) if data.is_empty() => self.reader_done = true,
@@ -371,10 +382,7 @@ where
                 Poll::Pending => {
                     // Quiet: the next read starts small again.
                     self.bulk = false;
-                    if self.unflushed {
-                        ready!(writer.as_mut().poll_flush(cx))?;
-                        self.unflushed = false;
-                    }
+                    ready!(self.out.poll_flush(cx, writer))?;
                     return Poll::Pending;
                 }
             }

@@ -158,7 +158,7 @@ fn only_bytes_the_writer_did_not_take_are_kept_and_only_until_it_takes_them() {
     let mut expected = first;
     expected.extend_from_slice(b"second");
     assert_eq!(writer.taken, expected);
-    assert_eq!(direction.copied, expected.len() as u64);
+    assert_eq!(direction.out.copied, expected.len() as u64);
 }
 
 #[test]
@@ -335,7 +335,7 @@ fn a_bulk_reader_hands_its_buffers_over_and_a_quiet_one_holds_none() {
     expected.extend(pattern(SCRATCH));
     expected.extend(pattern(10));
     assert_eq!(tunnel.taken(), expected);
-    assert_eq!(pump.copied, expected.len() as u64);
+    assert_eq!(pump.out.copied, expected.len() as u64);
     // The small read came after a bulk one, so it was read into a buffer of its own and
     // handed over as it was: the tunnel holds the whole buffer.
     let last = tunnel.taken.pop().unwrap();
@@ -382,7 +382,7 @@ fn received_buffers_are_written_from_where_they_are_and_kept_by_nobody_else() {
     let mut expected = pattern(5000);
     expected.extend_from_slice(b"second");
     assert_eq!(writer.taken, expected);
-    assert_eq!(pump.copied, expected.len() as u64);
+    assert_eq!(pump.out.copied, expected.len() as u64);
 
     tunnel.ended = true;
     let poll = Pump::poll_copy(
