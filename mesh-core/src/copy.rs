@@ -26,8 +26,9 @@ use std::task::{Context, Poll, ready};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 
-/// The most one read takes.
-pub const SCRATCH: usize = 128 * 1024;
+/// The most one read takes. Through a tunnel, reads of 256 KiB cost the sending agent 10 %
+/// less per GB than reads of 128 KiB; 512 KiB did no better (README, "Copying and threads").
+pub const SCRATCH: usize = 256 * 1024;
 
 /// The read buffer of a copy nested in another's poll (see [`with_scratch`]).
 const NESTED: usize = 16 * 1024;
