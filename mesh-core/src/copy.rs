@@ -391,6 +391,20 @@ where
     }
 }
 
+/// `poll_read` for a reader with buffers of its own: copies from the buffer at hand into
+/// `buf`, for callers that want the bytes in a buffer of theirs.
+pub fn poll_read_buffered<R: AsyncBufRead + ?Sized>(
+    mut reader: Pin<&mut R>,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> Poll<io::Result<()>> {
+    let data = ready!(reader.as_mut().poll_fill_buf(cx))?;
+    let n = data.len().min(buf.remaining());
+    buf.put_slice(&data[..n]);
+    reader.consume(n);
+    Poll::Ready(Ok(()))
+}
+
 /// One read into `scratch`, copied out (empty: the reader ended).
 fn read_copied<R: AsyncRead + ?Sized>(
     cx: &mut Context<'_>,

@@ -131,24 +131,14 @@ fn only_bytes_the_writer_did_not_take_are_kept_and_only_until_it_takes_them() {
     };
 
     // The writer takes 3000 of the first 5000 bytes: the other 2000 are kept, no more read.
-    let poll = Pump::poll_copy(
-        &mut direction,
-        &mut cx,
-        Pin::new(&mut reader),
-        Pin::new(&mut writer),
-    );
+    let poll = direction.poll_copy(&mut cx, Pin::new(&mut reader), Pin::new(&mut writer));
     assert!(poll.is_pending());
     assert_eq!(direction.kept.len() - direction.written, 2000);
     assert_eq!(reader.0.len(), 1, "nothing more is read while bytes wait");
 
     // Room for everything: the kept bytes go first, then the next read; nothing is kept.
     writer.room = usize::MAX;
-    let poll = Pump::poll_copy(
-        &mut direction,
-        &mut cx,
-        Pin::new(&mut reader),
-        Pin::new(&mut writer),
-    );
+    let poll = direction.poll_copy(&mut cx, Pin::new(&mut reader), Pin::new(&mut writer));
     assert!(poll.is_pending());
     assert_eq!(
         direction.kept.capacity(),
@@ -170,12 +160,7 @@ fn a_read_takes_up_to_the_scratch_size_at_once() {
         room: usize::MAX,
         ..Limited::default()
     };
-    let poll = Pump::poll_copy(
-        &mut direction,
-        &mut cx,
-        Pin::new(&mut reader),
-        Pin::new(&mut writer),
-    );
+    let poll = direction.poll_copy(&mut cx, Pin::new(&mut reader), Pin::new(&mut writer));
     assert!(
         matches!(poll, Poll::Ready(Ok(n)) if n == 3 * SCRATCH as u64),
         "{poll:?}"
@@ -195,15 +180,11 @@ struct Owned {
 
 impl AsyncRead for Owned {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let data = ready!(self.as_mut().poll_fill_buf(cx))?;
-        let n = data.len().min(buf.remaining());
-        buf.put_slice(&data[..n]);
-        self.consume(n);
-        Poll::Ready(Ok(()))
+        poll_read_buffered(self, cx, buf)
     }
 }
 
@@ -309,12 +290,7 @@ fn a_bulk_reader_hands_its_buffers_over_and_a_quiet_one_holds_none() {
 
     // The tunnel takes the first read and part of the second: the rest waits, nothing more
     // is read meanwhile.
-    let poll = Pump::poll_copy(
-        &mut pump,
-        &mut cx,
-        Pin::new(&mut reader),
-        Pin::new(&mut tunnel),
-    );
+    let poll = pump.poll_copy(&mut cx, Pin::new(&mut reader), Pin::new(&mut tunnel));
     assert!(poll.is_pending());
     assert_eq!(pump.pending.len(), SCRATCH - 100);
     assert_eq!(reader.0.len(), 1);
@@ -324,12 +300,7 @@ fn a_bulk_reader_hands_its_buffers_over_and_a_quiet_one_holds_none() {
     );
 
     tunnel.room = usize::MAX;
-    let poll = Pump::poll_copy(
-        &mut pump,
-        &mut cx,
-        Pin::new(&mut reader),
-        Pin::new(&mut tunnel),
-    );
+    let poll = pump.poll_copy(&mut cx, Pin::new(&mut reader), Pin::new(&mut tunnel));
     assert!(poll.is_pending());
     let mut expected = pattern(SCRATCH);
     expected.extend(pattern(SCRATCH));
@@ -358,12 +329,7 @@ fn received_buffers_are_written_from_where_they_are_and_kept_by_nobody_else() {
         room: 3000,
         ..Limited::default()
     };
-    let poll = Pump::poll_copy(
-        &mut pump,
-        &mut cx,
-        Pin::new(&mut tunnel),
-        Pin::new(&mut writer),
-    );
+    let poll = pump.poll_copy(&mut cx, Pin::new(&mut tunnel), Pin::new(&mut writer));
     assert!(poll.is_pending());
     assert_eq!(
         tunnel.received[0].len(),
@@ -372,12 +338,7 @@ fn received_buffers_are_written_from_where_they_are_and_kept_by_nobody_else() {
     );
 
     writer.room = usize::MAX;
-    let poll = Pump::poll_copy(
-        &mut pump,
-        &mut cx,
-        Pin::new(&mut tunnel),
-        Pin::new(&mut writer),
-    );
+    let poll = pump.poll_copy(&mut cx, Pin::new(&mut tunnel), Pin::new(&mut writer));
     assert!(poll.is_pending());
     let mut expected = pattern(5000);
     expected.extend_from_slice(b"second");
@@ -385,12 +346,7 @@ fn received_buffers_are_written_from_where_they_are_and_kept_by_nobody_else() {
     assert_eq!(pump.out.copied, expected.len() as u64);
 
     tunnel.ended = true;
-    let poll = Pump::poll_copy(
-        &mut pump,
-        &mut cx,
-        Pin::new(&mut tunnel),
-        Pin::new(&mut writer),
-    );
+    let poll = pump.poll_copy(&mut cx, Pin::new(&mut tunnel), Pin::new(&mut writer));
     assert!(
         matches!(poll, Poll::Ready(Ok(n)) if n == expected.len() as u64),
         "{poll:?}"

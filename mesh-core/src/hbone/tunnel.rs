@@ -79,15 +79,11 @@ impl AsyncBufRead for Tunnel {
 
 impl AsyncRead for Tunnel {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let data = ready!(self.as_mut().poll_fill_buf(cx))?;
-        let n = data.len().min(buf.remaining());
-        buf.put_slice(&data[..n]);
-        self.consume(n);
-        Poll::Ready(Ok(()))
+        crate::copy::poll_read_buffered(self, cx, buf)
     }
 }
 
