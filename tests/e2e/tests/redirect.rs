@@ -204,6 +204,28 @@ fn acceptance(tag: &str, fast_path: bool) {
         assert_eq!(ebpf_stat(&after, "fast_path_sockets"), 0, "{after:#}");
     }
 
+    // An IPv6 socket (connect6) to an IPv4 service, written as an IPv4-mapped address, is
+    // redirected like an IPv4 one; a native IPv6 destination (here the pod's own loopback,
+    // where nobody listens) is left alone.
+    let cluster_ip = lab.lab.state().services["default/server-b"]
+        .cluster_ip
+        .expect("server-b has a ClusterIP");
+    let before = stats(&lab, "node1");
+    let seen = origin(
+        &lab,
+        "client",
+        &format!("http://[::ffff:{cluster_ip}]:8000/ip"),
+    )
+    .unwrap();
+    assert_eq!(seen, node1_ip, "an IPv6 socket to ::ffff:{cluster_ip}");
+    let refused = lab.curl("client", &["--max-time", "5", "http://[::1]:9/"]);
+    assert!(refused.is_err(), "{refused:?}");
+    let after = stats(&lab, "node1");
+    let delta = |name: &str| ebpf_stat(&after, name) - ebpf_stat(&before, name);
+    assert_eq!(delta("tcp6_connects"), 2, "{after:#}");
+    assert_eq!(delta("redirected"), 1, "only the mapped address: {after:#}");
+    assert_eq!(connections(&after) - connections(&before), 1, "{after:#}");
+
     // A process in a cgroup inside the pod's (where kubelet puts each container) is the pod's
     // too: its connects are redirected.
     let before = ebpf_stat(&stats(&lab, "node1"), "redirected");
