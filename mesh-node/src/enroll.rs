@@ -245,6 +245,26 @@ mod tests {
         );
     }
 
+    /// A host-network pod (the node agent's own, a node exporter) shares the node's network
+    /// and address: never enrolled, even in an ambient namespace, and not found by the
+    /// node's address.
+    #[test]
+    fn host_network_pods_are_never_enrolled_nor_found_by_address() {
+        let mut host = pod("shop", "agent", "node1", None);
+        host.value["spec"]["hostNetwork"] = json!(true);
+        host.value["status"]["podIP"] = json!("10.10.0.11");
+        let mut store = Store::new();
+        store.apply_all(Update::first_sync([
+            namespace("shop", Some("ambient")),
+            pod("shop", "a", "node1", None),
+            host,
+        ]));
+        assert_eq!(enrolled(&store, "node1"), ["shop/a"]);
+        let model = store.model();
+        assert!(model.pod_by_ip("10.10.0.11".parse().unwrap()).is_none());
+        assert!(model.pod_by_ip("10.244.1.2".parse().unwrap()).is_some());
+    }
+
     #[test]
     fn label_changes_and_deletes_follow_without_a_resync() {
         let mut store = Store::new();

@@ -66,6 +66,10 @@ pub struct PodInfo {
     pub workload: Arc<str>,
     /// The pod's `Ready` condition is true (and it is not terminating).
     pub ready: bool,
+    /// `spec.hostNetwork`: the pod shares its node's network namespace and address. Such a
+    /// pod is never in the mesh (its traffic is the node's, as Istio's ambient mode has it)
+    /// and is not found by address (the address is the node's, shared by every such pod).
+    pub host_network: bool,
     /// Named container ports, for Services whose `targetPort` is a name (a few per pod: a
     /// slice, not a map, whose node alone would take ~300 bytes per pod).
     pub named_ports: Box<[(Arc<str>, u16)]>,
@@ -217,9 +221,12 @@ impl Model {
     }
 
     /// Whether a pod is in the ambient mesh: its namespace is labelled
-    /// `istio.io/dataplane-mode=ambient` and the pod is not labelled
-    /// `istio.io/dataplane-mode=none`.
+    /// `istio.io/dataplane-mode=ambient`, the pod is not labelled
+    /// `istio.io/dataplane-mode=none`, and it has a network of its own (not `hostNetwork`).
     pub fn in_mesh(&self, pod: &PodInfo) -> bool {
+        if pod.host_network {
+            return false;
+        }
         let namespace_ambient = self
             .namespace_labels(&pod.name.namespace)
             .and_then(|labels| labels.get(DATAPLANE_MODE))

@@ -352,7 +352,8 @@ impl Store {
                 }
             }
         }
-        for ip in &pod.ips {
+        // A host-network pod's address is its node's: not the pod's to be found by.
+        for ip in pod.ips.iter().filter(|_| !pod.host_network) {
             self.model.pods_by_ip.insert(*ip, name.clone());
         }
         self.pods_by_namespace

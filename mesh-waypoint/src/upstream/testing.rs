@@ -66,6 +66,7 @@ pub(crate) fn endpoint(address: &str, labels: &[(&str, &str)]) -> Endpoint {
         ips: Box::new([addr.ip()]),
         workload: "app".into(),
         ready: true,
+        host_network: false,
         named_ports: Box::new([]),
     };
     Endpoint {

@@ -98,6 +98,7 @@ pub(crate) fn pod_info(pod: &Pod, strings: &mut Interner) -> PodInfo {
         ips: ips.into_boxed_slice(),
         workload,
         ready,
+        host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
         named_ports,
     }
 }
