@@ -20,8 +20,16 @@ use crate::maps::{ENROLLED, ORIG_BY_COOKIE, count, settings};
 
 /// Return value of a cgroup sock_addr program that lets the `connect()` proceed.
 const ALLOW: i32 = 1;
-/// `SOCK_STREAM` from `<linux/net.h>`: TCP.
+/// `SOCK_STREAM` from `<linux/net.h>`.
 const SOCK_STREAM: u32 = 1;
+/// `IPPROTO_TCP` from `<linux/in.h>`: a stream socket of another protocol (SCTP, MPTCP) is
+/// not the proxy's to take.
+const IPPROTO_TCP: u32 = 6;
+
+/// Whether the socket is TCP: a stream socket of the TCP protocol.
+fn is_tcp(sock_type: u32, protocol: u32) -> bool {
+    sock_type == SOCK_STREAM && protocol == IPPROTO_TCP
+}
 
 /// Entry point (program name `program_names::CONNECT4`).
 #[cgroup_sock_addr(connect4)]
@@ -41,12 +49,13 @@ fn mesh_connect6(ctx: SockAddrContext) -> i32 {
 
 fn try_connect4(ctx: &SockAddrContext) -> Result<i32, i32> {
     let sa = ctx.sock_addr;
-    let (sock_type, ip, port) = (
+    let (sock_type, protocol, ip, port) = (
         ctx_field!(sa, type_),
+        ctx_field!(sa, protocol),
         ctx_field!(sa, user_ip4),
         ctx_field!(sa, user_port),
     );
-    if sock_type != SOCK_STREAM {
+    if !is_tcp(sock_type, protocol) {
         count(|s| &mut s.other_connects);
         return Ok(ALLOW);
     }
@@ -85,6 +94,7 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<i32, i32> {
 fn try_connect6(ctx: &SockAddrContext) -> Result<i32, i32> {
     let sa = ctx.sock_addr;
     let sock_type = ctx_field!(sa, type_);
+    let protocol = ctx_field!(sa, protocol);
     let port = ctx_field!(sa, user_port);
     let ip6 = [
         ctx_field!(sa, user_ip6[0]),
@@ -92,7 +102,7 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<i32, i32> {
         ctx_field!(sa, user_ip6[2]),
         ctx_field!(sa, user_ip6[3]),
     ];
-    if sock_type != SOCK_STREAM {
+    if !is_tcp(sock_type, protocol) {
         count(|s| &mut s.other_connects);
         return Ok(ALLOW);
     }

@@ -20,12 +20,12 @@
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Args, Subcommand};
-use mesh_sim::{Lab, MeshOptions, pin_dir};
+use mesh_sim::{Lab, MeshOptions};
 use nix::sys::signal::Signal;
 
 use crate::bench_config::client_connections;
@@ -410,12 +410,7 @@ fn scenarios(
             println!("==> round {round}: {}", setup.name);
             if agent_running {
                 lab.stop_agent(&node.name, Signal::SIGTERM)?;
-                let status = Command::new(mesh_node)
-                    .arg("uninstall")
-                    .arg("--pin-dir")
-                    .arg(pin_dir(LAB, &node.name))
-                    .status()?;
-                ensure!(status.success(), "mesh-node uninstall failed");
+                lab.uninstall_agent(&node.name, Some(mesh_node))?;
                 agent_running = false;
             }
             let netfilter = setup.mesh.is_some_and(|a| a.netfilter);

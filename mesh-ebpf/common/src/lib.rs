@@ -96,9 +96,10 @@ pub const MAX_CAPTURED_FLOWS: u32 = 65_536;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Connect4Stats {
-    /// `connect()` calls on TCP (`SOCK_STREAM`) sockets.
+    /// `connect()` calls on IPv4 TCP sockets.
     pub tcp_connects: u64,
-    /// `connect()` calls on other IPv4 sockets (UDP, ...), which the program leaves alone.
+    /// `connect()` calls on sockets other than TCP (UDP, SCTP, ...), IPv4 or IPv6, which the
+    /// programs leave alone.
     pub other_connects: u64,
     /// TCP connects rewritten to the node proxy.
     pub redirected: u64,

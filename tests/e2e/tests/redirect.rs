@@ -46,6 +46,12 @@ spec:
   ports: [{name: http, port: 8000, targetPort: 8080}]
 ---
 apiVersion: v1
+kind: Service
+metadata: {name: nobody}
+spec:
+  ports: [{name: http, port: 8000, targetPort: 8080}]
+---
+apiVersion: v1
 kind: Pod
 metadata: {name: outsider, namespace: plain, labels: {app: curl}}
 spec:
@@ -275,17 +281,51 @@ fn acceptance(tag: &str, fast_path: bool) {
     );
     assert_eq!(connections(&after), connections(&before));
 
-    // Nobody listening: the client fails fast (reset by the proxy), no hang.
-    let started = Instant::now();
-    let result = lab.curl(
-        "client",
-        &["--max-time", "5", &format!("http://{server_b}:9/")],
+    // Nobody listening: the client fails fast (reset by the proxy), no hang, whether the port
+    // is closed on a pod of this node or of the other (the tunnel's CONNECT is refused), or
+    // the service has no endpoints.
+    for url in [
+        format!("http://{server_b}:9/"),
+        format!("http://{server_a}:9/"),
+        "http://nobody:8000/".to_owned(),
+    ] {
+        let before = pod_counter(&stats(&lab, "node1"), &client_key, "failed");
+        let started = Instant::now();
+        let result = lab.curl("client", &["--max-time", "5", &url]);
+        let took = started.elapsed();
+        assert!(result.is_err(), "{url}: {result:?}");
+        assert!(took < Duration::from_secs(1), "{url}: took {took:?}");
+        let after = stats(&lab, "node1");
+        assert!(
+            pod_counter(&after, &client_key, "failed") > before,
+            "{url}: not counted as failed by the proxy: {after:#}"
+        );
+    }
+
+    // UDP is left alone: a connected UDP socket keeps the address it named.
+    let before = stats(&lab, "node1");
+    let script = "import socket, sys\n\
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+        s.connect((sys.argv[1], 5353))\n\
+        s.send(b'x')\n\
+        print('%s:%d' % s.getpeername())";
+    let peer = lab
+        .exec("client", "python3", &["-c", script, &server_a.to_string()])
+        .expect("a UDP connect from the client");
+    assert_eq!(
+        peer.trim(),
+        format!("{server_a}:5353"),
+        "UDP was redirected"
     );
-    assert!(result.is_err(), "{result:?}");
+    let after = stats(&lab, "node1");
     assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "took {:?}",
-        started.elapsed()
+        ebpf_stat(&after, "other_connects") > ebpf_stat(&before, "other_connects"),
+        "{after:#}"
+    );
+    assert_eq!(
+        ebpf_stat(&after, "redirected"),
+        ebpf_stat(&before, "redirected"),
+        "{after:#}"
     );
 
     // An open connection survives its pod leaving the mesh; new ones then go direct within 1 s.
@@ -456,37 +496,28 @@ fn restart_and_uninstall(tag: &str, fast_path: bool) {
         .iter()
         .filter_map(Value::as_u64)
         .collect();
-    // server-a is on node2: the tunnel ends at node2's proxy, which connects to it.
-    let node2_ip = lab.lab.node("node2").unwrap().ip.to_string();
-    assert_eq!(
-        origin(&lab, "client", &format!("http://{server_a}:8080/ip")).unwrap(),
-        node2_ip
+    // New connections to a pod on the other node and to one on the same node are redirected
+    // by the adopted programs and pass the new agent (its per-pod counter starts from zero).
+    for url in [
+        format!("http://{server_a}:8080/ip"),
+        format!("http://{server_b}:8080/ip"),
+    ] {
+        assert!(
+            redirected_by(&lab, "node1", "client", &url),
+            "{url}: not redirected after the restart"
+        );
+    }
+    assert!(
+        pod_counter(&stats(&lab, "node1"), &client.key(), "connections") >= 2,
+        "the restarted agent did not proxy the client's connections"
     );
+    let node2_ip = lab.lab.node("node2").unwrap().ip.to_string();
 
     // Uninstall: stop the agent, remove everything it pinned; the kernel drops the programs.
     lab.lab.stop_agent("node1", Signal::SIGTERM).unwrap();
     let pins = pin_dir(&lab.name, "node1");
     assert!(pins.exists());
-    let binary = std::env::current_exe()
-        .unwrap()
-        .ancestors()
-        .nth(2)
-        .unwrap()
-        .join("mesh-node");
-    // In the node's network namespace, where the capture's policy routing is (nsenter, not
-    // `ip netns exec`, which would hide bpffs behind a fresh /sys).
-    let output = std::process::Command::new("nsenter")
-        .arg(format!(
-            "--net=/run/netns/{}",
-            lab.lab.node("node1").unwrap().netns
-        ))
-        .arg(&binary)
-        .arg("uninstall")
-        .arg("--pin-dir")
-        .arg(&pins)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
+    lab.lab.uninstall_agent("node1", None).unwrap();
     assert!(!pins.exists(), "pins left at {}", pins.display());
     let rules = lab
         .lab

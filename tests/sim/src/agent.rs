@@ -417,6 +417,34 @@ impl Lab {
         )
     }
 
+    /// Runs `mesh-node uninstall` for the node's (stopped) agent: in the node's network
+    /// namespace, where the inbound capture's policy routing is (with `nsenter`, not `ip netns
+    /// exec`, which would hide bpffs behind a fresh /sys). `binary` defaults to the mesh's.
+    pub fn uninstall_agent(&self, node: &str, binary: Option<&Path>) -> Result<()> {
+        let node = self.node(node)?;
+        let binary = match binary {
+            Some(binary) => binary.to_owned(),
+            None => self.mesh_binary()?,
+        };
+        let output = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", node.netns))
+            .arg(&binary)
+            .arg("uninstall")
+            .arg("--pin-dir")
+            .arg(pin_dir(&self.state.lab, &node.name))
+            .output()
+            .map_err(|error| Error::Invalid(format!("nsenter {}: {error}", binary.display())))?;
+        if !output.status.success() {
+            return Err(Error::Invalid(format!(
+                "mesh-node uninstall on {} failed ({}): {}",
+                node.name,
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
     /// Stops every process of the mesh with SIGTERM, as a clean shutdown does, and waits
     /// until each is gone: the waypoint pods, then the node agents, then the CA. What a
     /// process writes as it exits (a profile-instrumented build's counters) is written then;
