@@ -38,6 +38,18 @@ const MAX_HEADERS: u32 = 16 * 1024;
 /// ztunnel sends it: the TLS peer is the client's node proxy, not the workload.
 const FORWARDED: &str = "forwarded";
 
+/// How long a client of the HBONE listener has for each step of setting up its connection:
+/// the TLS handshake (from its TCP connect, ClientHello included), then the HTTP/2 preface.
+/// A client that stays silent is closed then, so idle connects cannot pile up on a listener
+/// and hold its file descriptors.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a tunnel's CONNECT waits for the server's answer. The server answers once it
+/// has connected to the pod (at most 10 s, see the node proxy's connect timeout), so a
+/// server that says nothing for longer is gone; the client is failed rather than left
+/// hanging.
+pub const TUNNEL_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("TLS handshake with {peer}: {source}")]
@@ -59,6 +71,13 @@ pub enum Error {
         authority: SocketAddr,
         status: StatusCode,
     },
+    #[error("{peer} did not finish {stage} within {HANDSHAKE_TIMEOUT:?}")]
+    HandshakeTimeout {
+        peer: SocketAddr,
+        stage: &'static str,
+    },
+    #[error("the tunnel to {authority} had no answer within {TUNNEL_ANSWER_TIMEOUT:?}")]
+    NoAnswer { authority: SocketAddr },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -71,8 +90,26 @@ pub struct Inbound {
     pub peer: SocketAddr,
     /// Where the client wants to go (`:authority`).
     pub destination: SocketAddr,
-    /// The original client's address, from the `Forwarded: for=` header, if sent.
+    /// The original client's address, from the `Forwarded: for=` header, if sent. Claimed
+    /// by the peer, not verified: [`Inbound::vouched_source`] is what to act on.
     pub forwarded_for: Option<std::net::IpAddr>,
+}
+
+impl Inbound {
+    /// The original client's address, when the peer's own identity vouches for it: the
+    /// `Forwarded: for=` address is a pod of `model` running as the identity the peer's
+    /// certificate proved (a node proxy presents its source workload's certificate). Any
+    /// other claim is ignored: a holder of one mesh certificate must not pass for another
+    /// workload's address (`ipBlocks`, the source labels of metrics). A waypoint, which
+    /// speaks for many clients with one identity of its own, is seen as itself, as Istio's
+    /// node proxy sees it.
+    pub fn vouched_source(&self, model: &crate::config::model::Model) -> Option<std::net::IpAddr> {
+        let ip = self.forwarded_for?;
+        let pod = model.pod_by_ip(ip)?;
+        (*pod.name.namespace == *self.peer_identity.namespace
+            && *pod.service_account == *self.peer_identity.service_account)
+            .then_some(ip)
+    }
 }
 
 /// Serves HBONE on one accepted TCP connection: TLS (the acceptor requires client
@@ -89,9 +126,12 @@ where
     F: Future<Output = Result<U, StatusCode>> + Send + 'static,
     U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let tls = acceptor
-        .accept(tcp)
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
         .await
+        .map_err(|_| Error::HandshakeTimeout {
+            peer,
+            stage: "its TLS handshake",
+        })?
         .map_err(|source| Error::Handshake { peer, source })?;
     serve_tls(tls, peer, handler).await
 }
@@ -143,15 +183,20 @@ where
             peer,
             message: e.to_string(),
         })?;
-    let mut connection = h2::server::Builder::new()
+    let handshake = h2::server::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
         .max_send_buffer_size(SEND_BUFFER)
         .max_concurrent_streams(MAX_STREAMS)
         .max_header_list_size(MAX_HEADERS)
-        .handshake::<_, Bytes>(tls)
-        .await?;
+        .handshake::<_, Bytes>(tls);
+    let mut connection = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| Error::HandshakeTimeout {
+            peer,
+            stage: "its HTTP/2 preface",
+        })??;
     // Accepting also drives the connection: it runs until the client closes it.
     while let Some(accepted) = connection.accept().await {
         let (request, respond) = accepted?;
@@ -295,7 +340,11 @@ impl Connection {
             .expect("a CONNECT request to a socket address is valid");
         let mut sender = self.sender.clone().ready().await?;
         let (response, send) = sender.send_request(request, false)?;
-        let response = response.await?;
+        let response = tokio::time::timeout(TUNNEL_ANSWER_TIMEOUT, response)
+            .await
+            .map_err(|_| Error::NoAnswer {
+                authority: destination,
+            })??;
         if response.status() != StatusCode::OK {
             return Err(Error::Refused {
                 authority: destination,

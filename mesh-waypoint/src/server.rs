@@ -219,10 +219,16 @@ async fn accept(listener: TcpListener, acceptor: TlsAcceptor, waypoint: Arc<Wayp
         let acceptor = acceptor.clone();
         let waypoint = waypoint.clone();
         tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(tls) => tls,
-                Err(error) => {
+            let tls = match tokio::time::timeout(hbone::HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+                .await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
                     tracing::debug!(%peer, %error, "HBONE TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "no HBONE TLS handshake within {:?}", hbone::HANDSHAKE_TIMEOUT);
                     return;
                 }
             };
@@ -284,7 +290,7 @@ fn tunnel(
             return Err(StatusCode::FORBIDDEN);
         }
     }
-    let ip = inbound.forwarded_for;
+    let ip = inbound.vouched_source(&model);
     let client = Client {
         identity: inbound.peer_identity.clone(),
         ip,

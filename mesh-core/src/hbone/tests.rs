@@ -341,3 +341,159 @@ fn forwarded_header_forms_parse() {
     assert_eq!(parse_forwarded_for("by=10.0.0.1"), None);
     assert_eq!(parse_forwarded_for("for=unknown"), None);
 }
+
+/// A `Forwarded: for=` address counts only when it is a pod running as the identity the
+/// peer's certificate proved.
+#[test]
+fn a_forwarded_address_counts_only_for_the_peers_own_workload() {
+    use crate::config::Store;
+    use crate::source::Update;
+
+    let pod = |name: &str, sa: &str, ip: &str| {
+        crate::manifest::object_from_value(
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"nodeName": "node1", "serviceAccountName": sa, "containers": []},
+                "status": {"podIP": ip},
+            }),
+            crate::manifest::Origin {
+                file: "test.yaml".into(),
+                document: 0,
+            },
+        )
+        .unwrap()
+    };
+    let mut store = Store::new();
+    store.apply_all(Update::first_sync([
+        pod("client", "sleep", "10.244.1.2"),
+        pod("admin", "admin", "10.244.1.3"),
+    ]));
+    let model = store.model();
+    let inbound = |identity: Identity, forwarded: Option<&str>| Inbound {
+        peer_identity: identity,
+        peer: "10.10.0.11:40000".parse().unwrap(),
+        destination: "10.244.2.2:8080".parse().unwrap(),
+        forwarded_for: forwarded.map(|ip| ip.parse().unwrap()),
+    };
+    let sleep = Identity::new(TD, "default", "sleep");
+    let client: std::net::IpAddr = "10.244.1.2".parse().unwrap();
+    assert_eq!(
+        inbound(sleep.clone(), Some("10.244.1.2")).vouched_source(&model),
+        Some(client)
+    );
+    // Another workload's address, an address of no pod, another namespace's account of
+    // the same name, or no header at all: not vouched for.
+    assert_eq!(
+        inbound(sleep.clone(), Some("10.244.1.3")).vouched_source(&model),
+        None
+    );
+    assert_eq!(
+        inbound(sleep.clone(), Some("10.244.9.9")).vouched_source(&model),
+        None
+    );
+    assert_eq!(
+        inbound(Identity::new(TD, "other", "sleep"), Some("10.244.1.2")).vouched_source(&model),
+        None
+    );
+    assert_eq!(inbound(sleep, None).vouched_source(&model), None);
+}
+
+/// A server that accepts TLS from the test's client and hands the server side over.
+async fn tls_pair(
+    ca: &CertificateAuthority,
+) -> (
+    tokio_rustls::server::TlsStream<TcpStream>,
+    SocketAddr,
+    tokio_rustls::client::TlsStream<TcpStream>,
+) {
+    let cert = issue(ca, "server");
+    let acceptor = TlsAcceptor::from(Arc::new(
+        server_config(&cert, &[ca.root().clone()]).unwrap(),
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client = async {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        connector(ca, "client", "server")
+            .connect(ip_name(addr), tcp)
+            .await
+            .unwrap()
+    };
+    let server = async {
+        let (tcp, peer) = listener.accept().await.unwrap();
+        (acceptor.accept(tcp).await.unwrap(), peer)
+    };
+    let (client, (server, peer)) = tokio::join!(client, server);
+    (server, peer, client)
+}
+
+/// Clients that connect and then say nothing are closed after [`HANDSHAKE_TIMEOUT`]: before
+/// their TLS handshake, and after it, before their HTTP/2 preface.
+#[tokio::test(start_paused = true)]
+async fn silent_clients_are_closed_after_the_handshake_timeout() {
+    let ca = CertificateAuthority::new(TD).unwrap();
+    let refuse = |_: Inbound| async { Err::<TcpStream, _>(StatusCode::FORBIDDEN) };
+
+    let cert = issue(&ca, "server");
+    let acceptor = TlsAcceptor::from(Arc::new(
+        server_config(&cert, &[ca.root().clone()]).unwrap(),
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let _silent = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (tcp, peer) = listener.accept().await.unwrap();
+    let started = tokio::time::Instant::now();
+    let result = serve_connection(acceptor, tcp, peer, refuse).await;
+    assert!(
+        matches!(result, Err(Error::HandshakeTimeout { stage, .. }) if stage.contains("TLS")),
+        "{result:?}"
+    );
+    assert_eq!(started.elapsed(), HANDSHAKE_TIMEOUT);
+
+    let (server, peer, _client) = tls_pair(&ca).await;
+    let started = tokio::time::Instant::now();
+    let result = serve_tls(server, peer, refuse).await;
+    assert!(
+        matches!(result, Err(Error::HandshakeTimeout { stage, .. }) if stage.contains("HTTP/2")),
+        "{result:?}"
+    );
+    assert_eq!(started.elapsed(), HANDSHAKE_TIMEOUT);
+}
+
+/// A server that takes a tunnel's CONNECT and never answers fails the tunnel after
+/// [`TUNNEL_ANSWER_TIMEOUT`] instead of leaving its client hanging.
+#[tokio::test(start_paused = true)]
+async fn a_tunnel_without_an_answer_fails_after_its_timeout() {
+    let ca = CertificateAuthority::new(TD).unwrap();
+    let (server, _, client) = tls_pair(&ca).await;
+    tokio::spawn(async move {
+        let mut connection = h2::server::Builder::new()
+            .handshake::<_, Bytes>(server)
+            .await
+            .unwrap();
+        let mut held = Vec::new();
+        while let Some(Ok(accepted)) = connection.accept().await {
+            held.push(accepted);
+        }
+    });
+    let (sender, connection) = h2::client::Builder::new()
+        .handshake::<_, Bytes>(client)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let connection = Connection {
+        sender,
+        closed: Arc::new(AtomicBool::new(false)),
+    };
+    let destination: SocketAddr = "10.244.2.2:8080".parse().unwrap();
+    let started = tokio::time::Instant::now();
+    let result = connection.tunnel(destination, None).await;
+    assert!(
+        matches!(result, Err(Error::NoAnswer { authority }) if authority == destination),
+        "{:?}",
+        result.err()
+    );
+    assert_eq!(started.elapsed(), TUNNEL_ANSWER_TIMEOUT);
+}

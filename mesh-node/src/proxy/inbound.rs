@@ -80,14 +80,36 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
     .await;
 }
 
-/// One HBONE connection: the certificate the ClientHello asks for, the handshake, then its
-/// tunnels.
+/// One HBONE connection: the certificate the ClientHello asks for, the handshake (within
+/// [`hbone::HANDSHAKE_TIMEOUT`] of the connect), then its tunnels.
 async fn connection(
     proxy: Arc<Proxy>,
     config: Arc<rustls::ServerConfig>,
     tcp: TcpStream,
     peer: SocketAddr,
 ) -> Result<(), String> {
+    let tls = tokio::time::timeout(
+        hbone::HANDSHAKE_TIMEOUT,
+        handshake(&proxy, config, tcp, peer),
+    )
+    .await
+    .map_err(|_| format!("no TLS handshake within {:?}", hbone::HANDSHAKE_TIMEOUT))??;
+    let handler = move |inbound: Inbound| {
+        let proxy = proxy.clone();
+        async move { tunnel(&proxy, inbound).await }
+    };
+    hbone::serve_tls(tls, peer, handler)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The TLS handshake of an HBONE connection, with the certificate its ClientHello asks for.
+async fn handshake(
+    proxy: &Arc<Proxy>,
+    config: Arc<rustls::ServerConfig>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Result<tokio_rustls::server::TlsStream<TcpStream>, String> {
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr();
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
@@ -107,20 +129,13 @@ async fn connection(
         // the eBPF inbound program): present that pod's identity.
         None => {
             let local = local.map_err(|e| format!("local address: {e}"))?;
-            pod_config(&proxy, local.ip()).await?
+            pod_config(proxy, local.ip()).await?
         }
     };
-    let tls = start
+    start
         .into_stream(config)
         .await
-        .map_err(|e| format!("TLS handshake: {e}"))?;
-    let handler = move |inbound: Inbound| {
-        let proxy = proxy.clone();
-        async move { tunnel(&proxy, inbound).await }
-    };
-    hbone::serve_tls(tls, peer, handler)
-        .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| format!("TLS handshake: {e}"))
 }
 
 /// The TLS server config for a connection that dialed `ip` (a pod of this node in the mesh)
@@ -144,7 +159,7 @@ async fn pod_config(proxy: &Proxy, ip: IpAddr) -> Result<Arc<rustls::ServerConfi
 /// One tunnel: admit it, connect to the pod, and count the connection when it ends.
 async fn tunnel(proxy: &Proxy, inbound: Inbound) -> Result<Counted<TcpStream>, StatusCode> {
     let model = proxy.model();
-    let source_ip = inbound.forwarded_for.unwrap_or(inbound.peer.ip());
+    let source_ip = inbound.vouched_source(&model).unwrap_or(inbound.peer.ip());
     let pod = admit(
         proxy,
         &model,
