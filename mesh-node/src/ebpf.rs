@@ -72,6 +72,11 @@ pub enum Error {
         kind: &'static str,
         name: &'static str,
     },
+    #[error(
+        "the pinned programs were loaded from another eBPF object (stamp {stamp:#x}, another \
+         build of mesh-node)"
+    )]
+    OtherObject { stamp: u64 },
     #[error("eBPF map {name}: reading failed")]
     Map {
         name: &'static str,

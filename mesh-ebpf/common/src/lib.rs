@@ -160,9 +160,15 @@ pub struct Settings {
     /// pod's own HBONE port (Istio's form: `<pod ip>:15008`) go there, not to the plaintext
     /// listener. 0: none.
     pub hbone_port: u32,
+    /// Unused: keeps `object` aligned with no implicit padding.
+    pub reserved: u32,
+    /// Which eBPF object the install was loaded from (a hash of it, written by mesh-node;
+    /// the programs ignore it): a restarted mesh-node adopts pinned programs only when they
+    /// are its own, and replaces those of another build.
+    pub object: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<Settings>() == 28);
+const _: () = assert!(core::mem::size_of::<Settings>() == 40);
 
 /// A TCP flow as the packet carries it on arrival (before any DNAT): all network order.
 #[repr(C)]

@@ -108,6 +108,19 @@ impl Drop for Dataplane {
     }
 }
 
+/// A stamp of this binary's eBPF object (a hash of its bytes), written into `SETTINGS` so a
+/// restarted mesh-node can tell its own programs from another build's. Never 0, which a
+/// fresh map holds.
+fn object_stamp() -> u64 {
+    static STAMP: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *STAMP.get_or_init(|| {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::hash::DefaultHasher::new();
+        super::object().hash(&mut hasher);
+        hasher.finish().max(1)
+    })
+}
+
 fn maps_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join("maps")
 }
@@ -150,9 +163,13 @@ impl Dataplane {
     pub fn install_or_adopt(options: &DataplaneOptions) -> Result<Self> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let adoptable = if complete(options) {
-            // A pinned install whose maps do not fit this binary's types (an older layout) is
-            // replaced, not adopted.
+            // A pinned install whose maps do not fit this binary's types (an older layout), or
+            // whose programs another build loaded (an upgrade), is replaced, not adopted.
             Self::open_pins(&options.pin_dir, true)
+                .and_then(|this| match this.installed_object()? {
+                    stamp if stamp == object_stamp() => Ok(this),
+                    stamp => Err(Error::OtherObject { stamp }),
+                })
                 .inspect_err(|err| tracing::warn!(%err, "the pinned eBPF install does not match this mesh-node; replacing it"))
                 .ok()
         } else {
@@ -225,9 +242,19 @@ impl Dataplane {
         &self.program_ids
     }
 
+    /// The eBPF object the pinned programs were loaded from, as [`object_stamp`] names it
+    /// (0: not written yet, or by a build from before the stamp).
+    fn installed_object(&self) -> Result<u64> {
+        let name = map_names::SETTINGS;
+        self.settings
+            .get(&0, 0)
+            .map(|settings| settings.object)
+            .map_err(|source| Error::Map { name, source })
+    }
+
     /// Turns redirection on (towards `redirect.proxy`) or off (`None`).
     pub fn configure(&mut self, redirect: Option<Redirect>) -> Result<()> {
-        let settings = redirect.map_or_else(Settings::default, |r| Settings {
+        let mut settings = redirect.map_or_else(Settings::default, |r| Settings {
             proxy_ip4: u32::from(*r.proxy.ip()).to_be(),
             proxy_port: u32::from(r.proxy.port()),
             fast_path: u32::from(r.fast_path),
@@ -235,7 +262,9 @@ impl Dataplane {
             inbound_port: r.inbound_port.map_or(0, u32::from),
             inbound_mark: routing::MARK,
             hbone_port: u32::from(r.hbone_port),
+            ..Settings::default()
         });
+        settings.object = object_stamp();
         if redirect.is_some_and(|r| r.inbound_port.is_some()) {
             // Without the rule a captured SYN would be forwarded to the pod after all.
             routing::ensure()?;

@@ -513,6 +513,32 @@ fn restart_and_uninstall(tag: &str, fast_path: bool) {
     );
     let node2_ip = lab.lab.node("node2").unwrap().ip.to_string();
 
+    // An install another build made (its object stamp differs, as after an upgrade) is
+    // replaced on start, not adopted: the new programs run.
+    lab.lab.stop_agent("node1", Signal::SIGTERM).unwrap();
+    restamp_settings(&pin_dir(&lab.name, "node1").join("maps/SETTINGS"));
+    lab.lab.start_agent("node1").unwrap();
+    let (_, dump) = lab.lab.agent_get("node1", "/config_dump").unwrap();
+    let dump: Value = serde_json::from_str(&dump).unwrap();
+    assert_eq!(dump["ebpf"]["adopted"], false, "{dump:#}");
+    let replaced = program_ids;
+    let program_ids: Vec<u64> = dump["ebpf"]["program_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    assert!(
+        program_ids.iter().all(|id| !replaced.contains(id)),
+        "{program_ids:?} against {replaced:?}"
+    );
+    assert!(redirected_by(
+        &lab,
+        "node1",
+        "client",
+        &format!("http://{server_a}:8080/ip")
+    ));
+
     // Uninstall: stop the agent, remove everything it pinned; the kernel drops the programs.
     lab.lab.stop_agent("node1", Signal::SIGTERM).unwrap();
     let pins = pin_dir(&lab.name, "node1");
@@ -545,6 +571,39 @@ fn restart_and_uninstall(tag: &str, fast_path: bool) {
         captured(&lab) > before,
         "after uninstall the client connects directly"
     );
+}
+
+/// Overwrites the object stamp in a pinned `SETTINGS` map (its last 8 bytes), as an install
+/// by another build of mesh-node would have left it.
+fn restamp_settings(map: &std::path::Path) {
+    let bpftool = |args: &[&str]| {
+        let output = std::process::Command::new("bpftool")
+            .args(args)
+            .output()
+            .expect("bpftool (cargo xtask setup installs it)");
+        assert!(output.status.success(), "bpftool {args:?}: {output:?}");
+        output.stdout
+    };
+    let map = map.to_str().unwrap();
+    let entry: Value = serde_json::from_slice(&bpftool(&[
+        "-j", "map", "lookup", "pinned", map, "key", "0", "0", "0", "0",
+    ]))
+    .unwrap();
+    let mut value: Vec<String> = entry["value"]
+        .as_array()
+        .expect("a SETTINGS entry")
+        .iter()
+        .map(|byte| byte.as_str().unwrap().trim_start_matches("0x").to_owned())
+        .collect();
+    let len = value.len();
+    for byte in &mut value[len - 8..] {
+        *byte = "5a".into();
+    }
+    let mut args = vec![
+        "map", "update", "pinned", map, "key", "0", "0", "0", "0", "value", "hex",
+    ];
+    args.extend(value.iter().map(String::as_str));
+    bpftool(&args);
 }
 
 /// Ids of the eBPF programs loaded now (`bpftool prog list` would say the same).
