@@ -58,6 +58,7 @@ pub struct NodeConfig {
     /// Capture non-mesh TCP to enrolled pods into the inbound listener.
     pub inbound_capture: bool,
     pub admin_port: u16,
+    pub admin_ip: Ipv4Addr,
     pub metrics_port: u16,
     pub readiness_port: u16,
     pub fast_path: bool,
@@ -212,7 +213,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     };
     let hbone = transparent(SocketAddrV4::new(config.proxy_ip, config.hbone_port))?;
     let plaintext_listener = transparent(SocketAddrV4::new(config.proxy_ip, config.inbound_port))?;
-    let admin_addr = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, config.admin_port);
+    let admin_addr = SocketAddrV4::new(config.admin_ip, config.admin_port);
     let admin = listen(admin_addr).await?;
     let metrics_listener = listen(SocketAddrV4::new(
         Ipv4Addr::UNSPECIFIED,

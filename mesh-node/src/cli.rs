@@ -111,6 +111,11 @@ pub struct RunArgs {
     pub inbound_capture: OnOff,
     #[arg(long, default_value_t = 15000)]
     pub admin_port: u16,
+    /// The address the admin port binds: loopback, as Istio's ztunnel, since its pages
+    /// (`/config_dump`: every pod of the node and its identity) are the operator's, not the
+    /// pods'. Metrics (15020) and readiness (15021) listen on every address.
+    #[arg(long, default_value_t = Ipv4Addr::LOCALHOST)]
+    pub admin_ip: Ipv4Addr,
     #[arg(long, default_value_t = 15020)]
     pub metrics_port: u16,
     #[arg(long, default_value_t = 15021)]

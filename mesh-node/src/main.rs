@@ -52,6 +52,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 inbound_port: args.inbound_port,
                 inbound_capture: args.inbound_capture == OnOff::On,
                 admin_port: args.admin_port,
+                admin_ip: args.admin_ip,
                 metrics_port: args.metrics_port,
                 readiness_port: args.readiness_port,
                 fast_path: args.fast_path == OnOff::On,

@@ -12,7 +12,7 @@
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -363,7 +363,7 @@ impl Lab {
         let config_dir = self.config_dir();
         let pin_dir = pin_dir(&self.state.lab, &node.name);
         let ca_dir = self.ca_dir();
-        let admin = SocketAddr::from((node.ip, ADMIN_PORT));
+        let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, ADMIN_PORT));
         self.spawn_mesh_node(
             &node,
             "agent",
@@ -464,7 +464,11 @@ impl Lab {
     /// `GET path` on the node agent's admin port: the status code and body.
     pub fn agent_get(&self, node: &str, path: &str) -> Result<(u16, String)> {
         let node = self.node(node)?;
-        http_get_in(&node.netns, SocketAddr::from((node.ip, ADMIN_PORT)), path)
+        http_get_in(
+            &node.netns,
+            SocketAddr::from((Ipv4Addr::LOCALHOST, ADMIN_PORT)),
+            path,
+        )
     }
 
     /// The node agent's Prometheus metrics (15020 `/stats/prometheus`).
