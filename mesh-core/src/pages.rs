@@ -12,6 +12,12 @@ const PAGE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most of a request read (its head; bodies are not read).
 const MAX_REQUEST: usize = 8192;
 
+/// The content type of metrics pages: `prometheus_client` writes OpenMetrics text (counters
+/// as `# TYPE x counter` over `x_total` samples, `# EOF` at the end), which Prometheus
+/// parses as such only when told so; under the classic `text/plain; version=0.0.4` the
+/// `# TYPE` names do not match the samples.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// A page's answer.
 pub struct Page {
     /// `200 OK`, `404 Not Found`, …

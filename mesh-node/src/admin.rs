@@ -44,7 +44,7 @@ fn route(page: Page, path: &str, shared: &Shared) -> pages::Page {
             pages::Page::not_found("/healthz/ready, /config_dump, /stats/redirect or /memory")
         }
         (Page::Metrics, "/stats/prometheus" | "/metrics") => {
-            pages::Page::ok("text/plain; version=0.0.4", shared.proxy.metrics.encode())
+            pages::Page::ok(pages::OPENMETRICS, shared.proxy.metrics.encode())
         }
         (Page::Metrics, _) => pages::Page::not_found("/stats/prometheus"),
         (Page::Readiness, _) => pages::Page::not_found("/healthz/ready"),

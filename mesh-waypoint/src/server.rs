@@ -314,7 +314,7 @@ async fn serve_pages(listener: TcpListener, waypoint: Arc<Waypoint>, metrics: bo
 fn page(waypoint: &Waypoint, metrics: bool, path: &str) -> Page {
     match (metrics, path) {
         (true, "/stats/prometheus" | "/metrics") => {
-            Page::ok("text/plain; version=0.0.4", waypoint.metrics.encode())
+            Page::ok(mesh_core::pages::OPENMETRICS, waypoint.metrics.encode())
         }
         (true, _) => Page::not_found("/stats/prometheus"),
         (false, "/healthz/ready") => Page::ok("text/plain", "ready\n".to_owned()),
