@@ -33,18 +33,24 @@ impl CaAccess {
         namespace: &str,
         service_account: &str,
     ) -> Result<mesh_core::identity::WorkloadCertificate> {
+        self.certificate_for(namespace, service_account, Duration::from_secs(60))
+            .await
+    }
+
+    /// A certificate valid for `validity`, or the CA's refusal.
+    async fn certificate_for(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        validity: Duration,
+    ) -> Result<mesh_core::identity::WorkloadCertificate> {
         use mesh_core::identity::Identity;
         use mesh_core::identity::service::{ca_client, request_certificate};
         let identity = Identity::new("cluster.local", namespace, service_account);
         let mut client = ca_client(self.ca, &self.root, Duration::from_secs(5))?;
-        let cert = request_certificate(
-            &mut client,
-            self.credential.trim(),
-            &identity,
-            Duration::from_secs(60),
-        )
-        .await
-        .map_err(|status| anyhow::anyhow!("{:?}: {}", status.code(), status.message()))?;
+        let cert = request_certificate(&mut client, self.credential.trim(), &identity, validity)
+            .await
+            .map_err(|status| anyhow::anyhow!("{:?}: {}", status.code(), status.message()))?;
         ensure!(cert.identity == identity, "signed {}", cert.identity);
         Ok(cert)
     }
@@ -82,6 +88,16 @@ fn ask_ca(lab: &TestLab, from: &str, namespace: &str, service_account: &str) -> 
     })
 }
 
+/// The certificate an HBONE client presents.
+enum ClientCert {
+    /// From the lab's CA, for this service account of `default`.
+    Mesh(&'static str),
+    /// From the lab's CA, valid for one second, and used once it has expired.
+    Expired(&'static str),
+    /// From another CA of the same trust domain: a root the mesh does not trust.
+    Foreign(&'static str),
+}
+
 /// From inside node `from`'s network namespace, as an Istio ztunnel would: a certificate for
 /// `client_sa` from the CA (with the node's credential), then HBONE straight to the pod
 /// `server` (`<pod ip>:15008`, no SNI), expecting the server to prove `expect_sa`; an HTTP
@@ -89,19 +105,46 @@ fn ask_ca(lab: &TestLab, from: &str, namespace: &str, service_account: &str) -> 
 fn istio_style_get(
     lab: &TestLab,
     from: &str,
-    client_sa: &str,
+    client_sa: &'static str,
+    server: std::net::IpAddr,
+    expect_sa: &str,
+) -> Result<String> {
+    hbone_get(lab, from, ClientCert::Mesh(client_sa), server, expect_sa)
+}
+
+/// [`istio_style_get`] with the client certificate of `client`.
+fn hbone_get(
+    lab: &TestLab,
+    from: &str,
+    client: ClientCert,
     server: std::net::IpAddr,
     expect_sa: &str,
 ) -> Result<String> {
     use mesh_core::hbone::Connection;
-    use mesh_core::identity::Identity;
     use mesh_core::identity::tls::client_config;
+    use mesh_core::identity::{CertificateAuthority, Identity, WorkloadCertificate, WorkloadKey};
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let access = CaAccess::of(lab, from)?;
-    let client_sa = client_sa.to_owned();
     let expected = Identity::new("cluster.local", "default", expect_sa);
     in_node(lab, from, move || async move {
-        let cert = access.certificate("default", &client_sa).await?;
+        let cert = match client {
+            ClientCert::Mesh(sa) => access.certificate("default", sa).await?,
+            ClientCert::Expired(sa) => {
+                let cert = access
+                    .certificate_for("default", sa, Duration::from_secs(1))
+                    .await?;
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                cert
+            }
+            ClientCert::Foreign(sa) => {
+                let foreign = CertificateAuthority::new("cluster.local")?;
+                let identity = Identity::new("cluster.local", "default", sa);
+                let key = WorkloadKey::generate()?;
+                let chain =
+                    foreign.sign(&key.csr(&identity)?, &identity, Duration::from_secs(60))?;
+                WorkloadCertificate::new(key, chain)?
+            }
+        };
         let roots: Vec<_> = pem::parse_many(&access.root)?
             .into_iter()
             .map(|p| rustls::pki_types::CertificateDer::from(p.into_contents()))
@@ -169,6 +212,46 @@ spec:
         Ok(())
     })
     .expect("a DENY policy refuses the tunnel");
+}
+
+/// The HBONE listener refuses clients whose certificate does not chain to the mesh's root,
+/// or has expired, whatever identity it names; the same client with a valid certificate is
+/// served.
+#[test]
+fn clients_with_another_root_or_an_expired_certificate_are_refused() {
+    let file = manifest("rej", "lab.yaml", POLICY_LAB);
+    let mut lab = TestLab::up("rej", 2, &[file]);
+    lab.start_mesh(&MeshOptions::default(), "default");
+    let server = lab.pod("server").ip;
+    eventually(Duration::from_secs(5), || {
+        hbone_get(
+            &lab,
+            "node2",
+            ClientCert::Mesh("sleep"),
+            server.into(),
+            "httpbin",
+        )
+    })
+    .expect("a mesh client with a valid certificate is served");
+    // The foreign root has the mesh root's name (the same trust domain), so the server finds
+    // the mesh root as issuer and the signature does not verify: DecryptError.
+    for (client, alerts) in [
+        (ClientCert::Foreign("sleep"), ["DecryptError", "UnknownCA"]),
+        (
+            ClientCert::Expired("sleep"),
+            ["CertificateExpired", "CertificateExpired"],
+        ),
+    ] {
+        let refused = hbone_get(&lab, "node2", client, server.into(), "httpbin");
+        let error = format!("{:#}", refused.expect_err("served"));
+        eprintln!("refused: {error}");
+        assert!(
+            alerts
+                .iter()
+                .any(|alert| error.contains(&format!("fatal alert: {alert}"))),
+            "{error}"
+        );
+    }
 }
 
 #[test]
