@@ -497,3 +497,59 @@ async fn a_tunnel_without_an_answer_fails_after_its_timeout() {
     );
     assert_eq!(started.elapsed(), TUNNEL_ANSWER_TIMEOUT);
 }
+
+/// The pool keeps one connection per key while the source certificate stays the same; a
+/// rotated certificate opens a new connection (so the server sees the new certificate) and
+/// tunnels on the old connection run on.
+#[tokio::test]
+async fn a_rotated_source_certificate_opens_a_new_connection_and_old_tunnels_run_on() {
+    use crate::identity::manager::Issued;
+    use crate::identity::tls::certified_key;
+
+    let ca = CertificateAuthority::new(TD).unwrap();
+    let echo = echo_server().await;
+    let (server, mut seen) = hbone_server(&ca).await;
+    let pool = pool::Pool::new(vec![ca.root().clone()]);
+    let issued = |cert: WorkloadCertificate| {
+        Arc::new(Issued {
+            key: certified_key(&cert).unwrap(),
+            cert,
+        })
+    };
+    let peer = Identity::new(TD, "default", "server");
+    let first = issued(issue(&ca, "client"));
+    let mut old = pool
+        .tunnel(&first, &peer, server, echo, None)
+        .await
+        .unwrap();
+    let _again = pool
+        .tunnel(&first, &peer, server, echo, None)
+        .await
+        .unwrap();
+    let rotated = issued(issue(&ca, "client"));
+    let _new = pool
+        .tunnel(&rotated, &peer, server, echo, None)
+        .await
+        .unwrap();
+    let mut peers = Vec::new();
+    for _ in 0..3 {
+        peers.push(seen.recv().await.unwrap().peer);
+    }
+    assert_eq!(
+        peers[0], peers[1],
+        "one connection while the certificate stays"
+    );
+    assert_ne!(
+        peers[1], peers[2],
+        "a new connection for the rotated certificate"
+    );
+
+    old.write_all(b"still here").await.unwrap();
+    old.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    old.read_to_end(&mut back).await.unwrap();
+    assert_eq!(
+        back, b"still here",
+        "the tunnel on the old connection runs on"
+    );
+}
