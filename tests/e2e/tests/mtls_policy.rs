@@ -47,6 +47,17 @@ fn authorization_policies_allow_and_deny_as_istio_documents() {
     };
     expect(&lab, [true, true, true], "no policy: everyone");
 
+    let remote_ip = lab.pod("remote").ip;
+    let by_ip_block = format!(
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: allow-remote-ip}}
+spec:
+  action: ALLOW
+  rules: [{{from: [{{source: {{ipBlocks: ["{remote_ip}/32"]}}}}]}}]
+"#
+    );
     let policies = [
         (
             "allow-sleep",
@@ -103,6 +114,71 @@ spec:
 "#,
             [true, true, false],
             "ALLOW port 8080 from every namespace but other",
+        ),
+        (
+            "allow-other",
+            r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-other}
+spec:
+  action: ALLOW
+  rules: [{from: [{source: {namespaces: ["other"]}}]}]
+"#,
+            [false, false, true],
+            "ALLOW by namespace: only namespace other",
+        ),
+        (
+            "deny-sleep",
+            r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-sleep}
+spec:
+  action: DENY
+  rules: [{from: [{source: {principals: ["cluster.local/ns/default/sa/sleep"]}}]}]
+"#,
+            [false, true, true],
+            "DENY by principal: all but the sleep account",
+        ),
+        (
+            "deny-8080",
+            r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-8080}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {ports: ["8080"]}}]}]
+"#,
+            [false, false, false],
+            "DENY by port: nobody reaches 8080",
+        ),
+        (
+            "deny-over-allow",
+            r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-all-namespaces}
+spec:
+  action: ALLOW
+  rules: [{from: [{source: {namespaces: ["default", "other"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-other-too}
+spec:
+  action: DENY
+  rules: [{from: [{source: {namespaces: ["other"]}}]}]
+"#,
+            [true, true, false],
+            "DENY wins over a matching ALLOW",
+        ),
+        (
+            "allow-remote-ip",
+            by_ip_block.as_str(),
+            [true, false, false],
+            "ALLOW by ipBlocks: only the remote pod's address (across nodes, from the tunnel's vouched Forwarded address)",
         ),
     ];
     for (name, yaml, wanted, why) in policies {
