@@ -246,6 +246,27 @@ pub fn metrics(lab: &TestLab, node: &str) -> String {
     body
 }
 
+/// The sum of the samples of metric `name` whose labels include every one of `labels`
+/// (`key`, `value`) in a Prometheus/OpenMetrics text page; `None` when no series matches.
+pub fn series_sum(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let matching: Vec<f64> = page
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+            let (series, value) = rest.rsplit_once("} ")?;
+            labels
+                .iter()
+                .all(|(key, value)| {
+                    series
+                        .split(',')
+                        .any(|pair| pair.trim() == format!("{key}=\"{value}\""))
+                })
+                .then(|| value.trim().parse().ok())?
+        })
+        .collect();
+    (!matching.is_empty()).then(|| matching.iter().sum())
+}
+
 /// A lab of the mTLS tests: `server` (httpbin, service account httpbin); `remote` (service
 /// account sleep) and `local` (no account of its own) in namespace `default`; `stranger` in
 /// the ambient namespace `other`.
@@ -388,4 +409,26 @@ pub fn get_all(lab: &TestLab, urls: &[String], headers: &[&str]) -> Result<Vec<(
         urls.len()
     );
     Ok(answers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::series_sum;
+
+    #[test]
+    fn series_sum_adds_the_series_that_carry_every_label() {
+        let page = "# TYPE x counter\n\
+            x_total{a=\"1\",b=\"2\"} 3\n\
+            x_total{a=\"1\",b=\"9\"} 4\n\
+            x_total{a=\"10\",b=\"2\"} 5\n\
+            y_total{a=\"1\",b=\"2\"} 6\n";
+        assert_eq!(series_sum(page, "x_total", &[("a", "1")]), Some(7.0));
+        assert_eq!(
+            series_sum(page, "x_total", &[("a", "1"), ("b", "2")]),
+            Some(3.0)
+        );
+        assert_eq!(series_sum(page, "x_total", &[("b", "2")]), Some(8.0));
+        assert_eq!(series_sum(page, "x_total", &[("a", "2")]), None);
+        assert_eq!(series_sum(page, "x", &[("a", "1")]), None);
+    }
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::ensure;
-use mesh_e2e::{POLICY_LAB, TestLab, eventually, manifest, metrics};
+use mesh_e2e::{POLICY_LAB, TestLab, eventually, manifest, metrics, series_sum};
 use mesh_sim::MeshOptions;
 use serde_json::Value;
 
@@ -189,6 +189,39 @@ spec:
         expect(&lab, wanted, why);
         lab.lab.delete(&[file], "default").unwrap();
         expect(&lab, [true, true, true], "policy removed: everyone again");
+    }
+    // Same-node connections (local → server, both on node1, no TLS inside the process) are
+    // reported by both sides with the full set of Istio's labels, as mutual TLS.
+    let page = metrics(&lab, "node1");
+    for reporter in ["source", "destination"] {
+        let labels = [
+            ("reporter", reporter),
+            ("source_workload", "local"),
+            ("source_workload_namespace", "default"),
+            (
+                "source_principal",
+                "spiffe://cluster.local/ns/default/sa/default",
+            ),
+            ("destination_workload", "server"),
+            ("destination_workload_namespace", "default"),
+            (
+                "destination_principal",
+                "spiffe://cluster.local/ns/default/sa/httpbin",
+            ),
+            ("connection_security_policy", "mutual_tls"),
+        ];
+        for name in [
+            "istio_tcp_connections_opened_total",
+            "istio_tcp_connections_closed_total",
+            "istio_tcp_sent_bytes_total",
+            "istio_tcp_received_bytes_total",
+        ] {
+            let sum = series_sum(&page, name, &labels);
+            assert!(
+                sum.is_some_and(|sum| sum > 0.0),
+                "{name} {labels:?}: {sum:?} in\n{page}"
+            );
+        }
     }
     let log = lab.lab.agent_log("node1");
     assert!(
