@@ -65,6 +65,17 @@ const ENROLL_DEADLINE: Duration = Duration::from_secs(1);
 /// A two-node lab with the mesh on and `default` enrolled: client and server-b on node1,
 /// server-a and plain/outsider on node2.
 fn mesh_lab(tag: &str, fast_path: bool) -> TestLab {
+    mesh_lab_with(
+        tag,
+        &MeshOptions {
+            fast_path,
+            ..MeshOptions::default()
+        },
+    )
+}
+
+/// [`mesh_lab`] with the mesh run as `options` say.
+fn mesh_lab_with(tag: &str, options: &MeshOptions) -> TestLab {
     let dir = std::env::temp_dir().join(format!("mesh-redirect-{}-{tag}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("lab.yaml");
@@ -72,11 +83,7 @@ fn mesh_lab(tag: &str, fast_path: bool) -> TestLab {
     let mut lab = TestLab::up(tag, 2, &[file]);
     let _ = std::fs::remove_dir_all(&dir);
     lab.lab
-        .start_mesh(&MeshOptions {
-            binary: None,
-            fast_path,
-            ..MeshOptions::default()
-        })
+        .start_mesh(options)
         .unwrap_or_else(|e| panic!("lab {}: the mesh did not start: {e}", lab.name));
     for (pod, node) in [
         ("client", "node1"),
@@ -377,6 +384,45 @@ fn acceptance(tag: &str, fast_path: bool) {
     })
     .expect("un-enrollment takes effect within 1 s");
     eprintln!("un-enroll took {took:?}");
+
+    // The client's opt-out removed again: it is back in the mesh.
+    lab.lab
+        .label(
+            &format!("pod/{client_key}"),
+            &["istio.io/dataplane-mode-".into()],
+        )
+        .unwrap();
+    within(ENROLL_DEADLINE, || {
+        redirected_by(&lab, "node1", "client", &url)
+    })
+    .expect("removing the opt-out label takes effect within 1 s");
+
+    // A pod started in an enrolled namespace is in the mesh within 1 s of running; deleted,
+    // it leaves the enrollment map.
+    let enrolled_cgroups = |lab: &TestLab| stats(lab, "node1")["ebpf"]["maps"]["enrolled"].as_u64();
+    let before = enrolled_cgroups(&lab);
+    let late = lab.manifest(
+        "late.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: late, labels: {app: curl}}
+spec:
+  containers:
+  - {name: curl, image: curlimages/curl, command: ["/bin/sleep", "infinity"]}
+"#,
+    );
+    lab.apply(std::slice::from_ref(&late));
+    assert_eq!(lab.pod("late").node, "node1", "scheduling changed");
+    let took = within(ENROLL_DEADLINE, || {
+        redirected_by(&lab, "node1", "late", &url)
+    })
+    .expect("a new pod in an enrolled namespace is redirected within 1 s");
+    eprintln!("new pod enrolled after {took:?}");
+    assert!(enrolled_cgroups(&lab) > before);
+    lab.lab.delete(&[late], "default").unwrap();
+    within(ENROLL_DEADLINE, || enrolled_cgroups(&lab) == before)
+        .expect("a deleted pod leaves the enrollment map within 1 s");
 }
 
 /// Whether a request from `pod` (on `node`) to `url` was redirected by the node's eBPF: its
@@ -628,6 +674,31 @@ fn restart_adopts_pins_and_uninstall_removes_them_fast_path_off() {
 #[test]
 fn restart_adopts_pins_and_uninstall_removes_them_fast_path_on() {
     restart_and_uninstall("rsn", true);
+}
+
+/// The programs' aya-log records reach the agent's `tracing` output at debug level: with
+/// `mesh_ebpf=debug` the redirect of a connect shows in the agent's log.
+#[test]
+fn ebpf_log_records_reach_the_agents_log_at_debug_level() {
+    let lab = mesh_lab_with(
+        "rlg",
+        &MeshOptions {
+            log: Some("info,mesh_ebpf=debug".into()),
+            ..MeshOptions::default()
+        },
+    );
+    let server_a = lab.pod("server-a").ip;
+    origin(&lab, "client", &format!("http://{server_a}:8080/ip")).unwrap();
+    let wanted = format!("connect4: redirected {server_a}:8080 to the node proxy");
+    within(Duration::from_secs(5), || {
+        lab.lab.agent_log("node1").contains(&wanted)
+    })
+    .unwrap_or_else(|_| {
+        panic!(
+            "{wanted:?} not in the agent's log:\n{}",
+            lab.lab.agent_log("node1")
+        )
+    });
 }
 
 /// The original-destination map (and, with the fast path, the sockhash) tracks open

@@ -65,6 +65,10 @@ pub struct MeshOptions {
     /// executable, when `None` (and for waypoint pods started before the mesh).
     #[serde(default)]
     pub waypoint: Option<PathBuf>,
+    /// The mesh processes' log filter (`RUST_LOG`, e.g. `info,mesh_ebpf=debug`);
+    /// `MESH_SIM_AGENT_LOG`, else `info`, when `None`.
+    #[serde(default)]
+    pub log: Option<String>,
 }
 
 /// What a node agent's (or a pod's) processes use, from `/proc`.
@@ -327,7 +331,10 @@ impl Lab {
         let log_path = logs.join(format!("{log_name}.log"));
         let mut command = Command::new(&binary);
         args(&mut command);
-        command.env("RUST_LOG", log_filter()).stdin(Stdio::null());
+        let log = self.state.mesh.as_ref().and_then(|m| m.log.clone());
+        command
+            .env("RUST_LOG", log.unwrap_or_else(log_filter))
+            .stdin(Stdio::null());
         log_to(&mut command, &log_path)?;
         enter_node(&mut command, &node.netns, &cgroup)?;
         let mut child = command.spawn().map_err(Error::io(format!(
