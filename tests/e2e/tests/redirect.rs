@@ -563,6 +563,23 @@ fn restart_and_uninstall(tag: &str, fast_path: bool) {
     );
     let node2_ip = lab.lab.node("node2").unwrap().ip.to_string();
 
+    // While the agent is down, the inbound capture fails closed: a plaintext client from
+    // outside the mesh (plain/outsider, node2) cannot reach an enrolled pod of node1 past
+    // it; once the agent is back it can.
+    lab.lab.stop_agent("node1", Signal::SIGKILL).unwrap();
+    let url_b = format!("http://{server_b}:8080/ip");
+    let bypass = lab.curl("plain/outsider", &["--max-time", "2", &url_b]);
+    assert!(
+        bypass.is_err(),
+        "reached {server_b} while its node's agent was down: {bypass:?}"
+    );
+    lab.lab.start_agent("node1").unwrap();
+    origin(&lab, "plain/outsider", &url_b).expect("served through the restarted agent");
+    assert!(
+        ebpf_stat(&stats(&lab, "node1"), "inbound_no_listener") > 0,
+        "the capture counted no dropped SYN"
+    );
+
     // An install another build made (its object stamp differs, as after an upgrade) is
     // replaced on start, not adopted: the new programs run.
     lab.lab.stop_agent("node1", Signal::SIGTERM).unwrap();
