@@ -258,7 +258,7 @@ async fn accept_tunnel<H, F, T, G>(
         Err(code) => return refuse(code),
     };
     match respond.send_response(Response::new(()), false) {
-        Ok(send) => task(Tunnel::new(send, request.into_body())).await,
+        Ok(send) => task(Tunnel::new(send, request.into_body(), None)).await,
         Err(error) => tracing::debug!(%destination, %error, "the tunnel closed before it opened"),
     }
 }
@@ -269,6 +269,44 @@ pub struct Connection {
     sender: h2::client::SendRequest<Bytes>,
     /// Set when the connection's task ends.
     closed: Arc<AtomicBool>,
+    /// How many tunnels are open on it (the connection's task closes it once none has been
+    /// for [`IDLE_TIMEOUT`]).
+    open: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+/// How long a client connection with no tunnel open stays open. A pooled connection to a
+/// node (or an identity there) no longer talked to is closed then, on both ends; the next
+/// tunnel opens a new one.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// One open tunnel of a client connection, counted while it lives.
+pub(crate) struct OpenTunnel(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl OpenTunnel {
+    fn new(open: &Arc<tokio::sync::watch::Sender<usize>>) -> OpenTunnel {
+        open.send_modify(|n| *n += 1);
+        OpenTunnel(open.clone())
+    }
+}
+
+impl Drop for OpenTunnel {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+/// Completes once no tunnel has been open for `timeout` (never, once the connection is gone).
+async fn idle(mut open: tokio::sync::watch::Receiver<usize>, timeout: std::time::Duration) {
+    loop {
+        if open.wait_for(|n| *n == 0).await.is_err() {
+            return std::future::pending().await;
+        }
+        match tokio::time::timeout(timeout, open.changed()).await {
+            Err(_idle) => return,
+            Ok(Ok(())) => {}
+            Ok(Err(_gone)) => return std::future::pending().await,
+        }
+    }
 }
 
 impl Connection {
@@ -278,6 +316,17 @@ impl Connection {
         connector: Arc<TlsConnector>,
         server: SocketAddr,
         name: rustls::pki_types::ServerName<'static>,
+    ) -> Result<Connection> {
+        Self::connect_closing_after(connector, server, name, IDLE_TIMEOUT).await
+    }
+
+    /// [`Connection::connect`], closing the connection once no tunnel has been open for
+    /// `idle_timeout`.
+    pub(crate) async fn connect_closing_after(
+        connector: Arc<TlsConnector>,
+        server: SocketAddr,
+        name: rustls::pki_types::ServerName<'static>,
+        idle_timeout: std::time::Duration,
     ) -> Result<Connection> {
         let tcp = TcpStream::connect(server)
             .await
@@ -303,13 +352,23 @@ impl Connection {
             .await?;
         let closed = Arc::new(AtomicBool::new(false));
         let ended = closed.clone();
+        let (open, watching) = tokio::sync::watch::channel(0);
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%server, %error, "HBONE connection ended");
+            tokio::select! {
+                result = connection => if let Err(error) = result {
+                    tracing::debug!(%server, %error, "HBONE connection ended");
+                },
+                () = idle(watching, idle_timeout) => {
+                    tracing::debug!(%server, "HBONE connection idle for {idle_timeout:?}: closed");
+                }
             }
             ended.store(true, Ordering::Relaxed);
         });
-        Ok(Connection { sender, closed })
+        Ok(Connection {
+            sender,
+            closed,
+            open: Arc::new(open),
+        })
     }
 
     /// Whether new tunnels can still be opened on it.
@@ -338,6 +397,7 @@ impl Connection {
         let request = request
             .body(())
             .expect("a CONNECT request to a socket address is valid");
+        let open = OpenTunnel::new(&self.open);
         let mut sender = self.sender.clone().ready().await?;
         let (response, send) = sender.send_request(request, false)?;
         let response = tokio::time::timeout(TUNNEL_ANSWER_TIMEOUT, response)
@@ -351,7 +411,7 @@ impl Connection {
                 status: response.status(),
             });
         }
-        Ok(Tunnel::new(send, response.into_body()))
+        Ok(Tunnel::new(send, response.into_body(), Some(open)))
     }
 }
 

@@ -486,6 +486,7 @@ async fn a_tunnel_without_an_answer_fails_after_its_timeout() {
     let connection = Connection {
         sender,
         closed: Arc::new(AtomicBool::new(false)),
+        open: Arc::new(tokio::sync::watch::channel(0).0),
     };
     let destination: SocketAddr = "10.244.2.2:8080".parse().unwrap();
     let started = tokio::time::Instant::now();
@@ -552,4 +553,57 @@ async fn a_rotated_source_certificate_opens_a_new_connection_and_old_tunnels_run
         back, b"still here",
         "the tunnel on the old connection runs on"
     );
+}
+
+/// [`idle`] completes once the count has stayed at zero for the timeout, counted from its
+/// last change, and never while a tunnel is open.
+#[tokio::test(start_paused = true)]
+async fn idle_waits_for_a_whole_timeout_without_tunnels() {
+    let timeout = Duration::from_secs(300);
+    let (open, watching) = tokio::sync::watch::channel(1usize);
+    let started = tokio::time::Instant::now();
+    let waiter = tokio::spawn(idle(watching, timeout));
+    tokio::time::sleep(timeout * 3).await;
+    assert!(!waiter.is_finished(), "idle under an open tunnel");
+    open.send_modify(|n| *n -= 1);
+    tokio::time::sleep(timeout / 2).await;
+    open.send_modify(|n| *n += 1);
+    open.send_modify(|n| *n -= 1);
+    let last_change = tokio::time::Instant::now();
+    waiter.await.unwrap();
+    assert_eq!(last_change - started, timeout * 3 + timeout / 2);
+    assert_eq!(tokio::time::Instant::now() - last_change, timeout);
+}
+
+/// A client connection stays open under an open tunnel, past its idle timeout, and closes
+/// once it has had none for that long.
+#[tokio::test]
+async fn a_connection_without_tunnels_closes_after_its_idle_timeout() {
+    let idle_timeout = Duration::from_millis(300);
+    let ca = CertificateAuthority::new(TD).unwrap();
+    let echo = echo_server().await;
+    let (server, _seen) = hbone_server(&ca).await;
+    let connection = Connection::connect_closing_after(
+        connector(&ca, "client", "server"),
+        server,
+        ip_name(server),
+        idle_timeout,
+    )
+    .await
+    .unwrap();
+    let mut tunnel = connection.tunnel(echo, None).await.unwrap();
+    tokio::time::sleep(idle_timeout * 3).await;
+    assert!(connection.is_open(), "closed under an open tunnel");
+    tunnel.write_all(b"ping").await.unwrap();
+    let mut back = [0; 4];
+    tunnel.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"ping");
+    drop(tunnel);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while connection.is_open() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("closed once idle");
 }

@@ -27,15 +27,22 @@ pub struct Tunnel {
     received: Bytes,
     /// This side has ended its half (sent `END_STREAM`).
     ended: bool,
+    /// A client's tunnel counts as open on its connection while it lives.
+    _open: Option<super::OpenTunnel>,
 }
 
 impl Tunnel {
-    pub(super) fn new(send: SendStream<Bytes>, recv: RecvStream) -> Tunnel {
+    pub(super) fn new(
+        send: SendStream<Bytes>,
+        recv: RecvStream,
+        open: Option<super::OpenTunnel>,
+    ) -> Tunnel {
         Tunnel {
             send,
             recv,
             received: Bytes::new(),
             ended: false,
+            _open: open,
         }
     }
 }
