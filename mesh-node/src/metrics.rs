@@ -21,6 +21,8 @@ pub struct TcpLabels {
     pub source_principal: String,
     pub source_app: String,
     pub source_version: String,
+    pub source_canonical_service: String,
+    pub source_canonical_revision: String,
     pub source_cluster: String,
     pub destination_service: String,
     pub destination_service_namespace: String,
@@ -30,6 +32,8 @@ pub struct TcpLabels {
     pub destination_principal: String,
     pub destination_app: String,
     pub destination_version: String,
+    pub destination_canonical_service: String,
+    pub destination_canonical_revision: String,
     pub destination_cluster: String,
     pub request_protocol: &'static str,
     pub response_flags: &'static str,
@@ -72,6 +76,10 @@ impl TcpLabels {
             source_principal: principal(src_id),
             source_app: label(src_pod, "app", unknown),
             source_version: label(src_pod, "version", unknown),
+            source_canonical_service: src_pod
+                .map_or_else(unknown, |p| p.canonical_service().to_owned()),
+            source_canonical_revision: src_pod
+                .map_or_else(unknown, |p| p.canonical_revision().to_owned()),
             source_cluster: CLUSTER.to_owned(),
             destination_service: service.map_or_else(unknown, |s| s.hostname.clone()),
             destination_service_namespace: service
@@ -83,6 +91,10 @@ impl TcpLabels {
             destination_principal: principal(dst_id),
             destination_app: label(dst_pod, "app", unknown),
             destination_version: label(dst_pod, "version", unknown),
+            destination_canonical_service: dst_pod
+                .map_or_else(unknown, |p| p.canonical_service().to_owned()),
+            destination_canonical_revision: dst_pod
+                .map_or_else(unknown, |p| p.canonical_revision().to_owned()),
             destination_cluster: CLUSTER.to_owned(),
             request_protocol: "tcp",
             response_flags: "-",

@@ -420,6 +420,16 @@ async fn decide<'a>(
     })
 }
 
+/// A pod's canonical service for the metrics (`unknown` without a pod).
+pub(crate) fn canonical_service(pod: Option<&mesh_core::config::PodInfo>) -> String {
+    pod.map_or("unknown", |p| p.canonical_service()).to_owned()
+}
+
+/// A pod's canonical revision for the metrics (`unknown` without a pod).
+pub(crate) fn canonical_revision(pod: Option<&mesh_core::config::PodInfo>) -> String {
+    pod.map_or("unknown", |p| p.canonical_revision()).to_owned()
+}
+
 fn labels(stream: &Stream, key: &SeriesKey) -> RequestLabels {
     let unknown = || "unknown".to_owned();
     let client = &stream.client;
@@ -436,6 +446,8 @@ fn labels(stream: &Stream, key: &SeriesKey) -> RequestLabels {
         source_principal: client.identity.to_string(),
         source_app: label(source_pod, "app"),
         source_version: label(source_pod, "version"),
+        source_canonical_service: canonical_service(source_pod),
+        source_canonical_revision: canonical_revision(source_pod),
         destination_service: stream.service.hostname.clone(),
         destination_service_name: stream.service.name.name.to_string(),
         destination_service_namespace: stream.service.name.namespace.to_string(),
@@ -452,6 +464,8 @@ fn labels(stream: &Stream, key: &SeriesKey) -> RequestLabels {
         }),
         destination_app: label(destination_pod, "app"),
         destination_version: label(destination_pod, "version"),
+        destination_canonical_service: canonical_service(destination_pod),
+        destination_canonical_revision: canonical_revision(destination_pod),
         request_protocol: if stream
             .service
             .ports

@@ -75,6 +75,36 @@ pub struct PodInfo {
     pub named_ports: Box<[(Arc<str>, u16)]>,
 }
 
+impl PodInfo {
+    /// Istio's canonical service of the pod (its metrics' `*_canonical_service`): the label
+    /// `service.istio.io/canonical-name`, else `app.kubernetes.io/name`, else `app`, else
+    /// the workload's name.
+    pub fn canonical_service(&self) -> &str {
+        [
+            "service.istio.io/canonical-name",
+            "app.kubernetes.io/name",
+            "app",
+        ]
+        .iter()
+        .find_map(|key| self.labels.get(key))
+        .unwrap_or(&self.workload)
+    }
+
+    /// Istio's canonical revision (`*_canonical_revision`): the label
+    /// `service.istio.io/canonical-revision`, else `app.kubernetes.io/version`, else
+    /// `version`, else `latest`.
+    pub fn canonical_revision(&self) -> &str {
+        [
+            "service.istio.io/canonical-revision",
+            "app.kubernetes.io/version",
+            "version",
+        ]
+        .iter()
+        .find_map(|key| self.labels.get(key))
+        .unwrap_or("latest")
+    }
+}
+
 /// A Service's target port: a number, or the name of a container port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum TargetPort {

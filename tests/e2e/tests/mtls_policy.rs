@@ -202,8 +202,12 @@ spec:
                 "source_principal",
                 "spiffe://cluster.local/ns/default/sa/default",
             ),
+            ("source_canonical_service", "local"),
+            ("source_canonical_revision", "latest"),
             ("destination_workload", "server"),
             ("destination_workload_namespace", "default"),
+            ("destination_canonical_service", "httpbin"),
+            ("destination_canonical_revision", "latest"),
             (
                 "destination_principal",
                 "spiffe://cluster.local/ns/default/sa/httpbin",

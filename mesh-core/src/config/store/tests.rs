@@ -592,3 +592,49 @@ fn an_unchanged_object_publishes_nothing() {
     )));
     assert!(model.has_changed().unwrap());
 }
+
+/// A pod's canonical service and revision follow Istio's order of labels, then fall back to
+/// the workload's name and `latest`.
+#[test]
+fn canonical_service_and_revision_follow_istios_labels() {
+    let mut store = Store::new();
+    store.apply_all(Update::first_sync([
+        pod("bare", "10.0.0.1", json!({}), true),
+        pod(
+            "app",
+            "10.0.0.2",
+            json!({"app": "reviews", "version": "v2"}),
+            true,
+        ),
+        pod(
+            "k8s",
+            "10.0.0.3",
+            json!({"app": "reviews", "app.kubernetes.io/name": "reviews-k8s",
+                   "version": "v2", "app.kubernetes.io/version": "2.1"}),
+            true,
+        ),
+        pod(
+            "istio",
+            "10.0.0.4",
+            json!({"app": "reviews", "app.kubernetes.io/name": "reviews-k8s",
+                   "service.istio.io/canonical-name": "reviews-istio",
+                   "version": "v2", "service.istio.io/canonical-revision": "canary"}),
+            true,
+        ),
+    ]));
+    let model = store.model();
+    let canonical = |ip: &str| {
+        let pod = model.pod_by_ip(ip.parse().unwrap()).unwrap();
+        (
+            pod.canonical_service().to_owned(),
+            pod.canonical_revision().to_owned(),
+        )
+    };
+    assert_eq!(canonical("10.0.0.1"), ("bare".into(), "latest".into()));
+    assert_eq!(canonical("10.0.0.2"), ("reviews".into(), "v2".into()));
+    assert_eq!(canonical("10.0.0.3"), ("reviews-k8s".into(), "2.1".into()));
+    assert_eq!(
+        canonical("10.0.0.4"),
+        ("reviews-istio".into(), "canary".into())
+    );
+}
