@@ -147,6 +147,18 @@ fn bookinfo_in_the_mesh_crosses_nodes_only_as_mutual_tls() {
 
     let _ = std::fs::remove_file(&pcap);
 
+    // Readiness on 15021, on the node's address (kubelet's probe), on both nodes.
+    for node in ["node1", "node2"] {
+        let node = lab.lab.node(node).unwrap();
+        let (status, body) = mesh_sim::http_get_in(
+            &node.netns,
+            std::net::SocketAddr::from((node.ip, mesh_sim::READINESS_PORT)),
+            "/healthz/ready",
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{}: {body}", node.name);
+    }
+
     // Both sides report Istio's TCP metrics, as mutual TLS, with workload identities.
     let reported: String = ["node1", "node2"]
         .iter()

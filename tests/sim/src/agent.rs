@@ -35,6 +35,8 @@ pub const ADMIN_PORT: u16 = 15000;
 pub const OUTBOUND_PORT: u16 = 15001;
 /// The agents' Prometheus metrics.
 pub const METRICS_PORT: u16 = 15020;
+/// The node agents' readiness port (`/healthz/ready`), on the node's address.
+pub const READINESS_PORT: u16 = 15021;
 /// The mesh CA's gRPC port.
 pub const CA_PORT: u16 = 15012;
 /// How long an agent gets to become ready.
