@@ -208,6 +208,8 @@ fn certificates_rotate_under_open_connections_and_new_ones_use_the_new_certifica
     lab.start_mesh(
         &MeshOptions {
             cert_ttl: Some("4s".into()),
+            // Everything the mesh logs, to check no secret is among it.
+            log: Some("trace".into()),
             ..MeshOptions::default()
         },
         "default",
@@ -277,6 +279,37 @@ fn certificates_rotate_under_open_connections_and_new_ones_use_the_new_certifica
         issued(&lab, &echo.node, server_id) >= 3,
         "the server side rotated too"
     );
+
+    // Over a dozen certificates issued and used, logged at trace level: no private key and
+    // no node credential in any mesh process's log, nor on the admin page.
+    let credentials: Vec<String> = ["node1", "node2"]
+        .iter()
+        .map(|node| {
+            let file = lab.lab.dir().join("ca").join(format!("{node}.credential"));
+            std::fs::read_to_string(&file).unwrap().trim().to_owned()
+        })
+        .collect();
+    for (what, text) in [
+        ("node1's log", lab.lab.agent_log("node1")),
+        ("node2's log", lab.lab.agent_log("node2")),
+        ("the CA's log", lab.lab.agent_log("ca")),
+        (
+            "node1's config_dump",
+            lab.lab.agent_get("node1", "/config_dump").unwrap().1,
+        ),
+    ] {
+        assert!(
+            text.len() > 1000 || what.contains("config_dump"),
+            "{what} is nearly empty"
+        );
+        assert!(!text.contains("PRIVATE KEY"), "{what} holds a private key");
+        for credential in &credentials {
+            assert!(
+                !text.contains(credential.as_str()),
+                "{what} holds a node credential"
+            );
+        }
+    }
 }
 
 /// What both node agents use now.
