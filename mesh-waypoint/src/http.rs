@@ -420,41 +420,48 @@ async fn decide<'a>(
     })
 }
 
-/// A pod's canonical service for the metrics (`unknown` without a pod).
-pub(crate) fn canonical_service(pod: Option<&mesh_core::config::PodInfo>) -> String {
-    pod.map_or("unknown", |p| p.canonical_service()).to_owned()
-}
-
-/// A pod's canonical revision for the metrics (`unknown` without a pod).
-pub(crate) fn canonical_revision(pod: Option<&mesh_core::config::PodInfo>) -> String {
-    pod.map_or("unknown", |p| p.canonical_revision()).to_owned()
-}
-
-fn labels(stream: &Stream, key: &SeriesKey) -> RequestLabels {
+/// The labels of a stream's series to `destination` (a pod of the service, when known): the
+/// source, the destination and the connection, without the protocol or the response.
+pub(crate) fn peer_labels(
+    stream: &Stream,
+    destination: Option<&mesh_core::config::PodInfo>,
+) -> RequestLabels {
     let unknown = || "unknown".to_owned();
     let client = &stream.client;
-    let source_pod = client.pod.as_deref();
-    let destination_pod = key.destination.as_deref();
+    let source = client.pod.as_deref();
     let label = |pod: Option<&mesh_core::config::PodInfo>, key: &str| {
         pod.and_then(|p| p.labels.get(key).map(str::to_owned))
             .unwrap_or_else(unknown)
     };
+    let canonical = |pod: Option<&mesh_core::config::PodInfo>| {
+        pod.map_or_else(
+            || (unknown(), unknown()),
+            |p| {
+                (
+                    p.canonical_service().to_owned(),
+                    p.canonical_revision().to_owned(),
+                )
+            },
+        )
+    };
+    let (source_canonical_service, source_canonical_revision) = canonical(source);
+    let (destination_canonical_service, destination_canonical_revision) = canonical(destination);
     RequestLabels {
         reporter: "waypoint",
-        source_workload: source_pod.map_or_else(unknown, |p| p.workload.to_string()),
+        source_workload: source.map_or_else(unknown, |p| p.workload.to_string()),
         source_workload_namespace: client.identity.namespace.clone(),
         source_principal: client.identity.to_string(),
-        source_app: label(source_pod, "app"),
-        source_version: label(source_pod, "version"),
-        source_canonical_service: canonical_service(source_pod),
-        source_canonical_revision: canonical_revision(source_pod),
+        source_app: label(source, "app"),
+        source_version: label(source, "version"),
+        source_canonical_service,
+        source_canonical_revision,
         destination_service: stream.service.hostname.clone(),
         destination_service_name: stream.service.name.name.to_string(),
         destination_service_namespace: stream.service.name.namespace.to_string(),
-        destination_workload: destination_pod.map_or_else(unknown, |p| p.workload.to_string()),
-        destination_workload_namespace: destination_pod
+        destination_workload: destination.map_or_else(unknown, |p| p.workload.to_string()),
+        destination_workload_namespace: destination
             .map_or_else(unknown, |p| p.name.namespace.to_string()),
-        destination_principal: destination_pod.map_or_else(unknown, |p| {
+        destination_principal: destination.map_or_else(unknown, |p| {
             stream
                 .waypoint
                 .destinations
@@ -462,10 +469,17 @@ fn labels(stream: &Stream, key: &SeriesKey) -> RequestLabels {
                 .identity_of(&p.name.namespace, &p.service_account)
                 .to_string()
         }),
-        destination_app: label(destination_pod, "app"),
-        destination_version: label(destination_pod, "version"),
-        destination_canonical_service: canonical_service(destination_pod),
-        destination_canonical_revision: canonical_revision(destination_pod),
+        destination_app: label(destination, "app"),
+        destination_version: label(destination, "version"),
+        destination_canonical_service,
+        destination_canonical_revision,
+        connection_security_policy: "mutual_tls",
+        ..RequestLabels::default()
+    }
+}
+
+fn labels(stream: &Stream, key: &SeriesKey) -> RequestLabels {
+    RequestLabels {
         request_protocol: if stream
             .service
             .ports
@@ -483,7 +497,7 @@ fn labels(stream: &Stream, key: &SeriesKey) -> RequestLabels {
         } else {
             key.flags.join(",")
         },
-        connection_security_policy: "mutual_tls",
+        ..peer_labels(stream, key.destination.as_deref())
     }
 }
 

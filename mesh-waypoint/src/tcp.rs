@@ -101,42 +101,9 @@ pub async fn serve(stream: Arc<Stream>, mut tunnel: Tunnel) {
 }
 
 fn labels(stream: &Stream, destination: Option<&mesh_core::config::PodInfo>) -> RequestLabels {
-    let unknown = || "unknown".to_owned();
-    let label = |pod: Option<&mesh_core::config::PodInfo>, key: &str| {
-        pod.and_then(|p| p.labels.get(key).map(str::to_owned))
-            .unwrap_or_else(unknown)
-    };
-    let source = stream.client.pod.as_deref();
     RequestLabels {
-        reporter: "waypoint",
-        source_workload: source.map_or_else(unknown, |p| p.workload.to_string()),
-        source_workload_namespace: stream.client.identity.namespace.clone(),
-        source_principal: stream.client.identity.to_string(),
-        source_app: label(source, "app"),
-        source_version: label(source, "version"),
-        source_canonical_service: crate::http::canonical_service(source),
-        source_canonical_revision: crate::http::canonical_revision(source),
-        destination_service: stream.service.hostname.clone(),
-        destination_service_name: stream.service.name.name.to_string(),
-        destination_service_namespace: stream.service.name.namespace.to_string(),
-        destination_workload: destination.map_or_else(unknown, |p| p.workload.to_string()),
-        destination_workload_namespace: destination
-            .map_or_else(unknown, |p| p.name.namespace.to_string()),
-        destination_principal: destination.map_or_else(unknown, |p| {
-            stream
-                .waypoint
-                .destinations
-                .certs
-                .identity_of(&p.name.namespace, &p.service_account)
-                .to_string()
-        }),
-        destination_app: label(destination, "app"),
-        destination_version: label(destination, "version"),
-        destination_canonical_service: crate::http::canonical_service(destination),
-        destination_canonical_revision: crate::http::canonical_revision(destination),
         request_protocol: "tcp",
         response_flags: "-".to_owned(),
-        connection_security_policy: "mutual_tls",
-        ..RequestLabels::default()
+        ..crate::http::peer_labels(stream, destination)
     }
 }
