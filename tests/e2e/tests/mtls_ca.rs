@@ -92,7 +92,9 @@ fn ask_ca(lab: &TestLab, from: &str, namespace: &str, service_account: &str) -> 
 enum ClientCert {
     /// From the lab's CA, for this service account of `default`.
     Mesh(&'static str),
-    /// From the lab's CA, valid for one second, and used once it has expired.
+    /// From the lab's CA, valid for one second, and used once it has surely expired: the
+    /// certificate's times have whole seconds (the end may round up by one) and a verifier
+    /// compares whole seconds, so 3.5 s after issue.
     Expired(&'static str),
     /// From another CA of the same trust domain: a root the mesh does not trust.
     Foreign(&'static str),
@@ -133,7 +135,7 @@ fn hbone_get(
                 let cert = access
                     .certificate_for("default", sa, Duration::from_secs(1))
                     .await?;
-                tokio::time::sleep(Duration::from_millis(1500)).await;
+                tokio::time::sleep(Duration::from_millis(3500)).await;
                 cert
             }
             ClientCert::Foreign(sa) => {
