@@ -44,6 +44,30 @@ const FORWARDED: &str = "forwarded";
 /// and hold its file descriptors.
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long an HBONE connection may stay quiet before TCP asks the peer whether it is still
+/// there (keepalive probes, every [`KEEPALIVE_INTERVAL`] after that).
+pub const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+/// The time between keepalive probes.
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long sent data (or keepalive probes) may stay unacknowledged before the connection
+/// is given up (`TCP_USER_TIMEOUT`): a peer node that vanished under open tunnels fails them
+/// within this, rather than after TCP's retransmissions (about 15 minutes).
+pub const USER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Makes an HBONE connection's socket notice a peer that is gone: keepalive probes once it
+/// has been quiet for [`KEEPALIVE_IDLE`], and [`USER_TIMEOUT`] for unacknowledged data.
+/// Either end calls it on its socket.
+pub fn watch_peer(tcp: &TcpStream) -> std::io::Result<()> {
+    let socket = socket2::SockRef::from(tcp);
+    socket.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(KEEPALIVE_IDLE)
+            .with_interval(KEEPALIVE_INTERVAL)
+            .with_retries(3),
+    )?;
+    socket.set_tcp_user_timeout(Some(USER_TIMEOUT))
+}
+
 /// How long a tunnel's CONNECT waits for the server's answer. The server answers once it
 /// has connected to the pod (at most 10 s, see the node proxy's connect timeout), so a
 /// server that says nothing for longer is gone; the client is failed rather than left
@@ -126,6 +150,9 @@ where
     F: Future<Output = Result<U, StatusCode>> + Send + 'static,
     U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    if let Err(error) = watch_peer(&tcp) {
+        tracing::debug!(%peer, %error, "HBONE socket options");
+    }
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
         .await
         .map_err(|_| Error::HandshakeTimeout {
@@ -335,6 +362,9 @@ impl Connection {
                 source,
             })?;
         let _ = tcp.set_nodelay(true);
+        if let Err(error) = watch_peer(&tcp) {
+            tracing::debug!(%server, %error, "HBONE socket options");
+        }
         let tls = connector
             .connect(name, tcp)
             .await

@@ -216,6 +216,9 @@ async fn accept(listener: TcpListener, acceptor: TlsAcceptor, waypoint: Arc<Wayp
             }
         };
         let _ = tcp.set_nodelay(true);
+        if let Err(error) = hbone::watch_peer(&tcp) {
+            tracing::debug!(%peer, %error, "HBONE socket options");
+        }
         let acceptor = acceptor.clone();
         let waypoint = waypoint.clone();
         tokio::spawn(async move {

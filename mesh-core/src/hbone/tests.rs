@@ -607,3 +607,20 @@ async fn a_connection_without_tunnels_closes_after_its_idle_timeout() {
     .await
     .expect("closed once idle");
 }
+
+/// Both ends of an HBONE connection watch for a vanished peer: keepalive probes after a
+/// quiet minute, and a user timeout for unacknowledged data.
+#[tokio::test]
+async fn hbone_sockets_watch_for_a_vanished_peer() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tcp = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    watch_peer(&tcp).unwrap();
+    let socket = socket2::SockRef::from(&tcp);
+    assert!(socket.keepalive().unwrap());
+    assert_eq!(socket.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
+    assert_eq!(socket.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+    assert_eq!(socket.tcp_keepalive_retries().unwrap(), 3);
+    assert_eq!(socket.tcp_user_timeout().unwrap(), Some(USER_TIMEOUT));
+}

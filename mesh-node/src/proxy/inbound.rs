@@ -111,6 +111,9 @@ async fn handshake(
     peer: SocketAddr,
 ) -> Result<tokio_rustls::server::TlsStream<TcpStream>, String> {
     let _ = tcp.set_nodelay(true);
+    if let Err(error) = hbone::watch_peer(&tcp) {
+        tracing::debug!(%peer, %error, "HBONE socket options");
+    }
     let local = tcp.local_addr();
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
         .await
