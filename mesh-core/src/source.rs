@@ -51,26 +51,16 @@ pub enum StartError {
 const KUBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl ConfigSource {
-    /// Starts the source: its first sync, then changes. With kube and `node`, only that node's
-    /// pods are watched (a node agent); without, all of them (a waypoint).
-    pub async fn spawn(
-        &self,
-        node: Option<&str>,
-        updates: mpsc::Sender<Update>,
-    ) -> Result<SourceHandle, StartError> {
+    /// Starts the source: its first sync, then changes, of every namespace and node.
+    pub async fn spawn(&self, updates: mpsc::Sender<Update>) -> Result<SourceHandle, StartError> {
         match self {
             ConfigSource::Files { dir } => Ok(SourceHandle::Files(
                 files::FilesSource::new(dir).spawn(updates)?,
             )),
-            ConfigSource::Kube => {
-                let options = kube::KubeOptions {
-                    node: node.map(str::to_owned),
-                    ..kube::KubeOptions::default()
-                };
-                Ok(SourceHandle::Kube(
-                    kube::KubeSource::new(kube_client().await?, options).spawn(updates),
-                ))
-            }
+            ConfigSource::Kube => Ok(SourceHandle::Kube(
+                kube::KubeSource::new(kube_client().await?, kube::KubeOptions::default())
+                    .spawn(updates),
+            )),
         }
     }
 }

@@ -176,7 +176,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     // The source first: a cluster that cannot be reached fails the start before anything is
     // installed.
     let (tx, mut updates) = mpsc::channel(64);
-    let _watch = config.source.spawn(Some(&config.node), tx).await?;
+    let _watch = config.source.spawn(tx).await?;
     let dataplane = match config.redirect {
         RedirectMode::Ebpf => {
             let mut dataplane = Dataplane::install_or_adopt(&DataplaneOptions {

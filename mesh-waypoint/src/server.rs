@@ -140,7 +140,7 @@ pub async fn run(config: WaypointConfig) -> Result<(), Error> {
     let mut store = Store::new();
     let model = store.subscribe();
     let (tx, mut updates) = mpsc::channel(64);
-    let _watch = config.source.spawn(None, tx).await?;
+    let _watch = config.source.spawn(tx).await?;
     let apply = tokio::spawn(async move {
         while let Some(update) = updates.recv().await {
             store.apply(update);

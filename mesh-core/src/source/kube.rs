@@ -131,15 +131,12 @@ pub const RESOURCES: &[Resource] = &[
 
 #[derive(Debug, Clone)]
 pub struct KubeOptions {
-    /// Watch only the pods scheduled on this node (a node agent); `None` watches all.
-    pub node: Option<String>,
     pub resources: Vec<Resource>,
 }
 
 impl Default for KubeOptions {
     fn default() -> KubeOptions {
         KubeOptions {
-            node: None,
             resources: RESOURCES.to_vec(),
         }
     }
@@ -177,13 +174,10 @@ impl KubeSource {
             .map(|(index, resource)| {
                 let api: Api<ApiObject> =
                     Api::all_with(self.client.clone(), &resource.api_resource());
-                let mut config = watcher::Config::default();
-                if resource.kind == "Pod"
-                    && let Some(node) = &self.options.node
-                {
-                    config = config.fields(&format!("spec.nodeName={node}"));
-                }
-                watcher(api, config)
+                // Every namespace and every node: a node agent needs the pods of other nodes
+                // too (their identity and node, to tunnel to them), as ztunnel holds every
+                // workload.
+                watcher(api, watcher::Config::default())
                     .default_backoff()
                     .map(move |event| (index, event))
                     .boxed()

@@ -32,7 +32,6 @@ struct Cluster {
 
 struct Watch {
     plural: String,
-    node: Option<String>,
     events: mpsc::UnboundedSender<Bytes>,
 }
 
@@ -45,10 +44,6 @@ fn key_of(object: &Value) -> String {
         object["metadata"]["namespace"].as_str().unwrap_or(""),
         object["metadata"]["name"].as_str().unwrap()
     )
-}
-
-fn on_node(object: &Value, node: Option<&str>) -> bool {
-    node.is_none_or(|n| object["spec"]["nodeName"].as_str() == Some(n))
 }
 
 impl FakeApi {
@@ -110,10 +105,12 @@ impl FakeApi {
     fn answer(&self, request: &Request<kube::client::Body>) -> Response<ResponseBody> {
         let plural = request.uri().path().rsplit('/').next().unwrap().to_owned();
         let query = request.uri().query().unwrap_or("");
-        let node = query
-            .split('&')
-            .find_map(|p| p.strip_prefix("fieldSelector=spec.nodeName%3D"))
-            .map(str::to_owned);
+        // A node agent routes to pods on every node by their records (identity, node): no
+        // watch may be narrowed to one node's pods.
+        assert!(
+            !query.contains("fieldSelector"),
+            "{plural} asked with a field selector: {query}"
+        );
         let mut cluster = self.0.lock().unwrap();
         if query.contains("watch=true") {
             let (events, rx) = mpsc::unbounded_channel();
@@ -124,11 +121,7 @@ impl FakeApi {
                     "message": "too old resource version", "reason": "Expired", "code": 410}});
                 events.send(Bytes::from(format!("{gone}\n"))).unwrap();
             } else {
-                cluster.watches.push(Watch {
-                    plural,
-                    node,
-                    events,
-                });
+                cluster.watches.push(Watch { plural, events });
             }
             let stream = futures::stream::unfold(rx, |mut rx| async move {
                 rx.recv().await.map(|bytes| (Ok(Frame::data(bytes)), rx))
@@ -140,7 +133,6 @@ impl FakeApi {
             .get(&plural)
             .into_iter()
             .flat_map(|objects| objects.values())
-            .filter(|o| on_node(o, node.as_deref()))
             .cloned()
             .collect();
         let list = json!({"apiVersion": "v1", "kind": "List",
@@ -157,7 +149,7 @@ impl Cluster {
         // `type` first, as the API server writes it (the source relies on it).
         let line = Bytes::from(format!("{{\"type\":\"{kind}\",\"object\":{object}}}\n"));
         self.watches.retain(|w| {
-            if w.plural != plural || !on_node(object, w.node.as_deref()) {
+            if w.plural != plural {
                 return true;
             }
             w.events.send(line.clone()).is_ok()
@@ -260,7 +252,6 @@ async fn watches_follow_changes_restarts_and_deletions_while_disconnected() {
     api.apply("pods", pod("local", "node1"));
     api.apply("pods", pod("elsewhere", "node2"));
     let options = KubeOptions {
-        node: Some("node1".into()),
         resources: resources(&["Namespace", "Pod"]),
     };
     let (tx, mut rx) = mpsc::channel(64);
@@ -282,7 +273,11 @@ async fn watches_follow_changes_restarts_and_deletions_while_disconnected() {
     let objects = upserted(&updates);
     let mut names: Vec<&str> = objects.iter().map(|o| o.key.name.as_str()).collect();
     names.sort();
-    assert_eq!(names, ["default", "local"], "only this node's pods");
+    assert_eq!(
+        names,
+        ["default", "elsewhere", "local"],
+        "every node's pods (an agent routes to pods elsewhere by their records)"
+    );
     let local = typed(objects.iter().find(|o| o.key.name == "local").unwrap());
     let metadata = local.metadata();
     assert_eq!(
@@ -297,11 +292,13 @@ async fn watches_follow_changes_restarts_and_deletions_while_disconnected() {
 
     api.apply("pods", pod("second", "node1"));
     api.apply("pods", pod("other-node", "node2"));
-    let Update::UpsertJson(added) = next(&mut rx).await else {
-        panic!("upsert")
-    };
-    assert_eq!(added.key.name, "second");
-    store.apply(Update::UpsertJson(added));
+    for name in ["second", "other-node"] {
+        let Update::UpsertJson(added) = next(&mut rx).await else {
+            panic!("upsert")
+        };
+        assert_eq!(added.key.name, name);
+        store.apply(Update::UpsertJson(added));
+    }
 
     api.apply("namespaces", namespace("default", "none"));
     let Update::UpsertJson(changed) = next(&mut rx).await else {
@@ -324,9 +321,20 @@ async fn watches_follow_changes_restarts_and_deletions_while_disconnected() {
     // again, and the store drops the one the list no longer names.
     api.delete("pods", "default/local", false);
     api.disconnect(Some("pods"));
-    let relist = [next(&mut rx).await, next(&mut rx).await];
+    let mut relist = vec![next(&mut rx).await];
+    while !matches!(relist.last(), Some(Update::Listed(_))) {
+        relist.push(next(&mut rx).await);
+    }
+    let relisted: Vec<&str> = relist
+        .iter()
+        .filter_map(|u| match u {
+            Update::UpsertJson(o) => Some(o.key.name.as_str()),
+            _ => None,
+        })
+        .collect();
     assert!(
-        matches!(&relist, [Update::Listing(a), Update::Listed(b)] if *a == kind("Pod") && *b == kind("Pod")),
+        matches!((relist.first(), relist.last()), (Some(Update::Listing(a)), Some(Update::Listed(b))) if *a == kind("Pod") && *b == kind("Pod"))
+            && relisted == ["elsewhere", "other-node"],
         "{relist:?}"
     );
     assert!(store.model().pod(&Name::new("default", "local")).is_some());
@@ -362,7 +370,6 @@ async fn kinds_the_cluster_does_not_serve_do_not_hold_back_the_first_sync() {
         }
     });
     let options = KubeOptions {
-        node: None,
         resources: resources(&["Namespace", "VirtualService"]),
     };
     let (tx, mut rx) = mpsc::channel(64);
@@ -432,10 +439,7 @@ async fn kube_and_files_sources_lead_to_identical_resources() {
     std::fs::remove_dir_all(&dir).unwrap();
 
     let (tx, mut rx) = mpsc::channel(64);
-    let options = KubeOptions {
-        node: None,
-        resources: watched,
-    };
+    let options = KubeOptions { resources: watched };
     let _watch = KubeSource::new(api.client(), options).spawn(tx);
     let from_kube = first_sync(&mut rx).await;
 
