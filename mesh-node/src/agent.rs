@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::admin::Page;
-use crate::ebpf::{Dataplane, DataplaneOptions, Redirect};
+use crate::ebpf::{Dataplane, DataplaneOptions, PinLock, Redirect};
 use crate::enroll::{LocalPod, capture_addresses, local_pods, pod_cgroup};
 use crate::links::LinkEvents;
 use crate::metrics::Metrics;
@@ -179,11 +179,16 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let _watch = config.source.spawn(tx).await?;
     let dataplane = match config.redirect {
         RedirectMode::Ebpf => {
-            let mut dataplane = Dataplane::install_or_adopt(&DataplaneOptions {
-                pin_dir: config.pin_dir.clone(),
-                pods_cgroup: config.pods_cgroup.clone(),
-                agent_cgroup: config.agent_cgroup.clone(),
-            })?;
+            // A restart's predecessor may still be stopping: wait for its lock to go.
+            let lock = PinLock::acquire(&config.pin_dir).await?;
+            let mut dataplane = Dataplane::install_or_adopt(
+                &DataplaneOptions {
+                    pin_dir: config.pin_dir.clone(),
+                    pods_cgroup: config.pods_cgroup.clone(),
+                    agent_cgroup: config.agent_cgroup.clone(),
+                },
+                lock,
+            )?;
             tracing::info!(
                 adopted = dataplane.adopted(),
                 pin_dir = %config.pin_dir.display(),

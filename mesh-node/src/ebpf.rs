@@ -4,9 +4,11 @@
 //! the node agent runs; [`Ebpf`] is a bare, unpinned load for `ebpf-check` and tests.
 
 mod dataplane;
+mod pin_lock;
 mod routing;
 
 pub use dataplane::{Dataplane, DataplaneOptions, InterfaceSync, MapSizes, Redirect, uninstall};
+pub use pin_lock::PinLock;
 
 use std::{
     fs::File,
@@ -54,8 +56,8 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error(
-        "loading the embedded eBPF object into the kernel failed (the mesh needs Linux 5.8+ \
-         with BTF, cgroup and ring buffer support; try `mesh-node ebpf-check`)"
+        "loading the embedded eBPF object into the kernel failed (the mesh needs Linux 6.6+ \
+         (tcx) with BTF, cgroup v2 and ring buffer support; try `mesh-node ebpf-check`)"
     )]
     Load(#[source] aya::EbpfError),
     #[error("eBPF program {name}: loading or attaching failed")]
@@ -113,6 +115,11 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "bpffs pin folder {path} is held by a running mesh-node (it locks the folder while it \
+         runs): stop that agent first; one node runs one agent per pin folder"
+    )]
+    PinsInUse { path: PathBuf },
     #[error("eBPF program {name}: its cgroup link is not a bpf_link (Linux 5.7+ is needed)")]
     Link {
         name: &'static str,

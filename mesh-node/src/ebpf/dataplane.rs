@@ -31,7 +31,8 @@ use tokio::task::JoinHandle;
 use tracing_log::LogTracer;
 
 use super::{
-    Error, Result, classify, object, open_cgroup_v2, program_error, routing, start_log_task,
+    Error, PinLock, Result, classify, object, open_cgroup_v2, program_error, routing,
+    start_log_task,
 };
 
 /// What to attach where.
@@ -82,6 +83,8 @@ pub struct InterfaceSync {
 /// The installed (or adopted) data plane: typed handles on its pinned maps.
 pub struct Dataplane {
     pin_dir: PathBuf,
+    /// Held while this mesh-node runs: no second agent, no uninstall under it.
+    _lock: Option<PinLock>,
     adopted: bool,
     program_ids: Vec<u32>,
     stats: PerCpuArray<MapData, Connect4Stats>,
@@ -159,8 +162,10 @@ fn complete(options: &DataplaneOptions) -> bool {
 impl Dataplane {
     /// Adopts a complete install found under `pin_dir` (programs keep running, nothing is
     /// detached, map contents stay), or installs afresh: a partial install left by a crash is
-    /// removed first. Must run inside a Tokio runtime (eBPF logs are forwarded by a task).
-    pub fn install_or_adopt(options: &DataplaneOptions) -> Result<Self> {
+    /// removed first. `lock` is the pin folder's ([`PinLock::acquire`]); the data plane keeps
+    /// it. Must run inside a Tokio runtime (eBPF logs are forwarded by a task).
+    pub fn install_or_adopt(options: &DataplaneOptions, lock: PinLock) -> Result<Self> {
+        debug_assert_eq!(lock.path(), options.pin_dir);
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let adoptable = if complete(options) {
             // A pinned install whose maps do not fit this binary's types (an older layout), or
@@ -176,6 +181,7 @@ impl Dataplane {
             None
         };
         if let Some(mut this) = adoptable {
+            this._lock = Some(lock);
             // Logs of the adopted programs: from the ring buffer the running programs write.
             match this.program_ids.first() {
                 Some(&id) => match EbpfLogger::init_from_id_with_logger(id, LogTracer::new()) {
@@ -186,11 +192,14 @@ impl Dataplane {
             }
             return Ok(this);
         }
-        if options.pin_dir.exists() {
+        if fs::read_dir(&options.pin_dir).is_ok_and(|mut entries| entries.next().is_some()) {
             tracing::warn!(pin_dir = %options.pin_dir.display(), "incomplete install found: removing it first");
-            uninstall(&options.pin_dir)?;
+            routing::remove()?;
+            remove_pins(&options.pin_dir)?;
         }
-        install(options, &runtime)
+        let mut this = install(options, &runtime)?;
+        this._lock = Some(lock);
+        Ok(this)
     }
 
     fn open_pins(pin_dir: &Path, adopted: bool) -> Result<Self> {
@@ -216,6 +225,7 @@ impl Dataplane {
         }
         Ok(Self {
             pin_dir: pin_dir.to_owned(),
+            _lock: None,
             adopted,
             program_ids,
             stats: typed!(map_names::CONNECT4_STATS),
@@ -584,13 +594,35 @@ fn interface_exists(ifname: &str) -> bool {
 
 /// Removes every pin under `pin_dir` and the folder itself, and the inbound capture's policy
 /// routing. With the pins gone and no mesh-node holding them, the kernel detaches the
-/// programs and frees them and their maps. Returns what it removed; a missing folder is fine.
+/// programs and frees them and their maps. Refused ([`Error::PinsInUse`]) while a mesh-node
+/// runs on the folder. Returns what it removed; a missing folder is fine.
 pub fn uninstall(pin_dir: &Path) -> Result<Vec<String>> {
+    let lock = match pin_dir.exists() {
+        true => Some(
+            PinLock::try_acquire(pin_dir)?.ok_or_else(|| Error::PinsInUse {
+                path: pin_dir.to_owned(),
+            })?,
+        ),
+        false => None,
+    };
     let mut removed = routing::remove()?;
-    if !pin_dir.exists() {
+    if lock.is_none() {
         return Ok(removed);
     }
-    // Links first (detaching the programs), then programs, then maps.
+    removed.extend(remove_pins(pin_dir)?);
+    // Under the lock still: an agent waiting for it finds the folder gone and makes a new one.
+    fs::remove_dir_all(pin_dir).map_err(|source| Error::PinDir {
+        path: pin_dir.to_owned(),
+        source,
+    })?;
+    removed.push(pin_dir.display().to_string());
+    Ok(removed)
+}
+
+/// Removes the pins under `pin_dir`: links first (detaching the programs), then programs,
+/// then maps; the folder itself stays.
+fn remove_pins(pin_dir: &Path) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
     for dir in [links_dir(pin_dir), progs_dir(pin_dir), maps_dir(pin_dir)] {
         let Ok(entries) = fs::read_dir(&dir) else {
             continue;
@@ -603,11 +635,10 @@ pub fn uninstall(pin_dir: &Path) -> Result<Vec<String>> {
             })?;
             removed.push(path.display().to_string());
         }
+        fs::remove_dir(&dir).map_err(|source| Error::PinDir {
+            path: dir.clone(),
+            source,
+        })?;
     }
-    fs::remove_dir_all(pin_dir).map_err(|source| Error::PinDir {
-        path: pin_dir.to_owned(),
-        source,
-    })?;
-    removed.push(pin_dir.display().to_string());
     Ok(removed)
 }

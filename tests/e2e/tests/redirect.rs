@@ -606,9 +606,30 @@ fn restart_and_uninstall(tag: &str, fast_path: bool) {
         &format!("http://{server_a}:8080/ip")
     ));
 
+    // A running agent holds its pin folder: uninstall refuses, says why, and disturbs nothing.
+    let pins = pin_dir(&lab.name, "node1");
+    let refused = lab
+        .lab
+        .uninstall_agent("node1", None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("held by a running mesh-node") && refused.contains("stop that agent"),
+        "{refused}"
+    );
+    assert!(
+        pins.join("maps/SETTINGS").exists(),
+        "a refused uninstall removed pins"
+    );
+    assert!(redirected_by(
+        &lab,
+        "node1",
+        "client",
+        &format!("http://{server_a}:8080/ip")
+    ));
+
     // Uninstall: stop the agent, remove everything it pinned; the kernel drops the programs.
     lab.lab.stop_agent("node1", Signal::SIGTERM).unwrap();
-    let pins = pin_dir(&lab.name, "node1");
     assert!(pins.exists());
     lab.lab.uninstall_agent("node1", None).unwrap();
     assert!(!pins.exists(), "pins left at {}", pins.display());
