@@ -1,5 +1,6 @@
 //! The agent's HTTP pages, plain HTTP/1.1, one request per connection. Admin (15000):
-//! `/healthz/ready` (200 once the first config snapshot is applied and the listeners are up),
+//! `/healthz/ready` (200 once the first config snapshot is applied, the listeners are up and
+//! the CA has answered for the enrolled pods' service accounts; 503 says what is missing),
 //! `/config_dump` (the agent's config, its pods with their enrollment, its certificates —
 //! never keys), `/stats/redirect` (per-pod counters and the eBPF counters). Metrics (15020):
 //! `/stats/prometheus`. Readiness (15021): `/healthz/ready`.
@@ -31,12 +32,10 @@ fn route(page: Page, path: &str, shared: &Shared) -> pages::Page {
         body: body.to_owned(),
     };
     match (page, path) {
-        (Page::Admin | Page::Readiness, "/healthz/ready") if shared.is_ready() => {
-            text("200 OK", "ready\n")
-        }
-        (Page::Admin | Page::Readiness, "/healthz/ready") => {
-            text("503 Service Unavailable", "not ready\n")
-        }
+        (Page::Admin | Page::Readiness, "/healthz/ready") => match shared.not_ready() {
+            None => text("200 OK", "ready\n"),
+            Some(why) => text("503 Service Unavailable", &format!("not ready: {why}\n")),
+        },
         (Page::Admin, "/config_dump") => pages::Page::json(&shared.config_dump()),
         (Page::Admin, "/stats/redirect") => pages::Page::json(&shared.redirect_stats()),
         (Page::Admin, "/memory") => pages::Page::memory(),

@@ -89,6 +89,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What the listeners and the admin page share. One writer (the config updater).
 pub struct Shared {
     config: NodeConfig,
+    /// The first config snapshot is applied (and the listeners are up).
+    synced: AtomicBool,
+    /// Latched by [`Shared::not_ready`] once everything is there.
     ready: AtomicBool,
     counters: Arc<Counters>,
     pods: RwLock<Vec<LocalPod>>,
@@ -97,8 +100,34 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Why the agent is not ready yet; `None` once it is, and from then on for good (a pod
+    /// enrolled later must not take a serving agent out of rotation). Ready: the first config
+    /// snapshot applied, the listeners up, and the CA has answered for the service account
+    /// of every pod enrolled then (with a certificate, or a refusal the agent keeps retrying:
+    /// an unreachable CA must not hold a node back forever).
+    pub fn not_ready(&self) -> Option<String> {
+        if self.ready.load(Ordering::Acquire) {
+            return None;
+        }
+        if !self.synced.load(Ordering::Acquire) {
+            return Some("waiting for the first config snapshot".to_owned());
+        }
+        let waiting = self.proxy.certs.unanswered();
+        if !waiting.is_empty() {
+            let waiting: Vec<String> = waiting.iter().map(ToString::to_string).collect();
+            return Some(format!(
+                "waiting for the CA's first answer for {}",
+                waiting.join(", ")
+            ));
+        }
+        if !self.ready.swap(true, Ordering::AcqRel) {
+            tracing::info!(node = %self.config.node, "ready: config synced, listeners up, certificates of the enrolled pods requested");
+        }
+        None
+    }
+
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.not_ready().is_none()
     }
 
     pub fn config_dump(&self) -> serde_json::Value {
@@ -241,6 +270,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     ));
     let shared = Arc::new(Shared {
         config: config.clone(),
+        synced: AtomicBool::new(false),
         ready: AtomicBool::new(false),
         counters: Arc::new(Counters::default()),
         pods: RwLock::new(Vec::new()),
@@ -369,7 +399,7 @@ async fn sync_beside(model: Arc<Model>, shared: &Arc<Shared>) {
 }
 
 /// Publishes the local pods, makes the eBPF maps match the enrolled ones, and asks for the
-/// certificates of their service accounts. Ready once the first snapshot is applied.
+/// certificates of their service accounts.
 fn sync(model: &Model, shared: &Shared) {
     let config = &shared.config;
     let local = local_pods(model, &config.node);
@@ -427,8 +457,7 @@ fn sync(model: &Model, shared: &Shared) {
         *published = local;
     }
     drop(published);
-    if !shared.is_ready() {
-        shared.ready.store(true, Ordering::Release);
-        tracing::info!(node = %config.node, "ready: config synced, listeners up");
+    if !shared.synced.swap(true, Ordering::AcqRel) {
+        tracing::info!(node = %config.node, "config synced, listeners up");
     }
 }

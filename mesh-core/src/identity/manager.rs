@@ -285,10 +285,17 @@ impl CertManager {
         status
     }
 
-    /// Whether every wanted identity has a certificate.
-    pub fn all_issued(&self) -> bool {
+    /// Wanted identities the CA has not answered yet: no certificate, and no failed request
+    /// either (a refusal or an unreachable CA counts as an answer).
+    pub fn unanswered(&self) -> Vec<Identity> {
         let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots.values().all(|s| s.current.is_some())
+        let mut waiting: Vec<Identity> = slots
+            .iter()
+            .filter(|(_, s)| s.current.is_none() && s.failures == 0)
+            .map(|(identity, _)| identity.clone())
+            .collect();
+        waiting.sort();
+        waiting
     }
 
     /// Requests missing certificates and renews those past half their life, forever.
@@ -434,5 +441,46 @@ impl ResolvesServerCert for SniResolver {
             tracing::debug!(sni = name, "no local identity for this server name");
         }
         found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_identity_is_unanswered_until_the_ca_issues_or_fails() {
+        let dir = std::env::temp_dir().join(format!("mesh-cert-manager-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = crate::identity::ca::CertificateAuthority::new("cluster.local").unwrap();
+        std::fs::write(dir.join("root.pem"), ca.root_pem()).unwrap();
+        std::fs::write(dir.join("credential"), "node credential").unwrap();
+        // Nothing listens on the discard port: every request fails at once.
+        let certs = Arc::new(
+            CertManager::new(CaClientConfig {
+                addr: "127.0.0.1:9".parse().unwrap(),
+                root: dir.join("root.pem"),
+                credential_file: dir.join("credential"),
+                trust_domain: "cluster.local".to_owned(),
+                validity: Duration::from_secs(3600),
+            })
+            .unwrap(),
+        );
+        let identity = certs.identity_of("default", "curl");
+        assert!(certs.unanswered().is_empty(), "nothing wanted yet");
+        certs.set_wanted(&BTreeSet::from([identity.clone()]));
+        assert_eq!(certs.unanswered(), vec![identity.clone()]);
+
+        let renew = tokio::spawn(certs.clone().renew_forever());
+        let answered = tokio::time::timeout(Duration::from_secs(10), async {
+            while !certs.unanswered().is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        renew.abort();
+        std::fs::remove_dir_all(&dir).unwrap();
+        answered.expect("the failed request counts as the CA's answer");
+        assert!(certs.get(&identity).is_err(), "no certificate was issued");
     }
 }

@@ -540,6 +540,27 @@ fn restart_and_uninstall(tag: &str, fast_path: bool) {
     let (_, dump) = lab.lab.agent_get("node1", "/config_dump").unwrap();
     let dump: Value = serde_json::from_str(&dump).unwrap();
     assert_eq!(dump["ebpf"]["adopted"], true, "{dump:#}");
+    // Ready means the CA has answered for every enrolled pod: the lab's CA issues, so the
+    // certificates are there the moment readiness says 200.
+    let held: Vec<&Value> = dump["certificates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| &c["identity"])
+        .collect();
+    for pod in dump["local_pods"].as_array().unwrap() {
+        if pod["enrolled"] == true {
+            let identity = format!(
+                "spiffe://cluster.local/ns/{}/sa/{}",
+                pod["namespace"].as_str().unwrap(),
+                pod["service_account"].as_str().unwrap()
+            );
+            assert!(
+                held.iter().any(|h| **h == identity),
+                "ready without a certificate for {identity}: {dump:#}"
+            );
+        }
+    }
     let program_ids: Vec<u64> = dump["ebpf"]["program_ids"]
         .as_array()
         .unwrap()
