@@ -46,6 +46,11 @@ pub struct Cli {
     pub hbone_port: u16,
     #[arg(long, default_value_t = 15000)]
     pub admin_port: u16,
+    /// The address admin listens on: loopback, as Envoy's admin in an Istio waypoint, since
+    /// `/config_dump` (the waypoint's certificates and tunnels) is the operator's. Metrics
+    /// (15020) listen on the pod IP.
+    #[arg(long, default_value_t = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))]
+    pub admin_ip: IpAddr,
     #[arg(long, default_value_t = 15020)]
     pub metrics_port: u16,
     /// The mesh CA's gRPC address.
@@ -125,7 +130,7 @@ impl Cli {
             pod_ip: self.pod_ip,
             source,
             hbone_port: self.hbone_port,
-            admin_port: self.admin_port,
+            admin: SocketAddr::new(self.admin_ip, self.admin_port),
             metrics_port: self.metrics_port,
             ca: CaClientConfig {
                 addr: self.ca_addr,

@@ -2,7 +2,8 @@
 //! config model from the files or the kube source, HBONE on `<pod ip>:15008`, and per tunnel
 //! the choice of L7 ([`crate::http`]) or L4 ([`crate::tcp`]) by the service port's declared
 //! protocol.
-//! Admin (15000): `/config_dump`, `/healthz/ready`; metrics (15020): `/stats/prometheus`.
+//! Admin (127.0.0.1:15000): `/config_dump`, `/healthz/ready`, `/memory`; metrics (pod IP, 15020):
+//! `/stats/prometheus`.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -38,7 +39,8 @@ pub struct WaypointConfig {
     pub pod_ip: IpAddr,
     pub source: ConfigSource,
     pub hbone_port: u16,
-    pub admin_port: u16,
+    /// Admin's address (loopback unless told otherwise).
+    pub admin: SocketAddr,
     pub metrics_port: u16,
     pub ca: CaClientConfig,
 }
@@ -165,13 +167,13 @@ pub async fn run(config: WaypointConfig) -> Result<(), Error> {
         model,
         Destinations::new(certs.clone(), identity.clone()),
     ));
-    let listen = |port| async move {
-        let addr = SocketAddr::new(config.pod_ip, port);
+    let bind = |addr| async move {
         TcpListener::bind(addr)
             .await
             .map_err(|source| Error::Listen { addr, source })
     };
-    let admin = listen(config.admin_port).await?;
+    let listen = |port| bind(SocketAddr::new(config.pod_ip, port));
+    let admin = bind(config.admin).await?;
     let metrics = listen(config.metrics_port).await?;
     let pages = [
         tokio::spawn(serve_pages(admin, waypoint.clone(), false)),

@@ -593,3 +593,20 @@ fn a_renamed_flag_or_variable_is_caught() {
     let error = command_line(&changed, &objects).unwrap_err();
     assert!(error.contains("env POD_ADDRESS"), "{error}");
 }
+
+#[test]
+fn admin_pages_stay_on_loopback_as_deployed() {
+    let objects = objects();
+    for container in mesh_containers(&objects) {
+        let admin = match parse(&container, &objects) {
+            Parsed::Run(args) => std::net::IpAddr::V4(args.admin_ip),
+            Parsed::Waypoint(config) => config.admin.ip(),
+            Parsed::Ca(_) => continue,
+        };
+        assert!(
+            admin.is_loopback(),
+            "{}: admin (/config_dump) listens on {admin}; it is the operator's, keep it on loopback",
+            container.what
+        );
+    }
+}

@@ -141,7 +141,7 @@ impl TestWaypoint {
             pod_ip: "127.0.0.1".parse().unwrap(),
             source: ConfigSource::Files { dir: dir.clone() },
             hbone_port: 0,
-            admin_port: 0,
+            admin: "127.0.0.1:0".parse().unwrap(),
             metrics_port: 0,
             ca: CaClientConfig {
                 addr: "127.0.0.1:9".parse().unwrap(),
