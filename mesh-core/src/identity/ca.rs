@@ -1,6 +1,7 @@
 //! The mesh CA: a self-signed root per trust domain that signs workload certificates for
-//! identities its caller has authenticated. The identity in a certificate comes from that
-//! authentication, never from what the CSR asks for.
+//! identities its caller has authorized (the gRPC service reads the identity a CSR asks for,
+//! then lets the authorizer decide). The certificate's names are built from that identity;
+//! the CSR contributes only its public key.
 
 use std::fmt;
 use std::time::{Duration, SystemTime};

@@ -1,6 +1,7 @@
 //! The L4 mTLS data path on the lab, for real (root): HBONE between nodes carries only TLS,
 //! certificates rotate under open connections, and a thousand concurrent connections pass
-//! one node agent and leave nothing behind. (The CA and Istio-style HBONE are tested in
+//! one node agent and leave nothing behind, and the outbound side balances over a service's
+//! ready endpoints only. (The CA and Istio-style HBONE are tested in
 //! `mtls_ca.rs`, AuthorizationPolicy and PeerAuthentication in `mtls_policy.rs`.)
 
 use std::io::{BufRead as _, BufReader};
@@ -8,7 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure};
-use mesh_e2e::{POLICY_LAB, TestLab, eventually, istio_sample, manifest, metrics, series_sum};
+use mesh_e2e::{
+    POLICY_LAB, TestLab, eventually, istio_sample, manifest, metrics, pods_of, series_sum,
+};
 use mesh_sim::MeshOptions;
 use serde_json::Value;
 
@@ -388,4 +391,112 @@ fn thousand_connections(lab: &TestLab, server: &str, fds_before: [usize; 2]) -> 
     })
     .expect("no file descriptors remain once the connections closed");
     took
+}
+
+/// Three tcp-echo deployments behind service `echo`, answering with their name: `echo-a` and
+/// `echo-b` ready, `echo-c` never (it declares port 9001 but serves only 9000, so its
+/// endpoint stays `ready: false`, as a failing readiness probe leaves it).
+const ECHO_WITH_UNREADY: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: echo}
+spec:
+  ports: [{name: tcp, port: 9000}]
+  selector: {app: tcp-echo}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo-a}
+spec:
+  selector: {matchLabels: {app: tcp-echo, version: a}}
+  template:
+    metadata: {labels: {app: tcp-echo, version: a}}
+    spec:
+      containers:
+      - {name: tcp-echo, image: istio/tcp-echo-server, args: ["9000", "a"], ports: [{containerPort: 9000}]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo-b}
+spec:
+  selector: {matchLabels: {app: tcp-echo, version: b}}
+  template:
+    metadata: {labels: {app: tcp-echo, version: b}}
+    spec:
+      containers:
+      - {name: tcp-echo, image: istio/tcp-echo-server, args: ["9000", "b"], ports: [{containerPort: 9000}]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo-c}
+spec:
+  selector: {matchLabels: {app: tcp-echo, version: c}}
+  template:
+    metadata: {labels: {app: tcp-echo, version: c}}
+    spec:
+      containers:
+      - {name: tcp-echo, image: istio/tcp-echo-server, args: ["9000", "c"], ports: [{containerPort: 9000}, {containerPort: 9001}]}
+"#;
+
+/// One line echoed over each of `count` new connections to `addr`, from pod `client`.
+fn echo_each(lab: &TestLab, client: &str, addr: &str, count: u32) -> anyhow::Result<String> {
+    let script = format!(
+        "for i in $(seq 1 {count}); do exec 3<>/dev/tcp/{addr}/9000; echo x$i >&3; head -n1 <&3; exec 3<&-; done"
+    );
+    lab.exec(client, "bash", &["-c", &script])
+}
+
+#[test]
+fn outbound_balances_over_ready_endpoints_and_skips_unready_ones() {
+    let mut lab = TestLab::up("rdy", 2, &[istio_sample("curl/curl.yaml")]);
+    let file = lab.manifest("echo.yaml", ECHO_WITH_UNREADY);
+    let applied = lab.lab.apply(&[file], "default").unwrap();
+    let unready = &pods_of(&lab, "echo-c")[0];
+    assert!(
+        applied.warnings.len() == 1 && applied.warnings[0].contains(&unready.name),
+        "only echo-c should be unready: {:#?}",
+        applied.warnings
+    );
+    lab.start_mesh(&MeshOptions::default(), "default");
+
+    // The unready pod does serve: by its own address (no service, no endpoint choice) the
+    // mesh takes a connection to it.
+    let direct = eventually(Duration::from_secs(5), || {
+        echo_each(&lab, "curl", &unready.ip.to_string(), 1)
+    })
+    .expect("the unready pod, by its address, through the mesh");
+    assert_eq!(direct.trim(), "c x1");
+
+    let service = lab.lab.state().services["default/echo"]
+        .cluster_ip
+        .expect("echo has a ClusterIP");
+    let echoed = echo_each(&lab, "curl", &service.to_string(), 40).unwrap();
+    let count = |who: &str| echoed.lines().filter(|l| l.starts_with(who)).count();
+    assert_eq!(
+        count("c "),
+        0,
+        "a connection reached the unready endpoint:\n{echoed}"
+    );
+    assert!(
+        count("a ") > 0 && count("b ") > 0 && count("a ") + count("b ") == 40,
+        "40 connections spread over both ready endpoints:\n{echoed}"
+    );
+
+    // They went through the node proxy: the client's agent counted them, by workload.
+    let client_node = lab.pod("curl").node.clone();
+    let page = metrics(&lab, &client_node);
+    let opened = |workload: &str| {
+        series_sum(
+            &page,
+            "istio_tcp_connections_opened_total",
+            &[
+                ("reporter", "source"),
+                ("source_workload", "curl"),
+                ("destination_workload", workload),
+            ],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(opened("echo-a") + opened("echo-b"), 40.0, "{page}");
+    assert_eq!(opened("echo-c"), 1.0, "{page}");
 }
