@@ -396,47 +396,36 @@ fn thousand_connections(lab: &TestLab, server: &str, fds_before: [usize; 2]) -> 
 /// Three tcp-echo deployments behind service `echo`, answering with their name: `echo-a` and
 /// `echo-b` ready, `echo-c` never (it declares port 9001 but serves only 9000, so its
 /// endpoint stays `ready: false`, as a failing readiness probe leaves it).
-const ECHO_WITH_UNREADY: &str = r#"
-apiVersion: v1
+fn echo_with_unready() -> String {
+    let deployment = |version: &str, ports: &str| {
+        format!(
+            r#"---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: echo-{version}}}
+spec:
+  selector: {{matchLabels: {{app: tcp-echo, version: {version}}}}}
+  template:
+    metadata: {{labels: {{app: tcp-echo, version: {version}}}}}
+    spec:
+      containers:
+      - {{name: tcp-echo, image: istio/tcp-echo-server, args: ["9000", "{version}"], ports: [{ports}]}}
+"#
+        )
+    };
+    let mut text = r#"apiVersion: v1
 kind: Service
 metadata: {name: echo}
 spec:
   ports: [{name: tcp, port: 9000}]
   selector: {app: tcp-echo}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: echo-a}
-spec:
-  selector: {matchLabels: {app: tcp-echo, version: a}}
-  template:
-    metadata: {labels: {app: tcp-echo, version: a}}
-    spec:
-      containers:
-      - {name: tcp-echo, image: istio/tcp-echo-server, args: ["9000", "a"], ports: [{containerPort: 9000}]}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: echo-b}
-spec:
-  selector: {matchLabels: {app: tcp-echo, version: b}}
-  template:
-    metadata: {labels: {app: tcp-echo, version: b}}
-    spec:
-      containers:
-      - {name: tcp-echo, image: istio/tcp-echo-server, args: ["9000", "b"], ports: [{containerPort: 9000}]}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: echo-c}
-spec:
-  selector: {matchLabels: {app: tcp-echo, version: c}}
-  template:
-    metadata: {labels: {app: tcp-echo, version: c}}
-    spec:
-      containers:
-      - {name: tcp-echo, image: istio/tcp-echo-server, args: ["9000", "c"], ports: [{containerPort: 9000}, {containerPort: 9001}]}
-"#;
+"#
+    .to_owned();
+    text += &deployment("a", "{containerPort: 9000}");
+    text += &deployment("b", "{containerPort: 9000}");
+    text += &deployment("c", "{containerPort: 9000}, {containerPort: 9001}");
+    text
+}
 
 /// One line echoed over each of `count` new connections to `addr`, from pod `client`.
 fn echo_each(lab: &TestLab, client: &str, addr: &str, count: u32) -> anyhow::Result<String> {
@@ -449,7 +438,7 @@ fn echo_each(lab: &TestLab, client: &str, addr: &str, count: u32) -> anyhow::Res
 #[test]
 fn outbound_balances_over_ready_endpoints_and_skips_unready_ones() {
     let mut lab = TestLab::up("rdy", 2, &[istio_sample("curl/curl.yaml")]);
-    let file = lab.manifest("echo.yaml", ECHO_WITH_UNREADY);
+    let file = lab.manifest("echo.yaml", &echo_with_unready());
     let applied = lab.lab.apply(&[file], "default").unwrap();
     let unready = &pods_of(&lab, "echo-c")[0];
     assert!(
