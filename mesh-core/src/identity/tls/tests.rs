@@ -34,6 +34,11 @@ async fn handshake(
         let identity =
             peer_identity(tls.get_ref().1.peer_certificates()).map_err(|e| e.to_string())?;
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(ALPN_H2));
+        assert_eq!(
+            tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite()),
+            Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256),
+            "TLS 1.3 with AES-128-GCM between mesh proxies"
+        );
         let mut byte = [0u8; 1];
         tls.read_exact(&mut byte).await.map_err(|e| e.to_string())?;
         Ok::<_, String>(identity)
@@ -174,4 +179,20 @@ fn the_ca_signs_only_its_trust_domain_and_ignores_what_the_csr_asks() {
         ca.sign(b"not a csr", &granted, Duration::from_secs(60))
             .is_err()
     );
+}
+
+#[test]
+fn aes_128_gcm_comes_first_and_every_default_suite_stays_offered() {
+    let ours: Vec<rustls::CipherSuite> =
+        provider().cipher_suites.iter().map(|s| s.suite()).collect();
+    let mut defaults: Vec<rustls::CipherSuite> = rustls::crypto::ring::default_provider()
+        .cipher_suites
+        .iter()
+        .map(|s| s.suite())
+        .collect();
+    assert_eq!(ours[0], rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    let mut sorted = ours;
+    sorted.sort_by_key(|s| u16::from(*s));
+    defaults.sort_by_key(|s| u16::from(*s));
+    assert_eq!(sorted, defaults);
 }
