@@ -597,18 +597,13 @@ fn interface_exists(ifname: &str) -> bool {
 /// programs and frees them and their maps. Refused ([`Error::PinsInUse`]) while a mesh-node
 /// runs on the folder. Returns what it removed; a missing folder is fine.
 pub fn uninstall(pin_dir: &Path) -> Result<Vec<String>> {
-    let lock = match pin_dir.exists() {
-        true => Some(
-            PinLock::try_acquire(pin_dir)?.ok_or_else(|| Error::PinsInUse {
-                path: pin_dir.to_owned(),
-            })?,
-        ),
-        false => None,
-    };
-    let mut removed = routing::remove()?;
-    if lock.is_none() {
-        return Ok(removed);
+    if !pin_dir.exists() {
+        return routing::remove();
     }
+    let _lock = PinLock::try_acquire(pin_dir)?.ok_or_else(|| Error::PinsInUse {
+        path: pin_dir.to_owned(),
+    })?;
+    let mut removed = routing::remove()?;
     removed.extend(remove_pins(pin_dir)?);
     // Under the lock still: an agent waiting for it finds the folder gone and makes a new one.
     fs::remove_dir_all(pin_dir).map_err(|source| Error::PinDir {
