@@ -314,6 +314,17 @@ spec:
   - {name: curl, image: curlimages/curl, command: ["/bin/sleep", "infinity"]}
 "#;
 
+/// An L4 AuthorizationPolicy of [`POLICY_LAB`]'s namespace `default`: DENY the `sleep`
+/// service account (pod `remote`).
+pub const DENY_SLEEP: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-sleep}
+spec:
+  action: DENY
+  rules: [{from: [{source: {principals: ["cluster.local/ns/default/sa/sleep"]}}]}]
+"#;
+
 // Helpers of the waypoint policy tests (waypoint_resilience.rs, waypoint_traffic.rs).
 
 /// How long a config change may take to show in requests.

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use mesh_e2e::{POLICY_LAB, TestLab, eventually, manifest};
+use mesh_e2e::{DENY_SLEEP, POLICY_LAB, TestLab, eventually, manifest};
 use mesh_sim::MeshOptions;
 
 /// What a client inside node `from` needs to ask the lab's CA: its address, root, and the
@@ -193,18 +193,7 @@ fn istio_style_hbone_to_a_pod_address_without_sni_is_served_as_that_pod() {
     let wrong = istio_style_get(&lab, "node2", "sleep", server.into(), "sleep");
     assert!(wrong.is_err(), "{wrong:?}");
     // Policy applies as for any tunnel.
-    let deny = manifest(
-        "ist",
-        "deny.yaml",
-        r#"
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: deny-sleep}
-spec:
-  action: DENY
-  rules: [{from: [{source: {principals: ["cluster.local/ns/default/sa/sleep"]}}]}]
-"#,
-    );
+    let deny = manifest("ist", "deny.yaml", DENY_SLEEP);
     lab.lab
         .apply(std::slice::from_ref(&deny), "default")
         .unwrap();

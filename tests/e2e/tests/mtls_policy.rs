@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::ensure;
-use mesh_e2e::{POLICY_LAB, TestLab, eventually, manifest, metrics, series_sum};
+use mesh_e2e::{DENY_SLEEP, POLICY_LAB, TestLab, eventually, manifest, metrics, series_sum};
 use mesh_sim::MeshOptions;
 use serde_json::Value;
 
@@ -130,14 +130,7 @@ spec:
         ),
         (
             "deny-sleep",
-            r#"
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: deny-sleep}
-spec:
-  action: DENY
-  rules: [{from: [{source: {principals: ["cluster.local/ns/default/sa/sleep"]}}]}]
-"#,
+            DENY_SLEEP,
             [false, true, true],
             "DENY by principal: all but the sleep account",
         ),
