@@ -323,10 +323,21 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         tokio::select! {
             update = updates.recv() => {
                 let Some(update) = update else { break };
-                if let Update::Problems(problems) = &update {
-                    tracing::warn!(?problems, "config source problems");
+                // What is already queued (up to a batch) goes in before one sync: a sync
+                // walks every pod and service of the cluster, so a burst of changes (a
+                // rollout) costs one walk, not one per object.
+                let mut next = Some(update);
+                let mut applied = 0;
+                while let Some(update) = next.take() {
+                    if let Update::Problems(problems) = &update {
+                        tracing::warn!(?problems, "config source problems");
+                    }
+                    store.apply(update);
+                    applied += 1;
+                    if applied < SYNC_BATCH {
+                        next = updates.try_recv().ok();
+                    }
                 }
-                store.apply(update);
                 if store.synced() {
                     sync_beside(store.model(), &shared).await;
                 }
@@ -353,6 +364,9 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     }
     Ok(())
 }
+
+/// The most config updates applied between two syncs of the node's pods.
+const SYNC_BATCH: usize = 1024;
 
 /// How often the interfaces are looked at: a safety net beside netlink's link events, or
 /// the only way to see new ones without them.
