@@ -150,17 +150,28 @@ where
     F: Future<Output = Result<U, StatusCode>> + Send + 'static,
     U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let tls = accept_tls(&acceptor, tcp, peer).await?;
+    serve_tls(tls, peer, handler).await
+}
+
+/// The server side of an accepted HBONE connection up to its TLS: the socket set up (no
+/// delay, [`watch_peer`]) and the handshake, within [`HANDSHAKE_TIMEOUT`].
+pub async fn accept_tls(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Result<tokio_rustls::server::TlsStream<TcpStream>> {
+    let _ = tcp.set_nodelay(true);
     if let Err(error) = watch_peer(&tcp) {
         tracing::debug!(%peer, %error, "HBONE socket options");
     }
-    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
         .await
         .map_err(|_| Error::HandshakeTimeout {
             peer,
             stage: "its TLS handshake",
         })?
-        .map_err(|source| Error::Handshake { peer, source })?;
-    serve_tls(tls, peer, handler).await
+        .map_err(|source| Error::Handshake { peer, source })
 }
 
 /// Serves HBONE on a connection whose TLS handshake (with a client certificate) is done:

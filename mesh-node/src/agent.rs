@@ -126,10 +126,6 @@ impl Shared {
         None
     }
 
-    pub fn is_ready(&self) -> bool {
-        self.not_ready().is_none()
-    }
-
     pub fn config_dump(&self) -> serde_json::Value {
         let local = self.pods.read().unwrap_or_else(|e| e.into_inner()).clone();
         let ebpf = self.dataplane.as_ref().map(|d| {

@@ -217,23 +217,13 @@ async fn accept(listener: TcpListener, acceptor: TlsAcceptor, waypoint: Arc<Wayp
                 continue;
             }
         };
-        let _ = tcp.set_nodelay(true);
-        if let Err(error) = hbone::watch_peer(&tcp) {
-            tracing::debug!(%peer, %error, "HBONE socket options");
-        }
         let acceptor = acceptor.clone();
         let waypoint = waypoint.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(hbone::HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
-                .await
-            {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(error)) => {
-                    tracing::debug!(%peer, %error, "HBONE TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "no HBONE TLS handshake within {:?}", hbone::HANDSHAKE_TIMEOUT);
+            let tls = match hbone::accept_tls(&acceptor, tcp, peer).await {
+                Ok(tls) => tls,
+                Err(error) => {
+                    tracing::debug!(%error, "HBONE connection refused");
                     return;
                 }
             };
