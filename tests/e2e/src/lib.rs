@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use mesh_sim::{Lab, LabOptions, MeshOptions, Pod, http_get_in};
 
+pub mod redirect;
+
 /// Fails the test (never skips it) when it cannot run for real.
 pub fn require_root() {
     assert!(
