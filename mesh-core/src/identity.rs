@@ -27,6 +27,11 @@ pub enum Error {
     Csr(String),
     #[error("the certificate carries no SPIFFE id (URI SAN): {0}")]
     NoIdentity(String),
+    #[error("{path}: {message}")]
+    CaFiles {
+        path: std::path::PathBuf,
+        message: String,
+    },
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
 }

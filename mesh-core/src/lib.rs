@@ -17,3 +17,5 @@ pub mod policy;
 pub mod runtime;
 pub mod scheduling;
 pub mod source;
+#[cfg(test)]
+mod test_util;

@@ -3,7 +3,9 @@
 //! 15012, signs only identities the caller may hold — for a node agent, service accounts of
 //! pods scheduled on its node; for a pod's own credential (a waypoint's), that pod's service
 //! account while the pod exists — and publishes its root certificate (public) for the agents
-//! to trust. The root key never leaves memory. Who holds a credential is decided by the
+//! to trust. It signs with Istio's plug-in CA files (`--ca-dir`, the `cacerts` Secret), or,
+//! without them, with a root made at start whose key never leaves memory (a new root at
+//! every start: for labs and trials). Who holds a credential is decided by the
 //! credentials file and the files config source ([`NodeAuthorizer`], the lab) or by the
 //! Kubernetes API ([`kube::KubeAuthorizer`]: TokenReview and pod lookups).
 
@@ -34,6 +36,8 @@ pub struct CaConfig {
     pub trust_domain: String,
     /// Who may obtain which identity.
     pub authorizer: AuthorizerConfig,
+    /// Istio's plug-in CA files to sign with; `None`: a new self-signed root.
+    pub ca_dir: Option<PathBuf>,
     /// Where to write the root certificate (PEM), for the agents' `--ca-root`.
     pub root_cert_out: PathBuf,
     /// The longest certificate lifetime the CA grants.
@@ -206,7 +210,18 @@ pub fn read_credentials(path: &Path) -> Result<HashMap<String, Principal>> {
 /// Runs the CA until SIGINT/SIGTERM.
 pub async fn run(config: CaConfig) -> Result<()> {
     tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "mesh CA starting");
-    let ca = Arc::new(CertificateAuthority::new(&config.trust_domain)?);
+    let ca = match &config.ca_dir {
+        Some(dir) => CertificateAuthority::from_dir(&config.trust_domain, dir)?,
+        None => {
+            tracing::warn!(
+                "no --ca-dir: signing with a new root made now, which ends with this process; \
+                 agents holding an earlier root refuse its certificates (use --ca-dir for a \
+                 root that outlives restarts)"
+            );
+            CertificateAuthority::new(&config.trust_domain)?
+        }
+    };
+    let ca = Arc::new(ca);
     write_atomically(&config.root_cert_out, &ca.root_pem())?;
     match &config.authorizer {
         AuthorizerConfig::File {

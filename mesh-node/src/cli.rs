@@ -47,6 +47,16 @@ pub enum Command {
     Run(RunArgs),
     /// Run the mesh CA: Istio's CreateCertificate over gRPC with TLS, for node agents.
     Ca(CaArgs),
+    /// Write a new root and an intermediate CA for `ca --ca-dir` (Istio's plug-in CA files:
+    /// ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem, plus root-key.pem to keep
+    /// offline). Never overwrites a file.
+    CaInit {
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// The folder to write (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Remove every eBPF program, link, map and pin a `run` left under --pin-dir (stop the
     /// agent first).
     Uninstall {
@@ -205,6 +215,12 @@ pub struct CaArgs {
     /// The node agent's service account (`namespace/name`); `--authorizer kube` only.
     #[arg(long, default_value = DEFAULT_NODE_AGENT, value_parser = parse_service_account)]
     pub node_agent_service_account: Name,
+    /// Sign with Istio's plug-in CA files in this folder (ca-cert.pem, ca-key.pem,
+    /// root-cert.pem, optional cert-chain.pem: the keys of Istio's `cacerts` Secret; `ca-init`
+    /// writes them), so the root outlives this process. Without it the CA makes a new root at
+    /// every start.
+    #[arg(long)]
+    pub ca_dir: Option<PathBuf>,
     /// Where to write the root certificate (PEM) for the agents.
     #[arg(long)]
     pub root_cert_out: PathBuf,

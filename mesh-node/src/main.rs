@@ -84,10 +84,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 listen: args.listen,
                 trust_domain: args.trust_domain,
                 authorizer,
+                ca_dir: args.ca_dir,
                 root_cert_out: args.root_cert_out,
                 max_validity: args.max_cert_ttl,
             })
             .await?)
+        }
+        Command::CaInit { trust_domain, out } => {
+            let written = mesh_core::identity::ca::files::create(&trust_domain, &out)?;
+            for path in written {
+                println!("wrote {}", path.display());
+            }
+            println!(
+                "serve with `mesh-node ca --ca-dir {dir}` (in Kubernetes: a Secret of every file \
+                 but root-key.pem, see deploy/README.md); keep root-key.pem offline",
+                dir = out.display()
+            );
+            Ok(())
         }
         Command::Uninstall { pin_dir } => {
             let removed = mesh_node::ebpf::uninstall(&pin_dir)?;

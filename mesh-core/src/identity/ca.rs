@@ -1,7 +1,11 @@
-//! The mesh CA: a self-signed root per trust domain that signs workload certificates for
-//! identities its caller has authorized (the gRPC service reads the identity a CSR asks for,
-//! then lets the authorizer decide). The certificate's names are built from that identity;
-//! the CSR contributes only its public key.
+//! The mesh CA: signs workload certificates for identities its caller has authorized (the
+//! gRPC service reads the identity a CSR asks for, then lets the authorizer decide). The
+//! certificate's names are built from that identity; the CSR contributes only its public key.
+//!
+//! The signing certificate and key are either made at start (a self-signed root per trust
+//! domain, gone when the process ends: [`CertificateAuthority::new`]) or read from Istio's
+//! plug-in CA files (`ca-cert.pem`, `ca-key.pem`, `root-cert.pem`, `cert-chain.pem`: the
+//! `cacerts` Secret's keys), so the root outlives the CA process ([`files`]).
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -14,15 +18,22 @@ use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer};
 
 use super::{Error, Identity, Result};
 
+pub mod files;
+
 /// Clocks of nodes and CA differ a little: certificates start this much in the past.
 const CLOCK_SKEW: Duration = Duration::from_secs(60);
 const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 pub struct CertificateAuthority {
     trust_domain: String,
+    /// The trust anchor every workload is given.
     root: CertificateDer<'static>,
-    root_params: CertificateParams,
-    key: KeyPair,
+    /// What follows the leaf in every chain this CA signs: its signing certificate, any
+    /// intermediates, the root last (the root alone for a self-signed CA).
+    chain: Vec<CertificateDer<'static>>,
+    issuer: Issuer<'static, KeyPair>,
+    /// When the signing certificate expires: no certificate it signs outlives it.
+    signer_not_after: SystemTime,
 }
 
 impl fmt::Debug for CertificateAuthority {
@@ -52,12 +63,13 @@ impl CertificateAuthority {
         params.not_before = (now - CLOCK_SKEW).into();
         params.not_after = (now + ROOT_VALIDITY).into();
         let key = KeyPair::generate()?;
-        let root = params.self_signed(&key)?;
+        let root = params.self_signed(&key)?.der().clone();
         Ok(CertificateAuthority {
             trust_domain: trust_domain.to_owned(),
-            root: root.der().clone(),
-            root_params: params,
-            key,
+            chain: vec![root.clone()],
+            root,
+            issuer: Issuer::new(params, key),
+            signer_not_after: now + ROOT_VALIDITY,
         })
     }
 
@@ -71,7 +83,8 @@ impl CertificateAuthority {
     }
 
     /// Signs a CSR (DER) for `identity`, valid from now for `validity`. Returns the chain,
-    /// leaf first, root last (the shape of Istio's `CreateCertificate` answer).
+    /// leaf first, then the CA's own chain, root last (the shape of Istio's
+    /// `CreateCertificate` answer).
     pub fn sign(
         &self,
         csr: &[u8],
@@ -118,15 +131,14 @@ impl CertificateAuthority {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.not_before = not_before.into();
-        params.not_after = not_after.into();
+        params.not_after = not_after.min(self.signer_not_after).into();
         params.use_authority_key_identifier_extension = true;
-        let issuer = Issuer::from_params(&self.root_params, &self.key);
         let leaf = CertificateSigningRequestParams {
             params,
             public_key: request.public_key,
         }
-        .signed_by(&issuer)?;
-        Ok(vec![leaf.der().clone(), self.root.clone()])
+        .signed_by(&self.issuer)?;
+        Ok(self.with_chain(leaf.der()))
     }
 }
 
@@ -152,16 +164,23 @@ impl CertificateAuthority {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let now = SystemTime::now();
         params.not_before = (now - CLOCK_SKEW).into();
-        params.not_after = (now + validity).into();
+        params.not_after = (now + validity).min(self.signer_not_after).into();
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate()?;
-        let issuer = Issuer::from_params(&self.root_params, &self.key);
-        let leaf = params.signed_by(&key, &issuer)?;
-        let chain = [leaf.der(), &self.root]
+        let leaf = params.signed_by(&key, &self.issuer)?;
+        let chain = self
+            .with_chain(leaf.der())
             .iter()
             .map(|der| certificate_pem(der))
             .collect();
         Ok((chain, ServingKey(key.serialize_pem())))
+    }
+
+    /// `leaf` followed by the CA's chain.
+    fn with_chain(&self, leaf: &CertificateDer<'static>) -> Vec<CertificateDer<'static>> {
+        std::iter::once(leaf.clone())
+            .chain(self.chain.iter().cloned())
+            .collect()
     }
 
     /// The root certificate as PEM, for distribution to the node agents.

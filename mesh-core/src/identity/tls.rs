@@ -74,6 +74,22 @@ pub fn server_config_resolving(
     Ok(config)
 }
 
+/// Checks `chain` (leaf first) as a peer checks a client's certificate: signed by one of
+/// `roots`, through the chain's intermediates, valid now.
+pub fn verify_peer_chain(
+    chain: &[CertificateDer<'static>],
+    roots: &[CertificateDer<'static>],
+) -> Result<()> {
+    let [leaf, intermediates @ ..] = chain else {
+        return Err(Error::Tls(rustls::Error::NoCertificatesPresented));
+    };
+    WebPkiClientVerifier::builder_with_provider(root_store(roots)?, provider())
+        .build()
+        .map_err(|e| Error::Tls(rustls::Error::General(e.to_string())))?
+        .verify_client_cert(leaf, intermediates, UnixTime::now())?;
+    Ok(())
+}
+
 /// A certificate and its signing key, as a TLS server presents it.
 pub fn certified_key(cert: &WorkloadCertificate) -> Result<Arc<CertifiedKey>> {
     let key = provider()

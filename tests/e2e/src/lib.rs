@@ -235,6 +235,24 @@ pub fn manifest(tag: &str, name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// `node`'s agent's `/config_dump`, parsed.
+pub fn config_dump(lab: &TestLab, node: &str) -> serde_json::Value {
+    let (status, body) = lab.lab.agent_get(node, "/config_dump").unwrap();
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// How many certificates `identity` has had on `node`'s agent (0 if none).
+pub fn certificates_issued(lab: &TestLab, node: &str, identity: &str) -> u64 {
+    config_dump(lab, node)["certificates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["identity"] == identity)
+        .and_then(|c| c["issued"].as_u64())
+        .unwrap_or(0)
+}
+
 /// The Prometheus metrics of node `node`'s agent.
 pub fn metrics(lab: &TestLab, node: &str) -> String {
     let node = lab.lab.node(node).unwrap();

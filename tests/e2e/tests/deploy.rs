@@ -427,6 +427,26 @@ fn mesh_containers_name_files_ports_and_accounts_the_manifests_provide() {
         ca_container.what,
         ca_args.root_cert_out.display()
     );
+    // The CA signs with Istio's plug-in CA Secret, so its root outlives the pod.
+    let ca_dir = ca_args
+        .ca_dir
+        .as_deref()
+        .expect("the deployed CA signs with --ca-dir files, so its root outlives restarts");
+    let (volume, inside) = ca_container
+        .volume_of(&ca_dir.join("ca-key.pem"))
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: --ca-dir {} is on no mounted volume",
+                ca_container.what,
+                ca_dir.display()
+            )
+        });
+    assert_eq!(
+        (text(volume, "/secret/secretName"), inside.as_path()),
+        (Some("cacerts"), Path::new("ca-key.pem")),
+        "{}: --ca-dir is Istio's cacerts Secret, mounted whole",
+        ca_container.what
+    );
     let ca_service = objects
         .iter()
         .find(|o| {

@@ -1,12 +1,13 @@
 //! The lab's CA and HBONE as Istio speaks it, for real (root): the CA signs only identities
-//! of pods on the caller's node, and an Istio-style client (HBONE straight to a pod address,
-//! no SNI) is served as that pod, with its certificate, under policy.
+//! of pods on the caller's node, keeps its root (plug-in CA files) across a restart, and an
+//! Istio-style client (HBONE straight to a pod address, no SNI) is served as that pod, with
+//! its certificate, under policy.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use mesh_e2e::{DENY_SLEEP, POLICY_LAB, TestLab, eventually, manifest};
+use mesh_e2e::{DENY_SLEEP, POLICY_LAB, TestLab, certificates_issued, eventually, manifest};
 use mesh_sim::MeshOptions;
 
 /// What a client inside node `from` needs to ask the lab's CA: its address, root, and the
@@ -288,4 +289,66 @@ fn the_ca_signs_only_identities_of_pods_on_the_callers_node() {
     .unwrap();
     let forged = ask_ca(&lab, "forged", "default", "httpbin");
     assert!(forged.is_err(), "{forged:?}");
+}
+
+/// The lab's CA signs with plug-in CA files (`mesh-node ca-init`, then `ca --ca-dir`), as a
+/// CA fed from Istio's `cacerts` Secret does: what it signs chains through the intermediate,
+/// and after a restart it keeps the root, so agents that started before the restart renew
+/// from it and keep carrying new connections with what it signs.
+#[test]
+fn a_restarted_ca_keeps_its_root_and_the_agents_renew_from_it() {
+    let file = manifest("car", "lab.yaml", POLICY_LAB);
+    let mut lab = TestLab::up("car", 2, &[file]);
+    lab.start_mesh(
+        &MeshOptions {
+            cert_ttl: Some("4s".into()),
+            ..MeshOptions::default()
+        },
+        "default",
+    );
+    // remote (sa sleep) on node2 calls server (sa httpbin) on node1 through both agents.
+    let url = format!("http://{}:8080/ip", lab.pod("server").ip);
+    let get = |lab: &TestLab| lab.curl("remote", &["-sf", "--max-time", "5", &url]);
+    eventually(Duration::from_secs(5), || get(&lab)).expect("the mesh carries the request");
+    let chain = {
+        let access = CaAccess::of(&lab, "node2").unwrap();
+        in_node(&lab, "node2", move || async move {
+            Ok(access.certificate("default", "sleep").await?.chain.len())
+        })
+        .unwrap()
+    };
+    assert_eq!(chain, 3, "leaf, intermediate, root");
+
+    let root_file = lab.lab.dir().join("ca/root-cert.pem");
+    let root = std::fs::read_to_string(&root_file).unwrap();
+    let identities = [
+        ("node1", "spiffe://cluster.local/ns/default/sa/httpbin"),
+        ("node2", "spiffe://cluster.local/ns/default/sa/sleep"),
+    ];
+    let before = identities.map(|(node, id)| certificates_issued(&lab, node, id));
+    lab.lab.restart_ca().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&root_file).unwrap(),
+        root,
+        "the restarted CA published the same root"
+    );
+    // Two renewals each from the restarted CA (4 s certificates renew at about half their
+    // life): by then the certificates of before the restart have expired.
+    eventually(Duration::from_secs(20), || {
+        let now = identities.map(|(node, id)| certificates_issued(&lab, node, id));
+        ensure!(
+            now.iter()
+                .zip(&before)
+                .all(|(now, before)| *now >= before + 2),
+            "certificates issued {before:?} before the restart, {now:?} now"
+        );
+        Ok(())
+    })
+    .expect("both agents renew from the restarted CA");
+    get(&lab).expect("a new connection with certificates from the restarted CA");
+    let log = lab.lab.agent_log("ca");
+    assert!(
+        !log.contains("no --ca-dir"),
+        "the lab's CA signs with its CA files:\n{log}"
+    );
 }

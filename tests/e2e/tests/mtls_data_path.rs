@@ -10,27 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure};
 use mesh_e2e::{
-    POLICY_LAB, TestLab, eventually, istio_sample, manifest, metrics, pods_of, series_sum,
+    POLICY_LAB, TestLab, certificates_issued, eventually, istio_sample, manifest, metrics, pods_of,
+    series_sum,
 };
 use mesh_sim::MeshOptions;
-use serde_json::Value;
-
-fn config_dump(lab: &TestLab, node: &str) -> Value {
-    let (status, body) = lab.lab.agent_get(node, "/config_dump").unwrap();
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
-/// How many certificates `identity` has had on `node`'s agent (0 if none).
-fn issued(lab: &TestLab, node: &str, identity: &str) -> u64 {
-    config_dump(lab, node)["certificates"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["identity"] == identity)
-        .and_then(|c| c["issued"].as_u64())
-        .unwrap_or(0)
-}
 
 #[test]
 fn bookinfo_in_the_mesh_crosses_nodes_only_as_mutual_tls() {
@@ -228,11 +211,11 @@ fn certificates_rotate_under_open_connections_and_new_ones_use_the_new_certifica
         .clone();
     let client_id = "spiffe://cluster.local/ns/default/sa/curl";
     eventually(Duration::from_secs(5), || {
-        ensure!(issued(&lab, &client.node, client_id) >= 1);
+        ensure!(certificates_issued(&lab, &client.node, client_id) >= 1);
         Ok(())
     })
     .expect("the client's first certificate");
-    let first = issued(&lab, &client.node, client_id);
+    let first = certificates_issued(&lab, &client.node, client_id);
 
     // One connection, open for ~10 s, one echo a second.
     let script = format!(
@@ -248,7 +231,7 @@ fn certificates_rotate_under_open_connections_and_new_ones_use_the_new_certifica
         .spawn()
         .unwrap();
     eventually(Duration::from_secs(15), || {
-        let now = issued(&lab, &client.node, client_id);
+        let now = certificates_issued(&lab, &client.node, client_id);
         ensure!(now >= first + 3, "{now} certificates so far");
         Ok(())
     })
@@ -279,7 +262,7 @@ fn certificates_rotate_under_open_connections_and_new_ones_use_the_new_certifica
     assert!(reply.trim().ends_with("new"), "{reply}");
     let server_id = "spiffe://cluster.local/ns/default/sa/default";
     assert!(
-        issued(&lab, &echo.node, server_id) >= 3,
+        certificates_issued(&lab, &echo.node, server_id) >= 3,
         "the server side rotated too"
     );
 

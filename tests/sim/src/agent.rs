@@ -272,7 +272,10 @@ impl Lab {
     }
 
     /// Writes a fresh credential per node (keeping those of pods still there), starts the CA
-    /// on the first node and waits until it serves and has published its root.
+    /// on the first node and waits until it serves and has published its root. The CA signs
+    /// with plug-in CA files (`ca/cacerts`, Istio's `cacerts` layout: an intermediate under a
+    /// root), made by `mesh-node ca-init` at the lab's first start, so the root outlives a
+    /// restart of the CA as it does in a cluster.
     fn start_ca(&self) -> Result<()> {
         let dir = self.ca_dir();
         std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
@@ -291,6 +294,10 @@ impl Lab {
         let credentials_file = self.credentials_file();
         let root = dir.join("root-cert.pem");
         let _ = std::fs::remove_file(&root);
+        let cacerts = dir.join("cacerts");
+        if !cacerts.is_dir() {
+            self.ca_init(&cacerts)?;
+        }
         let (node, addr) = self.ca_node()?;
         let config_dir = self.config_dir();
         self.spawn_mesh_node(
@@ -305,11 +312,45 @@ impl Lab {
                     .arg(&config_dir)
                     .arg("--node-credentials")
                     .arg(&credentials_file)
+                    .arg("--ca-dir")
+                    .arg(&cacerts)
                     .arg("--root-cert-out")
                     .arg(&root);
             },
             || root.is_file() && tcp_open_in(&node.netns, addr),
         )
+    }
+
+    /// Writes a new root and intermediate into `cacerts` with `mesh-node ca-init`.
+    fn ca_init(&self, cacerts: &Path) -> Result<()> {
+        let binary = self.mesh_binary()?;
+        let output = Command::new(&binary)
+            .args(["ca-init", "--out"])
+            .arg(cacerts)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(Error::io(format!("running {} ca-init", binary.display())))?;
+        if !output.status.success() {
+            return Err(Error::Invalid(format!(
+                "{} ca-init --out {} failed: {}",
+                binary.display(),
+                cacerts.display(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stops the CA (SIGTERM) and starts it again on the same CA files, with fresh node
+    /// credentials (the agents read theirs again for every request).
+    pub fn restart_ca(&self) -> Result<()> {
+        let (node, _) = self.ca_node()?;
+        stop_cgroup(
+            &node_cgroup(&node, "ca"),
+            nix::sys::signal::Signal::SIGTERM,
+            "the mesh CA",
+        )?;
+        self.start_ca()
     }
 
     /// Starts `mesh-node` with the arguments `args` adds, inside `node`'s network namespace,

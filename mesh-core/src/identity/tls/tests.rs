@@ -123,6 +123,27 @@ async fn a_client_from_another_trust_root_is_refused() {
     );
 }
 
+/// During a root rotation every workload trusts the old and the new root: holders of either
+/// root's certificates connect both ways.
+#[tokio::test]
+async fn holders_of_either_of_two_trusted_roots_connect() {
+    let old = CertificateAuthority::new(TD).unwrap();
+    let new = CertificateAuthority::new(TD).unwrap();
+    let roots = [old.root().clone(), new.root().clone()];
+    let server_id = Identity::new(TD, "default", "ratings");
+    let client_id = Identity::new(TD, "default", "reviews");
+    for (client_ca, server_ca) in [(&old, &new), (&new, &old)] {
+        let client = issue(client_ca, &client_id);
+        let server = issue(server_ca, &server_id);
+        handshake(
+            client_config(&client, &roots, server_id.clone()).unwrap(),
+            server_config(&server, &roots).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn an_expired_client_certificate_is_refused() {
     let ca = CertificateAuthority::new(TD).unwrap();
