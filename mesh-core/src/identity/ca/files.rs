@@ -5,7 +5,7 @@
 //! | file | what |
 //! |---|---|
 //! | `ca-cert.pem` | the signing certificate: the root itself, or an intermediate |
-//! | `ca-key.pem` | its key, PKCS#8 PEM (`BEGIN PRIVATE KEY`) |
+//! | `ca-key.pem` | its key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC) PEM, as openssl writes them |
 //! | `root-cert.pem` | the root: the trust anchor the agents get |
 //! | `cert-chain.pem` | optional: `ca-cert.pem`, any intermediates, then the root |
 //!
@@ -168,8 +168,9 @@ fn read_key(path: &Path) -> Result<KeyPair> {
         fail(
             path,
             format!(
-                "not a usable PKCS#8 private key ({e}); a PKCS#1 RSA key (`BEGIN RSA PRIVATE KEY`) \
-                 converts with `openssl pkcs8 -topk8 -nocrypt -in {CA_KEY} -out {CA_KEY}.new`"
+                "not a usable private key ({e}): expected an unencrypted RSA, ECDSA or Ed25519 \
+                 key in PEM (`BEGIN PRIVATE KEY`, `BEGIN RSA PRIVATE KEY` or `BEGIN EC PRIVATE \
+                 KEY`)"
             ),
         )
     })

@@ -206,7 +206,7 @@ fn the_ca_signs_only_its_trust_domain_and_ignores_what_the_csr_asks() {
 fn aes_128_gcm_comes_first_and_every_default_suite_stays_offered() {
     let ours: Vec<rustls::CipherSuite> =
         provider().cipher_suites.iter().map(|s| s.suite()).collect();
-    let mut defaults: Vec<rustls::CipherSuite> = rustls::crypto::ring::default_provider()
+    let mut defaults: Vec<rustls::CipherSuite> = rustls::crypto::aws_lc_rs::default_provider()
         .cipher_suites
         .iter()
         .map(|s| s.suite())
