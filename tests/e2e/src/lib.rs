@@ -106,13 +106,22 @@ impl TestLab {
 }
 
 /// Polls `check` until it returns `Ok`, up to `deadline`; the last error otherwise.
-pub fn eventually<T>(deadline: Duration, mut check: impl FnMut() -> Result<T>) -> Result<T> {
+pub fn eventually<T>(deadline: Duration, check: impl FnMut() -> Result<T>) -> Result<T> {
+    poll_until(deadline, Duration::from_millis(50), check)
+}
+
+/// [`eventually`], polling every `interval` (finer where the time taken is measured).
+pub fn poll_until<T>(
+    deadline: Duration,
+    interval: Duration,
+    mut check: impl FnMut() -> Result<T>,
+) -> Result<T> {
     let started = Instant::now();
     loop {
         match check() {
             Ok(value) => return Ok(value),
             Err(error) if started.elapsed() > deadline => return Err(error),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            Err(_) => std::thread::sleep(interval),
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, ensure};
 use mesh_sim::MeshOptions;
 use serde_json::Value;
 
@@ -170,12 +170,10 @@ pub fn slow_request(lab: &TestLab, pod: &mesh_sim::Pod, url: &str) -> std::proce
 /// Polls until `check` is true, failing after `deadline`; returns how long it took.
 pub fn within(deadline: Duration, mut check: impl FnMut() -> bool) -> Result<Duration> {
     let started = Instant::now();
-    while !check() {
-        if started.elapsed() > deadline {
-            bail!("not within {deadline:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::poll_until(deadline, Duration::from_millis(20), || {
+        ensure!(check(), "not within {deadline:?}");
+        Ok(())
+    })?;
     Ok(started.elapsed())
 }
 
