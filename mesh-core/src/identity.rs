@@ -5,6 +5,7 @@
 
 pub mod ca;
 pub mod manager;
+pub mod roots;
 pub mod service;
 pub mod tls;
 pub mod workload;

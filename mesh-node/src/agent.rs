@@ -137,6 +137,7 @@ impl Shared {
             "local_pods": local,
             "ebpf": ebpf,
             "certificates": self.proxy.certs.status(),
+            "roots": self.proxy.certs.roots().status(),
             "hbone_connections": self.proxy.pool.connections(),
         })
     }

@@ -143,7 +143,7 @@ impl Proxy {
         certs: Arc<CertManager>,
         metrics: Arc<Metrics>,
     ) -> Proxy {
-        let pool = pool::Pool::new(certs.roots().to_vec());
+        let pool = pool::Pool::new(certs.roots().clone());
         Proxy {
             node,
             model,

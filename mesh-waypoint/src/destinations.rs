@@ -268,7 +268,7 @@ impl Destinations {
         Destinations {
             routes: Mutex::new(HashMap::new()),
             upstreams: Mutex::new(HashMap::new()),
-            pool: Pool::new(certs.roots().to_vec()),
+            pool: Pool::new(certs.roots().clone()),
             http: Arc::new(HttpConnections::default()),
             certs,
             identity,

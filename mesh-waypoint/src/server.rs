@@ -15,7 +15,7 @@ use mesh_core::config::{Model, PodInfo, ServiceInfo, Store};
 use mesh_core::hbone::{self, Inbound, Tunnel};
 use mesh_core::identity::Identity;
 use mesh_core::identity::manager::{CaClientConfig, CertManager, SniResolver};
-use mesh_core::identity::tls::server_config_resolving;
+use mesh_core::identity::tls::server_config_verifying;
 use mesh_core::pages::Page;
 pub use mesh_core::source::ConfigSource;
 use serde::Serialize;
@@ -187,7 +187,10 @@ pub async fn run(config: WaypointConfig) -> Result<(), Error> {
     {
         tracing::info!(%identity, "waiting for the waypoint's certificate");
     }
-    let tls = server_config_resolving(Arc::new(SniResolver(certs.clone())), certs.roots())?;
+    let tls = server_config_verifying(
+        Arc::new(SniResolver(certs.clone())),
+        certs.roots().client_verifier(),
+    )?;
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let hbone_listener = listen(config.hbone_port).await?;
     tracing::info!(%identity, addr = %SocketAddr::new(config.pod_ip, config.hbone_port), "waypoint serving HBONE");
@@ -316,6 +319,7 @@ fn page(waypoint: &Waypoint, metrics: bool, path: &str) -> Page {
         (false, "/config_dump") => Page::json(&json!({
             "config": waypoint.config,
             "certificates": waypoint.destinations.certs.status(),
+            "roots": waypoint.destinations.certs.roots().status(),
             "hbone_connections": waypoint.destinations.pool.connections(),
         })),
         (false, "/memory") => Page::memory(),

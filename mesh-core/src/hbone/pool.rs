@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use crate::hbone::{self, Connection, Tunnel};
 use crate::identity::Identity;
+use crate::identity::roots::Roots;
 use crate::identity::tls::{client_config, server_name};
-use rustls::pki_types::CertificateDer;
 use tokio_rustls::TlsConnector;
 
 use crate::identity::manager::Issued;
@@ -40,12 +40,13 @@ type Slot = Arc<tokio::sync::Mutex<Option<Entry>>>;
 
 /// The pool. Cheap to share.
 pub struct Pool {
-    roots: Vec<CertificateDer<'static>>,
+    /// The trust anchors each new connection checks its server against.
+    roots: Arc<Roots>,
     slots: Mutex<HashMap<Key, Slot>>,
 }
 
 impl Pool {
-    pub fn new(roots: Vec<CertificateDer<'static>>) -> Pool {
+    pub fn new(roots: Arc<Roots>) -> Pool {
         Pool {
             roots,
             slots: Mutex::new(HashMap::new()),
@@ -118,7 +119,7 @@ impl Pool {
         peer: &Identity,
         node: SocketAddr,
     ) -> Result<Connection, Error> {
-        let config = client_config(&source.cert, &self.roots, peer.clone())
+        let config = client_config(&source.cert, &self.roots.certs(), peer.clone())
             .map_err(|e| Error::Config(peer.clone(), e))?;
         let name = server_name(peer).map_err(|e| Error::Config(peer.clone(), e))?;
         let connector = Arc::new(TlsConnector::from(Arc::new(config)));

@@ -510,7 +510,9 @@ async fn a_rotated_source_certificate_opens_a_new_connection_and_old_tunnels_run
     let ca = CertificateAuthority::new(TD).unwrap();
     let echo = echo_server().await;
     let (server, mut seen) = hbone_server(&ca).await;
-    let pool = pool::Pool::new(vec![ca.root().clone()]);
+    let pool = pool::Pool::new(Arc::new(
+        crate::identity::roots::Roots::fixed(&[ca.root().clone()]).unwrap(),
+    ));
     let issued = |cert: WorkloadCertificate| {
         Arc::new(Issued {
             key: certified_key(&cert).unwrap(),

@@ -11,10 +11,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
+use crate::identity::roots::Roots;
 use crate::identity::service::{CaClient, ca_client, request_certificate};
 use crate::identity::tls::{certified_key, server_name};
 use crate::identity::{Identity, WorkloadCertificate};
-use rustls::pki_types::CertificateDer;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use serde::Serialize;
@@ -58,8 +58,8 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("the CA root {path} holds no PEM certificate: {message}")]
-    Root { path: PathBuf, message: String },
+    #[error("{0}")]
+    Root(String),
     #[error("connecting to the CA at {addr}: {source}")]
     Channel {
         addr: SocketAddr,
@@ -115,10 +115,11 @@ struct Slot {
 
 /// The node's certificates, by identity, and the channel to the CA.
 pub struct CertManager {
-    client: CaClient,
+    /// Made again when the roots change (the CA's serving certificate chains to them).
+    client: RwLock<CaClient>,
     credential: String,
     config: CaClientConfig,
-    roots: Vec<CertificateDer<'static>>,
+    roots: Arc<Roots>,
     slots: Mutex<HashMap<Identity, Slot>>,
     /// SNI → server certificate, for the inbound listener.
     by_sni: RwLock<HashMap<String, Arc<CertifiedKey>>>,
@@ -137,32 +138,16 @@ impl CertManager {
                 source,
             })
         };
-        let root_pem = read(&config.root)?;
-        let roots = pem::parse_many(&root_pem)
-            .map_err(|e| e.to_string())
-            .and_then(|p| {
-                if p.is_empty() {
-                    Err("empty".into())
-                } else {
-                    Ok(p)
-                }
-            })
-            .map_err(|message| Error::Root {
-                path: config.root.clone(),
-                message,
-            })?
-            .into_iter()
-            .map(|p| CertificateDer::from(p.into_contents()))
-            .collect();
+        let roots = Arc::new(Roots::load(&config.root).map_err(Error::Root)?);
         let credential = read(&config.credential_file)?.trim().to_owned();
-        let client = ca_client(config.addr, &root_pem, REQUEST_TIMEOUT).map_err(|source| {
+        let client = ca_client(config.addr, &roots.pem(), REQUEST_TIMEOUT).map_err(|source| {
             Error::Channel {
                 addr: config.addr,
                 source,
             }
         })?;
         Ok(CertManager {
-            client,
+            client: RwLock::new(client),
             credential,
             config,
             roots,
@@ -177,9 +162,33 @@ impl CertManager {
         &self.config.trust_domain
     }
 
-    /// The mesh's trust anchors.
-    pub fn roots(&self) -> &[CertificateDer<'static>] {
+    /// The mesh's trust anchors (following the root file).
+    pub fn roots(&self) -> &Arc<Roots> {
         &self.roots
+    }
+
+    /// Reads the root file again if it changed; new handshakes, the pools' and the CA
+    /// channel's, check against what it holds now.
+    fn reload_roots(&self) {
+        match self.roots.reload_if_changed() {
+            Ok(false) => {}
+            Ok(true) => {
+                match ca_client(self.config.addr, &self.roots.pem(), REQUEST_TIMEOUT) {
+                    Ok(client) => *self.client.write().unwrap_or_else(|e| e.into_inner()) = client,
+                    Err(error) => {
+                        tracing::warn!(%error, "the CA channel keeps the roots it had");
+                    }
+                }
+                tracing::info!(
+                    path = %self.roots.path().display(),
+                    roots = ?self.roots.status(),
+                    "CA root file changed: new handshakes check against these roots"
+                );
+            }
+            Err(message) => {
+                tracing::warn!(%message, "CA root file changed but is unusable; the roots in use stay");
+            }
+        }
     }
 
     /// The identity of a pod's service account in this trust domain.
@@ -301,6 +310,7 @@ impl CertManager {
     /// Requests missing certificates and renews those past half their life, forever.
     pub async fn renew_forever(self: Arc<Self>) {
         loop {
+            self.reload_roots();
             let now = SystemTime::now();
             let due: Vec<Identity> = {
                 let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
@@ -351,7 +361,11 @@ impl CertManager {
     }
 
     async fn request(&self, identity: &Identity) -> Result<Issued> {
-        let mut client = self.client.clone();
+        let mut client = self
+            .client
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         // Read again each time: a projected service-account token is rotated by the kubelet
         // (an hour by default); the one read at start stands in if the file is unreadable.
         let credential = std::fs::read_to_string(&self.config.credential_file)

@@ -9,6 +9,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::verify_server_cert_signed_by_trust_anchor;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms, aws_lc_rs};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
@@ -65,9 +66,16 @@ pub fn server_config_resolving(
     resolver: Arc<dyn ResolvesServerCert>,
     roots: &[CertificateDer<'static>],
 ) -> Result<ServerConfig> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(root_store(roots)?, provider())
-        .build()
-        .map_err(|e| Error::Tls(rustls::Error::General(e.to_string())))?;
+    server_config_verifying(resolver, client_verifier(roots)?)
+}
+
+/// A server that serves several identities, choosing the certificate per handshake, and
+/// checks client certificates with `verifier` (e.g. [`super::roots::Roots::client_verifier`],
+/// which follows the root file).
+pub fn server_config_verifying(
+    resolver: Arc<dyn ResolvesServerCert>,
+    verifier: Arc<dyn ClientCertVerifier>,
+) -> Result<ServerConfig> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -85,11 +93,15 @@ pub fn verify_peer_chain(
     let [leaf, intermediates @ ..] = chain else {
         return Err(Error::Tls(rustls::Error::NoCertificatesPresented));
     };
+    client_verifier(roots)?.verify_client_cert(leaf, intermediates, UnixTime::now())?;
+    Ok(())
+}
+
+/// Checks client certificates against `roots`.
+pub fn client_verifier(roots: &[CertificateDer<'static>]) -> Result<Arc<dyn ClientCertVerifier>> {
     WebPkiClientVerifier::builder_with_provider(root_store(roots)?, provider())
         .build()
-        .map_err(|e| Error::Tls(rustls::Error::General(e.to_string())))?
-        .verify_client_cert(leaf, intermediates, UnixTime::now())?;
-    Ok(())
+        .map_err(|e| Error::Tls(rustls::Error::General(e.to_string())))
 }
 
 /// A certificate and its signing key, as a TLS server presents it.

@@ -16,7 +16,7 @@ use http::StatusCode;
 use mesh_core::config::{Model, PodInfo};
 use mesh_core::hbone::{self, Inbound};
 use mesh_core::identity::Identity;
-use mesh_core::identity::tls::{server_config_for_key, server_config_resolving};
+use mesh_core::identity::tls::{server_config_for_key, server_config_verifying};
 use mesh_core::policy;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -57,9 +57,9 @@ impl std::fmt::Display for Refusal {
 
 /// Serves HBONE until the task is dropped.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
-    let config = match server_config_resolving(
+    let config = match server_config_verifying(
         Arc::new(SniResolver(proxy.certs.clone())),
-        proxy.certs.roots(),
+        proxy.certs.roots().client_verifier(),
     ) {
         Ok(config) => config,
         Err(error) => {
@@ -154,7 +154,7 @@ async fn pod_config(proxy: &Proxy, ip: IpAddr) -> Result<Arc<rustls::ServerConfi
         .wait_for(&identity, CERT_WAIT)
         .await
         .map_err(|e| format!("no certificate for {identity}: {e}"))?;
-    server_config_for_key(issued.key.clone(), proxy.certs.roots())
+    server_config_for_key(issued.key.clone(), &proxy.certs.roots().certs())
         .map(Arc::new)
         .map_err(|e| e.to_string())
 }

@@ -484,6 +484,17 @@ fn mesh_containers_name_files_ports_and_accounts_the_manifests_provide() {
             "{}: the root comes from the mesh-ca-root ConfigMap",
             container.what
         );
+        // The agents read the root file again when it changes (a root rotation); kubelet
+        // never updates a file mounted with subPath.
+        let mount = list(container.value, "/volumeMounts")
+            .iter()
+            .find(|m| text(m, "/mountPath").is_some_and(|p| root.starts_with(p)))
+            .unwrap();
+        assert!(
+            mount.get("subPath").is_none(),
+            "{}: the root's mount must not use subPath (kubelet would never update it)",
+            container.what
+        );
         let audience = container.token_audience(credential).unwrap();
         assert_eq!(
             audience, ca_args.token_audience,

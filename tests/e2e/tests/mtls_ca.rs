@@ -23,7 +23,9 @@ impl CaAccess {
         let ca_dir = lab.lab.dir().join("ca");
         Ok(CaAccess {
             ca: SocketAddr::from((lab.lab.node("node1")?.ip, mesh_sim::CA_PORT)),
-            root: std::fs::read_to_string(ca_dir.join("root-cert.pem"))?,
+            // The lab CA's own root (its files), not the agents' root file, which a test may
+            // change.
+            root: std::fs::read_to_string(ca_dir.join("cacerts/root-cert.pem"))?,
             credential: std::fs::read_to_string(ca_dir.join(format!("{from}.credential")))?,
         })
     }
@@ -99,6 +101,8 @@ enum ClientCert {
     Expired(&'static str),
     /// From another CA of the same trust domain: a root the mesh does not trust.
     Foreign(&'static str),
+    /// From the CA whose plug-in files are in this folder.
+    OtherCa(&'static str, std::path::PathBuf),
 }
 
 /// From inside node `from`'s network namespace, as an Istio ztunnel would: a certificate for
@@ -139,8 +143,14 @@ fn hbone_get(
                 tokio::time::sleep(Duration::from_millis(3500)).await;
                 cert
             }
-            ClientCert::Foreign(sa) => {
-                let foreign = CertificateAuthority::new("cluster.local")?;
+            ClientCert::Foreign(_) | ClientCert::OtherCa(..) => {
+                let (sa, foreign) = match client {
+                    ClientCert::OtherCa(sa, dir) => {
+                        (sa, CertificateAuthority::from_dir("cluster.local", &dir)?)
+                    }
+                    ClientCert::Foreign(sa) => (sa, CertificateAuthority::new("cluster.local")?),
+                    _ => unreachable!(),
+                };
                 let identity = Identity::new("cluster.local", "default", sa);
                 let key = WorkloadKey::generate()?;
                 let chain =
@@ -350,5 +360,60 @@ fn a_restarted_ca_keeps_its_root_and_the_agents_renew_from_it() {
     assert!(
         !log.contains("no --ca-dir"),
         "the lab's CA signs with its CA files:\n{log}"
+    );
+}
+
+/// Agents follow their root file (in Kubernetes the mounted `mesh-ca-root` ConfigMap), so a
+/// root rotation needs no restart: a client whose certificate comes from a second CA is
+/// refused while the file holds the first root, served once it holds both, and the first
+/// root's clients are refused once it holds the second alone.
+#[test]
+fn agents_follow_a_root_rotation_in_their_root_file_without_restarting() {
+    use mesh_core::identity::ca::files;
+    let file = manifest("rrt", "lab.yaml", POLICY_LAB);
+    let mut lab = TestLab::up("rrt", 2, &[file]);
+    lab.start_mesh(&MeshOptions::default(), "default");
+    let server = lab.pod("server").ip;
+    let get = |client: ClientCert| hbone_get(&lab, "node2", client, server.into(), "httpbin");
+    eventually(Duration::from_secs(5), || get(ClientCert::Mesh("sleep")))
+        .expect("a client of the first root is served");
+    let second = lab.lab.dir().join("ca/second");
+    files::create("cluster.local", &second).unwrap();
+    let other = || ClientCert::OtherCa("sleep", second.clone());
+    assert!(get(other()).is_err(), "the second root is not trusted yet");
+
+    let root_file = lab.lab.dir().join("ca/root-cert.pem");
+    let first = std::fs::read_to_string(&root_file).unwrap();
+    let second_root = std::fs::read_to_string(second.join(files::ROOT_CERT)).unwrap();
+    let publish = |text: &str| {
+        // As a ConfigMap update lands: a new file in place of the old one.
+        let next = root_file.with_extension("next");
+        std::fs::write(&next, text).unwrap();
+        std::fs::rename(&next, &root_file).unwrap();
+    };
+    publish(&(first + &second_root));
+    eventually(Duration::from_secs(5), || get(other()))
+        .expect("with both roots in the file, the second root's client is served");
+    get(ClientCert::Mesh("sleep")).expect("and the first root's still");
+    let roots = mesh_e2e::config_dump(&lab, "node1")["roots"].clone();
+    assert_eq!(roots.as_array().map(Vec::len), Some(2), "{roots}");
+
+    publish(&second_root);
+    eventually(Duration::from_secs(5), || {
+        let refused = get(ClientCert::Mesh("sleep"));
+        ensure!(refused.is_err(), "still served: {refused:?}");
+        Ok(())
+    })
+    .expect("with the second root alone, the first root's client is refused");
+    get(other()).expect("the second root's client is served");
+    ensure_logged(&lab, "node1", "CA root file changed");
+}
+
+/// Fails unless `node`'s agent logged a line containing `text`.
+fn ensure_logged(lab: &TestLab, node: &str, text: &str) {
+    let log = lab.lab.agent_log(node);
+    assert!(
+        log.lines().any(|l| l.contains(text)),
+        "no {text:?} in {node}'s log"
     );
 }
