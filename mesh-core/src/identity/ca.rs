@@ -26,8 +26,11 @@ const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 pub struct CertificateAuthority {
     trust_domain: String,
-    /// The trust anchor every workload is given.
+    /// The root this CA's chains end in.
     root: CertificateDer<'static>,
+    /// Every root the workloads are to trust: [`Self::root`], and during a root rotation the
+    /// other root(s) of the plug-in `root-cert.pem`.
+    trust: Vec<CertificateDer<'static>>,
     /// What follows the leaf in every chain this CA signs: its signing certificate, any
     /// intermediates, the root last (the root alone for a self-signed CA).
     chain: Vec<CertificateDer<'static>>,
@@ -67,6 +70,7 @@ impl CertificateAuthority {
         Ok(CertificateAuthority {
             trust_domain: trust_domain.to_owned(),
             chain: vec![root.clone()],
+            trust: vec![root.clone()],
             root,
             issuer: Issuer::new(params, key),
             signer_not_after: now + ROOT_VALIDITY,
@@ -77,7 +81,7 @@ impl CertificateAuthority {
         &self.trust_domain
     }
 
-    /// The root certificate: every workload's trust anchor.
+    /// The root this CA's chains end in.
     pub fn root(&self) -> &CertificateDer<'static> {
         &self.root
     }
@@ -183,9 +187,9 @@ impl CertificateAuthority {
             .collect()
     }
 
-    /// The root certificate as PEM, for distribution to the node agents.
+    /// Every root the workloads are to trust, as PEM, for distribution to the node agents.
     pub fn root_pem(&self) -> String {
-        certificate_pem(&self.root)
+        self.trust.iter().map(|der| certificate_pem(der)).collect()
     }
 }
 

@@ -6,11 +6,11 @@
 //! |---|---|
 //! | `ca-cert.pem` | the signing certificate: the root itself, or an intermediate |
 //! | `ca-key.pem` | its key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC) PEM, as openssl writes them |
-//! | `root-cert.pem` | the root: the trust anchor the agents get |
+//! | `root-cert.pem` | the root: the trust anchor the agents get (during a root rotation, old and new root: the CA's chains end in the one that issued `ca-cert.pem`, and both are published) |
 //! | `cert-chain.pem` | optional: `ca-cert.pem`, any intermediates, then the root |
 //!
 //! [`CertificateAuthority::from_dir`] checks them before the CA serves (a CA, a key that
-//! matches it, and a test certificate it signs verifying against the root through the chain),
+//! matches it, and a test certificate it signs verifying against a root through the chain),
 //! so a wrong Secret stops the CA at start with the file and the fix named instead of
 //! handing out certificates no peer accepts. [`create`] writes a fresh root and intermediate
 //! in this layout (`mesh-node ca-init`).
@@ -52,7 +52,7 @@ impl CertificateAuthority {
         let ca_cert_path = dir.join(CA_CERT);
         let ca_cert = single(&ca_cert_path)?;
         let root_path = dir.join(ROOT_CERT);
-        let root = single(&root_path)?;
+        let roots = certificates(&root_path)?;
         let key_path = dir.join(CA_KEY);
         let key = read_key(&key_path)?;
 
@@ -74,12 +74,14 @@ impl CertificateAuthority {
                 format!("this key is not the key of {CA_CERT}: install the pair together"),
             ));
         }
-        must_be_ca(&root_path, &parse(&root_path, &root)?)?;
+        for root in &roots {
+            must_be_ca(&root_path, &parse(&root_path, root)?)?;
+        }
         let signer_not_after = SystemTime::UNIX_EPOCH
             + Duration::from_secs(signer.validity().not_after.timestamp().max(0) as u64);
 
         let chain_path = dir.join(CERT_CHAIN);
-        let mut chain = if chain_path.exists() {
+        let chain = if chain_path.exists() {
             let chain = certificates(&chain_path)?;
             if chain.first() != Some(&ca_cert) {
                 return Err(fail(
@@ -93,38 +95,56 @@ impl CertificateAuthority {
         } else {
             vec![ca_cert.clone()]
         };
-        if chain.last() != Some(&root) {
-            chain.push(root.clone());
-        }
         let issuer = Issuer::from_ca_cert_der(&ca_cert, key)
             .map_err(|e| fail(&ca_cert_path, format!("not usable as an issuer: {e}")))?;
-        let ca = CertificateAuthority {
+        let mut ca = CertificateAuthority {
             trust_domain: trust_domain.to_owned(),
-            root,
+            root: roots[0].clone(),
+            trust: roots,
             chain,
             issuer,
             signer_not_after,
         };
-        ca.check_signs_for_root(dir)?;
+        ca.end_chain_at_its_root(dir)?;
         Ok(ca)
     }
 
-    /// Signs a test certificate and checks it as every peer will: against the root, through
-    /// the chain.
-    fn check_signs_for_root(&self, dir: &Path) -> Result<()> {
+    /// Finds the root of `root-cert.pem` (which may hold several during a root rotation) that
+    /// a test certificate signed by this CA verifies against through the chain, as every peer
+    /// will check it, and ends the chain with it.
+    fn end_chain_at_its_root(&mut self, dir: &Path) -> Result<()> {
         let probe = Identity::new(&self.trust_domain, "istio-system", "mesh-ca-self-check");
         let csr = WorkloadKey::generate()?.csr(&probe)?;
-        let chain = self.sign(&csr, &probe, Duration::from_secs(60))?;
-        tls::verify_peer_chain(&chain, std::slice::from_ref(&self.root)).map_err(|e| {
-            fail(
-                dir,
-                format!(
-                    "a certificate signed with {CA_KEY} does not verify against {ROOT_CERT} \
-                     through {CERT_CHAIN} ({e}): {CA_CERT} must be issued (through the chain's \
-                     intermediates) by {ROOT_CERT}"
-                ),
-            )
-        })
+        let leaf = self
+            .sign(&csr, &probe, Duration::from_secs(60))?
+            .swap_remove(0);
+        let mut error = None;
+        for root in &self.trust {
+            let mut chain = self.chain.clone();
+            if chain.last() != Some(root) {
+                chain.push(root.clone());
+            }
+            let presented: Vec<_> = std::iter::once(leaf.clone())
+                .chain(chain.iter().cloned())
+                .collect();
+            match tls::verify_peer_chain(&presented, std::slice::from_ref(root)) {
+                Ok(()) => {
+                    self.root = root.clone();
+                    self.chain = chain;
+                    return Ok(());
+                }
+                Err(e) => error = Some(e),
+            }
+        }
+        Err(fail(
+            dir,
+            format!(
+                "a certificate signed with {CA_KEY} verifies against no root of {ROOT_CERT} \
+                 through {CERT_CHAIN} ({}): {CA_CERT} must be issued (through the chain's \
+                 intermediates) by a root in {ROOT_CERT}",
+                error.map_or_else(String::new, |e| e.to_string())
+            ),
+        ))
     }
 }
 

@@ -130,9 +130,33 @@ fn a_root_that_did_not_issue_the_ca_is_refused() {
     std::fs::remove_file(dir.0.join(CERT_CHAIN)).unwrap();
     let error = refusal(&dir.0);
     assert!(
-        error.contains("does not verify against") && error.contains("must be issued"),
+        error.contains("verifies against no root") && error.contains("must be issued"),
         "{error}"
     );
+}
+
+/// During a root rotation `root-cert.pem` holds the old and the new root (Istio allows it):
+/// the chains end in the root that issued the CA, and every root is published.
+#[test]
+fn a_root_file_with_two_roots_publishes_both_and_chains_to_the_issuing_one() {
+    let dir = TempDir::new("ca-two-roots");
+    let other = TempDir::new("ca-two-roots-other");
+    create(TD, &dir.0).unwrap();
+    create(TD, &other.0).unwrap();
+    std::fs::remove_file(dir.0.join(CERT_CHAIN)).unwrap();
+    let ours = read(&dir.0.join(ROOT_CERT));
+    let both = read(&other.0.join(ROOT_CERT)) + &ours;
+    std::fs::write(dir.0.join(ROOT_CERT), &both).unwrap();
+    let ca = CertificateAuthority::from_dir(TD, &dir.0).unwrap();
+    assert_eq!(
+        certificate_pem(ca.root()),
+        ours,
+        "the issuing root, not the first"
+    );
+    assert_eq!(ca.root_pem(), both, "both roots are published");
+    let cert = issue(&ca, Duration::from_secs(60));
+    assert_eq!(certificate_pem(cert.chain.last().unwrap()), ours);
+    tls::verify_peer_chain(&cert.chain, std::slice::from_ref(ca.root())).unwrap();
 }
 
 #[test]
