@@ -22,7 +22,10 @@ use mesh_core::source::files::FilesSource;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
+#[cfg(test)]
+mod fake_api;
 pub mod kube;
+pub mod publish;
 
 use self::kube::{KubeAuthorizer, KubeAuthorizerConfig};
 
@@ -38,6 +41,8 @@ pub struct CaConfig {
     pub authorizer: AuthorizerConfig,
     /// Istio's plug-in CA files to sign with; `None`: a new self-signed root.
     pub ca_dir: Option<PathBuf>,
+    /// The ConfigMap to keep the roots in, in every namespace ([`publish`]); Kubernetes only.
+    pub publish_root: Option<String>,
     /// Where to write the root certificate (PEM), for the agents' `--ca-root`.
     pub root_cert_out: PathBuf,
     /// The longest certificate lifetime the CA grants.
@@ -242,6 +247,10 @@ pub async fn run(config: CaConfig) -> Result<()> {
         }
         AuthorizerConfig::Kube(kube) => {
             let client = ::kube::Client::try_default().await.map_err(Error::Kube)?;
+            if let Some(name) = &config.publish_root {
+                let publisher = publish::RootPublisher::new(client.clone(), name, &ca.root_pem());
+                tokio::spawn(publisher.run(publish::EVERY));
+            }
             serve(&config, ca, KubeAuthorizer::new(client, kube.clone())).await
         }
     }

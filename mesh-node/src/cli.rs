@@ -224,6 +224,11 @@ pub struct CaArgs {
     /// Where to write the root certificate (PEM) for the agents.
     #[arg(long)]
     pub root_cert_out: PathBuf,
+    /// Keep a ConfigMap of this name with the roots (key root-cert.pem) in every namespace
+    /// but kube-system, kube-public and kube-node-lease, as istiod does with
+    /// istio-ca-root-cert; `--authorizer kube` only.
+    #[arg(long)]
+    pub publish_root_configmap: Option<String>,
     /// The longest certificate lifetime granted, e.g. 24h.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub max_cert_ttl: Duration,

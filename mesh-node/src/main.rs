@@ -80,11 +80,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     node_agent: args.node_agent_service_account,
                 }),
             };
+            if args.publish_root_configmap.is_some() && args.authorizer != AuthorizerKind::Kube {
+                anyhow::bail!(
+                    "--publish-root-configmap writes to the Kubernetes API: it needs --authorizer kube"
+                );
+            }
             Ok(mesh_node::ca::run(CaConfig {
                 listen: args.listen,
                 trust_domain: args.trust_domain,
                 authorizer,
                 ca_dir: args.ca_dir,
+                publish_root: args.publish_root_configmap,
                 root_cert_out: args.root_cert_out,
                 max_validity: args.max_cert_ttl,
             })

@@ -30,6 +30,14 @@ const CA_KUBE_AUTHORIZER_NEEDS: &[(&str, &str, &str)] = &[
     ("", "pods", "list"),
 ];
 
+/// What `mesh-node ca --publish-root-configmap` asks of it (mesh-node/src/ca/publish.rs).
+const CA_PUBLISHER_NEEDS: &[(&str, &str, &str)] = &[
+    ("", "namespaces", "list"),
+    ("", "configmaps", "list"),
+    ("", "configmaps", "create"),
+    ("", "configmaps", "patch"),
+];
+
 /// What a kube-runtime watcher does with each kind the kube source watches.
 const WATCH_VERBS: &[&str] = &["get", "list", "watch"];
 
@@ -468,6 +476,13 @@ fn mesh_containers_name_files_ports_and_accounts_the_manifests_provide() {
         "the mesh-ca Service must target the CA's --listen port"
     );
 
+    // The ConfigMap the clients mount is the one the CA keeps in every namespace.
+    assert_eq!(
+        ca_args.publish_root_configmap.as_deref(),
+        Some("mesh-ca-root"),
+        "{}: the CA publishes the mesh-ca-root ConfigMap the agents and waypoints mount",
+        ca_container.what
+    );
     // What a client of the CA must hold: the root from the ConfigMap, a token for the CA's
     // audience, the CA's address.
     let client = |container: &Container<'_>, root: &Path, credential: &Path, port: u16| {
@@ -569,10 +584,16 @@ fn rbac_grants_what_each_binary_reads_from_the_api() {
                 .iter()
                 .flat_map(|r| WATCH_VERBS.iter().map(|v| (r.group, r.plural, *v)))
                 .collect(),
-            Parsed::Ca(args) => match args.authorizer {
-                AuthorizerKind::Kube => CA_KUBE_AUTHORIZER_NEEDS.to_vec(),
-                AuthorizerKind::File => Vec::new(),
-            },
+            Parsed::Ca(args) => {
+                let mut needs = match args.authorizer {
+                    AuthorizerKind::Kube => CA_KUBE_AUTHORIZER_NEEDS.to_vec(),
+                    AuthorizerKind::File => Vec::new(),
+                };
+                if args.publish_root_configmap.is_some() {
+                    needs.extend_from_slice(CA_PUBLISHER_NEEDS);
+                }
+                needs
+            }
         };
         for (group, resource, verb) in needs {
             if !granted(&objects, &account, group, resource, verb) {

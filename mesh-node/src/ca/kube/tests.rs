@@ -4,25 +4,13 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use http::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::*;
-
-type ResponseBody = BoxBody<Bytes, std::io::Error>;
+use crate::ca::fake_api::{self, ResponseBody, Seen, ok, status};
 
 const TD: &str = "cluster.local";
-
-/// One request the authorizer sent.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: Method,
-    path: String,
-    query: String,
-    body: Value,
-}
 
 /// The fake API server: what each token reviews as, the pods, and the requests seen.
 #[derive(Default)]
@@ -62,24 +50,9 @@ impl FakeApi {
     }
 
     fn authorizer(&self) -> KubeAuthorizer {
-        let (service, mut handle) =
-            tower_test::mock::pair::<Request<::kube::client::Body>, Response<ResponseBody>>();
         let api = self.clone();
-        tokio::spawn(async move {
-            while let Some((request, respond)) = handle.next_request().await {
-                let (parts, body) = request.into_parts();
-                let body = body.collect().await.unwrap().to_bytes();
-                let seen = Seen {
-                    method: parts.method,
-                    path: parts.uri.path().to_owned(),
-                    query: parts.uri.query().unwrap_or("").to_owned(),
-                    body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-                };
-                respond.send_response(api.answer(seen));
-            }
-        });
         KubeAuthorizer::new(
-            ::kube::Client::new(service, "default"),
+            fake_api::client(move |seen| api.answer(seen)),
             KubeAuthorizerConfig::default(),
         )
     }
@@ -87,8 +60,7 @@ impl FakeApi {
     fn answer(&self, seen: Seen) -> Response<ResponseBody> {
         let mut cluster = self.0.lock().unwrap();
         cluster.seen.push(seen.clone());
-        let segments: Vec<&str> = seen.path.trim_start_matches('/').split('/').collect();
-        match (&seen.method, segments.as_slice()) {
+        match (&seen.method, seen.segments().as_slice()) {
             (&Method::POST, ["apis", "authentication.k8s.io", "v1", "tokenreviews"]) => {
                 if cluster.forbid_reviews {
                     return status(
@@ -136,25 +108,6 @@ impl FakeApi {
             ),
         }
     }
-}
-
-fn ok(body: Value) -> Response<ResponseBody> {
-    let body = Full::new(Bytes::from(body.to_string()))
-        .map_err(|never| match never {})
-        .boxed();
-    Response::new(body)
-}
-
-fn status(code: StatusCode, message: &str) -> Response<ResponseBody> {
-    let reason = if code == StatusCode::NOT_FOUND {
-        "NotFound"
-    } else {
-        "Forbidden"
-    };
-    let mut response = ok(json!({"apiVersion": "v1", "kind": "Status", "metadata": {},
-        "status": "Failure", "message": message, "reason": reason, "code": code.as_u16()}));
-    *response.status_mut() = code;
-    response
 }
 
 fn pod(namespace: &str, name: &str, service_account: &str, node: &str) -> Value {
