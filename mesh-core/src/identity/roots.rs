@@ -73,8 +73,9 @@ impl Roots {
         })
     }
 
-    /// Anchors that never change (no file behind them).
-    pub fn fixed(certs: &[CertificateDer<'static>]) -> Result<Roots, String> {
+    /// Anchors that never change (no file behind them), for tests.
+    #[cfg(test)]
+    pub(crate) fn fixed(certs: &[CertificateDer<'static>]) -> Result<Roots, String> {
         let pem: String = certs
             .iter()
             .map(|der| super::ca::certificate_pem(der))
