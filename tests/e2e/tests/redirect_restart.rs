@@ -7,10 +7,10 @@ use std::io::{BufRead as _, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use mesh_e2e::TestLab;
 use mesh_e2e::redirect::{
     ebpf_stat, mesh_lab, origin, pod_counter, redirected_by, slow_request, stats, within,
 };
+use mesh_e2e::{TestLab, config_dump};
 use mesh_sim::pin_dir;
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -105,8 +105,7 @@ fn restart_and_uninstall(tag: &str, fast_path: bool) {
     );
 
     // The restarted agent adopted the pinned programs and redirects again.
-    let (_, dump) = lab.lab.agent_get("node1", "/config_dump").unwrap();
-    let dump: Value = serde_json::from_str(&dump).unwrap();
+    let dump = config_dump(&lab, "node1");
     assert_eq!(dump["ebpf"]["adopted"], true, "{dump:#}");
     // Ready means the CA has answered for every enrolled pod: the lab's CA issues, so the
     // certificates are there the moment readiness says 200.
@@ -129,12 +128,7 @@ fn restart_and_uninstall(tag: &str, fast_path: bool) {
             );
         }
     }
-    let program_ids: Vec<u64> = dump["ebpf"]["program_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_u64)
-        .collect();
+    let program_ids = agent_program_ids(&dump);
     // New connections to a pod on the other node and to one on the same node are redirected
     // by the adopted programs and pass the new agent (its per-pod counter starts from zero).
     for url in [
@@ -174,16 +168,10 @@ fn restart_and_uninstall(tag: &str, fast_path: bool) {
     lab.lab.stop_agent("node1", Signal::SIGTERM).unwrap();
     restamp_settings(&pin_dir(&lab.name, "node1").join("maps/SETTINGS"));
     lab.lab.start_agent("node1").unwrap();
-    let (_, dump) = lab.lab.agent_get("node1", "/config_dump").unwrap();
-    let dump: Value = serde_json::from_str(&dump).unwrap();
+    let dump = config_dump(&lab, "node1");
     assert_eq!(dump["ebpf"]["adopted"], false, "{dump:#}");
     let replaced = program_ids;
-    let program_ids: Vec<u64> = dump["ebpf"]["program_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_u64)
-        .collect();
+    let program_ids = agent_program_ids(&dump);
     assert!(
         program_ids.iter().all(|id| !replaced.contains(id)),
         "{program_ids:?} against {replaced:?}"
@@ -281,6 +269,16 @@ fn restamp_settings(map: &std::path::Path) {
     ];
     args.extend(value.iter().map(String::as_str));
     bpftool(&args);
+}
+
+/// Ids of the eBPF programs an agent's `/config_dump` says it runs.
+fn agent_program_ids(dump: &Value) -> Vec<u64> {
+    dump["ebpf"]["program_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect()
 }
 
 /// Ids of the eBPF programs loaded now (`bpftool prog list` would say the same).
