@@ -129,7 +129,7 @@ fn hbone_get(
 ) -> Result<String> {
     use mesh_core::hbone::Connection;
     use mesh_core::identity::tls::client_config;
-    use mesh_core::identity::{CertificateAuthority, Identity, WorkloadCertificate, WorkloadKey};
+    use mesh_core::identity::{CertificateAuthority, Identity};
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let access = CaAccess::of(lab, from)?;
     let expected = Identity::new("cluster.local", "default", expect_sa);
@@ -143,19 +143,9 @@ fn hbone_get(
                 tokio::time::sleep(Duration::from_millis(3500)).await;
                 cert
             }
-            ClientCert::Foreign(_) | ClientCert::OtherCa(..) => {
-                let (sa, foreign) = match client {
-                    ClientCert::OtherCa(sa, dir) => {
-                        (sa, CertificateAuthority::from_dir("cluster.local", &dir)?)
-                    }
-                    ClientCert::Foreign(sa) => (sa, CertificateAuthority::new("cluster.local")?),
-                    _ => unreachable!(),
-                };
-                let identity = Identity::new("cluster.local", "default", sa);
-                let key = WorkloadKey::generate()?;
-                let chain =
-                    foreign.sign(&key.csr(&identity)?, &identity, Duration::from_secs(60))?;
-                WorkloadCertificate::new(key, chain)?
+            ClientCert::Foreign(sa) => signed_by(&CertificateAuthority::new("cluster.local")?, sa)?,
+            ClientCert::OtherCa(sa, dir) => {
+                signed_by(&CertificateAuthority::from_dir("cluster.local", &dir)?, sa)?
             }
         };
         let roots: Vec<_> = pem::parse_many(&access.root)?
@@ -183,6 +173,18 @@ fn hbone_get(
             .await??;
         Ok(response)
     })
+}
+
+/// A certificate for `default/<sa>` signed directly by `ca`, not by the lab's CA service.
+fn signed_by(
+    ca: &mesh_core::identity::CertificateAuthority,
+    sa: &str,
+) -> Result<mesh_core::identity::WorkloadCertificate> {
+    use mesh_core::identity::{Identity, WorkloadCertificate, WorkloadKey};
+    let identity = Identity::new("cluster.local", "default", sa);
+    let key = WorkloadKey::generate()?;
+    let chain = ca.sign(&key.csr(&identity)?, &identity, Duration::from_secs(60))?;
+    Ok(WorkloadCertificate::new(key, chain)?)
 }
 
 #[test]
