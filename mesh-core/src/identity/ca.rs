@@ -23,6 +23,34 @@ pub mod files;
 /// Clocks of nodes and CA differ a little: certificates start this much in the past.
 const CLOCK_SKEW: Duration = Duration::from_secs(60);
 const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// The common name of the roots this project makes (with the trust domain as organization).
+const ROOT_NAME: &str = "mesh root CA";
+
+/// The parameters of a CA certificate of `trust_domain` named `common_name`, valid from `now`
+/// (less [`CLOCK_SKEW`]) for `validity`: a root ([`CertificateAuthority::new`],
+/// [`files::create`]) or an intermediate ([`files::create`]).
+fn authority_params(
+    trust_domain: &str,
+    common_name: &str,
+    constraints: BasicConstraints,
+    now: SystemTime,
+    validity: Duration,
+) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, trust_domain);
+    name.push(DnType::CommonName, common_name);
+    params.distinguished_name = name;
+    params.is_ca = IsCa::Ca(constraints);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = (now - CLOCK_SKEW).into();
+    params.not_after = (now + validity).into();
+    params
+}
 
 pub struct CertificateAuthority {
     trust_domain: String,
@@ -51,20 +79,14 @@ impl fmt::Debug for CertificateAuthority {
 impl CertificateAuthority {
     /// A new root for `trust_domain`, valid for ten years.
     pub fn new(trust_domain: &str) -> Result<CertificateAuthority> {
-        let mut params = CertificateParams::default();
-        let mut name = DistinguishedName::new();
-        name.push(DnType::OrganizationName, trust_domain);
-        name.push(DnType::CommonName, "mesh root CA");
-        params.distinguished_name = name;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
         let now = SystemTime::now();
-        params.not_before = (now - CLOCK_SKEW).into();
-        params.not_after = (now + ROOT_VALIDITY).into();
+        let params = authority_params(
+            trust_domain,
+            ROOT_NAME,
+            BasicConstraints::Unconstrained,
+            now,
+            ROOT_VALIDITY,
+        );
         let key = KeyPair::generate()?;
         let root = params.self_signed(&key)?.der().clone();
         Ok(CertificateAuthority {

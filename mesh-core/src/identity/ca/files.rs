@@ -19,14 +19,11 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
+use rcgen::{BasicConstraints, Issuer, KeyPair};
 use rustls::pki_types::CertificateDer;
 use x509_parser::certificate::X509Certificate;
 
-use super::{CLOCK_SKEW, CertificateAuthority, ROOT_VALIDITY, certificate_pem};
+use super::{CertificateAuthority, ROOT_NAME, ROOT_VALIDITY, authority_params, certificate_pem};
 use crate::identity::{Error, Identity, Result, WorkloadKey, tls};
 
 pub const CA_CERT: &str = "ca-cert.pem";
@@ -236,31 +233,24 @@ pub fn create(trust_domain: &str, dir: &Path) -> Result<Vec<PathBuf>> {
         ));
     }
     let now = SystemTime::now();
-    let authority = |common_name: &str, path_length: Option<u8>, validity: Duration| {
-        let mut params = CertificateParams::default();
-        let mut name = DistinguishedName::new();
-        name.push(DnType::OrganizationName, trust_domain);
-        name.push(DnType::CommonName, common_name);
-        params.distinguished_name = name;
-        params.is_ca = IsCa::Ca(match path_length {
-            Some(length) => BasicConstraints::Constrained(length),
-            None => BasicConstraints::Unconstrained,
-        });
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        params.not_before = (now - CLOCK_SKEW).into();
-        params.not_after = (now + validity).into();
-        params
-    };
     let root_key = KeyPair::generate()?;
-    let root_params = authority("mesh root CA", None, ROOT_VALIDITY);
+    let root_params = authority_params(
+        trust_domain,
+        ROOT_NAME,
+        BasicConstraints::Unconstrained,
+        now,
+        ROOT_VALIDITY,
+    );
     let root = root_params.self_signed(&root_key)?;
     let ca_key = KeyPair::generate()?;
-    let ca = authority("mesh intermediate CA", Some(0), INTERMEDIATE_VALIDITY)
-        .signed_by(&ca_key, &Issuer::from_params(&root_params, &root_key))?;
+    let ca = authority_params(
+        trust_domain,
+        "mesh intermediate CA",
+        BasicConstraints::Constrained(0),
+        now,
+        INTERMEDIATE_VALIDITY,
+    )
+    .signed_by(&ca_key, &Issuer::from_params(&root_params, &root_key))?;
 
     std::fs::create_dir_all(dir).map_err(|e| fail(dir, e.to_string()))?;
     let root_pem = certificate_pem(root.der());

@@ -1,6 +1,6 @@
 use std::os::unix::fs::PermissionsExt as _;
 
-use rcgen::{ExtendedKeyUsagePurpose, KeyPair};
+use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
 use x509_parser::prelude::FromDer as _;
 
 use super::*;
