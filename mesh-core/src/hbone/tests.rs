@@ -5,21 +5,13 @@ use tokio::net::TcpListener;
 
 use super::*;
 use crate::identity::tls::{client_config, server_config};
-use crate::identity::{CertificateAuthority, WorkloadCertificate, WorkloadKey};
+use crate::identity::{CertificateAuthority, WorkloadCertificate};
 
 const TD: &str = "cluster.local";
 
 fn issue(ca: &CertificateAuthority, sa: &str) -> WorkloadCertificate {
     let identity = Identity::new(TD, "default", sa);
-    let key = WorkloadKey::generate().unwrap();
-    let chain = ca
-        .sign(
-            &key.csr(&identity).unwrap(),
-            &identity,
-            Duration::from_secs(3600),
-        )
-        .unwrap();
-    WorkloadCertificate::new(key, chain).unwrap()
+    crate::test_util::issue(ca, &identity, Duration::from_secs(3600))
 }
 
 /// An echo server that upper-cases nothing: it writes back what it reads until EOF, then

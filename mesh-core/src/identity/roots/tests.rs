@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::identity::{CertificateAuthority, Identity, WorkloadKey};
+use crate::identity::{CertificateAuthority, Identity};
 use crate::test_util::TempDir;
 
 const TD: &str = "cluster.local";
@@ -9,13 +9,7 @@ const TD: &str = "cluster.local";
 /// A chain from `ca` for a workload.
 fn chain(ca: &CertificateAuthority) -> Vec<CertificateDer<'static>> {
     let identity = Identity::new(TD, "shop", "cart");
-    let key = WorkloadKey::generate().unwrap();
-    ca.sign(
-        &key.csr(&identity).unwrap(),
-        &identity,
-        Duration::from_secs(60),
-    )
-    .unwrap()
+    crate::test_util::issue(ca, &identity, Duration::from_secs(60)).chain
 }
 
 fn accepts(verifier: &Arc<dyn ClientCertVerifier>, chain: &[CertificateDer<'static>]) -> bool {

@@ -9,15 +9,7 @@ use crate::identity::{CertificateAuthority, WorkloadKey};
 const TD: &str = "cluster.local";
 
 fn issue(ca: &CertificateAuthority, identity: &Identity) -> WorkloadCertificate {
-    let key = WorkloadKey::generate().unwrap();
-    let chain = ca
-        .sign(
-            &key.csr(identity).unwrap(),
-            identity,
-            Duration::from_secs(3600),
-        )
-        .unwrap();
-    WorkloadCertificate::new(key, chain).unwrap()
+    crate::test_util::issue(ca, identity, Duration::from_secs(3600))
 }
 
 /// Runs a handshake over an in-memory pipe; returns the identity the server saw, or the

@@ -15,11 +15,7 @@ fn workload() -> Identity {
 
 /// A workload certificate from `ca` for [`workload`], as an agent holds it.
 fn issue(ca: &CertificateAuthority, validity: Duration) -> WorkloadCertificate {
-    let key = WorkloadKey::generate().unwrap();
-    let chain = ca
-        .sign(&key.csr(&workload()).unwrap(), &workload(), validity)
-        .unwrap();
-    WorkloadCertificate::new(key, chain).unwrap()
+    crate::test_util::issue(ca, &workload(), validity)
 }
 
 fn read(path: &Path) -> String {
