@@ -17,5 +17,6 @@ pub mod policy;
 pub mod runtime;
 pub mod scheduling;
 pub mod source;
+pub mod stamp;
 #[cfg(test)]
 mod test_util;

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use crate::identity::roots::Roots;
 use crate::identity::service::{CaClient, ca_client, request_certificate};
 use crate::identity::tls::{certified_key, server_name};
+use crate::identity::workload::CaCertSummary;
 use crate::identity::{Identity, WorkloadCertificate};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -103,6 +104,8 @@ pub struct CertStatus {
     pub refresh_at_unix: u64,
     /// How many certificates this identity has had since the agent started.
     pub issued: u64,
+    /// The CA certificates it chains through, as presented: intermediates, root last.
+    pub chain: Vec<CaCertSummary>,
 }
 
 struct Slot {
@@ -287,6 +290,9 @@ impl CertManager {
                     not_after_unix: unix(issued.cert.not_after),
                     refresh_at_unix: unix(issued.cert.refresh_at()),
                     issued: slot.issued,
+                    chain: (issued.cert.chain.iter().skip(1))
+                        .filter_map(|der| CaCertSummary::of(der))
+                        .collect(),
                 })
             })
             .collect();

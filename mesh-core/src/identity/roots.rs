@@ -5,7 +5,6 @@
 //! ignored: the anchors in use stay. Handshakes already done keep what they verified; every
 //! new one checks against the anchors of the moment.
 
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -13,31 +12,10 @@ use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use serde::Serialize;
 
 use super::tls;
-
-/// What identifies one version of the file: a ConfigMap update swaps in a new file (new
-/// inode); an edit in place changes size or time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime_ns: i128,
-}
-
-impl Stamp {
-    fn of(path: &Path) -> Option<Stamp> {
-        let meta = std::fs::metadata(path).ok()?;
-        Some(Stamp {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            len: meta.len(),
-            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-        })
-    }
-}
+use super::workload::CaCertSummary;
+use crate::stamp::FileStamp;
 
 /// One version of the anchors.
 struct Anchors {
@@ -51,20 +29,13 @@ pub struct Roots {
     path: PathBuf,
     current: RwLock<Arc<Anchors>>,
     /// The file version last read, good or bad (a bad one is reported once).
-    seen: RwLock<Option<Stamp>>,
-}
-
-/// What the admin page shows of one anchor.
-#[derive(Debug, Clone, Serialize)]
-pub struct RootStatus {
-    pub subject: String,
-    pub not_after_unix: i64,
+    seen: RwLock<Option<FileStamp>>,
 }
 
 impl Roots {
     /// Reads the anchors from `path` (PEM, one or more certificates).
     pub fn load(path: &Path) -> Result<Roots, String> {
-        let stamp = Stamp::of(path);
+        let stamp = FileStamp::of(path);
         let anchors = read(path)?;
         Ok(Roots {
             path: path.to_owned(),
@@ -117,7 +88,7 @@ impl Roots {
     /// changed, `Ok(false)` if the file did not, `Err` (once per bad version) if the new
     /// version does not parse; the anchors in use stay then.
     pub fn reload_if_changed(&self) -> Result<bool, String> {
-        let stamp = Stamp::of(&self.path);
+        let stamp = FileStamp::of(&self.path);
         {
             let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
             if stamp.is_none() || *seen == stamp {
@@ -140,17 +111,11 @@ impl Roots {
         Arc::new(CurrentRoots(self.clone()))
     }
 
-    /// Subject and expiry of every anchor.
-    pub fn status(&self) -> Vec<RootStatus> {
+    /// Subject, serial and expiry of every anchor.
+    pub fn status(&self) -> Vec<CaCertSummary> {
         self.certs()
             .iter()
-            .filter_map(|der| {
-                let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-                Some(RootStatus {
-                    subject: cert.subject().to_string(),
-                    not_after_unix: cert.validity().not_after.timestamp(),
-                })
-            })
+            .filter_map(|der| CaCertSummary::of(der))
             .collect()
     }
 }

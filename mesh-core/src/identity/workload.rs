@@ -128,3 +128,26 @@ pub fn describe(cert: &CertificateDer<'_>) -> Result<(Identity, SystemTime, Syst
         to_time(validity.not_after),
     ))
 }
+
+/// What the admin pages show of a CA certificate: a trust anchor, or one a workload
+/// certificate chains through (a root rotation is followed by its serials: roots made by
+/// `mesh-node ca-init` all share one subject).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CaCertSummary {
+    pub subject: String,
+    /// Hex bytes separated by colons, as `openssl x509 -serial` prints them but with colons.
+    pub serial: String,
+    pub not_after_unix: i64,
+}
+
+impl CaCertSummary {
+    /// The summary of the certificate `der`; `None` if it does not parse.
+    pub fn of(der: &[u8]) -> Option<CaCertSummary> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        Some(CaCertSummary {
+            subject: cert.subject().to_string(),
+            serial: cert.raw_serial_as_string(),
+            not_after_unix: cert.validity().not_after.timestamp(),
+        })
+    }
+}
