@@ -3,9 +3,10 @@
 //! 15012, signs only identities the caller may hold — for a node agent, service accounts of
 //! pods scheduled on its node; for a pod's own credential (a waypoint's), that pod's service
 //! account while the pod exists — and publishes its root certificate (public) for the agents
-//! to trust. It signs with Istio's plug-in CA files (`--ca-dir`, the `cacerts` Secret), or,
-//! without them, with a root made at start whose key never leaves memory (a new root at
-//! every start: for labs and trials). Who holds a credential is decided by the
+//! to trust. It signs with Istio's plug-in CA files (`--ca-dir`, the `cacerts` Secret),
+//! following them as they change ([`reload`]), or, without them, with a root made at start
+//! whose key never leaves memory (a new root at every start: for labs and trials). Its TLS
+//! endpoint serves a certificate it makes again when its files change ([`serve`]). Who holds a credential is decided by the
 //! credentials file and the files config source ([`NodeAuthorizer`], the lab) or by the
 //! Kubernetes API ([`kube::KubeAuthorizer`]: TokenReview and pod lookups).
 
@@ -16,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use mesh_core::config::{Model, Name, Store};
-use mesh_core::identity::service::{Authorizer, CA_SERVER_NAME, CaService, Refusal};
+use mesh_core::identity::service::{Authorizer, CA_SERVER_NAME, CurrentCa, Refusal};
 use mesh_core::identity::{CertificateAuthority, Identity};
 use mesh_core::source::files::FilesSource;
 use serde::{Deserialize, Serialize};
@@ -26,10 +27,13 @@ use tokio::sync::{mpsc, watch};
 mod fake_api;
 pub mod kube;
 pub mod publish;
+pub mod reload;
+pub mod serve;
 
 use self::kube::{KubeAuthorizer, KubeAuthorizerConfig};
 
-/// How long the CA's serving certificate lives (it is re-made at every start).
+/// How long the CA's serving certificate lives (it is made again at half its life, at every
+/// start, and when the CA files change).
 const SERVING_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// `mesh-node ca`'s configuration, built from flags in `main.rs` and logged at start.
@@ -83,10 +87,15 @@ pub enum Error {
     },
     #[error("waiting for a stop signal: {0}")]
     Signal(std::io::Error),
-    #[error("serving gRPC on {addr}: {source}")]
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the CA on {addr}: {source}")]
     Serve {
         addr: SocketAddr,
-        source: tonic::transport::Error,
+        source: serve::ServeError,
     },
 }
 
@@ -215,19 +224,14 @@ pub fn read_credentials(path: &Path) -> Result<HashMap<String, Principal>> {
 /// Runs the CA until SIGINT/SIGTERM.
 pub async fn run(config: CaConfig) -> Result<()> {
     tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "mesh CA starting");
-    let ca = match &config.ca_dir {
-        Some(dir) => CertificateAuthority::from_dir(&config.trust_domain, dir)?,
-        None => {
-            tracing::warn!(
-                "no --ca-dir: signing with a new root made now, which ends with this process; \
-                 agents holding an earlier root refuse its certificates (use --ca-dir for a \
-                 root that outlives restarts)"
-            );
-            CertificateAuthority::new(&config.trust_domain)?
-        }
-    };
-    let ca = Arc::new(ca);
-    write_atomically(&config.root_cert_out, &ca.root_pem())?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let signing = Signing::start(&config, reload::POLL)?;
+    let stop = stop_signal()?;
     match &config.authorizer {
         AuthorizerConfig::File {
             config_dir,
@@ -243,55 +247,104 @@ pub async fn run(config: CaConfig) -> Result<()> {
                 }
             });
             let authorizer = NodeAuthorizer::new(node_credentials, model)?;
-            serve(&config, ca, authorizer).await
+            signing.serve(&config, listener, authorizer, stop).await
         }
         AuthorizerConfig::Kube(kube) => {
             let client = ::kube::Client::try_default().await.map_err(Error::Kube)?;
             if let Some(name) = &config.publish_root {
-                let publisher = publish::RootPublisher::new(client.clone(), name, &ca.root_pem());
+                let publisher =
+                    publish::RootPublisher::new(client.clone(), name, signing.ca.clone());
                 tokio::spawn(publisher.run(publish::EVERY));
             }
-            serve(&config, ca, KubeAuthorizer::new(client, kube.clone())).await
+            let authorizer = KubeAuthorizer::new(client, kube.clone());
+            signing.serve(&config, listener, authorizer, stop).await
         }
     }
 }
 
-/// Serves the CA's gRPC service with TLS until SIGINT/SIGTERM.
-async fn serve<A: Authorizer>(
-    config: &CaConfig,
-    ca: Arc<CertificateAuthority>,
-    authorizer: A,
-) -> Result<()> {
-    let (chain, key) = ca.serving_certificate(
-        &[CA_SERVER_NAME.to_owned()],
-        &[config.listen.ip()],
-        SERVING_VALIDITY,
-    )?;
-    let tls = tonic::transport::ServerTlsConfig::new()
-        .identity(tonic::transport::Identity::from_pem(chain, key.pem()));
-    let service = CaService::new(ca, authorizer, config.max_validity);
-    tracing::info!(listen = %config.listen, root = %config.root_cert_out.display(), "mesh CA serving");
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(Error::Signal)?;
-    let stop = async move {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    };
-    tonic::transport::Server::builder()
-        .tls_config(tls)
-        .map_err(|source| Error::Serve {
-            addr: config.listen,
-            source,
-        })?
-        .add_service(service.into_server())
-        .serve_with_shutdown(config.listen, stop)
+/// What the CA signs with, followed as its files change ([`reload`]), and the certificate
+/// it serves with.
+pub struct Signing {
+    pub ca: CurrentCa,
+    pub serving: Arc<serve::ServingCert>,
+}
+
+impl Signing {
+    /// Loads the CA (from `--ca-dir`, or a new root), writes its roots to
+    /// `--root-cert-out`, makes its serving certificate, and follows its files every
+    /// `every`.
+    pub fn start(config: &CaConfig, every: Duration) -> Result<Signing> {
+        let mut files = config
+            .ca_dir
+            .as_deref()
+            .map(|dir| reload::CaFiles::new(&config.trust_domain, dir));
+        let ca = match &mut files {
+            Some(files) => files.load()?,
+            None => {
+                tracing::warn!(
+                    "no --ca-dir: signing with a new root made now, which ends with this process; \
+                     agents holding an earlier root refuse its certificates (use --ca-dir for a \
+                     root that outlives restarts)"
+                );
+                CertificateAuthority::new(&config.trust_domain)?
+            }
+        };
+        write_atomically(&config.root_cert_out, &ca.root_pem())?;
+        let serving = serve::ServingCert::new(
+            &ca,
+            &[CA_SERVER_NAME.to_owned()],
+            &[config.listen.ip()],
+            SERVING_VALIDITY,
+        )?;
+        let (sender, current) = watch::channel(Arc::new(ca));
+        tokio::spawn(reload::follow(
+            files,
+            sender,
+            serving.clone(),
+            config.root_cert_out.clone(),
+            every,
+        ));
+        Ok(Signing {
+            ca: current,
+            serving,
+        })
+    }
+
+    /// Serves the CA's gRPC service on `listener` until `stop`.
+    pub async fn serve<A: Authorizer>(
+        self,
+        config: &CaConfig,
+        listener: tokio::net::TcpListener,
+        authorizer: A,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<()> {
+        tracing::info!(listen = %config.listen, root = %config.root_cert_out.display(), "mesh CA serving");
+        serve::serve(
+            listener,
+            self.serving,
+            self.ca,
+            authorizer,
+            config.max_validity,
+            stop,
+        )
         .await
         .map_err(|source| Error::Serve {
             addr: config.listen,
             source,
         })
+    }
+}
+
+/// Completes at SIGINT or SIGTERM.
+fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(Error::Signal)?;
+    Ok(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    })
 }
 
 /// Writes through a temporary file and a rename, so readers never see half a file.

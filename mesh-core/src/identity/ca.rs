@@ -8,15 +8,17 @@
 //! `cacerts` Secret's keys), so the root outlives the CA process ([`files`]).
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
-use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer};
+use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer, PrivatePkcs8KeyDer};
+use rustls::sign::CertifiedKey;
 
-use super::{Error, Identity, Result};
+use super::{Error, Identity, Result, tls};
 
 pub mod files;
 
@@ -108,6 +110,25 @@ impl CertificateAuthority {
         &self.root
     }
 
+    /// When the signing certificate expires: nothing this CA signs lasts longer.
+    pub fn signer_not_after(&self) -> SystemTime {
+        self.signer_not_after
+    }
+
+    /// The signing certificate's subject, for logs.
+    pub fn signer_subject(&self) -> String {
+        self.chain
+            .first()
+            .and_then(|der| x509_parser::parse_x509_certificate(der).ok())
+            .map(|(_, cert)| cert.subject().to_string())
+            .unwrap_or_default()
+    }
+
+    /// How many roots the workloads are to trust ([`Self::root_pem`]).
+    pub fn root_count(&self) -> usize {
+        self.trust.len()
+    }
+
     /// Signs a CSR (DER) for `identity`, valid from now for `validity`. Returns the chain,
     /// leaf first, then the CA's own chain, root last (the shape of Istio's
     /// `CreateCertificate` answer).
@@ -170,14 +191,14 @@ impl CertificateAuthority {
 
 impl CertificateAuthority {
     /// A TLS server certificate for the CA's own gRPC endpoint, naming `dns_names` and
-    /// `ips`, with a fresh key. Returns the chain (leaf, root) and the key, both PEM; the key
-    /// stays in the caller's memory.
+    /// `ips`, with a fresh key, followed by the CA's chain, ready to serve; the key stays in
+    /// memory.
     pub fn serving_certificate(
         &self,
         dns_names: &[String],
         ips: &[std::net::IpAddr],
         validity: Duration,
-    ) -> Result<(String, ServingKey)> {
+    ) -> Result<Arc<CertifiedKey>> {
         let mut params = CertificateParams::new(dns_names.to_vec())?;
         params
             .subject_alt_names
@@ -194,12 +215,8 @@ impl CertificateAuthority {
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate()?;
         let leaf = params.signed_by(&key, &self.issuer)?;
-        let chain = self
-            .with_chain(leaf.der())
-            .iter()
-            .map(|der| certificate_pem(der))
-            .collect();
-        Ok((chain, ServingKey(key.serialize_pem())))
+        let der = PrivatePkcs8KeyDer::from(key.serialize_der());
+        tls::certified_chain(self.with_chain(leaf.der()), der.into())
     }
 
     /// `leaf` followed by the CA's chain.
@@ -218,21 +235,6 @@ impl CertificateAuthority {
 /// A certificate (DER) as PEM.
 pub fn certificate_pem(der: &[u8]) -> String {
     pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
-}
-
-/// A serving key as PEM; never printed.
-pub struct ServingKey(String);
-
-impl ServingKey {
-    pub fn pem(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for ServingKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ServingKey(<redacted>)")
-    }
 }
 
 /// The identity a CSR asks for (its `spiffe://` URI SAN), checking the CSR's signature.

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use super::ca::{certificate_pem, requested_identity};
@@ -91,14 +92,18 @@ impl Refusal {
     }
 }
 
+/// The CA a service signs with now: the CA process swaps in a new one when its plug-in
+/// files change (a root rotation, a new intermediate).
+pub type CurrentCa = watch::Receiver<Arc<CertificateAuthority>>;
+
 pub struct CaService<A> {
-    ca: Arc<CertificateAuthority>,
+    ca: CurrentCa,
     authorizer: A,
     max_validity: Duration,
 }
 
 impl<A: Authorizer> CaService<A> {
-    pub fn new(ca: Arc<CertificateAuthority>, authorizer: A, max_validity: Duration) -> Self {
+    pub fn new(ca: CurrentCa, authorizer: A, max_validity: Duration) -> Self {
         CaService {
             ca,
             authorizer,
@@ -147,8 +152,8 @@ impl<A: Authorizer> IstioCertificateService for CaService<A> {
             0 => DEFAULT_VALIDITY.min(self.max_validity),
             seconds => Duration::from_secs(seconds).min(self.max_validity),
         };
-        let chain = self
-            .ca
+        let ca = self.ca.borrow().clone();
+        let chain = ca
             .sign(csr.contents(), &identity, validity)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         tracing::info!(%identity, ?validity, "issued a workload certificate");

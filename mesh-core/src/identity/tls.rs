@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::verify_server_cert_signed_by_trust_anchor;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms, aws_lc_rs};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
@@ -106,10 +106,28 @@ pub fn client_verifier(roots: &[CertificateDer<'static>]) -> Result<Arc<dyn Clie
 
 /// A certificate and its signing key, as a TLS server presents it.
 pub fn certified_key(cert: &WorkloadCertificate) -> Result<Arc<CertifiedKey>> {
-    let key = provider()
-        .key_provider
-        .load_private_key(cert.private_key())?;
-    Ok(Arc::new(CertifiedKey::new(cert.chain.clone(), key)))
+    certified_chain(cert.chain.clone(), cert.private_key())
+}
+
+/// `chain` (leaf first) and the leaf's key, as a TLS server presents them.
+pub(crate) fn certified_chain(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<CertifiedKey>> {
+    let key = provider().key_provider.load_private_key(key)?;
+    Ok(Arc::new(CertifiedKey::new(chain, key)))
+}
+
+/// The CA's gRPC server: the certificate `resolver` holds at each handshake (the CA makes
+/// a new one when its signing files change), no client certificate (callers prove who they
+/// are with a bearer credential), TLS 1.2 or 1.3 and ALPN `h2`, as gRPC over TLS needs.
+pub fn ca_server_config(resolver: Arc<dyn ResolvesServerCert>) -> Result<ServerConfig> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(config)
 }
 
 /// The TLS server name (SNI) a client sends to a node proxy to reach the workloads of

@@ -5,7 +5,7 @@
 //! `kube-node-lease`, so node agents (in `istio-system`) and waypoints (in their own
 //! namespaces) mount it without an operator copying it around.
 //!
-//! Every round (at start, then every [`EVERY`]) lists namespaces and the ConfigMaps this CA
+//! Every round (at start, then every [`EVERY`], and at once when the CA's roots change) lists namespaces and the ConfigMaps this CA
 //! manages (label `app.kubernetes.io/managed-by=mesh-ca`: two calls, whatever the cluster's
 //! size) and writes only where the ConfigMap is missing or differs (server-side apply, field
 //! manager `mesh-ca`), so a deleted or edited copy is put back within a round and a new
@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, ListParams, Patch, PatchParams};
+use mesh_core::identity::service::CurrentCa;
 use serde_json::json;
 
 /// The key of the roots in the ConfigMap (the agents' `--ca-root` file name).
@@ -28,11 +29,11 @@ const FIELD_MANAGER: &str = "mesh-ca";
 /// Namespaces of the cluster's own, left alone (as istiod leaves them).
 const SKIPPED: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
 
-/// Keeps ConfigMap `name` holding `roots` in every namespace.
+/// Keeps ConfigMap `name` holding the roots of the current CA in every namespace.
 pub struct RootPublisher {
     client: kube::Client,
     name: String,
-    roots: String,
+    ca: CurrentCa,
 }
 
 /// What one round did.
@@ -47,16 +48,16 @@ pub struct Round {
 }
 
 impl RootPublisher {
-    pub fn new(client: kube::Client, name: &str, roots: &str) -> RootPublisher {
+    pub fn new(client: kube::Client, name: &str, ca: CurrentCa) -> RootPublisher {
         RootPublisher {
             client,
             name: name.to_owned(),
-            roots: roots.to_owned(),
+            ca,
         }
     }
 
-    /// A round now, then one every `every`, forever.
-    pub async fn run(self, every: Duration) {
+    /// A round now, then one every `every` or when the CA changes, forever.
+    pub async fn run(mut self, every: Duration) {
         loop {
             match self.round().await {
                 Ok(round) => {
@@ -71,12 +72,16 @@ impl RootPublisher {
                     tracing::warn!(configmap = %self.name, %error, "listing namespaces or ConfigMaps failed; the next round tries again");
                 }
             }
-            tokio::time::sleep(every).await;
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                Ok(()) = self.ca.changed() => {}
+            }
         }
     }
 
     /// One round: writes the ConfigMap where it is missing or differs.
     pub async fn round(&self) -> Result<Round, kube::Error> {
+        let roots = self.ca.borrow().root_pem();
         let managed = ListParams::default().labels(&format!("{MANAGED_BY}={FIELD_MANAGER}"));
         let published: HashMap<String, Option<String>> = Api::<ConfigMap>::all(self.client.clone())
             .list(&managed)
@@ -104,11 +109,11 @@ impl RootPublisher {
             if terminating || SKIPPED.contains(&name.as_str()) {
                 continue;
             }
-            if published.get(&name).and_then(Option::as_deref) == Some(self.roots.as_str()) {
+            if published.get(&name).and_then(Option::as_deref) == Some(roots.as_str()) {
                 round.current += 1;
                 continue;
             }
-            match self.write(&name).await {
+            match self.write(&name, &roots).await {
                 Ok(()) => round.written.push(name),
                 Err(error) => round.failed.push((name, error.to_string())),
             }
@@ -116,7 +121,7 @@ impl RootPublisher {
         Ok(round)
     }
 
-    async fn write(&self, namespace: &str) -> Result<(), kube::Error> {
+    async fn write(&self, namespace: &str, roots: &str) -> Result<(), kube::Error> {
         let configmap = json!({
             "apiVersion": "v1",
             "kind": "ConfigMap",
@@ -125,7 +130,7 @@ impl RootPublisher {
                 "namespace": namespace,
                 "labels": {MANAGED_BY: FIELD_MANAGER},
             },
-            "data": {ROOT_KEY: self.roots},
+            "data": {ROOT_KEY: roots},
         });
         Api::<ConfigMap>::namespaced(self.client.clone(), namespace)
             .patch(

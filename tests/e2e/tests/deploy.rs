@@ -117,6 +117,21 @@ impl Container<'_> {
         })
     }
 
+    /// Fails unless the volume mount holding `path` lets kubelet update it (no `subPath`:
+    /// kubelet never updates a file mounted that way), for a file read again when it
+    /// changes (`what` it holds).
+    fn assert_followed(&self, path: &Path, what: &str) {
+        let mount = list(self.value, "/volumeMounts")
+            .iter()
+            .find(|m| text(m, "/mountPath").is_some_and(|p| path.starts_with(p)))
+            .unwrap_or_else(|| panic!("{}: {} is on no mounted volume", self.what, path.display()));
+        assert!(
+            mount.get("subPath").is_none(),
+            "{}: the mount of {what} must not use subPath (kubelet would never update it)",
+            self.what
+        );
+    }
+
     /// The audience of the projected service-account token at `path`.
     fn token_audience(&self, path: &Path) -> Result<String, String> {
         let (volume, inside) = self
@@ -455,6 +470,8 @@ fn mesh_containers_name_files_ports_and_accounts_the_manifests_provide() {
         "{}: --ca-dir is Istio's cacerts Secret, mounted whole",
         ca_container.what
     );
+    // The CA follows its files (a root rotation restarts nothing).
+    ca_container.assert_followed(&ca_dir.join("ca-key.pem"), "the cacerts Secret");
     let ca_service = objects
         .iter()
         .find(|o| {
@@ -499,17 +516,8 @@ fn mesh_containers_name_files_ports_and_accounts_the_manifests_provide() {
             "{}: the root comes from the mesh-ca-root ConfigMap",
             container.what
         );
-        // The agents read the root file again when it changes (a root rotation); kubelet
-        // never updates a file mounted with subPath.
-        let mount = list(container.value, "/volumeMounts")
-            .iter()
-            .find(|m| text(m, "/mountPath").is_some_and(|p| root.starts_with(p)))
-            .unwrap();
-        assert!(
-            mount.get("subPath").is_none(),
-            "{}: the root's mount must not use subPath (kubelet would never update it)",
-            container.what
-        );
+        // The agents read the root file again when it changes (a root rotation).
+        container.assert_followed(root, "the CA root");
         let audience = container.token_audience(credential).unwrap();
         assert_eq!(
             audience, ca_args.token_audience,

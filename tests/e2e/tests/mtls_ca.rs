@@ -411,6 +411,144 @@ fn agents_follow_a_root_rotation_in_their_root_file_without_restarting() {
     ensure_logged(&lab, "node1", "CA root file changed");
 }
 
+/// Istio's root rotation done the way an operator does it in a cluster: only the CA's
+/// plug-in files change (the `cacerts` Secret), and the CA, agents and workloads keep
+/// running. The CA follows its files, publishes both roots, then signs with the new
+/// intermediate, then publishes the new root alone; the agents follow the published roots,
+/// renew into the new chain, keep reaching the CA (it serves a certificate of the new chain)
+/// and keep carrying new connections at every step.
+#[test]
+fn a_root_rotation_in_the_ca_files_reaches_every_agent_without_a_restart() {
+    use mesh_core::identity::ca::files::{self, CA_CERT, CA_KEY, CERT_CHAIN, ROOT_CERT};
+    let file = manifest("rcf", "lab.yaml", POLICY_LAB);
+    let mut lab = TestLab::up("rcf", 2, &[file]);
+    lab.start_mesh(
+        &MeshOptions {
+            cert_ttl: Some("4s".into()),
+            ..MeshOptions::default()
+        },
+        "default",
+    );
+    let url = format!("http://{}:8080/ip", lab.pod("server").ip);
+    let get = |lab: &TestLab| lab.curl("remote", &["-sf", "--max-time", "5", &url]);
+    eventually(Duration::from_secs(5), || get(&lab)).expect("the mesh carries the request");
+
+    let cacerts = lab.lab.dir().join("ca/cacerts");
+    let second = lab.lab.dir().join("ca/second");
+    files::create("cluster.local", &second).unwrap();
+    let read = |dir: &std::path::Path| std::fs::read_to_string(dir.join(ROOT_CERT)).unwrap();
+    let (old_pem, new_pem) = (read(&cacerts), read(&second));
+    let (old, new) = (serial(&old_pem), serial(&new_pem));
+    let nodes = ["node1", "node2"];
+
+    // 1: both roots.
+    replace(&cacerts, ROOT_CERT, &format!("{old_pem}{new_pem}"));
+    eventually(Duration::from_secs(10), || {
+        for node in nodes {
+            let roots = root_serials(&lab, node);
+            ensure!(
+                roots == [old.as_str(), new.as_str()],
+                "{node} trusts {roots:?}"
+            );
+        }
+        Ok(())
+    })
+    .expect("both roots reach every agent");
+    get(&lab).expect("a new connection while both roots are trusted");
+
+    // 2: the new intermediate signs.
+    for name in [CA_CERT, CA_KEY, CERT_CHAIN] {
+        let text = std::fs::read_to_string(second.join(name)).unwrap();
+        replace(&cacerts, name, &text);
+    }
+    eventually(Duration::from_secs(20), || {
+        for node in nodes {
+            let chains = chain_roots(&lab, node);
+            ensure!(
+                !chains.is_empty() && chains.iter().all(|root| *root == new),
+                "{node}'s certificates end in {chains:?}"
+            );
+        }
+        Ok(())
+    })
+    .expect("every agent renews into the new chain");
+    get(&lab).expect("a new connection with certificates of the new chain");
+
+    // 3: the new root alone.
+    replace(&cacerts, ROOT_CERT, &new_pem);
+    eventually(Duration::from_secs(10), || {
+        for node in nodes {
+            let roots = root_serials(&lab, node);
+            ensure!(roots == [new.as_str()], "{node} trusts {roots:?}");
+        }
+        Ok(())
+    })
+    .expect("the new root alone reaches every agent");
+    let identities = [
+        ("node1", "spiffe://cluster.local/ns/default/sa/httpbin"),
+        ("node2", "spiffe://cluster.local/ns/default/sa/sleep"),
+    ];
+    let before = identities.map(|(node, id)| certificates_issued(&lab, node, id));
+    eventually(Duration::from_secs(20), || {
+        let now = identities.map(|(node, id)| certificates_issued(&lab, node, id));
+        ensure!(
+            now.iter()
+                .zip(&before)
+                .all(|(now, before)| *now >= before + 2),
+            "certificates issued {before:?} when the old root went, {now:?} now"
+        );
+        Ok(())
+    })
+    .expect("agents trusting only the new root still renew from the CA");
+    get(&lab).expect("a new connection with the new root alone");
+    let log = lab.lab.agent_log("ca");
+    assert_eq!(
+        log.matches("the CA files changed: signing with them")
+            .count(),
+        3,
+        "the CA loaded each step once:\n{log}"
+    );
+}
+
+/// Replaces `dir/name` with `text` as one new file, as a Secret update lands.
+fn replace(dir: &std::path::Path, name: &str, text: &str) {
+    let next = dir.join(format!(".{name}.next"));
+    std::fs::write(&next, text).unwrap();
+    std::fs::rename(&next, dir.join(name)).unwrap();
+}
+
+/// The serial of the first certificate in `pem`, as the admin page prints serials.
+fn serial(pem: &str) -> String {
+    let der = pem::parse(pem).unwrap().into_contents();
+    mesh_core::identity::workload::CaCertSummary::of(&der)
+        .unwrap()
+        .serial
+}
+
+/// The serials of the roots `node`'s agent trusts.
+fn root_serials(lab: &TestLab, node: &str) -> Vec<String> {
+    serials(&mesh_e2e::config_dump(lab, node)["roots"])
+}
+
+/// The serial of the root each certificate on `node`'s agent chains to.
+fn chain_roots(lab: &TestLab, node: &str) -> Vec<String> {
+    let dump = mesh_e2e::config_dump(lab, node);
+    dump["certificates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|cert| serials(&cert["chain"]).pop())
+        .collect()
+}
+
+fn serials(list: &serde_json::Value) -> Vec<String> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry["serial"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// Fails unless `node`'s agent logged a line containing `text`.
 fn ensure_logged(lab: &TestLab, node: &str, text: &str) {
     let log = lab.lab.agent_log(node);

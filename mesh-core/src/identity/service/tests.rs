@@ -48,7 +48,7 @@ async fn serve() -> IstioCertificateServiceClient<tonic::transport::Channel> {
             ("node2".into(), vec![ratings]),
         ]),
     };
-    let ca = Arc::new(CertificateAuthority::new(TD).unwrap());
+    let (_, ca) = tokio::sync::watch::channel(Arc::new(CertificateAuthority::new(TD).unwrap()));
     let service = CaService::new(ca, authorizer, Duration::from_secs(3600)).into_server();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -1,16 +1,25 @@
 //! The publisher against a fake API server: namespaces, ConfigMaps, and what was written.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use http::{Method, Response, StatusCode};
+use mesh_core::identity::CertificateAuthority;
+use mesh_core::identity::service::CurrentCa;
 use serde_json::{Value, json};
 
 use super::*;
 use crate::ca::fake_api::{self, ResponseBody, Seen, ok, status};
 
 const NAME: &str = "mesh-ca-root";
-const ROOTS: &str = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+
+/// The CA whose roots the tests publish.
+static CA: LazyLock<Arc<CertificateAuthority>> =
+    LazyLock::new(|| Arc::new(CertificateAuthority::new("cluster.local").unwrap()));
+
+fn roots() -> String {
+    CA.root_pem()
+}
 
 #[derive(Default)]
 struct Cluster {
@@ -46,8 +55,12 @@ impl FakeApi {
     }
 
     fn publisher(&self) -> RootPublisher {
+        self.publisher_of(tokio::sync::watch::channel(CA.clone()).1)
+    }
+
+    fn publisher_of(&self, ca: CurrentCa) -> RootPublisher {
         let api = self.clone();
-        RootPublisher::new(fake_api::client(move |seen| api.answer(seen)), NAME, ROOTS)
+        RootPublisher::new(fake_api::client(move |seen| api.answer(seen)), NAME, ca)
     }
 
     fn configmap(&self, namespace: &str) -> Option<Value> {
@@ -126,7 +139,7 @@ async fn every_namespace_but_the_clusters_own_gets_the_roots_once() {
     assert_eq!(round.written, ["default", "istio-system", "shop"]);
     assert_eq!((round.current, round.failed.len()), (0, 0));
     let configmap = api.configmap("shop").unwrap();
-    assert_eq!(configmap["data"][ROOT_KEY], ROOTS);
+    assert_eq!(configmap["data"][ROOT_KEY], roots());
     assert_eq!(configmap["metadata"]["labels"][MANAGED_BY], FIELD_MANAGER);
     let patch = api.0.lock().unwrap().patches[0].clone();
     assert!(
@@ -167,14 +180,14 @@ async fn edited_deleted_or_foreign_copies_and_new_namespaces_are_written() {
         cluster.configmaps.insert(
             ("istio-system".to_owned(), NAME.to_owned()),
             json!({"metadata": {"name": NAME, "namespace": "istio-system"},
-                   "data": {ROOT_KEY: ROOTS}}),
+                   "data": {ROOT_KEY: roots()}}),
         );
         cluster.namespaces.insert("new".to_owned(), "Active");
     }
     let round = publisher.round().await.unwrap();
     assert_eq!(round.written, ["default", "istio-system", "new", "shop"]);
     for namespace in ["default", "istio-system", "new", "shop"] {
-        assert_eq!(api.configmap(namespace).unwrap()["data"][ROOT_KEY], ROOTS);
+        assert_eq!(api.configmap(namespace).unwrap()["data"][ROOT_KEY], roots());
     }
 }
 
@@ -200,4 +213,34 @@ async fn a_failed_list_fails_the_round_and_writes_nothing() {
     let error = api.publisher().round().await.unwrap_err();
     assert!(error.to_string().contains("forbidden"), "{error}");
     assert_eq!(api.patches(), 0);
+}
+
+/// When the CA's files change (a root rotation), the new roots go out at once, not at the
+/// next periodic round.
+#[tokio::test]
+async fn new_roots_are_published_as_soon_as_the_ca_changes() {
+    let api = FakeApi::with_namespaces(&["default", "shop"]);
+    let (ca, current) = tokio::sync::watch::channel(CA.clone());
+    let publisher = tokio::spawn(api.publisher_of(current).run(Duration::from_secs(3600)));
+    let published = |roots: String| {
+        let api = api.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while ["default", "shop"].iter().any(|namespace| {
+                api.configmap(namespace)
+                    .is_none_or(|configmap| configmap["data"][ROOT_KEY] != roots.as_str())
+            }) {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "not published in 10 s"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    published(roots()).await;
+    let next = Arc::new(CertificateAuthority::new("cluster.local").unwrap());
+    ca.send_replace(next.clone());
+    published(next.root_pem()).await;
+    publisher.abort();
 }
