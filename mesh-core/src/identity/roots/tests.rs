@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::identity::{CertificateAuthority, Identity};
-use crate::test_util::TempDir;
+use crate::test_util::temp_dir;
 
 const TD: &str = "cluster.local";
 
@@ -27,8 +27,8 @@ fn replace(path: &Path, text: &str) {
 
 #[test]
 fn a_changed_root_file_is_read_again_and_new_handshakes_check_against_it() {
-    let dir = TempDir::new("roots-reload");
-    let path = dir.0.join("root-cert.pem");
+    let dir = temp_dir("roots-reload");
+    let path = dir.path().join("root-cert.pem");
     let old = CertificateAuthority::new(TD).unwrap();
     let new = CertificateAuthority::new(TD).unwrap();
     std::fs::write(&path, old.root_pem()).unwrap();
@@ -58,8 +58,8 @@ fn a_changed_root_file_is_read_again_and_new_handshakes_check_against_it() {
 
 #[test]
 fn an_unusable_root_file_is_reported_once_and_the_roots_in_use_stay() {
-    let dir = TempDir::new("roots-bad");
-    let path = dir.0.join("root-cert.pem");
+    let dir = temp_dir("roots-bad");
+    let path = dir.path().join("root-cert.pem");
     let ca = CertificateAuthority::new(TD).unwrap();
     std::fs::write(&path, ca.root_pem()).unwrap();
     let roots = Arc::new(Roots::load(&path).unwrap());
@@ -85,8 +85,8 @@ fn an_unusable_root_file_is_reported_once_and_the_roots_in_use_stay() {
 
 #[test]
 fn a_root_file_without_certificates_is_refused_at_load() {
-    let dir = TempDir::new("roots-empty");
-    let path = dir.0.join("root-cert.pem");
+    let dir = temp_dir("roots-empty");
+    let path = dir.path().join("root-cert.pem");
     std::fs::write(&path, "").unwrap();
     let error = Roots::load(&path).unwrap_err();
     assert!(error.contains("no PEM certificate"), "{error}");

@@ -3,7 +3,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::test_util::TempDir;
+use crate::test_util::temp_dir;
 
 fn namespace(name: &str, label: &str) -> String {
     format!(
@@ -45,25 +45,25 @@ fn describe(update: &Update) -> String {
 
 #[tokio::test]
 async fn first_sync_then_add_change_and_delete_arrive_within_a_second() {
-    let dir = TempDir::new("watch");
-    std::fs::write(dir.0.join("a.yaml"), namespace("a", "one")).unwrap();
+    let dir = temp_dir("watch");
+    std::fs::write(dir.path().join("a.yaml"), namespace("a", "one")).unwrap();
     let (tx, mut rx) = mpsc::channel(16);
-    let _watch = FilesSource::new(&dir.0).spawn(tx).unwrap();
+    let _watch = FilesSource::new(dir.path()).spawn(tx).unwrap();
     assert_eq!(first_sync(&mut rx).await, ["a"]);
 
-    std::fs::write(dir.0.join("b.yaml"), namespace("b", "one")).unwrap();
+    std::fs::write(dir.path().join("b.yaml"), namespace("b", "one")).unwrap();
     let Update::Upsert(added) = next(&mut rx).await else {
         panic!("upsert")
     };
     assert_eq!(added.name, "b");
 
-    std::fs::write(dir.0.join("a.yaml"), namespace("a", "two")).unwrap();
+    std::fs::write(dir.path().join("a.yaml"), namespace("a", "two")).unwrap();
     let Update::Upsert(changed) = next(&mut rx).await else {
         panic!("upsert")
     };
     assert_eq!(changed.labels()["mode"], "two");
 
-    std::fs::remove_file(dir.0.join("b.yaml")).unwrap();
+    std::fs::remove_file(dir.path().join("b.yaml")).unwrap();
     let Update::Delete(key) = next(&mut rx).await else {
         panic!("delete")
     };
@@ -72,8 +72,8 @@ async fn first_sync_then_add_change_and_delete_arrive_within_a_second() {
 
 #[tokio::test]
 async fn a_changed_file_sends_only_the_objects_that_changed_or_went() {
-    let dir = TempDir::new("diff");
-    let file = dir.0.join("all.yaml");
+    let dir = temp_dir("diff");
+    let file = dir.path().join("all.yaml");
     let three = [
         namespace("a", "one"),
         namespace("b", "one"),
@@ -81,7 +81,7 @@ async fn a_changed_file_sends_only_the_objects_that_changed_or_went() {
     ];
     std::fs::write(&file, three.join("---\n")).unwrap();
     let (tx, mut rx) = mpsc::channel(16);
-    let _watch = FilesSource::new(&dir.0).spawn(tx).unwrap();
+    let _watch = FilesSource::new(dir.path()).spawn(tx).unwrap();
     assert_eq!(first_sync(&mut rx).await, ["a", "b", "c"]);
 
     std::fs::write(
@@ -98,11 +98,11 @@ async fn a_changed_file_sends_only_the_objects_that_changed_or_went() {
 
 #[tokio::test]
 async fn a_later_file_shadows_an_earlier_one_until_it_lets_go() {
-    let dir = TempDir::new("shadow");
-    std::fs::write(dir.0.join("a.yaml"), namespace("x", "from-a")).unwrap();
-    std::fs::write(dir.0.join("b.yaml"), namespace("x", "from-b")).unwrap();
+    let dir = temp_dir("shadow");
+    std::fs::write(dir.path().join("a.yaml"), namespace("x", "from-a")).unwrap();
+    std::fs::write(dir.path().join("b.yaml"), namespace("x", "from-b")).unwrap();
     let (tx, mut rx) = mpsc::channel(16);
-    let _watch = FilesSource::new(&dir.0).spawn(tx).unwrap();
+    let _watch = FilesSource::new(dir.path()).spawn(tx).unwrap();
     let mut store = crate::config::Store::new();
     let mut sync = Vec::new();
     while !matches!(sync.last(), Some(Update::Synced)) {
@@ -117,7 +117,7 @@ async fn a_later_file_shadows_an_earlier_one_until_it_lets_go() {
         Some("from-b")
     );
 
-    std::fs::write(dir.0.join("b.yaml"), namespace("y", "from-b")).unwrap();
+    std::fs::write(dir.path().join("b.yaml"), namespace("y", "from-b")).unwrap();
     let updates = [next(&mut rx).await, next(&mut rx).await];
     assert_eq!(
         updates.map(|u| describe(&u)),
@@ -127,20 +127,20 @@ async fn a_later_file_shadows_an_earlier_one_until_it_lets_go() {
 
 #[tokio::test]
 async fn a_bad_file_is_reported_and_keeps_its_last_good_objects() {
-    let dir = TempDir::new("bad");
-    std::fs::write(dir.0.join("a.yaml"), namespace("a", "one")).unwrap();
+    let dir = temp_dir("bad");
+    std::fs::write(dir.path().join("a.yaml"), namespace("a", "one")).unwrap();
     let (tx, mut rx) = mpsc::channel(16);
-    let _watch = FilesSource::new(&dir.0).spawn(tx).unwrap();
+    let _watch = FilesSource::new(dir.path()).spawn(tx).unwrap();
     assert_eq!(first_sync(&mut rx).await, ["a"]);
 
-    std::fs::write(dir.0.join("a.yaml"), "kind: [broken\n").unwrap();
+    std::fs::write(dir.path().join("a.yaml"), "kind: [broken\n").unwrap();
     let Update::Problems(problems) = next(&mut rx).await else {
         panic!("problems")
     };
     assert!(problems[0].contains("a.yaml"), "{problems:?}");
 
     // The next good write applies as a change of the last good state.
-    std::fs::write(dir.0.join("a.yaml"), namespace("a", "three")).unwrap();
+    std::fs::write(dir.path().join("a.yaml"), namespace("a", "three")).unwrap();
     let Update::Upsert(object) = next(&mut rx).await else {
         panic!("upsert")
     };
@@ -149,16 +149,16 @@ async fn a_bad_file_is_reported_and_keeps_its_last_good_objects() {
 
 #[tokio::test]
 async fn the_good_objects_of_a_file_load_beside_its_bad_ones() {
-    let dir = TempDir::new("mixed");
+    let dir = temp_dir("mixed");
     let bad = "apiVersion: v1\nkind: Namespace\nmetadata: {}\n";
     std::fs::write(
-        dir.0.join("a.yaml"),
+        dir.path().join("a.yaml"),
         [namespace("a", "one").as_str(), bad].join("---\n"),
     )
     .unwrap();
-    std::fs::write(dir.0.join("ignored.txt"), "not yaml").unwrap();
+    std::fs::write(dir.path().join("ignored.txt"), "not yaml").unwrap();
     let (tx, mut rx) = mpsc::channel(16);
-    let _watch = FilesSource::new(&dir.0).spawn(tx).unwrap();
+    let _watch = FilesSource::new(dir.path()).spawn(tx).unwrap();
     assert_eq!(first_sync(&mut rx).await, ["a"]);
     let Update::Problems(problems) = next(&mut rx).await else {
         panic!("problems")
@@ -168,9 +168,9 @@ async fn the_good_objects_of_a_file_load_beside_its_bad_ones() {
 
 #[tokio::test]
 async fn a_missing_folder_is_an_error_at_start() {
-    let dir = TempDir::new("missing");
+    let dir = temp_dir("missing");
     let (tx, _rx) = mpsc::channel(16);
-    let error = FilesSource::new(dir.0.join("missing")).spawn(tx).err();
+    let error = FilesSource::new(dir.path().join("missing")).spawn(tx).err();
     assert!(error.is_some_and(|e| e.to_string().contains("missing")));
 }
 
@@ -179,16 +179,18 @@ async fn a_missing_folder_is_an_error_at_start() {
 /// readers of one folder woke each other for ever.
 #[test]
 fn opening_and_reading_a_file_is_not_a_change() {
-    let dir = TempDir::new("opens");
-    let watched = dir.0.join("a.yaml");
-    let sentinel = dir.0.join("z.yaml");
+    let dir = temp_dir("opens");
+    let watched = dir.path().join("a.yaml");
+    let sentinel = dir.path().join("z.yaml");
     std::fs::write(&watched, namespace("a", "one")).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let mut watcher = notify::recommended_watcher(move |event| {
         let _ = tx.send(event);
     })
     .unwrap();
-    watcher.watch(&dir.0, RecursiveMode::NonRecursive).unwrap();
+    watcher
+        .watch(dir.path(), RecursiveMode::NonRecursive)
+        .unwrap();
     std::fs::read_to_string(&watched).unwrap();
     // Events of one watch arrive in order: once the sentinel's write is seen, the read's
     // events have all been seen.

@@ -5,7 +5,7 @@ use x509_parser::prelude::FromDer as _;
 
 use super::*;
 use crate::identity::WorkloadCertificate;
-use crate::test_util::TempDir;
+use crate::test_util::temp_dir;
 
 const TD: &str = "cluster.local";
 
@@ -31,25 +31,25 @@ fn refusal(dir: &Path) -> String {
 
 #[test]
 fn created_files_sign_chains_through_the_intermediate_to_the_root() {
-    let dir = TempDir::new("ca-created");
-    let written = create(TD, &dir.0).unwrap();
+    let dir = temp_dir("ca-created");
+    let written = create(TD, dir.path()).unwrap();
     assert_eq!(written.len(), 5);
     for key in [ROOT_KEY, CA_KEY] {
-        let mode = std::fs::metadata(dir.0.join(key))
+        let mode = std::fs::metadata(dir.path().join(key))
             .unwrap()
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600, "{key} is readable by its owner only");
     }
 
-    let ca = CertificateAuthority::from_dir(TD, &dir.0).unwrap();
-    assert_eq!(ca.root_pem(), read(&dir.0.join(ROOT_CERT)));
+    let ca = CertificateAuthority::from_dir(TD, dir.path()).unwrap();
+    assert_eq!(ca.root_pem(), read(&dir.path().join(ROOT_CERT)));
     let cert = issue(&ca, Duration::from_secs(3600));
     assert_eq!(cert.identity, workload());
     let pems: Vec<String> = cert.chain.iter().map(|der| certificate_pem(der)).collect();
     assert_eq!(pems.len(), 3, "leaf, intermediate, root");
-    assert_eq!(pems[1], read(&dir.0.join(CA_CERT)));
-    assert_eq!(pems[2], read(&dir.0.join(ROOT_CERT)));
+    assert_eq!(pems[1], read(&dir.path().join(CA_CERT)));
+    assert_eq!(pems[2], read(&dir.path().join(ROOT_CERT)));
     tls::verify_peer_chain(&cert.chain, std::slice::from_ref(ca.root())).unwrap();
     // Without the intermediate a peer cannot build the path.
     let leaf_only = [cert.chain[0].clone()];
@@ -57,7 +57,7 @@ fn created_files_sign_chains_through_the_intermediate_to_the_root() {
 
     // A second CA process on the same files: the same root, and each one's certificates
     // verify for the other's holders.
-    let again = CertificateAuthority::from_dir(TD, &dir.0).unwrap();
+    let again = CertificateAuthority::from_dir(TD, dir.path()).unwrap();
     assert_eq!(again.root(), ca.root());
     tls::verify_peer_chain(
         &issue(&again, Duration::from_secs(60)).chain,
@@ -68,22 +68,22 @@ fn created_files_sign_chains_through_the_intermediate_to_the_root() {
 
 #[test]
 fn create_never_overwrites() {
-    let dir = TempDir::new("ca-overwrite");
-    create(TD, &dir.0).unwrap();
-    let before = read(&dir.0.join(CA_KEY));
-    let error = create(TD, &dir.0).unwrap_err().to_string();
+    let dir = temp_dir("ca-overwrite");
+    create(TD, dir.path()).unwrap();
+    let before = read(&dir.path().join(CA_KEY));
+    let error = create(TD, dir.path()).unwrap_err().to_string();
     assert!(error.contains("never overwrites"), "{error}");
-    assert_eq!(read(&dir.0.join(CA_KEY)), before);
+    assert_eq!(read(&dir.path().join(CA_KEY)), before);
 }
 
 #[test]
 fn a_self_signed_root_as_ca_cert_needs_no_chain_file() {
-    let dir = TempDir::new("ca-root-only");
-    create(TD, &dir.0).unwrap();
-    std::fs::copy(dir.0.join(ROOT_CERT), dir.0.join(CA_CERT)).unwrap();
-    std::fs::copy(dir.0.join(ROOT_KEY), dir.0.join(CA_KEY)).unwrap();
-    std::fs::remove_file(dir.0.join(CERT_CHAIN)).unwrap();
-    let ca = CertificateAuthority::from_dir(TD, &dir.0).unwrap();
+    let dir = temp_dir("ca-root-only");
+    create(TD, dir.path()).unwrap();
+    std::fs::copy(dir.path().join(ROOT_CERT), dir.path().join(CA_CERT)).unwrap();
+    std::fs::copy(dir.path().join(ROOT_KEY), dir.path().join(CA_KEY)).unwrap();
+    std::fs::remove_file(dir.path().join(CERT_CHAIN)).unwrap();
+    let ca = CertificateAuthority::from_dir(TD, dir.path()).unwrap();
     let cert = issue(&ca, Duration::from_secs(60));
     assert_eq!(cert.chain.len(), 2, "leaf and root");
     tls::verify_peer_chain(&cert.chain, std::slice::from_ref(ca.root())).unwrap();
@@ -91,10 +91,10 @@ fn a_self_signed_root_as_ca_cert_needs_no_chain_file() {
 
 #[test]
 fn the_chain_file_may_be_left_out_for_an_intermediate_the_root_signed() {
-    let dir = TempDir::new("ca-no-chain");
-    create(TD, &dir.0).unwrap();
-    std::fs::remove_file(dir.0.join(CERT_CHAIN)).unwrap();
-    let ca = CertificateAuthority::from_dir(TD, &dir.0).unwrap();
+    let dir = temp_dir("ca-no-chain");
+    create(TD, dir.path()).unwrap();
+    std::fs::remove_file(dir.path().join(CERT_CHAIN)).unwrap();
+    let ca = CertificateAuthority::from_dir(TD, dir.path()).unwrap();
     tls::verify_peer_chain(
         &issue(&ca, Duration::from_secs(60)).chain,
         &[ca.root().clone()],
@@ -104,12 +104,12 @@ fn the_chain_file_may_be_left_out_for_an_intermediate_the_root_signed() {
 
 #[test]
 fn a_key_of_another_certificate_is_refused_naming_the_key_file() {
-    let dir = TempDir::new("ca-wrong-key");
-    let other = TempDir::new("ca-wrong-key-other");
-    create(TD, &dir.0).unwrap();
-    create(TD, &other.0).unwrap();
-    std::fs::copy(other.0.join(CA_KEY), dir.0.join(CA_KEY)).unwrap();
-    let error = refusal(&dir.0);
+    let dir = temp_dir("ca-wrong-key");
+    let other = temp_dir("ca-wrong-key-other");
+    create(TD, dir.path()).unwrap();
+    create(TD, other.path()).unwrap();
+    std::fs::copy(other.path().join(CA_KEY), dir.path().join(CA_KEY)).unwrap();
+    let error = refusal(dir.path());
     assert!(
         error.contains(CA_KEY) && error.contains("not the key of"),
         "{error}"
@@ -118,13 +118,13 @@ fn a_key_of_another_certificate_is_refused_naming_the_key_file() {
 
 #[test]
 fn a_root_that_did_not_issue_the_ca_is_refused() {
-    let dir = TempDir::new("ca-wrong-root");
-    let other = TempDir::new("ca-wrong-root-other");
-    create(TD, &dir.0).unwrap();
-    create(TD, &other.0).unwrap();
-    std::fs::copy(other.0.join(ROOT_CERT), dir.0.join(ROOT_CERT)).unwrap();
-    std::fs::remove_file(dir.0.join(CERT_CHAIN)).unwrap();
-    let error = refusal(&dir.0);
+    let dir = temp_dir("ca-wrong-root");
+    let other = temp_dir("ca-wrong-root-other");
+    create(TD, dir.path()).unwrap();
+    create(TD, other.path()).unwrap();
+    std::fs::copy(other.path().join(ROOT_CERT), dir.path().join(ROOT_CERT)).unwrap();
+    std::fs::remove_file(dir.path().join(CERT_CHAIN)).unwrap();
+    let error = refusal(dir.path());
     assert!(
         error.contains("verifies against no root") && error.contains("must be issued"),
         "{error}"
@@ -135,15 +135,15 @@ fn a_root_that_did_not_issue_the_ca_is_refused() {
 /// the chains end in the root that issued the CA, and every root is published.
 #[test]
 fn a_root_file_with_two_roots_publishes_both_and_chains_to_the_issuing_one() {
-    let dir = TempDir::new("ca-two-roots");
-    let other = TempDir::new("ca-two-roots-other");
-    create(TD, &dir.0).unwrap();
-    create(TD, &other.0).unwrap();
-    std::fs::remove_file(dir.0.join(CERT_CHAIN)).unwrap();
-    let ours = read(&dir.0.join(ROOT_CERT));
-    let both = read(&other.0.join(ROOT_CERT)) + &ours;
-    std::fs::write(dir.0.join(ROOT_CERT), &both).unwrap();
-    let ca = CertificateAuthority::from_dir(TD, &dir.0).unwrap();
+    let dir = temp_dir("ca-two-roots");
+    let other = temp_dir("ca-two-roots-other");
+    create(TD, dir.path()).unwrap();
+    create(TD, other.path()).unwrap();
+    std::fs::remove_file(dir.path().join(CERT_CHAIN)).unwrap();
+    let ours = read(&dir.path().join(ROOT_CERT));
+    let both = read(&other.path().join(ROOT_CERT)) + &ours;
+    std::fs::write(dir.path().join(ROOT_CERT), &both).unwrap();
+    let ca = CertificateAuthority::from_dir(TD, dir.path()).unwrap();
     assert_eq!(
         certificate_pem(ca.root()),
         ours,
@@ -157,11 +157,11 @@ fn a_root_file_with_two_roots_publishes_both_and_chains_to_the_issuing_one() {
 
 #[test]
 fn a_chain_file_not_starting_with_the_ca_cert_is_refused() {
-    let dir = TempDir::new("ca-chain-order");
-    create(TD, &dir.0).unwrap();
-    let reversed = read(&dir.0.join(ROOT_CERT)) + &read(&dir.0.join(CA_CERT));
-    std::fs::write(dir.0.join(CERT_CHAIN), reversed).unwrap();
-    let error = refusal(&dir.0);
+    let dir = temp_dir("ca-chain-order");
+    create(TD, dir.path()).unwrap();
+    let reversed = read(&dir.path().join(ROOT_CERT)) + &read(&dir.path().join(CA_CERT));
+    std::fs::write(dir.path().join(CERT_CHAIN), reversed).unwrap();
+    let error = refusal(dir.path());
     assert!(
         error.contains(CERT_CHAIN) && error.contains("must start with"),
         "{error}"
@@ -170,25 +170,25 @@ fn a_chain_file_not_starting_with_the_ca_cert_is_refused() {
 
 #[test]
 fn missing_or_malformed_files_are_named() {
-    let dir = TempDir::new("ca-malformed");
-    let error = refusal(&dir.0);
+    let dir = temp_dir("ca-malformed");
+    let error = refusal(dir.path());
     assert!(error.contains(CA_CERT), "{error}");
 
-    create(TD, &dir.0).unwrap();
+    create(TD, dir.path()).unwrap();
     std::fs::write(
-        dir.0.join(CA_KEY),
+        dir.path().join(CA_KEY),
         "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n",
     )
     .unwrap();
-    let error = refusal(&dir.0);
+    let error = refusal(dir.path());
     assert!(
         error.contains(CA_KEY) && error.contains("not a usable private key"),
         "{error}"
     );
 
-    let two = read(&dir.0.join(CA_CERT)) + &read(&dir.0.join(ROOT_CERT));
-    std::fs::write(dir.0.join(CA_CERT), two).unwrap();
-    let error = refusal(&dir.0);
+    let two = read(&dir.path().join(CA_CERT)) + &read(&dir.path().join(ROOT_CERT));
+    std::fs::write(dir.path().join(CA_CERT), two).unwrap();
+    let error = refusal(dir.path());
     assert!(
         error.contains(CA_CERT) && error.contains("exactly one"),
         "{error}"
@@ -223,24 +223,24 @@ fn intermediate(not_after: SystemTime) -> CertificateParams {
 
 #[test]
 fn a_certificate_that_is_not_a_ca_or_expired_is_refused() {
-    let dir = TempDir::new("ca-not-ca");
-    create(TD, &dir.0).unwrap();
+    let dir = temp_dir("ca-not-ca");
+    create(TD, dir.path()).unwrap();
     let mut leaf = intermediate(SystemTime::now() + Duration::from_secs(3600));
     leaf.is_ca = IsCa::ExplicitNoCa;
     leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    replace_ca(&dir.0, leaf);
-    let error = refusal(&dir.0);
+    replace_ca(dir.path(), leaf);
+    let error = refusal(dir.path());
     assert!(
         error.contains(CA_CERT) && error.contains("not a CA"),
         "{error}"
     );
 
     replace_ca(
-        &dir.0,
+        dir.path(),
         intermediate(SystemTime::now() - Duration::from_secs(3600)),
     );
-    let error = refusal(&dir.0);
+    let error = refusal(dir.path());
     assert!(
         error.contains(CA_CERT) && error.contains("not valid now"),
         "{error}"
@@ -249,11 +249,11 @@ fn a_certificate_that_is_not_a_ca_or_expired_is_refused() {
 
 #[test]
 fn no_certificate_outlives_the_signing_certificate() {
-    let dir = TempDir::new("ca-short");
-    create(TD, &dir.0).unwrap();
+    let dir = temp_dir("ca-short");
+    create(TD, dir.path()).unwrap();
     let expires = SystemTime::now() + Duration::from_secs(3600);
-    replace_ca(&dir.0, intermediate(expires));
-    let ca = CertificateAuthority::from_dir(TD, &dir.0).unwrap();
+    replace_ca(dir.path(), intermediate(expires));
+    let ca = CertificateAuthority::from_dir(TD, dir.path()).unwrap();
     let cert = issue(&ca, Duration::from_secs(24 * 3600));
     let (_, leaf) = X509Certificate::from_der(&cert.chain[0]).unwrap();
     let not_after = leaf.validity().not_after.timestamp();
