@@ -6,9 +6,10 @@
 //! to trust. It signs with Istio's plug-in CA files (`--ca-dir`, the `cacerts` Secret),
 //! following them as they change ([`reload`]), or, without them, with a root made at start
 //! whose key never leaves memory (a new root at every start: for labs and trials). Its TLS
-//! endpoint serves a certificate it makes again when its files change ([`serve`]). Who holds a credential is decided by the
-//! credentials file and the files config source ([`NodeAuthorizer`], the lab) or by the
-//! Kubernetes API ([`kube::KubeAuthorizer`]: TokenReview and pod lookups).
+//! endpoint serves a certificate it makes again when its files change ([`serve`]). Who
+//! holds a credential is decided by the credentials file and the files config source
+//! ([`NodeAuthorizer`], the lab) or by the Kubernetes API ([`kube::KubeAuthorizer`]:
+//! TokenReview and pod lookups).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
