@@ -309,19 +309,7 @@ fn the_ca_signs_only_identities_of_pods_on_the_callers_node() {
 /// from it and keep carrying new connections with what it signs.
 #[test]
 fn a_restarted_ca_keeps_its_root_and_the_agents_renew_from_it() {
-    let file = manifest("car", "lab.yaml", POLICY_LAB);
-    let mut lab = TestLab::up("car", 2, &[file]);
-    lab.start_mesh(
-        &MeshOptions {
-            cert_ttl: Some("4s".into()),
-            ..MeshOptions::default()
-        },
-        "default",
-    );
-    // remote (sa sleep) on node2 calls server (sa httpbin) on node1 through both agents.
-    let url = format!("http://{}:8080/ip", lab.pod("server").ip);
-    let get = |lab: &TestLab| lab.curl("remote", &["-sf", "--max-time", "5", &url]);
-    eventually(Duration::from_secs(5), || get(&lab)).expect("the mesh carries the request");
+    let lab = renewing_lab("car");
     let chain = {
         let access = CaAccess::of(&lab, "node2").unwrap();
         in_node(&lab, "node2", move || async move {
@@ -333,31 +321,16 @@ fn a_restarted_ca_keeps_its_root_and_the_agents_renew_from_it() {
 
     let root_file = lab.lab.dir().join("ca/root-cert.pem");
     let root = std::fs::read_to_string(&root_file).unwrap();
-    let identities = [
-        ("node1", "spiffe://cluster.local/ns/default/sa/httpbin"),
-        ("node2", "spiffe://cluster.local/ns/default/sa/sleep"),
-    ];
-    let before = identities.map(|(node, id)| certificates_issued(&lab, node, id));
+    let before = issued(&lab);
     lab.lab.restart_ca().unwrap();
     assert_eq!(
         std::fs::read_to_string(&root_file).unwrap(),
         root,
         "the restarted CA published the same root"
     );
-    // Two renewals each from the restarted CA (4 s certificates renew at about half their
-    // life): by then the certificates of before the restart have expired.
-    eventually(Duration::from_secs(20), || {
-        let now = identities.map(|(node, id)| certificates_issued(&lab, node, id));
-        ensure!(
-            now.iter()
-                .zip(&before)
-                .all(|(now, before)| *now >= before + 2),
-            "certificates issued {before:?} before the restart, {now:?} now"
-        );
-        Ok(())
-    })
-    .expect("both agents renew from the restarted CA");
-    get(&lab).expect("a new connection with certificates from the restarted CA");
+    // By then the certificates of before the restart have expired.
+    renewed_twice(&lab, before).expect("both agents renew from the restarted CA");
+    remote_get(&lab).expect("a new connection with certificates from the restarted CA");
     let log = lab.lab.agent_log("ca");
     assert!(
         !log.contains("no --ca-dir"),
@@ -420,18 +393,7 @@ fn agents_follow_a_root_rotation_in_their_root_file_without_restarting() {
 #[test]
 fn a_root_rotation_in_the_ca_files_reaches_every_agent_without_a_restart() {
     use mesh_core::identity::ca::files::{self, CA_CERT, CA_KEY, CERT_CHAIN, ROOT_CERT};
-    let file = manifest("rcf", "lab.yaml", POLICY_LAB);
-    let mut lab = TestLab::up("rcf", 2, &[file]);
-    lab.start_mesh(
-        &MeshOptions {
-            cert_ttl: Some("4s".into()),
-            ..MeshOptions::default()
-        },
-        "default",
-    );
-    let url = format!("http://{}:8080/ip", lab.pod("server").ip);
-    let get = |lab: &TestLab| lab.curl("remote", &["-sf", "--max-time", "5", &url]);
-    eventually(Duration::from_secs(5), || get(&lab)).expect("the mesh carries the request");
+    let lab = renewing_lab("rcf");
 
     let cacerts = lab.lab.dir().join("ca/cacerts");
     let second = lab.lab.dir().join("ca/second");
@@ -454,7 +416,7 @@ fn a_root_rotation_in_the_ca_files_reaches_every_agent_without_a_restart() {
         Ok(())
     })
     .expect("both roots reach every agent");
-    get(&lab).expect("a new connection while both roots are trusted");
+    remote_get(&lab).expect("a new connection while both roots are trusted");
 
     // 2: the new intermediate signs.
     for name in [CA_CERT, CA_KEY, CERT_CHAIN] {
@@ -472,7 +434,7 @@ fn a_root_rotation_in_the_ca_files_reaches_every_agent_without_a_restart() {
         Ok(())
     })
     .expect("every agent renews into the new chain");
-    get(&lab).expect("a new connection with certificates of the new chain");
+    remote_get(&lab).expect("a new connection with certificates of the new chain");
 
     // 3: the new root alone.
     replace(&cacerts, ROOT_CERT, &new_pem);
@@ -484,23 +446,9 @@ fn a_root_rotation_in_the_ca_files_reaches_every_agent_without_a_restart() {
         Ok(())
     })
     .expect("the new root alone reaches every agent");
-    let identities = [
-        ("node1", "spiffe://cluster.local/ns/default/sa/httpbin"),
-        ("node2", "spiffe://cluster.local/ns/default/sa/sleep"),
-    ];
-    let before = identities.map(|(node, id)| certificates_issued(&lab, node, id));
-    eventually(Duration::from_secs(20), || {
-        let now = identities.map(|(node, id)| certificates_issued(&lab, node, id));
-        ensure!(
-            now.iter()
-                .zip(&before)
-                .all(|(now, before)| *now >= before + 2),
-            "certificates issued {before:?} when the old root went, {now:?} now"
-        );
-        Ok(())
-    })
-    .expect("agents trusting only the new root still renew from the CA");
-    get(&lab).expect("a new connection with the new root alone");
+    renewed_twice(&lab, issued(&lab))
+        .expect("agents trusting only the new root still renew from the CA");
+    remote_get(&lab).expect("a new connection with the new root alone");
     let log = lab.lab.agent_log("ca");
     assert_eq!(
         log.matches("the CA files changed: signing with them")
@@ -508,6 +456,54 @@ fn a_root_rotation_in_the_ca_files_reaches_every_agent_without_a_restart() {
         3,
         "the CA loaded each step once:\n{log}"
     );
+}
+
+/// The identities [`renewing_lab`]'s agents hold, by node: `remote` (sa sleep) on node2
+/// calls `server` (sa httpbin) on node1 through both agents.
+const RENEWING: [(&str, &str); 2] = [
+    ("node1", "spiffe://cluster.local/ns/default/sa/httpbin"),
+    ("node2", "spiffe://cluster.local/ns/default/sa/sleep"),
+];
+
+/// A two-node lab whose agents hold 4 s certificates (renewed at about half their life),
+/// once `remote` reaches `server` through the mesh.
+fn renewing_lab(name: &str) -> TestLab {
+    let file = manifest(name, "lab.yaml", POLICY_LAB);
+    let mut lab = TestLab::up(name, 2, &[file]);
+    lab.start_mesh(
+        &MeshOptions {
+            cert_ttl: Some("4s".into()),
+            ..MeshOptions::default()
+        },
+        "default",
+    );
+    eventually(Duration::from_secs(5), || remote_get(&lab)).expect("the mesh carries the request");
+    lab
+}
+
+/// A new connection from `remote` to `server` (HTTP GET of /ip).
+fn remote_get(lab: &TestLab) -> Result<String> {
+    let url = format!("http://{}:8080/ip", lab.pod("server").ip);
+    lab.curl("remote", &["-sf", "--max-time", "5", &url])
+}
+
+/// How many certificates each of [`RENEWING`] has had.
+fn issued(lab: &TestLab) -> [u64; 2] {
+    RENEWING.map(|(node, id)| certificates_issued(lab, node, id))
+}
+
+/// Waits until each of [`RENEWING`] has had two certificates more than `before`.
+fn renewed_twice(lab: &TestLab, before: [u64; 2]) -> Result<()> {
+    eventually(Duration::from_secs(20), || {
+        let now = issued(lab);
+        ensure!(
+            now.iter()
+                .zip(&before)
+                .all(|(now, before)| *now >= before + 2),
+            "certificates issued {before:?} before, {now:?} now"
+        );
+        Ok(())
+    })
 }
 
 /// Replaces `dir/name` with `text` as one new file, as a Secret update lands.
