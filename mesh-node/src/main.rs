@@ -20,6 +20,11 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::try_parse_checked(std::env::args_os()).unwrap_or_else(|error| error.exit());
+    if matches!(cli.command, Command::Run(_) | Command::Ca(_))
+        && let Err(error) = mesh_core::identity::protect_key_memory()
+    {
+        tracing::warn!(%error, "cannot keep the private keys out of core dumps");
+    }
     let (workers, scheduling) = match &cli.command {
         Command::Run(args) => (usize::from(args.worker_threads), args.scheduling),
         // The CA and the one-shot commands: two, as for any small server.

@@ -15,6 +15,9 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::try_parse_checked(std::env::args_os()).unwrap_or_else(|error| error.exit());
+    if let Err(error) = mesh_core::identity::protect_key_memory() {
+        tracing::warn!(%error, "cannot keep the private keys out of core dumps");
+    }
     let (workers, scheduling) = (usize::from(cli.worker_threads), cli.scheduling);
     let config = cli.into_config().unwrap_or_else(|error| error.exit());
     let runtime = mesh_core::runtime::build(workers, scheduling)?;
