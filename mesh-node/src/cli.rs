@@ -11,6 +11,7 @@ use clap::error::ErrorKind;
 use clap::{CommandFactory as _, Parser, Subcommand};
 
 use mesh_core::config::Name;
+use mesh_core::identity::service::CaAddress;
 use mesh_core::scheduling::Scheduling;
 
 use crate::agent::{ConfigSource, RedirectMode};
@@ -130,9 +131,9 @@ pub struct RunArgs {
     pub metrics_port: u16,
     #[arg(long, default_value_t = 15021)]
     pub readiness_port: u16,
-    /// The mesh CA's gRPC address.
+    /// The mesh CA's gRPC address: `ip:port` or `name:port` (resolved at every connection).
     #[arg(long)]
-    pub ca_addr: SocketAddr,
+    pub ca_addr: CaAddress,
     /// The CA's root certificate (PEM): the mesh's trust anchor.
     #[arg(long)]
     pub ca_root: PathBuf,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::error::ErrorKind;
 use clap::{CommandFactory as _, Parser};
 use mesh_core::identity::manager::CaClientConfig;
+use mesh_core::identity::service::CaAddress;
 use mesh_core::scheduling::Scheduling;
 
 use crate::server::{ConfigSource, WaypointConfig};
@@ -53,9 +54,10 @@ pub struct Cli {
     pub admin_ip: IpAddr,
     #[arg(long, default_value_t = 15020)]
     pub metrics_port: u16,
-    /// The mesh CA's gRPC address.
+    /// The mesh CA's gRPC address: `ip:port` or `name:port` (e.g.
+    /// `mesh-ca.istio-system.svc:15012`, resolved at every connection).
     #[arg(long, env = "CA_ADDR")]
-    pub ca_addr: SocketAddr,
+    pub ca_addr: CaAddress,
     /// The CA's root certificate (PEM).
     #[arg(long, env = "CA_ROOT")]
     pub ca_root: PathBuf,

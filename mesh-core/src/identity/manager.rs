@@ -6,13 +6,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use crate::identity::roots::Roots;
-use crate::identity::service::{CaClient, ca_client, request_certificate};
+use crate::identity::service::{CaAddress, CaClient, ca_client, request_certificate};
 use crate::identity::tls::{certified_key, server_name};
 use crate::identity::workload::CaCertSummary;
 use crate::identity::{Identity, WorkloadCertificate};
@@ -30,7 +29,7 @@ const RETRY: Duration = Duration::from_millis(100);
 /// Where the node's certificates come from.
 #[derive(Clone, Serialize)]
 pub struct CaClientConfig {
-    pub addr: SocketAddr,
+    pub addr: CaAddress,
     /// The CA's root certificate (PEM): the mesh's trust anchor.
     pub root: PathBuf,
     /// The file holding this node's credential for the CA.
@@ -63,7 +62,7 @@ pub enum Error {
     Root(String),
     #[error("connecting to the CA at {addr}: {source}")]
     Channel {
-        addr: SocketAddr,
+        addr: CaAddress,
         source: tonic::transport::Error,
     },
     #[error("the CA refused a certificate for {identity}: {status}")]
@@ -143,9 +142,9 @@ impl CertManager {
         };
         let roots = Arc::new(Roots::load(&config.root).map_err(Error::Root)?);
         let credential = read(&config.credential_file)?.trim().to_owned();
-        let client = ca_client(config.addr, &roots.pem(), REQUEST_TIMEOUT).map_err(|source| {
+        let client = ca_client(&config.addr, &roots.pem(), REQUEST_TIMEOUT).map_err(|source| {
             Error::Channel {
-                addr: config.addr,
+                addr: config.addr.clone(),
                 source,
             }
         })?;
@@ -176,7 +175,7 @@ impl CertManager {
         match self.roots.reload_if_changed() {
             Ok(false) => {}
             Ok(true) => {
-                match ca_client(self.config.addr, &self.roots.pem(), REQUEST_TIMEOUT) {
+                match ca_client(&self.config.addr, &self.roots.pem(), REQUEST_TIMEOUT) {
                     Ok(client) => *self.client.write().unwrap_or_else(|e| e.into_inner()) = client,
                     Err(error) => {
                         tracing::warn!(%error, "the CA channel keeps the roots it had");

@@ -10,14 +10,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use clap::CommandFactory as _;
+use mesh_core::identity::service::CaAddress;
 use mesh_core::manifest::{self, Object};
 use mesh_core::source::kube::RESOURCES;
 use mesh_node::cli::{AuthorizerKind, CaArgs, Command as NodeCommand, RunArgs};
 use mesh_waypoint::server::{ConfigSource as WaypointSource, WaypointConfig};
 use serde_json::Value;
-
-/// Placeholders `deploy/waypoint.yaml` documents, and what stands in for them here.
-const PLACEHOLDERS: &[(&str, &str)] = &[("CA_CLUSTER_IP", "10.96.0.12")];
 
 /// Variables every container may set although no flag reads them.
 const READ_ELSEWHERE: &[&str] = &["RUST_LOG"];
@@ -220,9 +218,7 @@ fn environment(container: &Container<'_>, objects: &[Object]) -> BTreeMap<String
     for var in list(container.value, "/env") {
         let name = text(var, "/name").unwrap_or_default().to_owned();
         let value = if let Some(value) = text(var, "/value") {
-            PLACEHOLDERS
-                .iter()
-                .fold(value.to_owned(), |v, (from, to)| v.replace(from, to))
+            value.to_owned()
         } else if let Some(path) = text(var, "/valueFrom/fieldRef/fieldPath") {
             match path {
                 "spec.nodeName" => "node-1".to_owned(),
@@ -502,7 +498,9 @@ fn mesh_containers_name_files_ports_and_accounts_the_manifests_provide() {
     );
     // What a client of the CA must hold: the root from the ConfigMap, a token for the CA's
     // audience, the CA's address.
-    let client = |container: &Container<'_>, root: &Path, credential: &Path, port: u16| {
+    let ca_namespace = ca_container.namespace.clone();
+    let ca_ip = text(&ca_service.value, "/spec/clusterIP").unwrap_or("10.96.0.12");
+    let client = |container: &Container<'_>, root: &Path, credential: &Path, addr: &CaAddress| {
         let (volume, _) = container.volume_of(root).unwrap_or_else(|| {
             panic!(
                 "{}: --ca-root {} is on no mounted volume",
@@ -525,9 +523,23 @@ fn mesh_containers_name_files_ports_and_accounts_the_manifests_provide() {
             container.what
         );
         assert_eq!(
-            Some(u64::from(port)),
+            Some(u64::from(addr.port())),
             ca_port,
             "{}: CA port",
+            container.what
+        );
+        // The mesh-ca Service, by its ClusterIP (the Service's variables) or its name.
+        let reaches_the_service = match addr {
+            CaAddress::Ip(ip) => ip.ip().to_string() == ca_ip,
+            CaAddress::Name { host, .. } => [
+                format!("mesh-ca.{ca_namespace}.svc"),
+                format!("mesh-ca.{ca_namespace}.svc.cluster.local"),
+            ]
+            .contains(host),
+        };
+        assert!(
+            reaches_the_service,
+            "{}: the CA address {addr} is not the mesh-ca Service's",
             container.what
         );
     };
@@ -550,7 +562,7 @@ fn mesh_containers_name_files_ports_and_accounts_the_manifests_provide() {
                     container,
                     &args.ca_root,
                     &args.ca_credential_file,
-                    args.ca_addr.port(),
+                    &args.ca_addr,
                 );
                 let (namespace, account) = container.service_account();
                 assert_eq!(
@@ -571,7 +583,7 @@ fn mesh_containers_name_files_ports_and_accounts_the_manifests_provide() {
                     container,
                     &config.ca.root,
                     &config.ca.credential_file,
-                    config.ca.addr.port(),
+                    &config.ca.addr,
                 );
             }
             Parsed::Ca(_) => {}

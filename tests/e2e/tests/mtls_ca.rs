@@ -50,7 +50,7 @@ impl CaAccess {
         use mesh_core::identity::Identity;
         use mesh_core::identity::service::{ca_client, request_certificate};
         let identity = Identity::new("cluster.local", namespace, service_account);
-        let mut client = ca_client(self.ca, &self.root, Duration::from_secs(5))?;
+        let mut client = ca_client(&self.ca.into(), &self.root, Duration::from_secs(5))?;
         let cert = request_certificate(&mut client, self.credential.trim(), &identity, validity)
             .await
             .map_err(|status| anyhow::anyhow!("{:?}: {}", status.code(), status.message()))?;

@@ -139,3 +139,35 @@ async fn requests_without_credentials_or_with_bad_csrs_are_refused() {
     let bad = client.create_certificate(request).await.unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
 }
+
+#[test]
+fn ca_addresses_are_ips_or_dns_names_with_a_port() {
+    let parse = |text: &str| text.parse::<CaAddress>();
+    assert_eq!(
+        parse("10.96.0.12:15012"),
+        Ok(CaAddress::Ip("10.96.0.12:15012".parse().unwrap()))
+    );
+    assert_eq!(
+        parse("[fd00::12]:15012").map(|a| a.to_string()),
+        Ok("[fd00::12]:15012".to_owned())
+    );
+    let name = parse("Mesh-CA.istio-system.svc.cluster.local.:15012").unwrap();
+    assert_eq!(
+        name.to_string(),
+        "mesh-ca.istio-system.svc.cluster.local:15012"
+    );
+    assert_eq!(name.port(), 15012);
+    for (bad, says) in [
+        ("mesh-ca.istio-system.svc", "not host:port"),
+        ("mesh-ca:http", "not a port number"),
+        ("mesh-ca:99999", "not a port number"),
+        ("CA_CLUSTER_IP:15012", "neither an IP address"),
+        ("fd00::12:15012", "neither an IP address"),
+        (":15012", "neither an IP address"),
+        ("mesh..ca:15012", "neither an IP address"),
+        ("-mesh-ca:15012", "neither an IP address"),
+    ] {
+        let error = parse(bad).unwrap_err();
+        assert!(error.contains(says), "{bad}: {error}");
+    }
+}

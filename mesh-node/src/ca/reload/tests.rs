@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use mesh_core::identity::ca::files::{self, CA_CERT, CA_KEY, CERT_CHAIN, ROOT_CERT};
-use mesh_core::identity::service::{Authorizer, Refusal, ca_client, request_certificate};
+use mesh_core::identity::service::{
+    Authorizer, CaAddress, Refusal, ca_client, request_certificate,
+};
 use mesh_core::identity::{Error, Identity};
 use rustls::pki_types::CertificateDer;
 use tokio::sync::oneshot;
@@ -68,7 +70,16 @@ impl RunningCa {
 
     /// The chain the CA signs now, asked over TLS trusting `roots` (PEM).
     async fn chain(&self, roots: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-        let mut client = ca_client(self.addr, roots, Duration::from_secs(5))?;
+        self.chain_at(&self.addr.into(), roots).await
+    }
+
+    /// [`Self::chain`], dialling `addr`.
+    async fn chain_at(
+        &self,
+        addr: &CaAddress,
+        roots: &str,
+    ) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+        let mut client = ca_client(addr, roots, Duration::from_secs(5))?;
         let identity = Identity::new(TD, "default", "sleep");
         let cert = request_certificate(&mut client, "any", &identity, Duration::from_secs(60))
             .await
@@ -130,7 +141,9 @@ async fn a_root_rotation_in_the_ca_files_takes_effect_without_a_restart() {
     let (old, new) = (ders(&old_pem).remove(0), ders(&new_pem).remove(0));
     let both = format!("{old_pem}{new_pem}");
 
-    let chain = ca.chain(&old_pem).await.unwrap();
+    // Asked by name, as a waypoint asks for mesh-ca.istio-system.svc.
+    let by_name = format!("localhost:{}", ca.addr.port()).parse().unwrap();
+    let chain = ca.chain_at(&by_name, &old_pem).await.unwrap();
     assert_eq!(
         (chain.len(), chain.last()),
         (3, Some(&old)),
