@@ -18,8 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use mesh_core::config::{Model, Name, Store};
-use mesh_core::identity::service::{Authorizer, CA_SERVER_NAME, CurrentCa, Refusal};
+use mesh_core::identity::service::{Authorizer, CA_SERVER_NAME, CurrentCa, Observer, Refusal};
 use mesh_core::identity::{CertificateAuthority, Identity};
+use mesh_core::pages::{OPENMETRICS, Page};
 use mesh_core::source::files::FilesSource;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
@@ -27,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 #[cfg(test)]
 mod fake_api;
 pub mod kube;
+pub mod metrics;
 pub mod publish;
 pub mod reload;
 pub mod serve;
@@ -41,6 +43,8 @@ const SERVING_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 #[derive(Debug, Clone, Serialize)]
 pub struct CaConfig {
     pub listen: SocketAddr,
+    /// Where `/metrics` is served ([`metrics`]).
+    pub metrics_listen: SocketAddr,
     pub trust_domain: String,
     /// Who may obtain which identity.
     pub authorizer: AuthorizerConfig,
@@ -231,7 +235,25 @@ pub async fn run(config: CaConfig) -> Result<()> {
             addr: config.listen,
             source,
         })?;
+    let metrics_listener = tokio::net::TcpListener::bind(config.metrics_listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.metrics_listen,
+            source,
+        })?;
     let signing = Signing::start(&config, reload::POLL)?;
+    let metrics = Arc::new(metrics::CaMetrics::default());
+    {
+        let (metrics, ca) = (metrics.clone(), signing.ca.clone());
+        tokio::spawn(mesh_core::pages::serve(
+            metrics_listener,
+            move |path| match path {
+                "/metrics" => Page::ok(OPENMETRICS, metrics.encode(&ca.borrow())),
+                _ => Page::not_found("/metrics"),
+            },
+        ));
+    }
+    let observer: Observer = Arc::new(move |outcome| metrics.observe(outcome));
     let stop = stop_signal()?;
     match &config.authorizer {
         AuthorizerConfig::File {
@@ -248,7 +270,9 @@ pub async fn run(config: CaConfig) -> Result<()> {
                 }
             });
             let authorizer = NodeAuthorizer::new(node_credentials, model)?;
-            signing.serve(&config, listener, authorizer, stop).await
+            signing
+                .serve(&config, listener, authorizer, observer, stop)
+                .await
         }
         AuthorizerConfig::Kube(kube) => {
             let client = ::kube::Client::try_default().await.map_err(Error::Kube)?;
@@ -258,7 +282,9 @@ pub async fn run(config: CaConfig) -> Result<()> {
                 tokio::spawn(publisher.run(publish::EVERY));
             }
             let authorizer = KubeAuthorizer::new(client, kube.clone());
-            signing.serve(&config, listener, authorizer, stop).await
+            signing
+                .serve(&config, listener, authorizer, observer, stop)
+                .await
         }
     }
 }
@@ -311,12 +337,14 @@ impl Signing {
         })
     }
 
-    /// Serves the CA's gRPC service on `listener` until `stop`.
+    /// Serves the CA's gRPC service on `listener` until `stop`, telling `observer` how each
+    /// request ended.
     pub async fn serve<A: Authorizer>(
         self,
         config: &CaConfig,
         listener: tokio::net::TcpListener,
         authorizer: A,
+        observer: Observer,
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<()> {
         tracing::info!(listen = %config.listen, root = %config.root_cert_out.display(), "mesh CA serving");
@@ -326,6 +354,7 @@ impl Signing {
             self.ca,
             authorizer,
             config.max_validity,
+            observer,
             stop,
         )
         .await

@@ -199,6 +199,9 @@ pub struct CaArgs {
     /// The gRPC address to serve.
     #[arg(long, default_value = "0.0.0.0:15012")]
     pub listen: SocketAddr,
+    /// Where the CA's Prometheus metrics are served (`/metrics`; istiod's monitoring port).
+    #[arg(long, default_value = "0.0.0.0:15014")]
+    pub metrics_listen: SocketAddr,
     #[arg(long, default_value = "cluster.local")]
     pub trust_domain: String,
     /// Who may obtain which identity.

@@ -92,6 +92,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(mesh_node::ca::run(CaConfig {
                 listen: args.listen,
+                metrics_listen: args.metrics_listen,
                 trust_domain: args.trust_domain,
                 authorizer,
                 ca_dir: args.ca_dir,

@@ -178,6 +178,7 @@ pub struct CaService<A> {
     ca: CurrentCa,
     authorizer: A,
     max_validity: Duration,
+    observer: Option<Observer>,
 }
 
 impl<A: Authorizer> CaService<A> {
@@ -186,7 +187,14 @@ impl<A: Authorizer> CaService<A> {
             ca,
             authorizer,
             max_validity,
+            observer: None,
         }
+    }
+
+    /// Tells `observer` how each request ended.
+    pub fn observed_by(mut self, observer: Observer) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     pub fn into_server(
@@ -196,34 +204,82 @@ impl<A: Authorizer> CaService<A> {
     }
 }
 
+/// How a certificate request ended, for the CA's metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Signed and answered.
+    Issued,
+    /// No bearer credential, or one that proves no one.
+    Unauthenticated,
+    /// The CSR is not PEM, not a CSR, or asks for no SPIFFE identity.
+    BadCsr,
+    /// The caller may not hold the identity.
+    Denied,
+    /// The authorizer's backend (the Kubernetes API) failed.
+    Unavailable,
+    /// Signing failed (e.g. an identity outside the CA's trust domain).
+    SignFailed,
+}
+
+/// Told the outcome of every request.
+pub type Observer = Arc<dyn Fn(Outcome) + Send + Sync>;
+
 #[tonic::async_trait]
 impl<A: Authorizer> IstioCertificateService for CaService<A> {
     async fn create_certificate(
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
+        let (outcome, answer) = match self.answer(request).await {
+            Ok(response) => (Outcome::Issued, Ok(response)),
+            Err((outcome, status)) => (outcome, Err(status)),
+        };
+        if let Some(observer) = &self.observer {
+            observer(outcome);
+        }
+        answer
+    }
+}
+
+impl<A: Authorizer> CaService<A> {
+    async fn answer(
+        &self,
+        request: Request<IstioCertificateRequest>,
+    ) -> Result<Response<IstioCertificateResponse>, (Outcome, Status)> {
+        let bad_csr = |status| (Outcome::BadCsr, status);
         let credential = request
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| {
-                Status::unauthenticated("no `authorization: Bearer <credential>` metadata")
+                (
+                    Outcome::Unauthenticated,
+                    Status::unauthenticated("no `authorization: Bearer <credential>` metadata"),
+                )
             })?
             .to_owned();
         let request = request.into_inner();
         let csr = pem::parse(&request.csr)
-            .map_err(|e| Status::invalid_argument(format!("csr is not PEM: {e}")))?;
+            .map_err(|e| bad_csr(Status::invalid_argument(format!("csr is not PEM: {e}"))))?;
         let identity = requested_identity(csr.contents())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| bad_csr(Status::invalid_argument(e.to_string())))?;
         if let Err(refusal) = self.authorizer.authorize(&credential, &identity).await {
-            match &refusal {
+            let outcome = match &refusal {
                 Refusal::Unavailable(why) => {
                     tracing::warn!(%identity, reason = %why, "could not authorize a certificate request");
+                    Outcome::Unavailable
                 }
-                why => tracing::info!(%identity, reason = %why, "refused a certificate request"),
-            }
-            return Err(refusal.into_status(&identity));
+                Refusal::Unauthenticated(why) => {
+                    tracing::info!(%identity, reason = %why, "refused a certificate request");
+                    Outcome::Unauthenticated
+                }
+                Refusal::Denied(why) => {
+                    tracing::info!(%identity, reason = %why, "refused a certificate request");
+                    Outcome::Denied
+                }
+            };
+            return Err((outcome, refusal.into_status(&identity)));
         }
         let asked = u64::try_from(request.validity_duration).unwrap_or(0);
         let validity = match asked {
@@ -233,7 +289,7 @@ impl<A: Authorizer> IstioCertificateService for CaService<A> {
         let ca = self.ca.borrow().clone();
         let chain = ca
             .sign(csr.contents(), &identity, validity)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| (Outcome::SignFailed, Status::invalid_argument(e.to_string())))?;
         tracing::info!(%identity, ?validity, "issued a workload certificate");
         let cert_chain = chain.iter().map(|der| certificate_pem(der)).collect();
         Ok(Response::new(IstioCertificateResponse { cert_chain }))

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use futures::Stream;
 use mesh_core::identity::CertificateAuthority;
-use mesh_core::identity::service::{Authorizer, CaService, CurrentCa};
+use mesh_core::identity::service::{Authorizer, CaService, CurrentCa, Observer};
 use mesh_core::identity::tls;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -117,20 +117,25 @@ impl ResolvesServerCert for ServingCert {
     }
 }
 
-/// Serves the CA (`ca`, current; `authorizer` decides who gets what) on `listener` with TLS
-/// presenting `serving`, until `stop` completes.
+/// Serves the CA (`ca`, current; `authorizer` decides who gets what; `observer` hears how
+/// each request ended) on `listener` with TLS presenting `serving`, until `stop` completes.
 pub async fn serve<A: Authorizer>(
     listener: TcpListener,
     serving: Arc<ServingCert>,
     ca: CurrentCa,
     authorizer: A,
     max_validity: Duration,
+    observer: Observer,
     stop: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let config = tls::ca_server_config(serving).map_err(ServeError::Tls)?;
     let incoming = tls_incoming(listener, TlsAcceptor::from(Arc::new(config)));
     tonic::transport::Server::builder()
-        .add_service(CaService::new(ca, authorizer, max_validity).into_server())
+        .add_service(
+            CaService::new(ca, authorizer, max_validity)
+                .observed_by(observer)
+                .into_server(),
+        )
         .serve_with_incoming_shutdown(incoming, stop)
         .await
         .map_err(ServeError::Grpc)

@@ -275,14 +275,30 @@ pub fn metrics(lab: &TestLab, node: &str) -> String {
     body
 }
 
+/// The Prometheus metrics of the lab's CA (on node1).
+pub fn ca_metrics(lab: &TestLab) -> String {
+    let node = lab.lab.node("node1").unwrap();
+    let (status, body) = http_get_in(
+        &node.netns,
+        SocketAddr::from((node.ip, mesh_sim::CA_METRICS_PORT)),
+        "/metrics",
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
 /// The sum of the samples of metric `name` whose labels include every one of `labels`
 /// (`key`, `value`) in a Prometheus/OpenMetrics text page; `None` when no series matches.
 pub fn series_sum(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let matching: Vec<f64> = page
         .lines()
         .filter_map(|line| {
-            let rest = line.strip_prefix(name)?.strip_prefix('{')?;
-            let (series, value) = rest.rsplit_once("} ")?;
+            let rest = line.strip_prefix(name)?;
+            let (series, value) = match rest.strip_prefix('{') {
+                Some(rest) => rest.rsplit_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
             labels
                 .iter()
                 .all(|(key, value)| {

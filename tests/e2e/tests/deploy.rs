@@ -149,6 +149,46 @@ impl Container<'_> {
             })
     }
 
+    /// Fails unless the container declares `port` and its pod asks Prometheus to scrape
+    /// `path` there (the `prometheus.io/*` annotations Istio's pods carry).
+    fn assert_scraped(&self, port: u16, path: &str) {
+        let declared = list(self.value, "/ports")
+            .iter()
+            .any(|p| p.pointer("/containerPort").and_then(Value::as_u64) == Some(u64::from(port)));
+        assert!(
+            declared,
+            "{}: metrics port {port} is not among its ports",
+            self.what
+        );
+        let annotations = match self.workload.kind.as_str() {
+            "Pod" => self.workload.value.pointer("/metadata/annotations"),
+            _ => self
+                .workload
+                .value
+                .pointer("/spec/template/metadata/annotations"),
+        };
+        let annotation = |key: &str| {
+            annotations
+                .and_then(|a| a.get(key))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            [
+                annotation("prometheus.io/scrape"),
+                annotation("prometheus.io/port"),
+                annotation("prometheus.io/path"),
+            ],
+            [
+                Some("true".to_owned()),
+                Some(port.to_string()),
+                Some(path.to_owned())
+            ],
+            "{}: the pod's prometheus.io annotations must point at its metrics",
+            self.what
+        );
+    }
+
     fn probe_port(&self, probe: &str) -> Option<u16> {
         let probe = self.value.get(probe)?;
         let port = probe
@@ -558,6 +598,7 @@ fn mesh_containers_name_files_ports_and_accounts_the_manifests_provide() {
                     "{}: readiness probe port",
                     container.what
                 );
+                container.assert_scraped(args.metrics_port, "/stats/prometheus");
                 client(
                     container,
                     &args.ca_root,
@@ -579,6 +620,7 @@ fn mesh_containers_name_files_ports_and_accounts_the_manifests_provide() {
                     "{}: the waypoint is ready once HBONE listens",
                     container.what
                 );
+                container.assert_scraped(config.metrics_port, "/stats/prometheus");
                 client(
                     container,
                     &config.ca.root,
@@ -586,7 +628,7 @@ fn mesh_containers_name_files_ports_and_accounts_the_manifests_provide() {
                     &config.ca.addr,
                 );
             }
-            Parsed::Ca(_) => {}
+            Parsed::Ca(args) => container.assert_scraped(args.metrics_listen.port(), "/metrics"),
         }
     }
 }

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use mesh_e2e::{DENY_SLEEP, POLICY_LAB, TestLab, certificates_issued, eventually, manifest};
+use mesh_e2e::{
+    DENY_SLEEP, POLICY_LAB, TestLab, certificates_issued, eventually, manifest, series_sum,
+};
 use mesh_sim::MeshOptions;
 
 /// What a client inside node `from` needs to ask the lab's CA: its address, root, and the
@@ -81,7 +83,23 @@ where
 /// Asks the lab's CA, from inside node `from`'s network namespace with that node's
 /// credential, for a certificate of `namespace/service_account`.
 fn ask_ca(lab: &TestLab, from: &str, namespace: &str, service_account: &str) -> Result<()> {
-    let access = CaAccess::of(lab, from)?;
+    ask_ca_with(
+        lab,
+        from,
+        CaAccess::of(lab, from)?,
+        namespace,
+        service_account,
+    )
+}
+
+/// [`ask_ca`] with the access (credential) `access`.
+fn ask_ca_with(
+    lab: &TestLab,
+    from: &str,
+    access: CaAccess,
+    namespace: &str,
+    service_account: &str,
+) -> Result<()> {
     let (namespace, service_account) = (namespace.to_owned(), service_account.to_owned());
     in_node(lab, from, move || async move {
         access
@@ -293,14 +311,33 @@ fn the_ca_signs_only_identities_of_pods_on_the_callers_node() {
         .unwrap_err()
         .to_string();
     assert!(unknown.contains("PermissionDenied"), "{unknown}");
-    // A forged credential is refused too.
-    std::fs::write(
-        lab.lab.dir().join("ca/forged.credential"),
-        "not-a-credential",
-    )
-    .unwrap();
-    let forged = ask_ca(&lab, "forged", "default", "httpbin");
-    assert!(forged.is_err(), "{forged:?}");
+    // A forged credential is refused too, from the pod's own node.
+    let forged = CaAccess {
+        credential: "not-a-credential".into(),
+        ..CaAccess::of(&lab, "node1").unwrap()
+    };
+    let forged = ask_ca_with(&lab, "node1", forged, "default", "httpbin")
+        .unwrap_err()
+        .to_string();
+    assert!(forged.contains("Unauthenticated"), "{forged}");
+
+    // The CA counted all of it under Istio's names (its /metrics on 15014).
+    let page = mesh_e2e::ca_metrics(&lab);
+    let count =
+        |name: &str, labels: &[(&str, &str)]| series_sum(&page, name, labels).unwrap_or(0.0);
+    let issued = count("citadel_server_success_cert_issuance_count_total", &[]);
+    let denied = count("mesh_ca_refused_count_total", &[("reason", "denied")]);
+    let unauthenticated = count("citadel_server_authentication_failure_count_total", &[]);
+    assert!(issued >= 2.0, "the two asks and the agents' own:\n{page}");
+    assert!(denied >= 2.0 && unauthenticated >= 1.0, "{page}");
+    assert!(
+        count("citadel_server_csr_count_total", &[]) >= issued + denied + unauthenticated,
+        "{page}"
+    );
+    assert!(
+        count("citadel_server_root_cert_expiry_timestamp", &[]) > 0.0,
+        "{page}"
+    );
 }
 
 /// The lab's CA signs with plug-in CA files (`mesh-node ca-init`, then `ca --ca-dir`), as a

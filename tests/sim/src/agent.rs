@@ -39,6 +39,8 @@ pub const METRICS_PORT: u16 = 15020;
 pub const READINESS_PORT: u16 = 15021;
 /// The mesh CA's gRPC port.
 pub const CA_PORT: u16 = 15012;
+/// The mesh CA's metrics port (`mesh-node ca`'s default `--metrics-listen`).
+pub const CA_METRICS_PORT: u16 = 15014;
 /// How long an agent gets to become ready.
 const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 

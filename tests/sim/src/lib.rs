@@ -26,8 +26,8 @@ mod waypoint;
 mod workload;
 
 pub use agent::{
-    ADMIN_PORT, AgentUsage, BPFFS, CA_PORT, METRICS_PORT, MeshOptions, OUTBOUND_PORT,
-    READINESS_PORT, http_get_in, pin_dir,
+    ADMIN_PORT, AgentUsage, BPFFS, CA_METRICS_PORT, CA_PORT, METRICS_PORT, MeshOptions,
+    OUTBOUND_PORT, READINESS_PORT, http_get_in, pin_dir,
 };
 pub use error::{Error, Result};
 pub use lab::{Applied, Lab, LabOptions, STATE_ROOT};

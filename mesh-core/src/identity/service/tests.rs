@@ -35,7 +35,13 @@ impl Authorizer for NodeAuthorizer {
     }
 }
 
-async fn serve() -> IstioCertificateServiceClient<tonic::transport::Channel> {
+/// How the requests to a [`serve`]d CA ended, in order.
+type Outcomes = Arc<std::sync::Mutex<Vec<Outcome>>>;
+
+async fn serve() -> (
+    IstioCertificateServiceClient<tonic::transport::Channel>,
+    Outcomes,
+) {
     let reviews = Identity::new(TD, "default", "bookinfo-reviews");
     let ratings = Identity::new(TD, "default", "bookinfo-ratings");
     let authorizer = NodeAuthorizer {
@@ -49,7 +55,11 @@ async fn serve() -> IstioCertificateServiceClient<tonic::transport::Channel> {
         ]),
     };
     let (_, ca) = tokio::sync::watch::channel(Arc::new(CertificateAuthority::new(TD).unwrap()));
-    let service = CaService::new(ca, authorizer, Duration::from_secs(3600)).into_server();
+    let outcomes = Outcomes::default();
+    let seen = outcomes.clone();
+    let service = CaService::new(ca, authorizer, Duration::from_secs(3600))
+        .observed_by(Arc::new(move |outcome| seen.lock().unwrap().push(outcome)))
+        .into_server();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
@@ -57,14 +67,15 @@ async fn serve() -> IstioCertificateServiceClient<tonic::transport::Channel> {
             .add_service(service)
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
-    IstioCertificateServiceClient::connect(format!("http://{addr}"))
+    let client = IstioCertificateServiceClient::connect(format!("http://{addr}"))
         .await
-        .unwrap()
+        .unwrap();
+    (client, outcomes)
 }
 
 #[tokio::test]
 async fn a_node_gets_certificates_for_its_own_pods_only() {
-    let mut client = serve().await;
+    let (mut client, outcomes) = serve().await;
     let reviews = Identity::new(TD, "default", "bookinfo-reviews");
     let cert = request_certificate(
         &mut client,
@@ -116,11 +127,20 @@ async fn a_node_gets_certificates_for_its_own_pods_only() {
         "the credential stays out of the answer: {}",
         stranger.message()
     );
+    assert_eq!(
+        *outcomes.lock().unwrap(),
+        [
+            Outcome::Issued,
+            Outcome::Denied,
+            Outcome::Unauthenticated,
+            Outcome::Unavailable
+        ]
+    );
 }
 
 #[tokio::test]
 async fn requests_without_credentials_or_with_bad_csrs_are_refused() {
-    let mut client = serve().await;
+    let (mut client, outcomes) = serve().await;
     let bare = client
         .create_certificate(IstioCertificateRequest {
             csr: "x".into(),
@@ -138,6 +158,10 @@ async fn requests_without_credentials_or_with_bad_csrs_are_refused() {
         .insert("authorization", "Bearer token-node1".parse().unwrap());
     let bad = client.create_certificate(request).await.unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        *outcomes.lock().unwrap(),
+        [Outcome::Unauthenticated, Outcome::BadCsr]
+    );
 }
 
 #[test]

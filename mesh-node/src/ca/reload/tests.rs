@@ -42,6 +42,7 @@ impl RunningCa {
         let addr = listener.local_addr().unwrap();
         let config = CaConfig {
             listen: addr,
+            metrics_listen: "127.0.0.1:0".parse().unwrap(),
             trust_domain: TD.into(),
             authorizer: AuthorizerConfig::File {
                 config_dir: dir.join("unused"),
@@ -58,7 +59,10 @@ impl RunningCa {
             let stopped = async {
                 let _ = stopped.await;
             };
-            signing.serve(&config, listener, Anyone, stopped).await
+            let observer = Arc::new(|_| {});
+            signing
+                .serve(&config, listener, Anyone, observer, stopped)
+                .await
         });
         RunningCa {
             addr,
