@@ -127,6 +127,16 @@ pub(crate) fn run() -> Result<()> {
             );
         }
     }
+    let ca_node = lab.node("node1")?;
+    let ca_metrics = std::net::SocketAddr::from((ca_node.ip, mesh_sim::CA_METRICS_PORT));
+    println!("==> the CA's metrics, under istiod's names (GET {ca_metrics}/metrics)");
+    let (_, page) = mesh_sim::http_get_in(&ca_node.netns, ca_metrics, "/metrics")?;
+    for line in page.lines().filter(|l| {
+        l.starts_with("citadel_server_success_cert_issuance_count")
+            || l.starts_with("citadel_server_root_cert_expiry_timestamp")
+    }) {
+        println!("    {line}");
+    }
     println!("==> Istio's TCP metrics (GET :15020/stats/prometheus), mutual TLS between workloads");
     for node in &lab.state().nodes {
         let metrics = lab.agent_metrics(&node.name)?;
