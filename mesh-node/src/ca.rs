@@ -8,31 +8,32 @@
 //! whose key never leaves memory (a new root at every start: for labs and trials). Its TLS
 //! endpoint serves a certificate it makes again when its files change ([`serve`]). Who
 //! holds a credential is decided by the credentials file and the files config source
-//! ([`NodeAuthorizer`], the lab) or by the Kubernetes API ([`kube::KubeAuthorizer`]:
+//! ([`file::NodeAuthorizer`], the lab) or by the Kubernetes API ([`kube::KubeAuthorizer`]:
 //! TokenReview and pod lookups).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
-use mesh_core::config::{Model, Name, Store};
-use mesh_core::identity::service::{Authorizer, CA_SERVER_NAME, CurrentCa, Observer, Refusal};
-use mesh_core::identity::{CertificateAuthority, Identity};
+use mesh_core::config::Store;
+use mesh_core::identity::CertificateAuthority;
+use mesh_core::identity::service::{Authorizer, CA_SERVER_NAME, CurrentCa, Observer};
 use mesh_core::pages::{OPENMETRICS, Page};
 use mesh_core::source::files::FilesSource;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
 #[cfg(test)]
 mod fake_api;
+pub mod file;
 pub mod kube;
 pub mod metrics;
 pub mod publish;
 pub mod reload;
 pub mod serve;
 
+use self::file::NodeAuthorizer;
 use self::kube::{KubeAuthorizer, KubeAuthorizerConfig};
 
 /// How long the CA's serving certificate lives (it is made again at half its life, at every
@@ -62,7 +63,7 @@ pub struct CaConfig {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum AuthorizerConfig {
-    /// The lab: a credentials file and the files config source ([`NodeAuthorizer`]).
+    /// The lab: a credentials file and the files config source ([`file::NodeAuthorizer`]).
     File {
         /// The files config source the CA checks pod placement against.
         config_dir: PathBuf,
@@ -105,126 +106,6 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Who a credential belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
-pub enum Principal {
-    /// A node agent: the identities of pods scheduled on its node.
-    Node(String),
-    /// One pod (`namespace/name`): its own service account's identity.
-    Pod { pod: String },
-}
-
-/// A node agent may obtain the identity of a service account only while a pod of that
-/// account is scheduled on the agent's node; a pod credential only its pod's identity.
-pub struct NodeAuthorizer {
-    credentials: Credentials,
-    model: watch::Receiver<Arc<Model>>,
-}
-
-/// Credential → principal.
-type CredentialMap = Arc<HashMap<String, Principal>>;
-
-/// The credentials file, re-read when its modification time changes (pods come and go).
-struct Credentials {
-    path: PathBuf,
-    loaded: Mutex<(Option<SystemTime>, CredentialMap)>,
-}
-
-impl Credentials {
-    fn current(&self) -> CredentialMap {
-        let modified = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok();
-        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        if modified.is_some() && modified != loaded.0 {
-            match read_credentials(&self.path) {
-                Ok(credentials) => *loaded = (modified, Arc::new(credentials)),
-                // Keep serving with what was read last; the file may be mid-rewrite.
-                Err(error) => tracing::warn!(%error, "node credentials not reloaded"),
-            }
-        }
-        loaded.1.clone()
-    }
-}
-
-impl NodeAuthorizer {
-    /// Reads `path` now (failing on a bad file) and again whenever it changes.
-    pub fn new(path: &Path, model: watch::Receiver<Arc<Model>>) -> Result<NodeAuthorizer> {
-        let credentials = read_credentials(path)?;
-        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-        Ok(NodeAuthorizer {
-            credentials: Credentials {
-                path: path.to_owned(),
-                loaded: Mutex::new((modified, Arc::new(credentials))),
-            },
-            model,
-        })
-    }
-}
-
-impl Authorizer for NodeAuthorizer {
-    async fn authorize(&self, credential: &str, identity: &Identity) -> Result<(), Refusal> {
-        let credentials = self.credentials.current();
-        let principal = credentials.get(credential).ok_or_else(|| {
-            Refusal::Unauthenticated("the credential belongs to no node agent or pod".into())
-        })?;
-        let model = self.model.borrow().clone();
-        match principal {
-            Principal::Node(node) => {
-                let scheduled = model.pods().any(|pod| {
-                    pod.node.as_deref() == Some(node.as_str())
-                        && *pod.name.namespace == *identity.namespace
-                        && *pod.service_account == *identity.service_account
-                });
-                if scheduled {
-                    Ok(())
-                } else {
-                    Err(Refusal::Denied(format!(
-                        "no pod of service account {}/{} is scheduled on node {node}",
-                        identity.namespace, identity.service_account
-                    )))
-                }
-            }
-            Principal::Pod { pod } => {
-                let (namespace, name) = pod.split_once('/').unwrap_or(("default", pod));
-                let Some(found) = model.pod(&Name::new(namespace, name)) else {
-                    return Err(Refusal::Denied(format!(
-                        "pod {pod} does not exist (any more)"
-                    )));
-                };
-                if *found.name.namespace == *identity.namespace
-                    && *found.service_account == *identity.service_account
-                {
-                    Ok(())
-                } else {
-                    Err(Refusal::Denied(format!(
-                        "pod {pod} runs as {}/{}, not {}/{}",
-                        found.name.namespace,
-                        found.service_account,
-                        identity.namespace,
-                        identity.service_account
-                    )))
-                }
-            }
-        }
-    }
-}
-
-/// Reads the credentials file.
-pub fn read_credentials(path: &Path) -> Result<HashMap<String, Principal>> {
-    let fail = |message: String| Error::Credentials {
-        path: path.to_owned(),
-        message,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-    serde_json::from_str(&text).map_err(|e| {
-        fail(format!(
-            "{e}; expected a JSON object of credential to a node name or {{\"pod\": \"namespace/name\"}}"
-        ))
-    })
-}
 
 /// Runs the CA until SIGINT/SIGTERM.
 pub async fn run(config: CaConfig) -> Result<()> {
