@@ -110,18 +110,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Runs the CA until SIGINT/SIGTERM.
 pub async fn run(config: CaConfig) -> Result<()> {
     tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "mesh CA starting");
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let metrics_listener = tokio::net::TcpListener::bind(config.metrics_listen)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: config.metrics_listen,
-            source,
-        })?;
+    let bind = |addr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })
+    };
+    let listener = bind(config.listen).await?;
+    let metrics_listener = bind(config.metrics_listen).await?;
     let signing = Signing::start(&config, reload::POLL)?;
     let metrics = Arc::new(metrics::CaMetrics::default());
     {

@@ -264,26 +264,18 @@ pub fn certificates_issued(lab: &TestLab, node: &str, identity: &str) -> u64 {
 
 /// The Prometheus metrics of node `node`'s agent.
 pub fn metrics(lab: &TestLab, node: &str) -> String {
-    let node = lab.lab.node(node).unwrap();
-    let (status, body) = http_get_in(
-        &node.netns,
-        SocketAddr::from((node.ip, mesh_sim::METRICS_PORT)),
-        "/stats/prometheus",
-    )
-    .unwrap();
-    assert_eq!(status, 200, "{body}");
-    body
+    node_page(lab, node, mesh_sim::METRICS_PORT, "/stats/prometheus")
 }
 
 /// The Prometheus metrics of the lab's CA (on node1).
 pub fn ca_metrics(lab: &TestLab) -> String {
-    let node = lab.lab.node("node1").unwrap();
-    let (status, body) = http_get_in(
-        &node.netns,
-        SocketAddr::from((node.ip, mesh_sim::CA_METRICS_PORT)),
-        "/metrics",
-    )
-    .unwrap();
+    node_page(lab, "node1", mesh_sim::CA_METRICS_PORT, "/metrics")
+}
+
+/// `GET path` from `port` on node `node`'s address, which must answer 200.
+fn node_page(lab: &TestLab, node: &str, port: u16, path: &str) -> String {
+    let node = lab.lab.node(node).unwrap();
+    let (status, body) = http_get_in(&node.netns, SocketAddr::from((node.ip, port)), path).unwrap();
     assert_eq!(status, 200, "{body}");
     body
 }
