@@ -21,6 +21,9 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+/// How long a serving certificate made from a signing certificate at its end is kept before
+/// the next try.
+const RETRY_EXPIRED: Duration = Duration::from_secs(60);
 /// How long a client has to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -107,8 +110,15 @@ fn issue(
     let life = ends.duration_since(now).unwrap_or_default();
     Ok(Served {
         key,
-        renew_at: now + life / 2,
+        renew_at: now + renewal_wait(life, validity),
     })
+}
+
+/// How long a serving certificate with `life` left (of `validity` asked) is kept: half its
+/// life. A signing certificate at its end leaves no life to halve: then a minute (or half
+/// the validity asked, if shorter), not every poll.
+pub(crate) fn renewal_wait(life: Duration, validity: Duration) -> Duration {
+    (life / 2).max(RETRY_EXPIRED.min(validity / 2))
 }
 
 impl ResolvesServerCert for ServingCert {

@@ -239,4 +239,16 @@ fn the_serving_certificate_renews_at_half_its_life() {
     let before = due.current().cert[0].clone();
     assert!(due.renew_if_due(&ca).unwrap());
     assert_ne!(due.current().cert[0], before, "a new certificate");
+
+    use crate::ca::serve::renewal_wait;
+    let (hour, year) = (
+        Duration::from_secs(3600),
+        Duration::from_secs(365 * 24 * 3600),
+    );
+    assert_eq!(renewal_wait(hour, year), hour / 2, "half the life left");
+    assert_eq!(
+        renewal_wait(Duration::ZERO, year),
+        Duration::from_secs(60),
+        "a signer at its end: a minute, not every poll"
+    );
 }
