@@ -516,6 +516,40 @@ fn mesh_containers_name_files_ports_and_accounts_the_manifests_provide() {
                 && o.namespace == ca_container.workload.namespace
         })
         .expect("a Service mesh-ca beside the CA");
+    // Evictions (a node drain) leave a replica to renew from.
+    let replicas = ca_container
+        .workload
+        .value
+        .pointer("/spec/replicas")
+        .and_then(Value::as_u64)
+        .unwrap_or(1);
+    let pod_labels = ca_container
+        .workload
+        .value
+        .pointer("/spec/template/metadata/labels");
+    let budget = objects
+        .iter()
+        .find(|o| {
+            o.kind == "PodDisruptionBudget"
+                && o.namespace == ca_container.workload.namespace
+                && o.value
+                    .pointer("/spec/selector/matchLabels")
+                    .and_then(Value::as_object)
+                    .is_some_and(|wanted| {
+                        wanted
+                            .iter()
+                            .all(|(k, v)| pod_labels.and_then(|l| l.get(k)) == Some(v))
+                    })
+        })
+        .expect("a PodDisruptionBudget selecting the CA's pods");
+    let min_available = budget
+        .value
+        .pointer("/spec/minAvailable")
+        .and_then(Value::as_u64);
+    assert!(
+        replicas >= 2 && min_available.is_some_and(|m| (1..replicas).contains(&m)),
+        "the CA runs {replicas} replicas and its budget keeps {min_available:?}: at least one must stay and one may go"
+    );
     let ca_port = ca_service
         .value
         .pointer("/spec/ports/0/port")
