@@ -49,10 +49,10 @@ pub fn release() {
 }
 
 /// Every [`CHECK_PERIOD`], releases the heap's free pages when the resident memory the heap
-/// does not use is at least what it does use (and at least [`WASTE_FLOOR`]): after a burst,
+/// does not use is at least what it does use (and at least `WASTE_FLOOR`, 2 MiB): after a burst,
 /// not in the churn of steady load, where freed chunks are soon reused. And unmaps the
 /// binary's code ([`crate::code_pages::release`]) when its resident file pages grew by
-/// [`CODE_FLOOR`] since the last time: code that ran once (the start-up, a certificate
+/// `CODE_FLOOR` (1 MiB) since the last time: code that ran once (the start-up, a certificate
 /// request) is let go, and the steady state, whose code stays mapped, does not trigger it
 /// again. Runs until dropped.
 pub async fn release_when_wasteful() {
@@ -131,7 +131,7 @@ impl Usage {
         self.wasteful() && self.resident_anon >= settled.saturating_add(WASTE_FLOOR)
     }
 
-    /// Whether the resident file pages grew by [`CODE_FLOOR`] since a code release left
+    /// Whether the resident file pages grew by `CODE_FLOOR` since a code release left
     /// `settled`: code that had not run before did.
     pub fn code_grew(&self, settled: u64) -> bool {
         self.resident_file >= settled.saturating_add(CODE_FLOOR)

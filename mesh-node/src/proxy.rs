@@ -25,7 +25,7 @@ use mesh_core::identity::manager::CertManager;
 /// How long a plain TCP upstream (a pod, or a destination outside the mesh) gets to accept.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A plain TCP connection (no delay), failing after [`CONNECT_TIMEOUT`].
+/// A plain TCP connection (no delay), failing after `CONNECT_TIMEOUT`.
 pub async fn connect_tcp(addr: SocketAddr) -> io::Result<TcpStream> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await

@@ -4,14 +4,14 @@
 //! header edits, the DestinationRule's upstream ([`crate::upstream`]: endpoint choice, circuit
 //! breaker, outlier detection), retries with jittered backoff, per-try and route timeouts,
 //! mirrors — and Istio's request metrics with response flags. This file decides; the
-//! upstream side (the request as sent, the tries, kept connections, mirrors) is [`forward`].
+//! upstream side (the request as sent, the tries, kept connections, mirrors) is `forward`.
 //!
 //! Request bodies stream to the upstream as the client sends them, and responses stream
 //! back, so gRPC client and bidirectional streams pass; a retry resends the body from a
 //! replay buffer of [`body::REPLAY_LIMIT`] bytes, and a body that outgrew it is not retried
 //! ([`body`]). A request answered here (403, a fault, a redirect, a circuit breaker's 503) is
 //! answered without reading its body. An HTTP/1.1 upgrade (WebSocket) is routed like any
-//! request and, once the upstream answers 101, spliced through ([`upgrade`]).
+//! request and, once the upstream answers 101, spliced through (`upgrade`).
 //!
 //! Each exchange is counted in the request metrics when its response ends (or the client
 //! goes away), as Envoy's stats do at the end of a stream: by then the request body's size

@@ -38,7 +38,7 @@ enum Command {
     Bench(bench_config::BenchArgs),
     /// The proxies' release binaries optimised with a profile of the mesh at work (PGO: an
     /// instrumented build, a training run in the lab, the optimised build; root), in
-    /// target/pgo/<host>/release; `--no-pgo`: plain `cargo build --release`.
+    /// `target/pgo/<host>/release`; `--no-pgo`: plain `cargo build --release`.
     Release(release::ReleaseArgs),
     /// A benchmark's client or server, run inside a pod by `bench redirect` (internal).
     #[command(hide = true)]
@@ -87,6 +87,10 @@ fn test() -> Result<()> {
             "warnings",
         ]),
     )?;
+    // Broken or private intra-doc links are how module comments drift from the code.
+    let mut doc = cargo::cargo(&["doc", "--workspace", "--no-deps"]);
+    doc.env("RUSTDOCFLAGS", "-D warnings");
+    cargo::step("cargo doc -D warnings", doc)?;
     cargo::build_sample_app(cargo::Profile::Debug)?;
     cargo::build_mesh_waypoint()?;
     cargo::step(

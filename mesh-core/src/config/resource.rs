@@ -1,4 +1,4 @@
-//! The kinds the mesh reads and their typed form: a [`manifest::Object`] becomes a
+//! The kinds the mesh reads and their typed form: a [`crate::manifest::Object`] becomes a
 //! [`Resource`] (k8s-openapi types for the Kubernetes kinds, [`super::istio`] for Istio's),
 //! or an [`Error`] that names the object, the field path and what to do.
 

@@ -2,7 +2,7 @@
 //! syntax, durations, percentages 0–100, ports, one-of groups, hosts and `exportTo`.
 //! Findings name the field path (without `spec.`) and say what to do; errors keep the
 //! object out of the model, warnings do not. Checks across objects live in
-//! [`super::analyze`]; "not supported yet" warnings in [`super::support`].
+//! [`mod@super::analyze`]; "not supported yet" warnings in [`super::support`].
 
 mod networking;
 mod policy;

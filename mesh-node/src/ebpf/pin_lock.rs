@@ -51,7 +51,7 @@ impl PinLock {
         }
     }
 
-    /// Locks the folder, waiting up to [`WAIT`] for a mesh-node that holds it to exit.
+    /// Locks the folder, waiting up to `WAIT` for a mesh-node that holds it to exit.
     pub async fn acquire(pin_dir: &Path) -> Result<PinLock> {
         Self::acquire_within(pin_dir, WAIT).await
     }
