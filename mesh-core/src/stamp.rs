@@ -1,7 +1,7 @@
 //! Telling one version of a file from the next without reading it: for the files the
-//! processes follow while they run (the CA root file, the CA's plug-in files). A Kubernetes
-//! volume update swaps in a new file (a new inode behind the same name, through the
-//! `..data` symlink); an edit in place changes size or time.
+//! processes follow while they run (the CA root file, the CA's plug-in files, the lab CA's
+//! credentials file). A Kubernetes volume update swaps in a new file (a new inode behind the
+//! same name, through the `..data` symlink); an edit in place changes size or time.
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;

@@ -6,11 +6,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use mesh_core::config::{Model, Name};
 use mesh_core::identity::Identity;
 use mesh_core::identity::service::{Authorizer, Refusal};
+use mesh_core::stamp::FileStamp;
 use serde::Deserialize;
 use tokio::sync::watch;
 
@@ -36,21 +36,19 @@ pub struct NodeAuthorizer {
 /// Credential → principal.
 type CredentialMap = Arc<HashMap<String, Principal>>;
 
-/// The credentials file, re-read when its modification time changes (pods come and go).
+/// The credentials file, re-read when a new version of it appears (pods come and go).
 struct Credentials {
     path: PathBuf,
-    loaded: Mutex<(Option<SystemTime>, CredentialMap)>,
+    loaded: Mutex<(Option<FileStamp>, CredentialMap)>,
 }
 
 impl Credentials {
     fn current(&self) -> CredentialMap {
-        let modified = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok();
+        let stamp = FileStamp::of(&self.path);
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        if modified.is_some() && modified != loaded.0 {
+        if stamp.is_some() && stamp != loaded.0 {
             match read_credentials(&self.path) {
-                Ok(credentials) => *loaded = (modified, Arc::new(credentials)),
+                Ok(credentials) => *loaded = (stamp, Arc::new(credentials)),
                 // Keep serving with what was read last; the file may be mid-rewrite.
                 Err(error) => tracing::warn!(%error, "node credentials not reloaded"),
             }
@@ -62,12 +60,12 @@ impl Credentials {
 impl NodeAuthorizer {
     /// Reads `path` now (failing on a bad file) and again whenever it changes.
     pub fn new(path: &Path, model: watch::Receiver<Arc<Model>>) -> Result<NodeAuthorizer> {
+        let stamp = FileStamp::of(path);
         let credentials = read_credentials(path)?;
-        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
         Ok(NodeAuthorizer {
             credentials: Credentials {
                 path: path.to_owned(),
-                loaded: Mutex::new((modified, Arc::new(credentials))),
+                loaded: Mutex::new((stamp, Arc::new(credentials))),
             },
             model,
         })
