@@ -15,3 +15,5 @@ pub mod links;
 pub mod metrics;
 pub mod outbound;
 pub mod proxy;
+#[cfg(test)]
+mod test_util;

@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 
 use super::*;
 use crate::ca::{AuthorizerConfig, CaConfig, Signing};
+use crate::test_util::until;
 
 const TD: &str = "cluster.local";
 
@@ -114,21 +115,6 @@ fn replace(dir: &Path, name: &str, text: &str) {
 
 fn read(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(name)).unwrap()
-}
-
-/// Polls `check` until it holds, for at most ten seconds.
-async fn until<F: Future<Output = anyhow::Result<()>>>(what: &str, mut check: impl FnMut() -> F) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let outcome = check().await;
-        match outcome {
-            Ok(()) => return,
-            Err(error) if tokio::time::Instant::now() >= deadline => {
-                panic!("{what}: not within 10 s: {error:#}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
 }
 
 /// Istio's root rotation, step by step, against a CA that is never restarted: both roots
