@@ -22,6 +22,14 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap()
 }
 
+/// Two folders of plug-in files from [`create`], each a CA of its own root.
+fn two_cas(tag: &str) -> (tempfile::TempDir, tempfile::TempDir) {
+    let (dir, other) = (temp_dir(tag), temp_dir(&format!("{tag}-other")));
+    create(TD, dir.path()).unwrap();
+    create(TD, other.path()).unwrap();
+    (dir, other)
+}
+
 /// The error `from_dir` gives for `dir`, as the operator reads it.
 fn refusal(dir: &Path) -> String {
     CertificateAuthority::from_dir(TD, dir)
@@ -104,10 +112,7 @@ fn the_chain_file_may_be_left_out_for_an_intermediate_the_root_signed() {
 
 #[test]
 fn a_key_of_another_certificate_is_refused_naming_the_key_file() {
-    let dir = temp_dir("ca-wrong-key");
-    let other = temp_dir("ca-wrong-key-other");
-    create(TD, dir.path()).unwrap();
-    create(TD, other.path()).unwrap();
+    let (dir, other) = two_cas("ca-wrong-key");
     std::fs::copy(other.path().join(CA_KEY), dir.path().join(CA_KEY)).unwrap();
     let error = refusal(dir.path());
     assert!(
@@ -118,10 +123,7 @@ fn a_key_of_another_certificate_is_refused_naming_the_key_file() {
 
 #[test]
 fn a_root_that_did_not_issue_the_ca_is_refused() {
-    let dir = temp_dir("ca-wrong-root");
-    let other = temp_dir("ca-wrong-root-other");
-    create(TD, dir.path()).unwrap();
-    create(TD, other.path()).unwrap();
+    let (dir, other) = two_cas("ca-wrong-root");
     std::fs::copy(other.path().join(ROOT_CERT), dir.path().join(ROOT_CERT)).unwrap();
     std::fs::remove_file(dir.path().join(CERT_CHAIN)).unwrap();
     let error = refusal(dir.path());
@@ -135,10 +137,7 @@ fn a_root_that_did_not_issue_the_ca_is_refused() {
 /// the chains end in the root that issued the CA, and every root is published.
 #[test]
 fn a_root_file_with_two_roots_publishes_both_and_chains_to_the_issuing_one() {
-    let dir = temp_dir("ca-two-roots");
-    let other = temp_dir("ca-two-roots-other");
-    create(TD, dir.path()).unwrap();
-    create(TD, other.path()).unwrap();
+    let (dir, other) = two_cas("ca-two-roots");
     std::fs::remove_file(dir.path().join(CERT_CHAIN)).unwrap();
     let ours = read(&dir.path().join(ROOT_CERT));
     let both = read(&other.path().join(ROOT_CERT)) + &ours;
