@@ -1,6 +1,7 @@
 //! `meshctl analyze`: every problem in a set of manifests, as errors and warnings naming
 //! `Kind namespace/name`. Checks each object alone (conversion, [`super::validate`],
-//! [`super::support`]) and the set together: hosts claimed by two VirtualServices, subsets
+//! [`super::support`], and [`crate::policy::lint`] or [`crate::policy::lint_l7`] for an
+//! AuthorizationPolicy, as its enforcer would) and the set together: hosts claimed by two VirtualServices, subsets
 //! no DestinationRule defines, destination hosts that match no Service or ServiceEntry.
 
 use std::collections::BTreeMap;
@@ -157,6 +158,19 @@ fn check_one(out: &mut Collector, key: &ResourceKey, resource: &Resource, origin
         let spec = value.get("spec").cloned().unwrap_or_default();
         for warning in support::warnings(key.kind, &spec) {
             out.object(key, origin, Severity::Warning, warning);
+        }
+    }
+    if let Resource::AuthorizationPolicy(policy) = resource {
+        // Who enforces it, as the proxies choose: a policy bound by targetRefs is a
+        // waypoint's (L7), any other the node agents' (L4). Each proxy logs the same lint.
+        let spec = &policy.spec;
+        let warnings = if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
+            crate::policy::lint_l7(policy)
+        } else {
+            crate::policy::lint(policy)
+        };
+        for warning in warnings {
+            out.object(key, origin, Severity::Warning, warning.message);
         }
     }
 }

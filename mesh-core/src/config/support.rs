@@ -1,8 +1,9 @@
 //! What the data plane implements, field by field: one declarative table of Istio field paths
-//! (under `spec`) and their [`Support`]. Later issues flip entries to `Supported` as they
-//! implement them. Every field a user sets that is not supported gets one warning per field
-//! path per object — never silence. A test checks that every property of the CRD schemas
-//! falls under an entry.
+//! (under `spec`) and their [`Support`]. Every field a user sets that is not supported gets
+//! one warning per field path per object — never silence. Tests check that every property of
+//! the CRD schemas falls under an entry, and that every entry names a property.
+
+use std::sync::LazyLock;
 
 use serde_json::Value;
 
@@ -25,46 +26,56 @@ use Kind::*;
 use Support::*;
 
 /// `(kind, path under spec, support)`. `x[]` is an array field; a path covers everything
-/// below it.
-pub const TABLE: &[(Kind, &str, Support)] = &[
+/// below it, and a longer path inside it says what differs there (a `Planned` field inside a
+/// `Supported` group). DestinationRule traffic-policy fields are in [`TRAFFIC_POLICY`].
+///
+/// What is `Supported` here is what the node agents (PeerAuthentication,
+/// AuthorizationPolicy) and the waypoint (VirtualService, DestinationRule, L7
+/// AuthorizationPolicy) read; what is `Planned` is what they report, when they load the
+/// object, as not implemented. Value-dependent limits (a retry condition the waypoint does not
+/// know, a header it cannot edit) are reported by the proxies only.
+const FIELDS: &[(Kind, &str, Support)] = &[
     (VirtualService, "hosts", Model),
     (VirtualService, "exportTo", Model),
-    (VirtualService, "gateways", Planned),
-    (VirtualService, "http[].name", Planned),
-    (VirtualService, "http[].match", Planned),
-    (VirtualService, "http[].route", Planned),
-    (VirtualService, "http[].redirect", Planned),
-    (VirtualService, "http[].directResponse", Planned),
+    (VirtualService, "gateways", Supported),
+    (VirtualService, "http[].name", Supported),
+    (VirtualService, "http[].match", Supported),
+    (VirtualService, "http[].match[].statPrefix", Planned),
+    (VirtualService, "http[].route", Supported),
+    (VirtualService, "http[].redirect", Supported),
+    (VirtualService, "http[].directResponse", Supported),
     (VirtualService, "http[].delegate", Planned),
-    (VirtualService, "http[].rewrite", Planned),
-    (VirtualService, "http[].timeout", Planned),
-    (VirtualService, "http[].retries", Planned),
-    (VirtualService, "http[].fault", Planned),
-    (VirtualService, "http[].mirror", Planned),
-    (VirtualService, "http[].mirrors", Planned),
-    (VirtualService, "http[].mirrorPercent", Planned),
-    (VirtualService, "http[].mirror_percent", Planned),
-    (VirtualService, "http[].mirrorPercentage", Planned),
-    (VirtualService, "http[].corsPolicy", Planned),
-    (VirtualService, "http[].headers", Planned),
+    (VirtualService, "http[].rewrite", Supported),
+    (VirtualService, "http[].timeout", Supported),
+    (VirtualService, "http[].retries", Supported),
+    (
+        VirtualService,
+        "http[].retries.retryRemoteLocalities",
+        Planned,
+    ),
+    (VirtualService, "http[].fault", Supported),
+    (
+        VirtualService,
+        "http[].fault.delay.exponentialDelay",
+        Planned,
+    ),
+    (VirtualService, "http[].fault.abort.http2Error", Planned),
+    (VirtualService, "http[].mirror", Supported),
+    (VirtualService, "http[].mirrors", Supported),
+    (VirtualService, "http[].mirrorPercent", Supported),
+    (VirtualService, "http[].mirror_percent", Supported),
+    (VirtualService, "http[].mirrorPercentage", Supported),
+    (VirtualService, "http[].corsPolicy", Supported),
+    (VirtualService, "http[].headers", Supported),
     (VirtualService, "tls[].match", Planned),
     (VirtualService, "tls[].route", Planned),
-    (VirtualService, "tcp[].match", Planned),
-    (VirtualService, "tcp[].route", Planned),
+    (VirtualService, "tcp[].match", Supported),
+    (VirtualService, "tcp[].route", Supported),
     (DestinationRule, "host", Model),
     (DestinationRule, "exportTo", Model),
     (DestinationRule, "workloadSelector", Planned),
-    (DestinationRule, "subsets[].name", Planned),
-    (DestinationRule, "subsets[].labels", Planned),
-    (DestinationRule, "subsets[].trafficPolicy", Planned),
-    (DestinationRule, "trafficPolicy.loadBalancer", Planned),
-    (DestinationRule, "trafficPolicy.connectionPool", Planned),
-    (DestinationRule, "trafficPolicy.outlierDetection", Planned),
-    (DestinationRule, "trafficPolicy.tls", Planned),
-    (DestinationRule, "trafficPolicy.portLevelSettings", Planned),
-    (DestinationRule, "trafficPolicy.tunnel", Planned),
-    (DestinationRule, "trafficPolicy.proxyProtocol", Planned),
-    (DestinationRule, "trafficPolicy.retryBudget", Planned),
+    (DestinationRule, "subsets[].name", Supported),
+    (DestinationRule, "subsets[].labels", Supported),
     (Gateway, "servers", Planned),
     (Gateway, "selector", Planned),
     (ServiceEntry, "hosts", Planned),
@@ -82,40 +93,112 @@ pub const TABLE: &[(Kind, &str, Support)] = &[
     (Sidecar, "inboundConnectionPool", NotApplicable),
     (Sidecar, "outboundTrafficPolicy", NotApplicable),
     (PeerAuthentication, "selector", Model),
-    (PeerAuthentication, "mtls", Planned),
-    (PeerAuthentication, "portLevelMtls", Planned),
+    (PeerAuthentication, "mtls", Supported),
+    (PeerAuthentication, "portLevelMtls", Supported),
     (AuthorizationPolicy, "selector", Model),
     (AuthorizationPolicy, "targetRef", Model),
     (AuthorizationPolicy, "targetRefs", Model),
-    (AuthorizationPolicy, "action", Planned),
+    (AuthorizationPolicy, "action", Supported),
+    // CUSTOM (an external authorizer) is not enforced; `policy::lint` says so per policy.
     (AuthorizationPolicy, "provider", Planned),
-    (AuthorizationPolicy, "rules", Planned),
+    (AuthorizationPolicy, "rules", Supported),
     (RequestAuthentication, "selector", Model),
     (RequestAuthentication, "targetRef", Model),
     (RequestAuthentication, "targetRefs", Model),
     (RequestAuthentication, "jwtRules", Planned),
 ];
 
-/// The entry covering a schema path (`a[].b.c`), if any: the longest prefix.
-pub fn entry_for(kind: Kind, path: &str) -> Option<(&'static str, Support)> {
+/// A DestinationRule traffic policy's fields, relative to each place one can stand: the
+/// rule's, a subset's, and the port-level settings of either (see also [`WHOLE_POLICY`]).
+const TRAFFIC_POLICY: &[(&str, Support)] = &[
+    ("loadBalancer", Supported),
+    ("loadBalancer.localityLbSetting", Planned),
+    ("loadBalancer.warmupDurationSecs", Planned),
+    ("loadBalancer.warmup", Planned),
+    ("loadBalancer.zoneAwareLbSetting", Planned),
+    ("loadBalancer.backendUtilization", Planned),
+    ("loadBalancer.consistentHash.maglev", Planned),
+    ("connectionPool", Supported),
+    ("connectionPool.tcp.tcpKeepalive", Planned),
+    ("connectionPool.tcp.maxConnectionDuration", Planned),
+    ("connectionPool.tcp.idleTimeout", Planned),
+    ("connectionPool.http.h2UpgradePolicy", Planned),
+    ("connectionPool.http.useClientProtocol", Planned),
+    ("connectionPool.http.maxConcurrentStreams", Planned),
+    ("connectionPool.http.http2KeepAlive", Planned),
+    ("outlierDetection", Supported),
+    ("outlierDetection.consecutiveErrors", Planned),
+    ("outlierDetection.outlierDetectionHttpErrorCodes", Planned),
+    // Upstream connections always use HBONE with mesh mTLS: `mode: ISTIO_MUTUAL` asks for
+    // just that, anything else is ignored (the waypoint says so when it loads the rule).
+    ("tls", Supported),
+    ("tls.clientCertificate", Planned),
+    ("tls.privateKey", Planned),
+    ("tls.caCertificates", Planned),
+    ("tls.credentialName", Planned),
+    ("tls.subjectAltNames", Planned),
+    ("tls.sni", Planned),
+    ("tls.insecureSkipVerify", Planned),
+    ("tls.caCrl", Planned),
+];
+
+/// Traffic-policy fields that port-level settings do not have.
+const WHOLE_POLICY: &[(&str, Support)] = &[
+    ("tunnel", Planned),
+    ("proxyProtocol", Planned),
+    ("retryBudget", Planned),
+];
+
+type Entry = (Kind, String, Support);
+
+/// [`FIELDS`], with [`TRAFFIC_POLICY`] under each of its four places and [`WHOLE_POLICY`]
+/// under the two that are not port-level.
+static TABLE: LazyLock<Vec<Entry>> = LazyLock::new(|| {
+    let mut table: Vec<Entry> = FIELDS
+        .iter()
+        .map(|(kind, path, support)| (*kind, (*path).to_owned(), *support))
+        .collect();
+    for policy in ["trafficPolicy", "subsets[].trafficPolicy"] {
+        table.push((DestinationRule, policy.to_owned(), Supported));
+        let port_level = format!("{policy}.portLevelSettings");
+        table.push((DestinationRule, port_level.clone(), Supported));
+        let places = [
+            (policy.to_owned(), TRAFFIC_POLICY.iter().chain(WHOLE_POLICY)),
+            (format!("{port_level}[]"), TRAFFIC_POLICY.iter().chain(&[])),
+        ];
+        for (place, fields) in places {
+            for (field, support) in fields {
+                table.push((DestinationRule, format!("{place}.{field}"), *support));
+            }
+        }
+    }
+    table
+});
+
+pub(super) fn entries(kind: Kind) -> impl Iterator<Item = (&'static str, Support)> {
     TABLE
         .iter()
-        .filter(|(k, p, _)| {
-            *k == kind
-                && (path == *p
-                    || path
-                        .strip_prefix(p)
-                        .is_some_and(|rest| rest.starts_with(['.', '[', '{'])))
+        .filter(move |(k, _, _)| *k == kind)
+        .map(|(_, path, support)| (path.as_str(), *support))
+}
+
+/// The entry covering a schema path (`a[].b.c`), if any: the longest prefix.
+pub fn entry_for(kind: Kind, path: &str) -> Option<(&'static str, Support)> {
+    entries(kind)
+        .filter(|(p, _)| {
+            path == *p
+                || path
+                    .strip_prefix(p)
+                    .is_some_and(|rest| rest.starts_with(['.', '[', '{']))
         })
-        .max_by_key(|(_, p, _)| p.len())
-        .map(|(_, p, s)| (*p, *s))
+        .max_by_key(|(p, _)| p.len())
 }
 
 /// One warning per table path the object's `spec` sets that the data plane does not
 /// implement.
 pub fn warnings(kind: Kind, spec: &Value) -> Vec<String> {
     let mut warnings = Vec::new();
-    for (_, path, support) in TABLE.iter().filter(|(k, _, _)| *k == kind) {
+    for (path, support) in entries(kind) {
         if !is_set(spec, &path.split('.').collect::<Vec<_>>()) {
             continue;
         }
@@ -133,7 +216,7 @@ pub fn warnings(kind: Kind, spec: &Value) -> Vec<String> {
     // empty for every schema field).
     if let Some(map) = spec.as_object() {
         for (field, value) in map {
-            if !is_empty(value) && !TABLE.iter().any(|(k, p, _)| *k == kind && covers(p, field)) {
+            if !is_empty(value) && !entries(kind).any(|(p, _)| covers(p, field)) {
                 warnings.push(format!(
                     "{field} is not supported yet by the data plane; it is stored and will be ignored"
                 ));
@@ -191,16 +274,16 @@ mod tests {
         let spec = json!({
             "hosts": ["reviews"],
             "http": [
-                {"fault": {"abort": {"httpStatus": 500}}, "route": [{"destination": {"host": "a"}}]},
-                {"fault": {"delay": {"fixedDelay": "1s"}}, "route": [{"destination": {"host": "b"}}]}
+                {"delegate": {"name": "a"}, "fault": {"abort": {"http2Error": "x"}}},
+                {"delegate": {"name": "b"}, "route": [{"destination": {"host": "b"}}]}
             ]
         });
         let warnings = warnings(Kind::VirtualService, &spec);
         assert_eq!(
             warnings,
             vec![
-                "http[].route is not supported yet by the data plane; it is stored and will be ignored",
-                "http[].fault is not supported yet by the data plane; it is stored and will be ignored",
+                "http[].delegate is not supported yet by the data plane; it is stored and will be ignored",
+                "http[].fault.abort.http2Error is not supported yet by the data plane; it is stored and will be ignored",
             ]
         );
     }
@@ -215,8 +298,33 @@ mod tests {
     fn longest_prefix_wins() {
         assert_eq!(
             entry_for(Kind::VirtualService, "http[].fault.abort.percentage.value"),
-            Some(("http[].fault", Planned))
+            Some(("http[].fault", Supported))
+        );
+        assert_eq!(
+            entry_for(Kind::VirtualService, "http[].fault.abort.http2Error"),
+            Some(("http[].fault.abort.http2Error", Planned))
         );
         assert_eq!(entry_for(Kind::VirtualService, "http[].faults"), None);
+    }
+
+    #[test]
+    fn traffic_policy_fields_are_judged_wherever_the_policy_stands() {
+        let policy = json!({
+            "loadBalancer": {"simple": "ROUND_ROBIN"},
+            "tunnel": {"protocol": "CONNECT", "targetHost": "h", "targetPort": 1},
+        });
+        let spec = json!({
+            "host": "reviews",
+            "trafficPolicy": policy,
+            "subsets": [{"name": "v1", "labels": {"version": "v1"},
+                         "trafficPolicy": {"portLevelSettings": [{"port": {"number": 9080}, "tls": {"mode": "ISTIO_MUTUAL", "sni": "x"}}]}}],
+        });
+        assert_eq!(
+            warnings(Kind::DestinationRule, &spec),
+            vec![
+                "trafficPolicy.tunnel is not supported yet by the data plane; it is stored and will be ignored",
+                "subsets[].trafficPolicy.portLevelSettings[].tls.sni is not supported yet by the data plane; it is stored and will be ignored",
+            ]
+        );
     }
 }

@@ -188,6 +188,26 @@ fn every_crd_property_has_a_typed_field() {
 }
 
 #[test]
+fn every_support_entry_names_a_crd_property() {
+    let mut properties: std::collections::BTreeMap<Kind, Vec<String>> = Default::default();
+    for (kind, _, schema) in crd_schemas() {
+        let mut paths = Vec::new();
+        maximal(&schema["properties"]["spec"], "", &mut paths);
+        properties.entry(kind).or_default().extend(paths);
+    }
+    for (kind, paths) in &properties {
+        for (entry, _) in support::entries(*kind) {
+            assert!(
+                paths.iter().any(|p| p == entry
+                    || p.strip_prefix(entry)
+                        .is_some_and(|rest| rest.starts_with(['.', '[', '{']))),
+                "{kind} {entry}: the support table names no property of the CRD schemas"
+            );
+        }
+    }
+}
+
+#[test]
 fn unknown_fields_are_refused_not_dropped() {
     let value = json!({
         "apiVersion": "networking.istio.io/v1",
