@@ -195,8 +195,18 @@ pub fn entry_for(kind: Kind, path: &str) -> Option<(&'static str, Support)> {
 }
 
 /// One warning per table path the object's `spec` sets that the data plane does not
-/// implement.
+/// implement; one for the whole object when its kind has no field the data plane reads.
 pub fn warnings(kind: Kind, spec: &Value) -> Vec<String> {
+    if entries(kind).all(|(_, support)| support == Planned) {
+        return vec![format!(
+            "the data plane does not support {kind} yet; the object is stored and will be ignored"
+        )];
+    }
+    if entries(kind).all(|(_, support)| support == NotApplicable) {
+        return vec![format!(
+            "{kind} has no effect in ambient mode (there are no sidecars); the object is stored and ignored"
+        )];
+    }
     let mut warnings = Vec::new();
     for (path, support) in entries(kind) {
         if !is_set(spec, &path.split('.').collect::<Vec<_>>()) {
@@ -292,6 +302,24 @@ mod tests {
     fn model_fields_and_empty_values_do_not_warn() {
         let spec = json!({"hosts": ["a"], "exportTo": ["."], "gateways": []});
         assert!(warnings(Kind::VirtualService, &spec).is_empty());
+    }
+
+    #[test]
+    fn a_kind_the_data_plane_does_not_read_at_all_gets_one_warning() {
+        let entry =
+            json!({"hosts": ["api.example.com"], "ports": [{"number": 443}], "resolution": "DNS"});
+        assert_eq!(
+            warnings(Kind::ServiceEntry, &entry),
+            vec![
+                "the data plane does not support ServiceEntry yet; the object is stored and will be ignored"
+            ]
+        );
+        assert_eq!(
+            warnings(Kind::Sidecar, &json!({"egress": [{"hosts": ["./*"]}]})),
+            vec![
+                "Sidecar has no effect in ambient mode (there are no sidecars); the object is stored and ignored"
+            ]
+        );
     }
 
     #[test]
