@@ -9,7 +9,9 @@ use std::fmt;
 
 use serde::Serialize;
 
-use super::istio::{Destination, VirtualService};
+use super::istio::{
+    ClientTlsMode, ClientTlsSettings, Destination, DestinationRule, VirtualService,
+};
 use super::resource::{self, Resource, ResourceKey};
 use super::store::key_of;
 use super::validate::{self, Severity};
@@ -160,6 +162,11 @@ fn check_one(out: &mut Collector, key: &ResourceKey, resource: &Resource, origin
             out.object(key, origin, Severity::Warning, warning);
         }
     }
+    if let Resource::DestinationRule(rule) = resource {
+        for warning in upstream_tls(rule) {
+            out.object(key, origin, Severity::Warning, warning);
+        }
+    }
     if let Resource::AuthorizationPolicy(policy) = resource {
         // Who enforces it, as the proxies choose: a policy bound by targetRefs is a
         // waypoint's (L7), any other the node agents' (L4). Each proxy logs the same lint.
@@ -173,6 +180,40 @@ fn check_one(out: &mut Collector, key: &ResourceKey, resource: &Resource, origin
             out.object(key, origin, Severity::Warning, warning.message);
         }
     }
+}
+
+/// Each `tls.mode` of a DestinationRule but ISTIO_MUTUAL: the waypoint connects upstream by
+/// HBONE with mesh mTLS whatever the rule says (and says so when it loads the rule).
+fn upstream_tls(rule: &DestinationRule) -> Vec<String> {
+    let mut policies = Vec::new();
+    if let Some(policy) = &rule.spec.traffic_policy {
+        policies.push(("trafficPolicy".to_owned(), policy));
+    }
+    for (i, subset) in rule.spec.subsets.iter().enumerate() {
+        if let Some(policy) = &subset.traffic_policy {
+            policies.push((format!("subsets[{i}].trafficPolicy"), policy));
+        }
+    }
+    let mut found = Vec::new();
+    let mut check = |path: String, tls: &Option<ClientTlsSettings>| {
+        let mode = match tls.as_ref().and_then(|tls| tls.mode) {
+            None | Some(ClientTlsMode::IstioMutual) => return,
+            Some(ClientTlsMode::Disable) => "DISABLE",
+            Some(ClientTlsMode::Simple) => "SIMPLE",
+            Some(ClientTlsMode::Mutual) => "MUTUAL",
+        };
+        found.push(format!(
+            "{path}.tls.mode: {mode} is not implemented by the waypoint (upstream connections \
+             always use HBONE with mesh mTLS); ignored"
+        ));
+    };
+    for (path, policy) in policies {
+        check(path.clone(), &policy.tls);
+        for (i, port) in policy.port_level_settings.iter().enumerate() {
+            check(format!("{path}.portLevelSettings[{i}]"), &port.tls);
+        }
+    }
+    found
 }
 
 /// Every destination of a VirtualService, with its field path.
