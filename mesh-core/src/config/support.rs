@@ -175,7 +175,8 @@ static TABLE: LazyLock<Vec<Entry>> = LazyLock::new(|| {
     table
 });
 
-pub(super) fn entries(kind: Kind) -> impl Iterator<Item = (&'static str, Support)> {
+/// The table's entries for `kind`: `(path under spec, support)`.
+pub fn entries(kind: Kind) -> impl Iterator<Item = (&'static str, Support)> {
     TABLE
         .iter()
         .filter(move |(k, _, _)| *k == kind)
