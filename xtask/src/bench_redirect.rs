@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Args, Subcommand};
 use mesh_sim::{Lab, MeshOptions};
-use nix::sys::signal::Signal;
 
 use crate::bench_config::client_connections;
 
@@ -409,7 +408,9 @@ fn scenarios(
         for setup in &PATHS {
             println!("==> round {round}: {}", setup.name);
             if agent_running {
-                lab.stop_agent(&node.name, Signal::SIGTERM)?;
+                // The CA too: start_mesh starts one with the agents, and a second would find
+                // the CA port taken.
+                lab.stop_mesh()?;
                 lab.uninstall_agent(&node.name, Some(mesh_node))?;
                 agent_running = false;
             }

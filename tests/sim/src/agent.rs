@@ -279,6 +279,14 @@ impl Lab {
     /// root), made by `mesh-node ca-init` at the lab's first start, so the root outlives a
     /// restart of the CA as it does in a cluster.
     fn start_ca(&self) -> Result<()> {
+        let (node, addr) = self.ca_node()?;
+        let running = cgroup::pids(&node_cgroup(&node, "ca"));
+        if !running.is_empty() {
+            return Err(Error::Invalid(format!(
+                "the mesh CA runs already on {} (pid {running:?}); stop the mesh first",
+                node.name
+            )));
+        }
         let dir = self.ca_dir();
         std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
         let mut credentials = self.read_credentials()?;
@@ -300,7 +308,6 @@ impl Lab {
         if !cacerts.is_dir() {
             self.ca_init(&cacerts)?;
         }
-        let (node, addr) = self.ca_node()?;
         let config_dir = self.config_dir();
         self.spawn_mesh_node(
             &node,
@@ -599,16 +606,31 @@ fn wait_until(
             std::fs::metadata(format!("/proc/{pid}")).is_ok() && !cgroup::pids(cgroup).is_empty();
         if !alive || Instant::now() > deadline {
             let log = std::fs::read_to_string(log_path).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(15).collect();
             return Err(Error::Invalid(format!(
                 "{what} did not become ready ({}); last log lines ({}):\n{}",
                 if alive { "timed out" } else { "it exited" },
                 log_path.display(),
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                log_excerpt(&log)
             )));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The last 15 lines of a mesh process's log; when it ended with an error and a backtrace
+/// (`RUST_BACKTRACE` set), the error's first lines instead, which say what went wrong.
+fn log_excerpt(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    let start = match lines.iter().rposition(|l| l.starts_with("Error: ")) {
+        Some(error) => error,
+        None => lines.len().saturating_sub(15),
+    };
+    lines[start..]
+        .iter()
+        .take(15)
+        .copied()
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The log filter of the mesh's processes (agents, CA, waypoints): `MESH_SIM_AGENT_LOG`, or
@@ -789,4 +811,33 @@ fn find_mesh_node() -> Result<PathBuf> {
                 exe.display()
             ))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_excerpt;
+
+    #[test]
+    fn a_log_that_ends_in_an_error_and_a_backtrace_shows_the_error() {
+        let mut log = String::from("INFO starting\nINFO listening\n");
+        log.push_str("Error: binding 10.10.0.11:15012: Address in use (os error 98)\n\n");
+        log.push_str("Caused by:\n    Address in use\n\nStack backtrace:\n");
+        for frame in 0..40 {
+            log.push_str(&format!("  {frame}: some::frame\n"));
+        }
+        let excerpt = log_excerpt(&log);
+        assert!(
+            excerpt.starts_with("Error: binding 10.10.0.11:15012: Address in use"),
+            "{excerpt}"
+        );
+        assert_eq!(excerpt.lines().count(), 15);
+    }
+
+    #[test]
+    fn otherwise_the_last_fifteen_lines() {
+        let log: String = (0..40).map(|i| format!("line {i}\n")).collect();
+        let excerpt = log_excerpt(&log);
+        assert!(excerpt.starts_with("line 25\n"), "{excerpt}");
+        assert!(excerpt.ends_with("line 39"), "{excerpt}");
+    }
 }
