@@ -61,17 +61,38 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
     }
 }
 
-/// Builds what a lab benchmark runs (the sample app; `mesh_node` unless given), brings lab
-/// `name` up afresh with `nodes` nodes from `manifest`, runs `scenarios` on it with the
-/// mesh-node binary, and takes the lab down whatever happened.
+/// What the lab benchmarks' pods run.
+#[derive(clap::Args)]
+pub(crate) struct ServerArgs {
+    /// Run the pods on the sample app's debug build, which needs no release build: a quick
+    /// check that the driver works end to end (the tests use it). The figures are then not
+    /// the benchmark's: the debug server is several times slower.
+    #[arg(long)]
+    debug_server: bool,
+}
+
+impl ServerArgs {
+    pub(crate) fn profile(&self) -> crate::cargo::Profile {
+        if self.debug_server {
+            crate::cargo::Profile::Debug
+        } else {
+            crate::cargo::Profile::Release
+        }
+    }
+}
+
+/// Builds what a lab benchmark runs (the sample app with `server`; `mesh_node` unless
+/// given), brings lab `name` up afresh with `nodes` nodes from `manifest`, runs `scenarios`
+/// on it with the mesh-node binary, and takes the lab down whatever happened.
 pub(crate) fn with_bench_lab<T>(
     name: &str,
     nodes: u8,
     manifest: &str,
+    server: crate::cargo::Profile,
     mesh_node: Option<&std::path::Path>,
     scenarios: impl FnOnce(mesh_sim::Lab, &std::path::Path) -> Result<T>,
 ) -> Result<T> {
-    let sample_app = crate::cargo::build_sample_app(crate::cargo::Profile::Release)?;
+    let sample_app = crate::cargo::build_sample_app(server)?;
     let mesh_node = match mesh_node {
         Some(path) => path.to_owned(),
         None => crate::cargo::build_mesh_node()?,

@@ -85,6 +85,8 @@ pub(crate) struct BenchArgs {
     /// `auto` scheduling watches for. 0: no such round.
     #[arg(long, default_value_t = 0)]
     busy: u16,
+    #[command(flatten)]
+    server: crate::bench_config::ServerArgs,
 }
 
 /// What one path (direct or mesh) measured with the closed-loop loads.
@@ -151,6 +153,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         LAB,
         2,
         MANIFEST,
+        args.server.profile(),
         args.mesh_node.as_deref(),
         |lab, mesh_node| scenarios(lab, mesh_node, args),
     )?;

@@ -63,6 +63,8 @@ pub(crate) struct BenchArgs {
     /// Rounds: every path once per round, in turn.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
     rounds: u16,
+    #[command(flatten)]
+    server: crate::bench_config::ServerArgs,
 }
 
 /// The paths, in the order each round measures them; the first is the direct one.
@@ -223,6 +225,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         LAB,
         1,
         MANIFEST,
+        args.server.profile(),
         args.mesh_node.as_deref(),
         |lab, mesh_node| {
             // Split over the rounds: every measured connection leaves a port in TIME_WAIT

@@ -112,6 +112,8 @@ pub(crate) struct BenchArgs {
     /// build.
     #[arg(long)]
     mesh_node: Option<PathBuf>,
+    #[command(flatten)]
+    server: crate::bench_config::ServerArgs,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -175,6 +177,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         LAB,
         2,
         MANIFEST,
+        args.server.profile(),
         mesh_node.as_deref(),
         |lab, mesh_node| {
             println!(

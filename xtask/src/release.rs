@@ -113,6 +113,7 @@ fn train(mesh_node: &Path, waypoint: &Path) -> Result<()> {
         LAB,
         2,
         bench_waypoint::MANIFEST,
+        crate::cargo::Profile::Release,
         Some(mesh_node),
         |mut lab, mesh_node| {
             let (client, server) = bench_waypoint::start_mesh(&mut lab, mesh_node, waypoint)?;
