@@ -1,8 +1,9 @@
 //! `meshctl analyze`: every problem in a set of manifests, as errors and warnings naming
 //! `Kind namespace/name`. Checks each object alone (conversion, [`super::validate`],
-//! [`super::support`], and [`crate::policy::lint`] or [`crate::policy::lint_l7`] for an
-//! AuthorizationPolicy, as its enforcer would) and the set together: hosts claimed by two VirtualServices, subsets
-//! no DestinationRule defines, destination hosts that match no Service or ServiceEntry.
+//! [`super::support`], a DestinationRule's upstream TLS mode, and [`crate::policy::lint`] or
+//! [`crate::policy::lint_l7`] for an AuthorizationPolicy, as its enforcer would) and the set
+//! together: hosts claimed by two VirtualServices, subsets no DestinationRule defines,
+//! destination hosts that match no Service or ServiceEntry.
 
 use std::collections::BTreeMap;
 use std::fmt;
