@@ -1,7 +1,7 @@
 //! `cargo xtask bench redirect`: connect() and 1 KB request/response latency (P50/P99) from a
-//! pod to a pod on the same node, for: direct (no mesh); the eBPF redirect through the interim
-//! forwarder with the fast path off and on; the same forwarder behind a netfilter NAT rule
-//! (what iptables REDIRECT does; the forwarder reads SO_ORIGINAL_DST). Prints a table.
+//! pod to a pod on the same node, for: direct (no mesh); the eBPF redirect to the node proxy's
+//! outbound listener with the fast path off and on; the same proxy behind a netfilter NAT rule
+//! (what iptables REDIRECT does; the proxy reads SO_ORIGINAL_DST). Prints a table.
 //!
 //! The eBPF rows run the agent with `--inbound-capture off`, as the netfilter row has no
 //! capture either: both measure the outbound redirect alone. One more row turns the capture
