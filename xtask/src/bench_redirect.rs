@@ -390,7 +390,7 @@ fn scenarios(
     );
     // The netfilter path's DNAT entries would outlive it in connection tracking (120 s in
     // TIME_WAIT) and clash with the eBPF paths' connections to the same listener: the kernel
-    // would then remap their source ports, and the forwarder would find no original
+    // would then remap their source ports, and the node proxy would find no original
     // destination under the port it sees. In this lab node only, connections in TIME_WAIT are
     // forgotten after a second, and the next path waits until they are.
     in_node(
@@ -436,7 +436,7 @@ fn scenarios(
                     ..MeshOptions::default()
                 })?;
                 agent_running = true;
-                wait_for_forwarder(&lab, &client, setup.name, || {
+                wait_for_proxy(&lab, &client, setup.name, || {
                     client_run(&lab, 1).map(|_| ())
                 })?;
             }
@@ -452,7 +452,7 @@ fn scenarios(
 
 /// Waits until the path is really in place: a tiny run succeeds and the agent counts one
 /// more connection of the client's across it.
-fn wait_for_forwarder(
+fn wait_for_proxy(
     lab: &Lab,
     client: &mesh_sim::Pod,
     name: &str,
@@ -470,7 +470,7 @@ fn wait_for_forwarder(
         }
         if Instant::now() > deadline {
             let why = ran.err().map_or(String::new(), |e| format!(" (last: {e})"));
-            bail!("{name}: the client's connections do not reach the forwarder{why}");
+            bail!("{name}: the client's connections do not reach the node proxy{why}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
