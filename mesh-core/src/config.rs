@@ -6,6 +6,8 @@
 //! [`Update`]: crate::source::Update
 
 pub mod analyze;
+#[cfg(any(test, feature = "testing"))]
+pub mod crd_examples;
 pub mod duration;
 pub mod host;
 pub mod istio;

@@ -3,34 +3,23 @@
 //! every VirtualService and DestinationRule field the table calls `Planned` is one the
 //! waypoint reports as not implemented when it is set.
 
-use std::path::Path;
 use std::sync::Arc;
 
+use mesh_core::config::crd_examples;
 use mesh_core::config::istio::{DestinationRule, VirtualService};
 use mesh_core::config::resource::{Kind, Resource};
 use mesh_core::config::support::{self, Support};
 use mesh_waypoint::route::RouteTable;
 use mesh_waypoint::upstream::EffectivePolicy;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-/// The `spec` schema of `kind`'s v1 CRD, from Istio's CRDs beside the repository.
-fn spec_schema(kind: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/istio-samples/crds/crd-all.gen.yaml");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (Istio's CRDs, from ../shared)", path.display()));
-    for document in serde_yaml_ng::Deserializer::from_str(&text) {
-        let crd: Value = serde::Deserialize::deserialize(document).expect("CRD YAML");
-        if crd["spec"]["names"]["kind"] != kind {
-            continue;
-        }
-        for version in crd["spec"]["versions"].as_array().expect("versions") {
-            if version["name"] == "v1" {
-                return version["schema"]["openAPIV3Schema"]["properties"]["spec"].clone();
-            }
-        }
-    }
-    panic!("no v1 CRD for {kind}");
+/// The `spec` schema of `kind`'s v1 CRD.
+fn spec_schema(kind: Kind) -> Value {
+    crd_examples::crd_schemas()
+        .into_iter()
+        .find(|(k, version, _)| *k == kind && version == "v1")
+        .map(|(_, _, schema)| schema["properties"]["spec"].clone())
+        .unwrap_or_else(|| panic!("no v1 CRD for {kind}"))
 }
 
 /// The schema of the field at `path` (`a[].b.c`) under `schema`.
@@ -51,34 +40,7 @@ fn schema_at<'a>(mut schema: &'a Value, path: &str) -> &'a Value {
 
 /// A value with every property the schema defines.
 fn maximal(schema: &Value) -> Value {
-    if let Some(values) = schema.get("enum").and_then(Value::as_array) {
-        return values[0].clone();
-    }
-    match schema.get("type").and_then(Value::as_str) {
-        Some("object") => {
-            let mut map = Map::new();
-            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
-                for (name, prop) in props {
-                    map.insert(name.clone(), maximal(prop));
-                }
-            } else if let Some(extra) = schema.get("additionalProperties").filter(|v| v.is_object())
-            {
-                map.insert("8080".into(), maximal(extra));
-            }
-            Value::Object(map)
-        }
-        Some("array") => json!([maximal(&schema["items"])]),
-        Some("integer") => json!(
-            schema
-                .get("minimum")
-                .and_then(Value::as_u64)
-                .unwrap_or(1)
-                .max(1)
-        ),
-        Some("number") => json!(1.5),
-        Some("boolean") => json!(true),
-        _ => json!("x"),
-    }
+    crd_examples::maximal(schema, "", &mut Vec::new())
 }
 
 /// `spec` with `value` at `path`, creating what lies on the way (one element per array).
@@ -157,7 +119,7 @@ fn planned(kind: Kind) -> Vec<&'static str> {
 
 #[test]
 fn every_planned_virtual_service_field_is_one_the_waypoint_reports() {
-    let schema = spec_schema("VirtualService");
+    let schema = spec_schema(Kind::VirtualService);
     for path in planned(Kind::VirtualService) {
         let mut spec = json!({"hosts": ["reviews"]});
         set(&mut spec, path, maximal(schema_at(&schema, path)));
@@ -194,7 +156,7 @@ fn every_planned_virtual_service_field_is_one_the_waypoint_reports() {
 
 #[test]
 fn every_planned_destination_rule_field_is_one_the_waypoint_reports() {
-    let schema = spec_schema("DestinationRule");
+    let schema = spec_schema(Kind::DestinationRule);
     for path in planned(Kind::DestinationRule) {
         let mut spec = json!({"host": "reviews"});
         let mut value = maximal(schema_at(&schema, path));

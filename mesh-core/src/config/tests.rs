@@ -4,8 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
+use super::crd_examples::{crd_schemas, maximal};
 use super::resource::{Kind, Resource};
 use super::support;
 use crate::manifest;
@@ -92,64 +93,6 @@ fn every_istio_sample_parses_and_round_trips() {
         kube >= 20,
         "only {kube} Kubernetes objects found in the samples"
     );
-}
-
-/// The kinds the model types and their CRD schemas (`openAPIV3Schema` per version).
-fn crd_schemas() -> Vec<(Kind, String, Value)> {
-    let text = std::fs::read_to_string(shared().join("crds/crd-all.gen.yaml")).expect("CRDs");
-    let mut schemas = Vec::new();
-    for document in serde_yaml_ng::Deserializer::from_str(&text) {
-        let crd: Value = serde::Deserialize::deserialize(document).expect("CRD YAML");
-        let group = crd["spec"]["group"].as_str().unwrap_or_default();
-        let kind = crd["spec"]["names"]["kind"].as_str().unwrap_or_default();
-        let Some(kind) = Kind::of(group, kind) else {
-            continue;
-        };
-        for version in crd["spec"]["versions"].as_array().expect("versions") {
-            let name = version["name"].as_str().expect("version name").to_owned();
-            schemas.push((kind, name, version["schema"]["openAPIV3Schema"].clone()));
-        }
-    }
-    schemas
-}
-
-/// A value with every property the schema defines, each with a value of the right type.
-fn maximal(schema: &Value, path: &str, paths: &mut Vec<String>) -> Value {
-    if let Some(values) = schema.get("enum").and_then(Value::as_array) {
-        return values[0].clone();
-    }
-    match schema.get("type").and_then(Value::as_str) {
-        Some("object") => {
-            let mut map = Map::new();
-            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
-                for (name, prop) in props {
-                    let child = if path.is_empty() {
-                        name.clone()
-                    } else {
-                        format!("{path}.{name}")
-                    };
-                    paths.push(child.clone());
-                    map.insert(name.clone(), maximal(prop, &child, paths));
-                }
-            } else if let Some(extra) = schema.get("additionalProperties").filter(|v| v.is_object())
-            {
-                map.insert("8080".into(), maximal(extra, &format!("{path}{{}}"), paths));
-            }
-            Value::Object(map)
-        }
-        Some("array") => json!([maximal(&schema["items"], &format!("{path}[]"), paths)]),
-        Some("string") => json!("x"),
-        Some("integer") => json!(
-            schema
-                .get("minimum")
-                .and_then(Value::as_u64)
-                .unwrap_or(0)
-                .max(1)
-        ),
-        Some("number") => json!(1.5),
-        Some("boolean") => json!(true),
-        other => panic!("{path}: schema type {other:?} not handled"),
-    }
 }
 
 #[test]
