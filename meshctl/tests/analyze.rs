@@ -78,9 +78,34 @@ fn warnings_alone_exit_0_and_json_is_machine_readable() -> Result<()> {
     assert_eq!(diagnostics[0]["kind"], "VirtualService");
     assert_eq!(diagnostics[0]["namespace"], "shop");
     assert_eq!(diagnostics[0]["name"], "reviews");
+    // The waypoint's own words (its route compiler's), with the field's index.
     assert_eq!(
         diagnostics[0]["message"],
-        "http[].delegate is not supported yet by the data plane; it is stored and will be ignored"
+        "http[1].delegate: delegation to another VirtualService is not implemented; this rule is left out, so requests fall through to the next rule (inline the delegate's routes instead)"
+    );
+    Ok(())
+}
+
+/// Value by value, what the waypoint would report when it loads the VirtualService: a retry
+/// condition it does not know, a VirtualService only an ingress gateway would serve.
+#[test]
+fn the_waypoint_s_findings_are_reported() -> Result<()> {
+    let vs = BAD_VS.replace("weight: 40", "weight: 50")
+        + "    retries: {attempts: 2, retryOn: \"5xx,bogus\"}\n"
+        + "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\n"
+        + "metadata: {name: ingress, namespace: shop}\n"
+        + "spec: {hosts: [shop.example.com], gateways: [shop-gateway], http: [{route: [{destination: {host: reviews}}]}]}\n";
+    let dir = write_dir("waypoint", &[("vs.yaml", &vs), ("svc.yaml", SERVICE)])?;
+    let (code, out) = meshctl(&["analyze", "-f", dir.to_str().unwrap_or_default()])?;
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            "warning: VirtualService shop/ingress: gateways: bound only to gateways [\"shop-gateway\"]; the waypoint serves mesh traffic, so it skips this VirtualService (add \"mesh\" to gateways to apply it here)",
+            "warning: VirtualService shop/reviews: http[0].retries.retryOn: \"bogus\" is not a retry condition the waypoint implements (5xx, gateway-error, reset, reset-before-request, connect-failure, refused-stream, retriable-4xx, retriable-status-codes, cancelled, deadline-exceeded, internal, resource-exhausted, unavailable, or an HTTP status code); it is ignored",
+            "0 error(s), 2 warning(s)",
+        ]
     );
     Ok(())
 }
