@@ -1,17 +1,20 @@
 //! `meshctl analyze`: reads files and folders of manifests, runs
-//! [`mesh_core::config::analyze`] over them as one set, adds what the waypoint's route
-//! compiler reports for each VirtualService, and prints the diagnostics as text
+//! [`mesh_core::config::analyze`] over them as one set, adds what the waypoint reports for
+//! each VirtualService and DestinationRule, and prints the diagnostics as text
 //! (`error: Kind namespace/name: message`) or JSON.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use mesh_core::config::istio::DestinationRule;
 use mesh_core::config::resource::{Kind, Resource};
 use mesh_core::config::{Diagnostic, Report, Severity, analyze, support};
 use mesh_core::manifest;
 use mesh_waypoint::route::RouteTable;
+use mesh_waypoint::upstream::EffectivePolicy;
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -31,10 +34,10 @@ enum Format {
 
 pub(crate) fn run(args: &Args) -> ExitCode {
     let loaded = manifest::load_paths(&args.paths);
-    let virtual_services: Vec<(Resource, String)> = loaded
+    let routing: Vec<(Resource, String)> = loaded
         .objects
         .iter()
-        .filter(|object| object.kind == "VirtualService")
+        .filter(|object| object.kind == "VirtualService" || object.kind == "DestinationRule")
         .filter_map(|object| {
             let origin = object.origin.to_string();
             Resource::from_object(object.clone())
@@ -43,7 +46,7 @@ pub(crate) fn run(args: &Args) -> ExitCode {
         })
         .collect();
     let mut report = analyze(loaded);
-    waypoint_findings(&mut report, &virtual_services);
+    waypoint_findings(&mut report, &routing);
     let printed = match args.output {
         Format::Text => print_text(&report),
         Format::Json => print_json(&report),
@@ -59,41 +62,89 @@ pub(crate) fn run(args: &Args) -> ExitCode {
     }
 }
 
-/// What the waypoint's route compiler reports as not implemented in each VirtualService,
-/// field by field and value by value (a retry condition it does not know, a header it cannot
-/// edit, a VirtualService bound only to ingress gateways), in the waypoint's own words. These
-/// replace the support table's per-field warnings for VirtualServices: a waypoint test holds
-/// every field the table calls unsupported to a report here, so nothing is lost, and the
-/// compiler says what happens instead and how to fix it.
-fn waypoint_findings(report: &mut Report, virtual_services: &[(Resource, String)]) {
-    for (resource, origin) in virtual_services {
-        let Resource::VirtualService(vs) = resource else {
-            continue;
+/// What the waypoint reports when it loads each VirtualService and DestinationRule, field by
+/// field and value by value, in its own words: its route compiler's findings (a retry
+/// condition it does not know, a header it cannot edit, a VirtualService bound only to
+/// ingress gateways) and its DestinationRule resolution's (an upstream TLS mode it does not
+/// use, a consistent hash without a key). These replace the support table's per-field
+/// warnings for the two kinds: a waypoint test holds every field the table calls unsupported
+/// to a report here, so nothing is lost, and the waypoint says what happens instead.
+fn waypoint_findings(report: &mut Report, objects: &[(Resource, String)]) {
+    for (resource, origin) in objects {
+        let (kind, namespace, name, findings) = match resource {
+            Resource::VirtualService(vs) => {
+                let compiled = RouteTable::compile(&[Arc::clone(vs)]);
+                let findings: Vec<String> = compiled
+                    .unsupported()
+                    .iter()
+                    .map(|p| format!("{}: {}", p.path, p.message))
+                    .collect();
+                (Kind::VirtualService, vs.namespace(), vs.name(), findings)
+            }
+            Resource::DestinationRule(rule) => (
+                Kind::DestinationRule,
+                rule.namespace(),
+                rule.name(),
+                resolved(rule),
+            ),
+            _ => continue,
         };
-        let (namespace, name) = (vs.namespace().to_owned(), vs.name().to_owned());
         let is_this = |d: &Diagnostic| {
-            d.kind.as_deref() == Some("VirtualService")
-                && d.namespace.as_deref() == Some(namespace.as_str())
-                && d.name.as_deref() == Some(name.as_str())
+            d.kind.as_deref() == Some(kind.name())
+                && d.namespace.as_deref() == Some(namespace)
+                && d.name.as_deref() == Some(name)
         };
-        let table = support::warnings(Kind::VirtualService, &resource.to_value()["spec"]);
+        let table = support::warnings(kind, &resource.to_value()["spec"]);
         report
             .diagnostics
             .retain(|d| !(is_this(d) && table.contains(&d.message)));
-        let compiled = RouteTable::compile(&[Arc::clone(vs)]);
-        for problem in compiled.unsupported() {
+        for message in findings {
             report.diagnostics.push(Diagnostic {
-                kind: Some("VirtualService".into()),
-                namespace: Some(namespace.clone()),
-                name: Some(name.clone()),
+                kind: Some(kind.name().into()),
+                namespace: Some(namespace.to_owned()),
+                name: Some(name.to_owned()),
                 severity: Severity::Warning,
-                message: format!("{}: {}", problem.path, problem.message),
+                message,
                 origin: Some(origin.clone()),
             });
         }
     }
     report.diagnostics.sort();
     report.diagnostics.dedup();
+}
+
+/// The waypoint's warnings for a DestinationRule, resolved for no subset and each subset, at
+/// each port a port-level setting names and at one none names: every group of settings is
+/// then seen where it applies.
+fn resolved(rule: &DestinationRule) -> Vec<String> {
+    let spec = &rule.spec;
+    let policies = spec.traffic_policy.as_deref().into_iter().chain(
+        spec.subsets
+            .iter()
+            .filter_map(|s| s.traffic_policy.as_deref()),
+    );
+    let mut ports: BTreeSet<u16> = policies
+        .flat_map(|p| &p.port_level_settings)
+        .filter_map(|p| p.port.as_ref()?.number)
+        .filter_map(|n| u16::try_from(n).ok())
+        .collect();
+    ports.insert(0);
+    let subsets = std::iter::once(None).chain(spec.subsets.iter().map(|s| Some(s.name.as_str())));
+    let mut found = BTreeSet::new();
+    for subset in subsets {
+        for port in &ports {
+            // What does not resolve at all is an error analyze reports already.
+            if let Ok(policy) = EffectivePolicy::resolve(Some(rule), subset, *port) {
+                found.extend(
+                    policy
+                        .warnings
+                        .into_iter()
+                        .map(|w| format!("{}: {}", w.field, w.message)),
+                );
+            }
+        }
+    }
+    found.into_iter().collect()
 }
 
 fn print_text(report: &Report) -> std::io::Result<()> {

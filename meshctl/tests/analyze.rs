@@ -110,6 +110,34 @@ fn the_waypoint_s_findings_are_reported() -> Result<()> {
     Ok(())
 }
 
+/// A DestinationRule as the waypoint resolves it, for every subset and port: what it ignores
+/// and why, wherever the setting stands.
+#[test]
+fn the_waypoint_s_destination_rule_findings_are_reported() -> Result<()> {
+    let rule = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+        metadata: {name: reviews, namespace: shop}\n\
+        spec:\n  host: reviews\n  trafficPolicy:\n    tls: {mode: SIMPLE}\n\
+        \x20   portLevelSettings:\n    - port: {number: 9080}\n\
+        \x20     loadBalancer: {consistentHash: {minimumRingSize: 16}}\n\
+        \x20 subsets:\n  - name: v1\n    labels: {version: v1}\n";
+    let dir = write_dir(
+        "destination-rule",
+        &[("dr.yaml", rule), ("svc.yaml", SERVICE)],
+    )?;
+    let (code, out) = meshctl(&["analyze", "-f", dir.to_str().unwrap_or_default()])?;
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            "warning: DestinationRule shop/reviews: trafficPolicy.portLevelSettings[0].loadBalancer.consistentHash: names no hash key (httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName); requests are spread at random",
+            "warning: DestinationRule shop/reviews: trafficPolicy.tls: is not implemented by the waypoint (upstream connections always use HBONE with mesh mTLS); ignored",
+            "0 error(s), 2 warning(s)",
+        ]
+    );
+    Ok(())
+}
+
 #[test]
 fn unreadable_paths_are_errors() -> Result<()> {
     let (code, out) = meshctl(&["analyze", "-f", "/nonexistent/meshctl.yaml"])?;

@@ -1,18 +1,17 @@
 //! `meshctl analyze`: every problem in a set of manifests, as errors and warnings naming
 //! `Kind namespace/name`. Checks each object alone (conversion, [`super::validate`],
-//! [`super::support`], a DestinationRule's upstream TLS mode, and [`crate::policy::lint`] or
-//! [`crate::policy::lint_l7`] for an AuthorizationPolicy, as its enforcer would) and the set
-//! together: hosts claimed by two VirtualServices, subsets no DestinationRule defines,
-//! destination hosts that match no Service or ServiceEntry.
+//! [`super::support`], and [`crate::policy::lint`] or [`crate::policy::lint_l7`] for an
+//! AuthorizationPolicy, as its enforcer would) and the set together: hosts claimed by two
+//! VirtualServices, subsets no DestinationRule defines, destination hosts that match no
+//! Service or ServiceEntry. (`meshctl` adds the waypoint's own findings for VirtualServices
+//! and DestinationRules.)
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Serialize;
 
-use super::istio::{
-    ClientTlsMode, ClientTlsSettings, Destination, DestinationRule, VirtualService,
-};
+use super::istio::{Destination, VirtualService};
 use super::resource::{self, Resource, ResourceKey};
 use super::store::key_of;
 use super::validate::{self, Severity};
@@ -163,11 +162,6 @@ fn check_one(out: &mut Collector, key: &ResourceKey, resource: &Resource, origin
             out.object(key, origin, Severity::Warning, warning);
         }
     }
-    if let Resource::DestinationRule(rule) = resource {
-        for warning in upstream_tls(rule) {
-            out.object(key, origin, Severity::Warning, warning);
-        }
-    }
     if let Resource::AuthorizationPolicy(policy) = resource {
         // Who enforces it, as the proxies choose: a policy bound by targetRefs is a
         // waypoint's (L7), any other the node agents' (L4). Each proxy logs the same lint.
@@ -181,40 +175,6 @@ fn check_one(out: &mut Collector, key: &ResourceKey, resource: &Resource, origin
             out.object(key, origin, Severity::Warning, warning.message);
         }
     }
-}
-
-/// Each `tls.mode` of a DestinationRule but ISTIO_MUTUAL: the waypoint connects upstream by
-/// HBONE with mesh mTLS whatever the rule says (and says so when it loads the rule).
-fn upstream_tls(rule: &DestinationRule) -> Vec<String> {
-    let mut policies = Vec::new();
-    if let Some(policy) = &rule.spec.traffic_policy {
-        policies.push(("trafficPolicy".to_owned(), policy));
-    }
-    for (i, subset) in rule.spec.subsets.iter().enumerate() {
-        if let Some(policy) = &subset.traffic_policy {
-            policies.push((format!("subsets[{i}].trafficPolicy"), policy));
-        }
-    }
-    let mut found = Vec::new();
-    let mut check = |path: String, tls: &Option<ClientTlsSettings>| {
-        let mode = match tls.as_ref().and_then(|tls| tls.mode) {
-            None | Some(ClientTlsMode::IstioMutual) => return,
-            Some(ClientTlsMode::Disable) => "DISABLE",
-            Some(ClientTlsMode::Simple) => "SIMPLE",
-            Some(ClientTlsMode::Mutual) => "MUTUAL",
-        };
-        found.push(format!(
-            "{path}.tls.mode: {mode} is not implemented by the waypoint (upstream connections \
-             always use HBONE with mesh mTLS); ignored"
-        ));
-    };
-    for (path, policy) in policies {
-        check(path.clone(), &policy.tls);
-        for (i, port) in policy.port_level_settings.iter().enumerate() {
-            check(format!("{path}.portLevelSettings[{i}]"), &port.tls);
-        }
-    }
-    found
 }
 
 /// Every destination of a VirtualService, with its field path.

@@ -395,33 +395,3 @@ spec:
         "{warnings:#?}"
     );
 }
-
-#[test]
-fn upstream_tls_modes_but_istio_mutual_are_reported_ignored() {
-    let report = run(r#"
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: reviews}
-spec:
-  host: reviews
-  trafficPolicy:
-    tls: {mode: ISTIO_MUTUAL}
-    portLevelSettings:
-    - {port: {number: 9443}, tls: {mode: SIMPLE}}
-  subsets:
-  - name: v1
-    labels: {version: v1}
-    trafficPolicy: {tls: {mode: DISABLE}}
-"#);
-    let tls: Vec<String> = lines(&report, Severity::Warning)
-        .into_iter()
-        .filter(|w| w.contains("tls.mode"))
-        .collect();
-    assert_eq!(
-        tls,
-        vec![
-            "DestinationRule default/reviews: subsets[0].trafficPolicy.tls.mode: DISABLE is not implemented by the waypoint (upstream connections always use HBONE with mesh mTLS); ignored",
-            "DestinationRule default/reviews: trafficPolicy.portLevelSettings[0].tls.mode: SIMPLE is not implemented by the waypoint (upstream connections always use HBONE with mesh mTLS); ignored",
-        ]
-    );
-}
