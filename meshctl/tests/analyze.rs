@@ -15,6 +15,14 @@ fn write_dir(name: &str, files: &[(&str, &str)]) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// `meshctl analyze -f DIR` over `files` written to a fresh folder: the exit status and the
+/// lines printed.
+fn analyze_dir(name: &str, files: &[(&str, &str)]) -> Result<(i32, Vec<String>)> {
+    let dir = write_dir(name, files)?;
+    let (code, out) = meshctl(&["analyze", "-f", dir.to_str().unwrap_or_default()])?;
+    Ok((code, out.lines().map(str::to_owned).collect()))
+}
+
 fn meshctl(args: &[&str]) -> Result<(i32, String)> {
     let output = Command::new(env!("CARGO_BIN_EXE_meshctl"))
         .args(args)
@@ -40,10 +48,8 @@ const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: reviews, 
 
 #[test]
 fn errors_print_sorted_and_exit_1() -> Result<()> {
-    let dir = write_dir("errors", &[("vs.yaml", BAD_VS), ("svc.yaml", SERVICE)])?;
-    let (code, out) = meshctl(&["analyze", "-f", dir.to_str().unwrap_or_default()])?;
-    assert_eq!(code, 1, "{out}");
-    let lines: Vec<&str> = out.lines().collect();
+    let (code, lines) = analyze_dir("errors", &[("vs.yaml", BAD_VS), ("svc.yaml", SERVICE)])?;
+    assert_eq!(code, 1, "{lines:#?}");
     assert_eq!(
         lines,
         vec![
@@ -95,10 +101,8 @@ fn the_waypoint_s_findings_are_reported() -> Result<()> {
         + "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\n"
         + "metadata: {name: ingress, namespace: shop}\n"
         + "spec: {hosts: [shop.example.com], gateways: [shop-gateway], http: [{route: [{destination: {host: reviews}}]}]}\n";
-    let dir = write_dir("waypoint", &[("vs.yaml", &vs), ("svc.yaml", SERVICE)])?;
-    let (code, out) = meshctl(&["analyze", "-f", dir.to_str().unwrap_or_default()])?;
-    assert_eq!(code, 0, "{out}");
-    let lines: Vec<&str> = out.lines().collect();
+    let (code, lines) = analyze_dir("waypoint", &[("vs.yaml", &vs), ("svc.yaml", SERVICE)])?;
+    assert_eq!(code, 0, "{lines:#?}");
     assert_eq!(
         lines,
         vec![
@@ -120,13 +124,11 @@ fn the_waypoint_s_destination_rule_findings_are_reported() -> Result<()> {
         \x20   portLevelSettings:\n    - port: {number: 9080}\n\
         \x20     loadBalancer: {consistentHash: {minimumRingSize: 16}}\n\
         \x20 subsets:\n  - name: v1\n    labels: {version: v1}\n";
-    let dir = write_dir(
+    let (code, lines) = analyze_dir(
         "destination-rule",
         &[("dr.yaml", rule), ("svc.yaml", SERVICE)],
     )?;
-    let (code, out) = meshctl(&["analyze", "-f", dir.to_str().unwrap_or_default()])?;
-    assert_eq!(code, 0, "{out}");
-    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(code, 0, "{lines:#?}");
     assert_eq!(
         lines,
         vec![
