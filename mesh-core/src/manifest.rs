@@ -97,13 +97,27 @@ pub struct Loaded {
     pub errors: Vec<Error>,
 }
 
+/// How [`load`] reads a folder named among its paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Folders {
+    /// Its own `.yaml`, `.yml` and `.json` files, like `kubectl apply -f DIR`.
+    Flat,
+    /// Those of its subfolders too, at any depth, like `kubectl apply -R -f DIR`.
+    Recursive,
+}
+
 /// Reads files and folders (a folder: its `.yaml`, `.yml` and `.json` files, sorted, not
 /// recursive, like `kubectl apply -f DIR`).
 pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Loaded {
+    load(paths, Folders::Flat)
+}
+
+/// Reads files and folders, each folder's manifest files sorted by path.
+pub fn load<P: AsRef<Path>>(paths: &[P], folders: Folders) -> Loaded {
     let mut loaded = Loaded::default();
     for path in paths {
         let path = path.as_ref();
-        match manifest_files(path) {
+        match manifest_files(path, folders) {
             Ok(files) => {
                 for file in files {
                     load_file(&file, &mut loaded);
@@ -115,25 +129,12 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Loaded {
     loaded
 }
 
-fn manifest_files(path: &Path) -> Result<Vec<PathBuf>> {
-    let read_error = |source| Error::Read {
-        path: path.to_owned(),
-        source,
-    };
+fn manifest_files(path: &Path, folders: Folders) -> Result<Vec<PathBuf>> {
     if !path.is_dir() {
         return Ok(vec![path.to_owned()]);
     }
     let mut files = Vec::new();
-    for entry in std::fs::read_dir(path).map_err(read_error)? {
-        let file = entry.map_err(read_error)?.path();
-        let is_manifest = file
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
-        if is_manifest && file.is_file() {
-            files.push(file);
-        }
-    }
+    collect(path, folders, &mut files)?;
     if files.is_empty() {
         return Err(Error::EmptyFolder {
             path: path.to_owned(),
@@ -141,6 +142,30 @@ fn manifest_files(path: &Path) -> Result<Vec<PathBuf>> {
     }
     files.sort();
     Ok(files)
+}
+
+fn collect(dir: &Path, folders: Folders, files: &mut Vec<PathBuf>) -> Result<()> {
+    let read_error = |source| Error::Read {
+        path: dir.to_owned(),
+        source,
+    };
+    for entry in std::fs::read_dir(dir).map_err(read_error)? {
+        let path = entry.map_err(read_error)?.path();
+        if path.is_dir() {
+            if folders == Folders::Recursive {
+                collect(&path, folders, files)?;
+            }
+            continue;
+        }
+        let is_manifest = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
+        if is_manifest && path.is_file() {
+            files.push(path);
+        }
+    }
+    Ok(())
 }
 
 fn load_file(path: &Path, loaded: &mut Loaded) {

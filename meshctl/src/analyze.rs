@@ -21,6 +21,9 @@ pub(crate) struct Args {
     /// Manifest files or folders (a folder: its .yaml, .yml and .json files).
     #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
     paths: Vec<PathBuf>,
+    /// Read the folders' subfolders too, at any depth (as `kubectl apply -R`).
+    #[arg(short = 'R', long)]
+    recursive: bool,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
     output: Format,
@@ -33,7 +36,12 @@ enum Format {
 }
 
 pub(crate) fn run(args: &Args) -> ExitCode {
-    let loaded = manifest::load_paths(&args.paths);
+    let folders = if args.recursive {
+        manifest::Folders::Recursive
+    } else {
+        manifest::Folders::Flat
+    };
+    let loaded = manifest::load(&args.paths, folders);
     let routing: Vec<(Resource, String)> = loaded
         .objects
         .iter()

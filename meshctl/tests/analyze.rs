@@ -141,6 +141,23 @@ fn the_waypoint_s_destination_rule_findings_are_reported() -> Result<()> {
 }
 
 #[test]
+fn recursive_reads_subfolders() -> Result<()> {
+    let dir = write_dir("recursive", &[("svc.yaml", SERVICE)])?;
+    std::fs::create_dir_all(dir.join("routing"))?;
+    std::fs::write(dir.join("routing/vs.yaml"), BAD_VS)?;
+    let path = dir.to_str().unwrap_or_default();
+    let (code, out) = meshctl(&["analyze", "-f", path])?;
+    assert_eq!((code, out.as_str()), (0, "no problems found\n"));
+    let (code, out) = meshctl(&["analyze", "-R", "-f", path])?;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("VirtualService shop/reviews: http[0].route: route weights sum to 90"),
+        "{out}"
+    );
+    Ok(())
+}
+
+#[test]
 fn unreadable_paths_are_errors() -> Result<()> {
     let (code, out) = meshctl(&["analyze", "-f", "/nonexistent/meshctl.yaml"])?;
     assert_eq!(code, 1);

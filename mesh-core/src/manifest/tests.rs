@@ -102,6 +102,37 @@ fn folder_loads_manifest_files_in_order() {
 }
 
 #[test]
+fn a_subfolder_is_read_only_when_recursive() {
+    let dir = crate::test_util::temp_dir("manifest-recursive");
+    let sub = dir.path().join("sub/deeper");
+    std::fs::create_dir_all(&sub).unwrap();
+    let namespace =
+        |name: &str| format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n");
+    std::fs::write(dir.path().join("top.yaml"), namespace("top")).unwrap();
+    std::fs::write(
+        sub.join("deep.json"),
+        r#"{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "deep"}}"#,
+    )
+    .unwrap();
+    let names = |loaded: &Loaded| -> Vec<String> {
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        loaded.objects.iter().map(|o| o.name.clone()).collect()
+    };
+    assert_eq!(names(&load(&[dir.path()], Folders::Flat)), ["top"]);
+    assert_eq!(
+        names(&load(&[dir.path()], Folders::Recursive)),
+        ["deep", "top"]
+    );
+    // A folder with manifests only below it is empty unless recursive.
+    let flat = load(&[dir.path().join("sub")], Folders::Flat);
+    assert!(
+        matches!(flat.errors[..], [Error::EmptyFolder { .. }]),
+        "{:?}",
+        flat.errors
+    );
+}
+
+#[test]
 fn every_istio_sample_manifest_parses() {
     let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/istio-samples");
     assert!(
@@ -109,20 +140,10 @@ fn every_istio_sample_manifest_parses() {
         "{} is missing: the tests read Istio's samples from ../shared beside the repository",
         samples.display()
     );
-    let mut files = Vec::new();
-    let mut dirs = vec![samples];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "yaml") {
-                files.push(path);
-            }
-        }
-    }
+    let loaded = load(&[samples], Folders::Recursive);
+    let files: std::collections::BTreeSet<_> =
+        loaded.objects.iter().map(|o| &o.origin.file).collect();
     assert!(files.len() > 40, "found only {} sample files", files.len());
-    let loaded = load_paths(&files);
     assert!(loaded.errors.is_empty(), "{:#?}", loaded.errors);
     assert!(loaded.objects.len() > 150, "{}", loaded.objects.len());
     assert!(loaded.objects.iter().any(|o| o.kind == "VirtualService"
