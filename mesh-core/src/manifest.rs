@@ -116,44 +116,53 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Loaded {
 pub fn load<P: AsRef<Path>>(paths: &[P], folders: Folders) -> Loaded {
     let mut loaded = Loaded::default();
     for path in paths {
-        let path = path.as_ref();
-        match manifest_files(path, folders) {
-            Ok(files) => {
-                for file in files {
-                    load_file(&file, &mut loaded);
-                }
-            }
-            Err(error) => loaded.errors.push(error),
+        for file in manifest_files(path.as_ref(), folders, &mut loaded.errors) {
+            load_file(&file, &mut loaded);
         }
     }
     loaded
 }
 
-fn manifest_files(path: &Path, folders: Folders) -> Result<Vec<PathBuf>> {
+/// The manifest files `path` names: itself, or a folder's. A folder that cannot be read is an
+/// error beside the files of the others.
+fn manifest_files(path: &Path, folders: Folders, errors: &mut Vec<Error>) -> Vec<PathBuf> {
     if !path.is_dir() {
-        return Ok(vec![path.to_owned()]);
+        return vec![path.to_owned()];
     }
     let mut files = Vec::new();
-    collect(path, folders, &mut files)?;
-    if files.is_empty() {
-        return Err(Error::EmptyFolder {
+    let unreadable = errors.len();
+    collect(path, folders, &mut files, errors);
+    if files.is_empty() && errors.len() == unreadable {
+        errors.push(Error::EmptyFolder {
             path: path.to_owned(),
         });
     }
     files.sort();
-    Ok(files)
+    files
 }
 
-fn collect(dir: &Path, folders: Folders, files: &mut Vec<PathBuf>) -> Result<()> {
+/// The manifest files in `dir`, and with [`Folders::Recursive`] in its subfolders (not those
+/// behind a symbolic link, as `kubectl apply -R` does not follow them either).
+fn collect(dir: &Path, folders: Folders, files: &mut Vec<PathBuf>, errors: &mut Vec<Error>) {
     let read_error = |source| Error::Read {
         path: dir.to_owned(),
         source,
     };
-    for entry in std::fs::read_dir(dir).map_err(read_error)? {
-        let path = entry.map_err(read_error)?.path();
-        if path.is_dir() {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(source) => return errors.push(read_error(source)),
+    };
+    for entry in entries {
+        let (path, file_type) = match entry.and_then(|e| Ok((e.path(), e.file_type()?))) {
+            Ok(found) => found,
+            Err(source) => {
+                errors.push(read_error(source));
+                continue;
+            }
+        };
+        if file_type.is_dir() {
             if folders == Folders::Recursive {
-                collect(&path, folders, files)?;
+                collect(&path, folders, files, errors);
             }
             continue;
         }
@@ -165,7 +174,6 @@ fn collect(dir: &Path, folders: Folders, files: &mut Vec<PathBuf>) -> Result<()>
             files.push(path);
         }
     }
-    Ok(())
 }
 
 fn load_file(path: &Path, loaded: &mut Loaded) {

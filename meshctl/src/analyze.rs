@@ -14,7 +14,7 @@ use mesh_core::config::resource::{Kind, Resource};
 use mesh_core::config::{Diagnostic, Report, Severity, analyze, support};
 use mesh_core::manifest;
 use mesh_waypoint::route::RouteTable;
-use mesh_waypoint::upstream::EffectivePolicy;
+use mesh_waypoint::upstream::{EffectivePolicy, Error as UpstreamError};
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -73,19 +73,26 @@ pub(crate) fn run(args: &Args) -> ExitCode {
 /// What the waypoint reports when it loads each VirtualService and DestinationRule, field by
 /// field and value by value, in its own words: its route compiler's findings (a retry
 /// condition it does not know, a header it cannot edit, a VirtualService bound only to
-/// ingress gateways) and its DestinationRule resolution's (an upstream TLS mode it does not
-/// use, a consistent hash without a key). These replace the support table's per-field
-/// warnings for the two kinds: a waypoint test holds every field the table calls unsupported
-/// to a report here, so nothing is lost, and the waypoint says what happens instead.
+/// ingress gateways, a value it refuses) and its DestinationRule resolution's (an upstream TLS
+/// mode it does not use, a consistent hash without a key, a header name it refuses). Its
+/// warnings replace the support table's per-field warnings for the two kinds (unless it also
+/// found an error, after which it may not have looked further): a waypoint test holds every
+/// field the table calls unsupported to a report here, so nothing is lost. Its errors (what
+/// makes it leave a rule out, or refuse the rule) are errors here, but for a field analyze's
+/// own checks already call wrong.
 fn waypoint_findings(report: &mut Report, objects: &[(Resource, String)]) {
     for (resource, origin) in objects {
         let (kind, namespace, name, findings) = match resource {
             Resource::VirtualService(vs) => {
                 let compiled = RouteTable::compile(&[Arc::clone(vs)]);
-                let findings: Vec<String> = compiled
+                let errors = compiled.errors().iter().map(|p| (Severity::Error, p));
+                let unsupported = compiled
                     .unsupported()
                     .iter()
-                    .map(|p| format!("{}: {}", p.path, p.message))
+                    .map(|p| (Severity::Warning, p));
+                let findings: Vec<Finding> = errors
+                    .chain(unsupported)
+                    .map(|(severity, p)| (severity, p.path.clone(), p.message.clone()))
                     .collect();
                 (Kind::VirtualService, vs.namespace(), vs.name(), findings)
             }
@@ -102,17 +109,37 @@ fn waypoint_findings(report: &mut Report, objects: &[(Resource, String)]) {
                 && d.namespace.as_deref() == Some(namespace)
                 && d.name.as_deref() == Some(name)
         };
-        let table = support::warnings(kind, &resource.to_value()["spec"]);
-        report
+        // Where the waypoint stopped at an error it may not have reached every field, so the
+        // table's warnings stay.
+        if findings
+            .iter()
+            .all(|(severity, _, _)| *severity != Severity::Error)
+        {
+            let table = support::warnings(kind, &resource.to_value()["spec"]);
+            report
+                .diagnostics
+                .retain(|d| !(is_this(d) && table.contains(&d.message)));
+        }
+        let already_wrong: Vec<String> = report
             .diagnostics
-            .retain(|d| !(is_this(d) && table.contains(&d.message)));
-        for message in findings {
+            .iter()
+            .filter(|d| is_this(d) && d.severity == Severity::Error)
+            .map(|d| d.message.clone())
+            .collect();
+        for (severity, field, message) in findings {
+            let said = already_wrong.iter().any(|m| {
+                m.strip_prefix(field.as_str())
+                    .is_some_and(|rest| rest.starts_with([':', '.', '[']))
+            });
+            if severity == Severity::Error && said {
+                continue;
+            }
             report.diagnostics.push(Diagnostic {
                 kind: Some(kind.name().into()),
                 namespace: Some(namespace.to_owned()),
                 name: Some(name.to_owned()),
-                severity: Severity::Warning,
-                message,
+                severity,
+                message: format!("{field}: {message}"),
                 origin: Some(origin.clone()),
             });
         }
@@ -121,10 +148,13 @@ fn waypoint_findings(report: &mut Report, objects: &[(Resource, String)]) {
     report.diagnostics.dedup();
 }
 
-/// The waypoint's warnings for a DestinationRule, resolved for no subset and each subset, at
+/// A waypoint finding: its severity, the field under `spec`, and what it says.
+type Finding = (Severity, String, String);
+
+/// The waypoint's findings for a DestinationRule, resolved for no subset and each subset, at
 /// each port a port-level setting names and at one none names: every group of settings is
 /// then seen where it applies.
-fn resolved(rule: &DestinationRule) -> Vec<String> {
+fn resolved(rule: &DestinationRule) -> Vec<Finding> {
     let spec = &rule.spec;
     let policies = spec.traffic_policy.as_deref().into_iter().chain(
         spec.subsets
@@ -141,14 +171,20 @@ fn resolved(rule: &DestinationRule) -> Vec<String> {
     let mut found = BTreeSet::new();
     for subset in subsets {
         for port in &ports {
-            // What does not resolve at all is an error analyze reports already.
-            if let Ok(policy) = EffectivePolicy::resolve(Some(rule), subset, *port) {
-                found.extend(
+            match EffectivePolicy::resolve(Some(rule), subset, *port) {
+                Ok(policy) => found.extend(
                     policy
                         .warnings
                         .into_iter()
-                        .map(|w| format!("{}: {}", w.field, w.message)),
-                );
+                        .map(|w| (Severity::Warning, w.field, w.message)),
+                ),
+                Err(UpstreamError::Invalid { field, message, .. }) => {
+                    found.insert((Severity::Error, field, message));
+                }
+                // Subsets are the rule's own here; nothing else comes out of a resolution.
+                Err(other) => {
+                    found.insert((Severity::Error, "subsets".into(), other.to_string()));
+                }
             }
         }
     }

@@ -157,6 +157,33 @@ fn recursive_reads_subfolders() -> Result<()> {
     Ok(())
 }
 
+/// What the waypoint refuses is an error (exit 1); after one, the support table's warnings
+/// for the object stay, as the waypoint may not have looked further.
+#[test]
+fn what_the_waypoint_refuses_is_an_error() -> Result<()> {
+    let rule = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+        metadata: {name: reviews, namespace: shop}\n\
+        spec:\n  host: reviews\n  workloadSelector: {matchLabels: {app: x}}\n\
+        \x20 trafficPolicy:\n    loadBalancer: {consistentHash: {httpHeaderName: \"bad header\"}}\n";
+    let vs = BAD_VS.replace("weight: 40", "weight: 50")
+        + "    fault: {abort: {grpcStatus: NOPE, percentage: {value: 10}}}\n";
+    let (code, lines) = analyze_dir(
+        "refused",
+        &[("dr.yaml", rule), ("vs.yaml", &vs), ("svc.yaml", SERVICE)],
+    )?;
+    assert_eq!(code, 1, "{lines:#?}");
+    assert_eq!(
+        lines,
+        vec![
+            "error: DestinationRule shop/reviews: trafficPolicy.loadBalancer.consistentHash.httpHeaderName: \"bad header\" is not a valid HTTP header name",
+            "warning: DestinationRule shop/reviews: workloadSelector is not supported yet by the data plane; it is stored and will be ignored",
+            "error: VirtualService shop/reviews: http[0].fault.abort.grpcStatus: \"NOPE\" is not a gRPC status; use a name like \"UNAVAILABLE\"; rule http[0] is left out until this is fixed, so requests fall through to the next rule",
+            "2 error(s), 1 warning(s)",
+        ]
+    );
+    Ok(())
+}
+
 #[test]
 fn unreadable_paths_are_errors() -> Result<()> {
     let (code, out) = meshctl(&["analyze", "-f", "/nonexistent/meshctl.yaml"])?;

@@ -130,6 +130,12 @@ fn a_subfolder_is_read_only_when_recursive() {
         "{:?}",
         flat.errors
     );
+    // A symbolic link to a folder is not followed (here it would loop).
+    std::os::unix::fs::symlink(dir.path(), sub.join("loop")).unwrap();
+    assert_eq!(
+        names(&load(&[dir.path()], Folders::Recursive)),
+        ["deep", "top"]
+    );
 }
 
 #[test]

@@ -152,6 +152,15 @@ impl Lab {
             Some(path) => path.clone(),
             None => find_mesh_node()?,
         };
+        // Before anything changes: a second CA would find the CA port taken.
+        let (node, _) = self.ca_node()?;
+        let running = cgroup::pids(&node_cgroup(&node, "ca"));
+        if !running.is_empty() {
+            return Err(Error::Invalid(format!(
+                "the mesh CA runs already on {} (pid {running:?}); stop the mesh first",
+                node.name
+            )));
+        }
         self.state.mesh = Some(MeshOptions {
             binary: Some(binary),
             ..options.clone()
@@ -280,13 +289,6 @@ impl Lab {
     /// restart of the CA as it does in a cluster.
     fn start_ca(&self) -> Result<()> {
         let (node, addr) = self.ca_node()?;
-        let running = cgroup::pids(&node_cgroup(&node, "ca"));
-        if !running.is_empty() {
-            return Err(Error::Invalid(format!(
-                "the mesh CA runs already on {} (pid {running:?}); stop the mesh first",
-                node.name
-            )));
-        }
         let dir = self.ca_dir();
         std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
         let mut credentials = self.read_credentials()?;
