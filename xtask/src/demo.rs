@@ -130,7 +130,7 @@ pub(crate) fn run() -> Result<()> {
     let ca_node = lab.node("node1")?;
     let ca_metrics = std::net::SocketAddr::from((ca_node.ip, mesh_sim::CA_METRICS_PORT));
     println!("==> the CA's metrics, under istiod's names (GET {ca_metrics}/metrics)");
-    let (_, page) = mesh_sim::http_get_in(&ca_node.netns, ca_metrics, "/metrics")?;
+    let page = lab.ca_metrics()?;
     for line in page.lines().filter(|l| {
         l.starts_with("citadel_server_success_cert_issuance_count")
             || l.starts_with("citadel_server_root_cert_expiry_timestamp")

@@ -1,13 +1,12 @@
 //! The harness of the end-to-end tests: a lab per test with a unique name, removed when the
 //! test ends however it ends, and helpers to run commands in its pods.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use mesh_sim::{Lab, LabOptions, MeshOptions, Pod, http_get_in};
+use mesh_sim::{Lab, LabOptions, MeshOptions, Pod};
 
 pub mod redirect;
 
@@ -264,20 +263,12 @@ pub fn certificates_issued(lab: &TestLab, node: &str, identity: &str) -> u64 {
 
 /// The Prometheus metrics of node `node`'s agent.
 pub fn metrics(lab: &TestLab, node: &str) -> String {
-    node_page(lab, node, mesh_sim::METRICS_PORT, "/stats/prometheus")
+    lab.lab.agent_metrics(node).unwrap()
 }
 
 /// The Prometheus metrics of the lab's CA (on node1).
 pub fn ca_metrics(lab: &TestLab) -> String {
-    node_page(lab, "node1", mesh_sim::CA_METRICS_PORT, "/metrics")
-}
-
-/// `GET path` from `port` on node `node`'s address, which must answer 200.
-fn node_page(lab: &TestLab, node: &str, port: u16, path: &str) -> String {
-    let node = lab.lab.node(node).unwrap();
-    let (status, body) = http_get_in(&node.netns, SocketAddr::from((node.ip, port)), path).unwrap();
-    assert_eq!(status, 200, "{body}");
-    body
+    lab.lab.ca_metrics().unwrap()
 }
 
 /// The sum of the samples of metric `name` whose labels include every one of `labels`

@@ -357,15 +357,16 @@ impl Lab {
 
     /// The node agent's Prometheus metrics (15020 `/stats/prometheus`).
     pub fn agent_metrics(&self, node: &str) -> Result<String> {
-        let node = self.node(node)?;
-        let (status, body) = http_get_in(
-            &node.netns,
-            SocketAddr::from((node.ip, METRICS_PORT)),
-            "/stats/prometheus",
-        )?;
+        self.node_page(self.node(node)?, METRICS_PORT, "/stats/prometheus")
+    }
+
+    /// `GET path` from `port` at `node`'s address, from inside its network namespace; an
+    /// error unless it answers 200.
+    fn node_page(&self, node: &Node, port: u16, path: &str) -> Result<String> {
+        let (status, body) = http_get_in(&node.netns, SocketAddr::from((node.ip, port)), path)?;
         if status != 200 {
             return Err(Error::Invalid(format!(
-                "{}: /stats/prometheus answered {status}",
+                "{}: {path} answered {status}",
                 node.name
             )));
         }

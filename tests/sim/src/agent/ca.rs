@@ -187,6 +187,12 @@ impl Lab {
         self.start_ca()
     }
 
+    /// The CA's Prometheus metrics (`/metrics` on [`super::CA_METRICS_PORT`]).
+    pub fn ca_metrics(&self) -> Result<String> {
+        let (node, _) = self.ca_node()?;
+        self.node_page(&node, super::CA_METRICS_PORT, "/metrics")
+    }
+
     /// An error if the CA already runs: a second one would find the CA port taken.
     pub(super) fn refuse_a_second_ca(&self) -> Result<()> {
         let (node, _) = self.ca_node()?;
