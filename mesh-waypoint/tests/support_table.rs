@@ -3,10 +3,7 @@
 //! every VirtualService and DestinationRule field the table calls `Planned` is one the
 //! waypoint reports as not implemented when it is set.
 
-use std::sync::Arc;
-
 use mesh_core::config::crd_examples;
-use mesh_core::config::istio::{DestinationRule, VirtualService};
 use mesh_core::config::resource::{Kind, Resource};
 use mesh_core::config::support::{self, Support};
 use mesh_waypoint::route::RouteTable;
@@ -98,7 +95,15 @@ fn covers(field: &str, entry: &str) -> bool {
             .is_some_and(|rest| rest.starts_with(['.', '[']))
 }
 
-fn object(kind: Kind, spec: Value) -> Resource {
+/// The object of `kind` with `spec`, in which the table warns about `path` (else the test
+/// would check nothing).
+fn object(kind: Kind, path: &str, spec: &Value) -> Resource {
+    assert!(
+        support::warnings(kind, spec)
+            .iter()
+            .any(|w| w.starts_with(path)),
+        "{path}: the table does not warn"
+    );
     let value = json!({
         "apiVersion": format!("{}/v1", kind.group()),
         "kind": kind.name(),
@@ -133,16 +138,9 @@ fn every_planned_virtual_service_field_is_one_the_waypoint_reports() {
                 retries["attempts"] = json!(2);
             }
         }
-        assert!(
-            support::warnings(Kind::VirtualService, &spec)
-                .iter()
-                .any(|w| w.starts_with(path)),
-            "{path}: the table does not warn"
-        );
-        let Resource::VirtualService(vs) = object(Kind::VirtualService, spec.clone()) else {
+        let Resource::VirtualService(vs) = object(Kind::VirtualService, path, &spec) else {
             unreachable!("a VirtualService")
         };
-        let vs: Arc<VirtualService> = vs;
         let table = RouteTable::compile(&[vs]);
         assert!(
             table.unsupported().iter().any(|p| covers(&p.path, path)),
@@ -179,16 +177,9 @@ fn every_planned_destination_rule_field_is_one_the_waypoint_reports() {
                 port["port"] = json!({"number": 9080});
             }
         }
-        assert!(
-            support::warnings(Kind::DestinationRule, &spec)
-                .iter()
-                .any(|w| w.starts_with(path)),
-            "{path}: the table does not warn"
-        );
-        let Resource::DestinationRule(rule) = object(Kind::DestinationRule, spec.clone()) else {
+        let Resource::DestinationRule(rule) = object(Kind::DestinationRule, path, &spec) else {
             unreachable!("a DestinationRule")
         };
-        let rule: Arc<DestinationRule> = rule;
         let subset = path.starts_with("subsets[]").then_some("v1");
         let policy = EffectivePolicy::resolve(Some(&rule), subset, 9080)
             .unwrap_or_else(|e| panic!("{path}: {e}: {spec:#}"));
