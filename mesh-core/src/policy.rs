@@ -2,12 +2,13 @@
 //! which PeerAuthentication mode applies to a workload port ([`mtls_mode`]: may it take
 //! plaintext?) and whether the AuthorizationPolicies that select a workload allow a
 //! connection ([`authorize`]) — and for the waypoint, which evaluates the same policies on
-//! HTTP requests ([`Connection::request`]: methods, paths, hosts, request headers). Pure
+//! HTTP requests ([`Connection::request`]: methods, paths, hosts, request headers, the
+//! validated JWT's principal and claims). Pure
 //! functions over the typed model: no I/O, no async.
 //!
 //! What cannot be enforced is never dropped silently: [`lint`] reports CUSTOM policies,
-//! rules that need L7 attributes at L4, attributes nobody here evaluates (JWT ones) and
-//! malformed values, and every [`Decision`] carries the reports of the policies it consulted.
+//! rules that need L7 attributes at L4, attributes nobody here provides (`connection.sni`)
+//! and malformed values, and every [`Decision`] carries the reports of the policies it consulted.
 
 mod matching;
 #[cfg(test)]
@@ -142,6 +143,59 @@ pub struct HttpRequest<'a> {
     /// The `Host` (HTTP/1.1) or `:authority` (HTTP/2).
     pub host: &'a str,
     pub headers: &'a http::HeaderMap,
+    /// The request's JWT, validated by a RequestAuthentication; `None` when it carried none.
+    pub auth: Option<&'a RequestAuth>,
+}
+
+/// What a validated JWT says about a request, for `requestPrincipals` and the
+/// `request.auth.*` conditions (Istio's "Authorization Policy Conditions").
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestAuth {
+    /// `<iss>/<sub>`, Istio's request principal.
+    pub principal: String,
+    /// The `aud` claim, a string or a list of them.
+    pub audiences: Vec<String>,
+    /// The `azp` claim (the authorized presenter).
+    pub presenter: Option<String>,
+    /// The token's payload.
+    pub claims: serde_json::Map<String, serde_json::Value>,
+    /// Claims whose string value is a space-separated list (`scope` and `permission`, and
+    /// the rule's `spaceDelimitedClaims`): a condition matches any one of its words.
+    pub space_delimited: Vec<String>,
+}
+
+/// The claims every JWT rule treats as space-delimited, as Istio does.
+pub const SPACE_DELIMITED_CLAIMS: [&str; 2] = ["scope", "permission"];
+
+impl RequestAuth {
+    /// The values of the claim at `path` (nested claims: one name per level) that a
+    /// condition compares: a string (or each of its words for a space-delimited claim), each
+    /// string of a list, a number or a boolean as written. Objects and absent claims give
+    /// none.
+    pub fn claim_values(&self, path: &[&str]) -> Vec<String> {
+        let Some((first, rest)) = path.split_first() else {
+            return Vec::new();
+        };
+        let mut value = self.claims.get(*first);
+        for name in rest {
+            value = value.and_then(|v| v.get(name));
+        }
+        let split = path.len() == 1 && self.space_delimited.iter().any(|c| c == first);
+        let scalar = |v: &serde_json::Value| match v {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            serde_json::Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        };
+        match value {
+            Some(serde_json::Value::String(s)) if split => {
+                s.split_whitespace().map(str::to_owned).collect()
+            }
+            Some(serde_json::Value::Array(items)) => items.iter().filter_map(scalar).collect(),
+            Some(v) => scalar(v).into_iter().collect(),
+            None => Vec::new(),
+        }
+    }
 }
 
 /// One inbound connection, as the destination node proxy sees it, or one request, as a
@@ -371,9 +425,10 @@ pub fn lint(policy: &AuthorizationPolicy) -> Vec<Warning> {
     warnings
 }
 
-/// What a waypoint cannot enforce as written in `policy`: a CUSTOM action, JWT attributes
-/// (no RequestAuthentication is evaluated: `requestPrincipals` and `request.auth.*` never
-/// match), values that parse as no IP or port.
+/// What a waypoint cannot enforce as written in `policy`: a CUSTOM action, `when` keys
+/// nothing at the waypoint provides (`connection.sni`, unknown `request.auth.*` keys; they
+/// never hold), values that parse as no IP or port. JWT attributes (`requestPrincipals`,
+/// `request.auth.*`) come from the RequestAuthentications that apply at the waypoint.
 pub fn lint_l7(policy: &AuthorizationPolicy) -> Vec<Warning> {
     let warn = |message: String| Warning {
         policy: key(policy.namespace(), policy.name()),
@@ -386,12 +441,12 @@ pub fn lint_l7(policy: &AuthorizationPolicy) -> Vec<Warning> {
     }
     let mut warnings = Vec::new();
     for (i, rule) in policy.spec.rules.iter().enumerate() {
-        let jwt = matching::jwt_attributes(rule);
-        if !jwt.is_empty() {
+        let unavailable = matching::unavailable_attributes(rule);
+        if !unavailable.is_empty() {
             warnings.push(warn(format!(
-                "rules[{i}] uses {}, which need a validated JWT (RequestAuthentication is not \
-                 supported yet); they never match",
-                jwt.join(", ")
+                "rules[{i}] uses {}, which the waypoint does not provide (request.auth keys \
+                 are principal, audiences, presenter and claims[name]); they never match",
+                unavailable.join(", ")
             )));
         }
         warnings.extend(

@@ -13,12 +13,14 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use mesh_core::config::istio::{AuthorizationPolicy, DestinationRule};
-use mesh_core::config::{Model, PodInfo};
+use mesh_core::config::{Model, Name, PodInfo, ServiceInfo};
 use mesh_core::hbone::pool::Pool;
 use mesh_core::identity::manager::CertManager;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use crate::authn::Authenticator;
+use crate::authn::jwks::Fetcher;
 use crate::route::RouteTable;
 use crate::upstream::{self, EffectivePolicy, Upstream, UpstreamKey};
 
@@ -32,6 +34,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 type RouteKey = (String, String);
 /// A compiled table and the snapshot it was compiled from.
 type CachedRoutes = (Arc<Model>, Arc<RouteTable>);
+/// A service's JWT rules through this waypoint, for the snapshot they were compiled from.
+type CachedAuthenticator = (Arc<Model>, Arc<Authenticator>);
 type UpstreamCacheKey = (String, Option<String>, u16, String);
 
 struct CachedUpstream {
@@ -149,6 +153,8 @@ struct TunnelCacheInner {
     routes: Option<Arc<RouteTable>>,
     /// The AuthorizationPolicies for the tunnel's service through this waypoint.
     policies: Option<Arc<[Arc<AuthorizationPolicy>]>>,
+    /// The JWT rules for the tunnel's service through this waypoint.
+    authenticator: Option<Arc<Authenticator>>,
     /// Upstreams with whether they speak HTTP/2; a handful (weighted routes, mirrors).
     upstreams: Vec<(Arc<Upstream>, bool)>,
 }
@@ -198,6 +204,17 @@ impl TunnelCache {
         inner.policies.get_or_insert_with(|| find().into()).clone()
     }
 
+    /// The tunnel's JWT rules, as `find` compiles them for `model`.
+    pub fn authenticator(
+        &self,
+        model: &Arc<Model>,
+        find: impl FnOnce() -> Arc<Authenticator>,
+    ) -> Arc<Authenticator> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = inner.for_model(model);
+        inner.authenticator.get_or_insert_with(find).clone()
+    }
+
     /// [`Destinations::upstream`] from `client_ns` (the same on every call), and whether the
     /// upstream speaks HTTP/2.
     pub fn upstream(
@@ -245,6 +262,10 @@ fn upstream_h2(model: &Model, host: &str, port: u16) -> bool {
 /// The caches and the HBONE pool.
 pub struct Destinations {
     routes: Mutex<HashMap<RouteKey, CachedRoutes>>,
+    /// By service hostname.
+    authenticators: Mutex<HashMap<String, CachedAuthenticator>>,
+    /// The JWKS fetches of the RequestAuthentications' `jwksUri`s.
+    pub jwks: Arc<Fetcher>,
     upstreams: Mutex<HashMap<UpstreamCacheKey, CachedUpstream>>,
     pub pool: Pool,
     pub http: Arc<HttpConnections>,
@@ -267,6 +288,8 @@ impl Destinations {
     pub fn new(certs: Arc<CertManager>, identity: mesh_core::identity::Identity) -> Destinations {
         Destinations {
             routes: Mutex::new(HashMap::new()),
+            authenticators: Mutex::new(HashMap::new()),
+            jwks: Arc::new(Fetcher::default()),
             upstreams: Mutex::new(HashMap::new()),
             pool: Pool::new(certs.roots().clone()),
             http: Arc::new(HttpConnections::default()),
@@ -297,6 +320,38 @@ impl Destinations {
         routes.retain(|_, (seen, _)| Arc::ptr_eq(seen, model));
         routes.insert(key, (model.clone(), table.clone()));
         table
+    }
+
+    /// The JWT rules for `service` through the waypoint `waypoint`: the
+    /// RequestAuthentications attached to either. What they ask that the waypoint cannot
+    /// do is logged once per snapshot.
+    pub fn authenticator(
+        &self,
+        model: &Arc<Model>,
+        service: &ServiceInfo,
+        waypoint: &Name,
+    ) -> Arc<Authenticator> {
+        let mut cached = self
+            .authenticators
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some((seen, authenticator)) = cached.get(&*service.hostname)
+            && Arc::ptr_eq(seen, model)
+        {
+            return authenticator.clone();
+        }
+        let mut policies = model.request_authentications_for_service(service);
+        policies.extend(model.request_authentications_for_waypoint(waypoint));
+        let authenticator = Arc::new(Authenticator::compile(&policies, Some(&self.jwks)));
+        for warning in authenticator.warnings() {
+            tracing::warn!(%warning, "RequestAuthentication");
+        }
+        cached.retain(|_, (seen, _)| Arc::ptr_eq(seen, model));
+        cached.insert(
+            service.hostname.to_string(),
+            (model.clone(), authenticator.clone()),
+        );
+        authenticator
     }
 
     /// The upstream for (`host`, `subset`, `port`) seen from `client_ns`.

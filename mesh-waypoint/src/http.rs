@@ -30,6 +30,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_core::config::labels::NO_LABELS;
 use mesh_core::hbone::Tunnel;
+use mesh_core::policy::RequestAuth;
 
 use crate::metrics::{RequestLabels, SeriesKey};
 use crate::route::{
@@ -258,12 +259,18 @@ async fn respond(
         &stream.service.hostname,
         &client.identity.namespace,
     );
-    let facts = RequestFacts::from_parts(&parts, stream.port, source);
+    let auth = match authenticate(stream, &model, &mut parts).await {
+        Ok(auth) => auth,
+        Err(response) => return response,
+    };
+    let mut facts = RequestFacts::from_parts(&parts, stream.port, source);
+    facts.auth = auth.as_ref();
     let request = mesh_core::policy::HttpRequest {
         method: parts.method.as_str(),
         path: parts.uri.path(),
         host: facts.authority,
         headers: &parts.headers,
+        auth: auth.as_ref(),
     };
     if crate::authz::decide(stream, &model, Some(request)).is_some_and(|d| !d.is_allowed()) {
         return local(StatusCode::FORBIDDEN, "RBAC: access denied");
@@ -332,6 +339,49 @@ async fn respond(
         .headers_mut()
         .extend(std::mem::take(&mut plan.extra_response_headers));
     response
+}
+
+/// The request's JWT checked against the RequestAuthentications for its service: its facts
+/// when valid, nothing without a token, or the 401 that refuses it.
+async fn authenticate(
+    stream: &Stream,
+    model: &Arc<mesh_core::config::Model>,
+    parts: &mut http::request::Parts,
+) -> Result<Option<RequestAuth>, Response<Body>> {
+    let authenticator = stream.cache.authenticator(model, || {
+        let config = &stream.waypoint.config;
+        stream.waypoint.destinations.authenticator(
+            model,
+            &stream.service,
+            &mesh_core::config::Name::new(&config.namespace, &config.name),
+        )
+    });
+    if authenticator.is_empty() {
+        return Ok(None);
+    }
+    authenticator.authenticate(parts).await.map_err(|why| {
+        tracing::info!(
+            client = %stream.client.identity,
+            service = %stream.service.hostname,
+            path = parts.uri.path(),
+            reason = why.message(),
+            "request refused by RequestAuthentication"
+        );
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or(parts.uri.authority().map(|a| a.as_str()))
+            .unwrap_or(&stream.service.hostname);
+        let realm = format!("http://{host}{}", parts.uri.path());
+        let mut response = local(StatusCode::UNAUTHORIZED, why.message());
+        if let Ok(value) = HeaderValue::from_str(&why.challenge(&realm)) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
+        }
+        response
+    })
 }
 
 /// Applies the parts of a matched rule that may answer at once (CORS preflight, faults,

@@ -11,6 +11,7 @@
 //!   requests and connections; [`destinations`]: the per-snapshot caches and the connections
 //!   to endpoints; [`metrics`]: Istio's request and TCP metrics.
 
+pub mod authn;
 pub mod authz;
 pub mod cli;
 pub mod destinations;

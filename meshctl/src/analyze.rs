@@ -1,6 +1,7 @@
 //! `meshctl analyze`: reads files and folders of manifests, runs
 //! [`mesh_core::config::analyze`] over them as one set, adds what the waypoint reports for
-//! each VirtualService and DestinationRule, and prints the diagnostics as text
+//! each VirtualService, DestinationRule and RequestAuthentication, and prints the
+//! diagnostics as text
 //! (`error: Kind namespace/name: message`) or JSON.
 
 use std::collections::BTreeSet;
@@ -13,6 +14,7 @@ use mesh_core::config::istio::DestinationRule;
 use mesh_core::config::resource::{Kind, Resource};
 use mesh_core::config::{Diagnostic, Report, Severity, analyze, support};
 use mesh_core::manifest;
+use mesh_waypoint::authn::Authenticator;
 use mesh_waypoint::route::RouteTable;
 use mesh_waypoint::upstream::{EffectivePolicy, Error as UpstreamError};
 
@@ -45,7 +47,10 @@ pub(crate) fn run(args: &Args) -> ExitCode {
     let routing: Vec<(Resource, String)> = loaded
         .objects
         .iter()
-        .filter(|object| object.kind == "VirtualService" || object.kind == "DestinationRule")
+        .filter(|object| {
+            ["VirtualService", "DestinationRule", "RequestAuthentication"]
+                .contains(&object.kind.as_str())
+        })
         .filter_map(|object| {
             let origin = object.origin.to_string();
             Resource::from_object(object.clone())
@@ -70,16 +75,17 @@ pub(crate) fn run(args: &Args) -> ExitCode {
     }
 }
 
-/// What the waypoint reports when it loads each VirtualService and DestinationRule, field by
-/// field and value by value, in its own words: its route compiler's findings (a retry
-/// condition it does not know, a header it cannot edit, a VirtualService bound only to
-/// ingress gateways, a value it refuses) and its DestinationRule resolution's (an upstream TLS
-/// mode it does not use, a consistent hash without a key, a header name it refuses). Its
-/// warnings replace the support table's per-field warnings for the two kinds (unless it also
-/// found an error, after which it may not have looked further): a waypoint test holds every
-/// field the table calls unsupported to a report here, so nothing is lost. Its errors (what
-/// makes it leave a rule out, or refuse the rule) are errors here, but for a field analyze's
-/// own checks already call wrong.
+/// What the waypoint reports when it loads each VirtualService, DestinationRule and
+/// RequestAuthentication, field by field and value by value, in its own words: its route
+/// compiler's findings (a retry condition it does not know, a header it cannot edit, a
+/// VirtualService bound only to ingress gateways, a value it refuses), its DestinationRule
+/// resolution's (an upstream TLS mode it does not use, a consistent hash without a key, a
+/// header name it refuses) and its JWT rules' (keys it does not fetch, a JWK Set it cannot
+/// use). Its warnings replace the support table's per-field warnings for these kinds
+/// (unless it also found an error, after which it may not have looked further): a waypoint
+/// test holds every field the table calls unsupported to a report here, so nothing is lost.
+/// Its errors (what makes it leave a rule out, or refuse the rule) are errors here, but for a
+/// field analyze's own checks already call wrong.
 fn waypoint_findings(report: &mut Report, objects: &[(Resource, String)]) {
     for (resource, origin) in objects {
         let (kind, namespace, name, findings) = match resource {
@@ -102,6 +108,20 @@ fn waypoint_findings(report: &mut Report, objects: &[(Resource, String)]) {
                 rule.name(),
                 resolved(rule),
             ),
+            Resource::RequestAuthentication(policy) => {
+                let compiled = Authenticator::compile(&[Arc::clone(policy)], None);
+                let findings = compiled
+                    .warnings()
+                    .iter()
+                    .map(|f| (Severity::Warning, f.path.clone(), f.message.clone()))
+                    .collect();
+                (
+                    Kind::RequestAuthentication,
+                    policy.namespace(),
+                    policy.name(),
+                    findings,
+                )
+            }
             _ => continue,
         };
         let is_this = |d: &Diagnostic| {

@@ -141,6 +141,44 @@ fn the_waypoint_s_destination_rule_findings_are_reported() -> Result<()> {
 }
 
 #[test]
+fn the_waypoint_s_request_authentication_findings_are_reported() -> Result<()> {
+    let policy = r#"apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, group: "", name: reviews}]
+  jwtRules:
+  - issuer: https://issuer.example
+    jwks: '{"keys": [{"kty": "EC", "crv": "P-256", "x": "bad", "y": "bad", "kid": "k1"}]}'
+    outputClaimToHeaders: [{header: "x user", claim: sub}]
+  - issuer: https://other.example
+    jwksUri: https://other.example/.well-known/jwks.json
+"#;
+    let (code, lines) = analyze_dir("request-authentication", &[("ra.yaml", policy)])?;
+    assert_eq!(code, 0, "{lines:#?}");
+    assert_eq!(
+        lines.len(),
+        4,
+        "the bad key, no usable key, the header name: {lines:#?}"
+    );
+    assert!(
+        lines[0].starts_with(
+            "warning: RequestAuthentication shop/jwt: jwtRules[0].jwks: keys[0] is not usable ("
+        ),
+        "{lines:#?}"
+    );
+    assert_eq!(
+        lines[1..],
+        [
+            "warning: RequestAuthentication shop/jwt: jwtRules[0].jwks: no usable key; the rule's tokens are refused",
+            "warning: RequestAuthentication shop/jwt: jwtRules[0].outputClaimToHeaders[0].header: \"x user\" is not a header name; ignored",
+            "0 error(s), 3 warning(s)",
+        ]
+    );
+    Ok(())
+}
+
+#[test]
 fn recursive_reads_subfolders() -> Result<()> {
     let dir = write_dir("recursive", &[("svc.yaml", SERVICE)])?;
     std::fs::create_dir_all(dir.join("routing"))?;

@@ -162,6 +162,20 @@ fn check_one(out: &mut Collector, key: &ResourceKey, resource: &Resource, origin
             out.object(key, origin, Severity::Warning, warning);
         }
     }
+    if let Resource::RequestAuthentication(policy) = resource
+        && policy.spec.target_ref.is_none()
+        && policy.spec.target_refs.is_empty()
+    {
+        out.object(
+            key,
+            origin,
+            Severity::Warning,
+            "applies to no traffic in this mesh: waypoints enforce a RequestAuthentication that \
+             names their Service or the waypoint (kind Gateway) in targetRefs; one with a \
+             selector, or with neither, is for sidecars and ingress gateways"
+                .into(),
+        );
+    }
     if let Resource::AuthorizationPolicy(policy) = resource {
         // Who enforces it, as the proxies choose: a policy bound by targetRefs is a
         // waypoint's (L7), any other the node agents' (L4). Each proxy logs the same lint.

@@ -10,7 +10,10 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::host;
-use super::istio::{AuthorizationPolicy, DestinationRule, PeerAuthentication, VirtualService};
+use super::istio::{
+    AuthorizationPolicy, DestinationRule, PeerAuthentication, PolicyTargetReference,
+    RequestAuthentication, VirtualService,
+};
 use super::key_set::KeySet;
 use super::labels::{Labels, NO_LABELS};
 use super::resource::{Kind, Resource, ResourceKey};
@@ -599,19 +602,12 @@ impl Model {
         &self,
         service: &ServiceInfo,
     ) -> Vec<Arc<AuthorizationPolicy>> {
-        self.policies_in(Kind::AuthorizationPolicy, &service.name.namespace)
-            .filter_map(|resource| match resource {
-                Resource::AuthorizationPolicy(ap) => Some(ap.clone()),
-                _ => None,
-            })
-            .filter(|ap| {
-                ap.spec
-                    .target_ref
-                    .iter()
-                    .chain(&ap.spec.target_refs)
-                    .any(|t| t.kind == "Service" && *t.name == *service.name.name)
-            })
-            .collect()
+        self.attached(
+            Kind::AuthorizationPolicy,
+            &service.name,
+            "Service",
+            authorization_policy,
+        )
     }
 
     /// The AuthorizationPolicies attached to a waypoint by `targetRef(s)` of kind Gateway
@@ -620,24 +616,93 @@ impl Model {
         &self,
         gateway: &Name,
     ) -> Vec<Arc<AuthorizationPolicy>> {
-        self.policies_in(Kind::AuthorizationPolicy, &gateway.namespace)
-            .filter_map(|resource| match resource {
-                Resource::AuthorizationPolicy(ap) => Some(ap.clone()),
-                _ => None,
+        self.attached(
+            Kind::AuthorizationPolicy,
+            gateway,
+            "Gateway",
+            authorization_policy,
+        )
+    }
+
+    /// The RequestAuthentications attached to a service by `targetRef(s)` of kind Service,
+    /// which its waypoint applies (Istio's ambient mode; selector-based ones are for
+    /// sidecars and gateways).
+    pub fn request_authentications_for_service(
+        &self,
+        service: &ServiceInfo,
+    ) -> Vec<Arc<RequestAuthentication>> {
+        self.attached(
+            Kind::RequestAuthentication,
+            &service.name,
+            "Service",
+            request_authentication,
+        )
+    }
+
+    /// The RequestAuthentications attached to a waypoint by `targetRef(s)` of kind Gateway:
+    /// they apply to all traffic through it.
+    pub fn request_authentications_for_waypoint(
+        &self,
+        gateway: &Name,
+    ) -> Vec<Arc<RequestAuthentication>> {
+        self.attached(
+            Kind::RequestAuthentication,
+            gateway,
+            "Gateway",
+            request_authentication,
+        )
+    }
+
+    /// The policies of `kind` in `target`'s namespace whose `targetRef(s)` name `target` as
+    /// a `target_kind`; `typed` gives the policy's typed form and its targets.
+    fn attached<T: Clone>(
+        &self,
+        kind: Kind,
+        target: &Name,
+        target_kind: &str,
+        typed: fn(&Resource) -> Option<(&T, Targets<'_>)>,
+    ) -> Vec<T> {
+        self.policies_in(kind, &target.namespace)
+            .filter_map(typed)
+            .filter(|(_, (one, many))| {
+                one.iter()
+                    .copied()
+                    .chain(*many)
+                    .any(|t| t.kind == target_kind && *t.name == *target.name)
             })
-            .filter(|ap| {
-                ap.spec
-                    .target_ref
-                    .iter()
-                    .chain(&ap.spec.target_refs)
-                    .any(|t| t.kind == "Gateway" && *t.name == *gateway.name)
-            })
+            .map(|(policy, _)| policy.clone())
             .collect()
     }
 
     /// An Istio object by key.
     pub fn istio_object(&self, key: &ResourceKey) -> Option<&Resource> {
         self.istio.get(key)
+    }
+}
+
+/// A policy's `targetRef` and `targetRefs`.
+type Targets<'a> = (
+    Option<&'a PolicyTargetReference>,
+    &'a [PolicyTargetReference],
+);
+
+fn authorization_policy(resource: &Resource) -> Option<(&Arc<AuthorizationPolicy>, Targets<'_>)> {
+    match resource {
+        Resource::AuthorizationPolicy(p) => {
+            Some((p, (p.spec.target_ref.as_ref(), &p.spec.target_refs)))
+        }
+        _ => None,
+    }
+}
+
+fn request_authentication(
+    resource: &Resource,
+) -> Option<(&Arc<RequestAuthentication>, Targets<'_>)> {
+    match resource {
+        Resource::RequestAuthentication(p) => {
+            Some((p, (p.spec.target_ref.as_ref(), &p.spec.target_refs)))
+        }
+        _ => None,
     }
 }
 

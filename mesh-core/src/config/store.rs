@@ -567,7 +567,7 @@ impl Store {
         }
         if matches!(
             key.kind,
-            Kind::PeerAuthentication | Kind::AuthorizationPolicy
+            Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication
         ) {
             Arc::make_mut(
                 self.model

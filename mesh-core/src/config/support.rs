@@ -31,9 +31,9 @@ use Support::*;
 ///
 /// What is `Supported` here is what the node agents (PeerAuthentication,
 /// AuthorizationPolicy) and the waypoint (VirtualService, DestinationRule, L7
-/// AuthorizationPolicy) read; what is `Planned` is what they report, when they load the
-/// object, as not implemented. Value-dependent limits (a retry condition the waypoint does not
-/// know, a header it cannot edit) are reported by the proxies only.
+/// AuthorizationPolicy, RequestAuthentication) read; what is `Planned` is what they report,
+/// when they load the object, as not implemented. Value-dependent limits (a retry condition
+/// the waypoint does not know, a header it cannot edit) are reported by the proxies only.
 const FIELDS: &[(Kind, &str, Support)] = &[
     (VirtualService, "hosts", Model),
     (VirtualService, "exportTo", Model),
@@ -106,7 +106,7 @@ const FIELDS: &[(Kind, &str, Support)] = &[
     (RequestAuthentication, "selector", Model),
     (RequestAuthentication, "targetRef", Model),
     (RequestAuthentication, "targetRefs", Model),
-    (RequestAuthentication, "jwtRules", Planned),
+    (RequestAuthentication, "jwtRules", Supported),
 ];
 
 /// A DestinationRule traffic policy's fields, relative to each place one can stand: the

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use crate::config::istio::{Condition, Operation, Rule, Source};
 use crate::identity::Identity;
 
-use super::{Connection, HttpRequest};
+use super::{Connection, HttpRequest, RequestAuth};
 
 /// The `when` keys ztunnel evaluates (Istio's ambient AuthorizationPolicy conversion). The
 /// others in Istio's "Authorization Policy Conditions" table (`request.*`, `remote.ip`,
@@ -164,12 +164,16 @@ pub(super) fn source(source: Option<&Source>, policy_namespace: &str, peer: &Pee
 }
 
 /// The L7 fields of a `Source` at a waypoint: `remoteIpBlocks` against the original client
-/// (the address the node proxy forwarded); `requestPrincipals` need a validated JWT, which
-/// no request here has, so a positive list never matches and a negative one excludes nothing.
+/// (the address the node proxy forwarded), `requestPrincipals` against the validated JWT's
+/// `<iss>/<sub>`: a request without one matches no positive pattern and is excluded by no
+/// negative one (so `notRequestPrincipals: ["*"]` selects requests without a JWT).
 fn l7_source(s: &Source, peer: &Peer<'_>) -> bool {
+    let auth = peer.request.and_then(|r| r.auth);
     either(&s.remote_ip_blocks, &s.not_remote_ip_blocks, |b| {
         ip_in(b, peer.source_ip)
-    }) && s.request_principals.is_empty()
+    }) && either(&s.request_principals, &s.not_request_principals, |p| {
+        auth.is_some_and(|a| string_match(p, &a.principal))
+    })
 }
 
 /// The fields of an `Operation` match: ports always; at a waypoint also methods (exact),
@@ -234,29 +238,63 @@ fn l7_condition(c: &Condition, request: HttpRequest<'_>, peer: &Peer<'_>) -> boo
             .join(",");
         return either(values, not_values, |p| string_match(p, &value));
     }
+    if let Some(auth_key) = JwtKey::parse(&c.key) {
+        // A request without a validated JWT has none of these attributes.
+        let values_of = |auth: &RequestAuth| match &auth_key {
+            JwtKey::Principal => vec![auth.principal.clone()],
+            JwtKey::Audiences => auth.audiences.clone(),
+            JwtKey::Presenter => auth.presenter.iter().cloned().collect(),
+            JwtKey::Claim(path) => auth.claim_values(path),
+        };
+        let found = request.auth.map(values_of).unwrap_or_default();
+        return either(values, not_values, |p| {
+            found.iter().any(|v| string_match(p, v))
+        });
+    }
     match c.key.as_str() {
         "remote.ip" => either(values, not_values, |b| ip_in(b, peer.source_ip)),
-        // JWT (`request.auth.*`), `connection.sni` and Envoy filter metadata: nothing here
-        // provides them, so a condition on them never holds.
+        // `connection.sni`, Envoy filter metadata and malformed `request.auth.*` keys:
+        // nothing here provides them, so a condition on them never holds.
         _ => false,
     }
 }
 
-/// The attributes of `rule` that need a validated JWT (never present at the waypoint yet).
-pub(super) fn jwt_attributes(rule: &Rule) -> Vec<&str> {
-    let mut found = Vec::new();
-    for s in rule.from.iter().filter_map(|f| f.source.as_ref()) {
-        if !s.request_principals.is_empty() && !found.contains(&"requestPrincipals") {
-            found.push("requestPrincipals");
-        }
-        if !s.not_request_principals.is_empty() && !found.contains(&"notRequestPrincipals") {
-            found.push("notRequestPrincipals");
+/// A `when` key on the request's validated JWT.
+enum JwtKey<'a> {
+    Principal,
+    Audiences,
+    Presenter,
+    /// `request.auth.claims[a][b]`: the claim `b` inside `a`.
+    Claim(Vec<&'a str>),
+}
+
+impl<'a> JwtKey<'a> {
+    fn parse(key: &'a str) -> Option<JwtKey<'a>> {
+        match key {
+            "request.auth.principal" => Some(JwtKey::Principal),
+            "request.auth.audiences" => Some(JwtKey::Audiences),
+            "request.auth.presenter" => Some(JwtKey::Presenter),
+            _ => {
+                let inner = key
+                    .strip_prefix("request.auth.claims[")?
+                    .strip_suffix(']')?;
+                let path: Vec<&str> = inner.split("][").collect();
+                path.iter()
+                    .all(|name| !name.is_empty() && !name.contains(['[', ']']))
+                    .then_some(JwtKey::Claim(path))
+            }
         }
     }
+}
+
+/// The `when` keys of `rule` that nothing at the waypoint provides, so they never hold:
+/// `connection.sni` (the tunnel's TLS is the mesh's own) and `request.auth.*` keys that are
+/// none of Istio's (`principal`, `audiences`, `presenter`, `claims[name]`).
+pub(super) fn unavailable_attributes(rule: &Rule) -> Vec<&str> {
+    let mut found = Vec::new();
     for c in &rule.when {
-        if (c.key.starts_with("request.auth.") || c.key == "connection.sni")
-            && !found.contains(&c.key.as_str())
-        {
+        let unknown_jwt = c.key.starts_with("request.auth.") && JwtKey::parse(&c.key).is_none();
+        if (unknown_jwt || c.key == "connection.sni") && !found.contains(&c.key.as_str()) {
             found.push(c.key.as_str());
         }
     }

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use super::*;
 
 mod harness;
+mod jwt;
 
 use harness::{TestWaypoint, service, until, upstream, within};
 

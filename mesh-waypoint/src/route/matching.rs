@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use http::{HeaderMap, HeaderName, Method};
 use mesh_core::config::labels::{Labels, NO_LABELS};
 use mesh_core::config::model::selects;
+use mesh_core::policy::RequestAuth;
 use regex::Regex;
 
 /// The gateway name that stands for mesh (sidecar and waypoint) traffic.
@@ -51,6 +52,9 @@ pub struct RequestFacts<'a> {
     /// The service port the request was sent to (`match[].port`, redirect `derivePort`).
     pub destination_port: u16,
     pub source: Source<'a>,
+    /// The request's JWT, validated by a RequestAuthentication: what `@request.auth.claims`
+    /// header matches read.
+    pub auth: Option<&'a RequestAuth>,
 }
 
 impl<'a> RequestFacts<'a> {
@@ -80,6 +84,7 @@ impl<'a> RequestFacts<'a> {
             headers: &parts.headers,
             destination_port,
             source,
+            auth: None,
         }
     }
 
@@ -102,7 +107,7 @@ impl<'a> RequestFacts<'a> {
             HeaderKey::Method => return Some(Cow::Borrowed(self.method.as_str())),
             HeaderKey::Path => return Some(Cow::Borrowed(self.path)),
             HeaderKey::Scheme => return Some(Cow::Borrowed(self.scheme)),
-            HeaderKey::Never => return None,
+            HeaderKey::Never | HeaderKey::Claim(_) => return None,
             HeaderKey::Name(name) => name,
         };
         let mut values = self.headers.get_all(name).iter();
@@ -193,12 +198,23 @@ pub(crate) enum HeaderKey {
     Path,
     Scheme,
     Name(HeaderName),
+    /// `@request.auth.claims.a.b`: the claim `b` inside `a` of the request's validated JWT.
+    Claim(Vec<String>),
     /// A name no request carries (an unknown pseudo-header): always absent.
     Never,
 }
 
 impl HeaderKey {
     pub(crate) fn parse(name: &str) -> Result<HeaderKey, String> {
+        if let Some(claim) = name.strip_prefix("@request.auth.claims.") {
+            let path: Vec<String> = claim.split('.').map(str::to_owned).collect();
+            if path.iter().any(String::is_empty) {
+                return Err(format!(
+                    "{name:?} names no claim; write @request.auth.claims.<name>[.<nested name>]"
+                ));
+            }
+            return Ok(HeaderKey::Claim(path));
+        }
         match name.to_ascii_lowercase().as_str() {
             ":authority" | "host" => Ok(HeaderKey::Authority),
             ":method" => Ok(HeaderKey::Method),
@@ -224,6 +240,19 @@ pub(crate) struct HeaderCondition {
 
 impl HeaderCondition {
     fn holds(&self, facts: &RequestFacts<'_>) -> bool {
+        if let HeaderKey::Claim(path) = &self.key {
+            // A list claim matches when one of its strings does (Istio matches claims with
+            // Envoy's list matcher `one_of`); a request without a JWT has no claims.
+            let values = facts
+                .auth
+                .map(|a| claim_strings(a, path))
+                .unwrap_or_default();
+            let any = match &self.matcher {
+                StringMatcher::Any => !values.is_empty(),
+                matcher => values.iter().any(|v| matcher.matches(v, false)),
+            };
+            return any != self.invert;
+        }
         let value = facts.header(&self.key);
         match (&self.matcher, self.invert) {
             (StringMatcher::Any, invert) => value.is_some() != invert,
@@ -411,5 +440,30 @@ impl Subnet {
             }
             _ => false,
         }
+    }
+}
+
+/// The string values of the claim at `path` in `auth`'s token: a string, each string of a
+/// list, a number or a boolean as written.
+fn claim_strings(auth: &RequestAuth, path: &[String]) -> Vec<String> {
+    let Some((first, rest)) = path.split_first() else {
+        return Vec::new();
+    };
+    let value = rest
+        .iter()
+        .try_fold(auth.claims.get(first.as_str()), |v, name| {
+            Some(v?.get(name.as_str()))
+        })
+        .flatten();
+    let scalar = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    };
+    match value {
+        Some(serde_json::Value::Array(items)) => items.iter().filter_map(scalar).collect(),
+        Some(v) => scalar(v).into_iter().collect(),
+        None => Vec::new(),
     }
 }

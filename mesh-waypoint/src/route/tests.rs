@@ -87,6 +87,7 @@ struct Req {
     port: u16,
     namespace: Option<String>,
     labels: Labels,
+    auth: Option<mesh_core::policy::RequestAuth>,
 }
 
 impl Req {
@@ -100,7 +101,20 @@ impl Req {
             port: 9080,
             namespace: Some("shop".into()),
             labels: Labels::default(),
+            auth: None,
         }
+    }
+
+    /// The request carries a validated JWT with `claims`.
+    fn jwt(mut self, claims: serde_json::Value) -> Req {
+        self.auth = Some(mesh_core::policy::RequestAuth {
+            principal: "issuer/user".into(),
+            audiences: Vec::new(),
+            presenter: None,
+            claims: claims.as_object().cloned().unwrap_or_default(),
+            space_delimited: Vec::new(),
+        });
+        self
     }
 
     fn method(mut self, method: Method) -> Req {
@@ -145,6 +159,7 @@ impl Req {
                 labels: &self.labels,
                 ip: None,
             },
+            auth: self.auth.as_ref(),
         }
     }
 }

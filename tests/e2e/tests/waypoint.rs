@@ -2,7 +2,8 @@
 //! (deployed from `meshctl waypoint generate`'s Gateway), and Istio's own sample
 //! VirtualServices and DestinationRules applied unchanged: request routing by user, weighted
 //! traffic shifting measured over 1000 requests, fault injection, request timeouts with
-//! productpage's retry.
+//! productpage's retry; AuthorizationPolicy per request, with JWTs a RequestAuthentication
+//! validates.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -407,6 +408,74 @@ spec:
         lab.lab
             .logs(&waypoint_pod(&lab))
             .is_ok_and(|log| log.contains("request refused by AuthorizationPolicy")),
+        "the waypoint logs why it refused"
+    );
+}
+
+#[test]
+fn request_authentication_at_the_waypoint_validates_jwts_for_authorization() {
+    use mesh_waypoint::authn::testing::{Signer, now_plus};
+    let mut lab = bookinfo_with_waypoint("wjw");
+    let issuer = "https://issuer.example";
+    let signer = Signer::new("k1");
+    // Istio's task "JWT authentication" in ambient form: the RequestAuthentication and an
+    // AuthorizationPolicy that requires a token from the issuer, both on productpage.
+    let policies = lab.manifest(
+        "jwt.yaml",
+        &format!(
+            r#"
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: productpage-jwt}}
+spec:
+  targetRefs: [{{kind: Service, group: "", name: productpage}}]
+  jwtRules:
+  - issuer: "{issuer}"
+    jwks: '{jwks}'
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: require-jwt}}
+spec:
+  targetRefs: [{{kind: Service, group: "", name: productpage}}]
+  action: ALLOW
+  rules:
+  - from: [{{source: {{requestPrincipals: ["{issuer}/*"]}}}}]
+"#,
+            jwks = signer.jwks()
+        ),
+    );
+    lab.apply(&[policies]);
+    let token = |signer: &Signer, exp: i64| {
+        signer.token(&serde_json::json!({"iss": issuer, "sub": "alice", "exp": now_plus(exp)}))
+    };
+    let bearer = |token: String| format!("Authorization: Bearer {token}");
+    let (valid, expired, forged) = (
+        bearer(token(&signer, 600)),
+        bearer(token(&signer, -3600)),
+        bearer(token(&Signer::new("k1"), 600)),
+    );
+    let url = "http://productpage:9080/productpage";
+    eventually(CONFIG_DEADLINE, || {
+        let seen = [
+            status(&lab, "curl", &[], url)?,
+            status(&lab, "curl", &["-H", &valid], url)?,
+            status(&lab, "curl", &["-H", &expired], url)?,
+            status(&lab, "curl", &["-H", &forged], url)?,
+        ];
+        ensure!(
+            seen == ["403", "200", "401", "401"],
+            "no token, valid, expired, forged answered {seen:?}"
+        );
+        Ok(())
+    })
+    .expect("only a valid token from the issuer passes");
+    let refusal = lab.curl("curl", &["-s", "-H", &expired, url]).unwrap();
+    assert_eq!(refusal, "Jwt is expired");
+    assert!(
+        lab.lab
+            .logs(&waypoint_pod(&lab))
+            .is_ok_and(|log| log.contains("request refused by RequestAuthentication")),
         "the waypoint logs why it refused"
     );
 }

@@ -361,6 +361,7 @@ spec:
   rules:
   - to: [{{operation: {{methods: [GET]}}}}]
   - from: [{{source: {{requestPrincipals: ["*"]}}}}]
+    when: [{{key: request.auth.subject, values: [alice]}}]
 "#
         )
     };
@@ -383,15 +384,43 @@ spec:
         about("by-selector"),
         vec![
             "AuthorizationPolicy default/by-selector: rules[0] uses methods, which need L7 processing (a waypoint); at L4 this ALLOW rule never matches",
-            "AuthorizationPolicy default/by-selector: rules[1] uses requestPrincipals, which need L7 processing (a waypoint); at L4 this ALLOW rule never matches",
+            "AuthorizationPolicy default/by-selector: rules[1] uses requestPrincipals, request.auth.subject, which need L7 processing (a waypoint); at L4 this ALLOW rule never matches",
         ],
         "{warnings:#?}"
     );
     assert_eq!(
         about("by-waypoint"),
         vec![
-            "AuthorizationPolicy default/by-waypoint: rules[1] uses requestPrincipals, which need a validated JWT (RequestAuthentication is not supported yet); they never match",
+            "AuthorizationPolicy default/by-waypoint: rules[1] uses request.auth.subject, which the waypoint does not provide (request.auth keys are principal, audiences, presenter and claims[name]); they never match",
         ],
         "{warnings:#?}"
+    );
+}
+
+#[test]
+fn request_authentications_say_what_applies_them() {
+    let report = run(r#"
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: by-selector}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  jwtRules: [{issuer: "https://issuer.example", jwks: '{"keys": []}'}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: on-service}
+spec:
+  targetRefs: [{kind: Service, group: "", name: reviews}]
+  jwtRules: [{issuer: "https://issuer.example", jwksUri: "https://issuer.example/jwks.json"}]
+"#);
+    assert_eq!(
+        lines(&report, Severity::Warning),
+        [
+            "RequestAuthentication default/by-selector: applies to no traffic in this mesh: \
+             waypoints enforce a RequestAuthentication that names their Service or the \
+             waypoint (kind Gateway) in targetRefs; one with a selector, or with neither, is \
+             for sidecars and ingress gateways",
+        ]
     );
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::config::istio::{AuthorizationPolicy, RequestAuthentication};
 use crate::config::model::{Waypoint, WaypointSource};
 use crate::manifest::{Object, Origin, object_from_value};
 
@@ -310,6 +311,99 @@ fn rules_resolve_short_names_wildcards_and_export_to() {
     };
     assert_eq!(dr("client").as_deref(), Some("in-client-ns"));
     assert_eq!(dr("elsewhere").as_deref(), Some("in-service-ns"));
+}
+
+#[test]
+fn policies_attach_to_services_and_waypoints_by_target_refs() {
+    let sec = "security.istio.io";
+    let to = |kind: &str, name: &str| json!([{"kind": kind, "group": "", "name": name}]);
+    let jwt = json!([{"issuer": "https://issuer.example", "jwks": "{\"keys\": []}"}]);
+    let with_rules = |targets: Value| {
+        let mut spec = json!({"jwtRules": jwt.clone()});
+        spec["targetRefs"] = targets;
+        spec
+    };
+    let store = store_with(vec![
+        service("reviews", "10.96.0.1", json!({"app": "reviews"}), json!({})),
+        istio(
+            "RequestAuthentication",
+            sec,
+            "on-reviews",
+            "shop",
+            with_rules(to("Service", "reviews")),
+        ),
+        istio(
+            "RequestAuthentication",
+            sec,
+            "on-ratings",
+            "shop",
+            with_rules(to("Service", "ratings")),
+        ),
+        istio(
+            "RequestAuthentication",
+            sec,
+            "on-waypoint",
+            "shop",
+            with_rules(to("Gateway", "waypoint")),
+        ),
+        // Another namespace's Service of the same name is another Service.
+        istio(
+            "RequestAuthentication",
+            sec,
+            "elsewhere",
+            "web",
+            with_rules(to("Service", "reviews")),
+        ),
+        // A selector is for sidecars: no waypoint applies it.
+        istio(
+            "RequestAuthentication",
+            sec,
+            "by-selector",
+            "shop",
+            json!({"selector": {"matchLabels": {"app": "reviews"}}, "jwtRules": jwt}),
+        ),
+        istio(
+            "AuthorizationPolicy",
+            sec,
+            "allow-reviews",
+            "shop",
+            json!({"targetRefs": to("Service", "reviews")}),
+        ),
+        istio(
+            "AuthorizationPolicy",
+            sec,
+            "via-waypoint",
+            "shop",
+            json!({"targetRefs": to("Gateway", "waypoint")}),
+        ),
+    ]);
+    let model = store.model();
+    let reviews = model
+        .service_by_host("reviews.shop.svc.cluster.local")
+        .unwrap();
+    let waypoint = Name::new("shop", "waypoint");
+    let ra = |found: Vec<Arc<RequestAuthentication>>| -> Vec<String> {
+        found.iter().map(|p| p.name().to_owned()).collect()
+    };
+    let ap = |found: Vec<Arc<AuthorizationPolicy>>| -> Vec<String> {
+        found.iter().map(|p| p.name().to_owned()).collect()
+    };
+    assert_eq!(
+        ra(model.request_authentications_for_service(reviews)),
+        ["on-reviews"]
+    );
+    assert_eq!(
+        ra(model.request_authentications_for_waypoint(&waypoint)),
+        ["on-waypoint"]
+    );
+    assert_eq!(
+        ap(model.authorization_policies_for_service(reviews)),
+        ["allow-reviews"]
+    );
+    assert_eq!(
+        ap(model.authorization_policies_for_waypoint(&waypoint)),
+        ["via-waypoint"]
+    );
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Rules that need L7 attributes: at L4 (the node proxy) an ALLOW rule never matches, a DENY
 //! rule is enforced on its L4 parts, and both are reported; at a waypoint (a request at
-//! hand) they decide as written, except JWT attributes.
+//! hand) they decide as written, JWT attributes included (from the request's validated token).
 
 use super::*;
 
@@ -130,6 +130,7 @@ fn request<'a>(
             path,
             host: "productpage:9080",
             headers,
+            auth: None,
         }),
         ..conn(identity, "10.0.2.7", 9080)
     }
@@ -202,29 +203,151 @@ spec:
     assert!(!decide(&request(Some(&id), "GET", "/productpage", &debug)).is_allowed());
 }
 
+/// A request at a waypoint carrying a validated JWT.
+fn with_jwt<'a>(headers: &'a http::HeaderMap, auth: &'a RequestAuth) -> Connection<'a> {
+    Connection {
+        request: Some(crate::policy::HttpRequest {
+            method: "GET",
+            path: "/",
+            host: "productpage:9080",
+            headers,
+            auth: Some(auth),
+        }),
+        ..conn(None, "10.0.2.7", 9080)
+    }
+}
+
+fn jwt(claims: serde_json::Value) -> RequestAuth {
+    let claims = claims.as_object().cloned().unwrap_or_default();
+    let text = |name: &str| claims.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+    RequestAuth {
+        principal: format!(
+            "{}/{}",
+            text("iss").unwrap_or_default(),
+            text("sub").unwrap_or_default()
+        ),
+        audiences: text("aud").into_iter().collect(),
+        presenter: text("azp"),
+        space_delimited: SPACE_DELIMITED_CLAIMS.map(str::to_owned).to_vec(),
+        claims,
+    }
+}
+
 #[test]
-fn jwt_attributes_never_match_at_a_waypoint_and_are_reported() {
-    let jwt = policy(
+fn request_principals_match_the_validated_jwt() {
+    let allow = policy(
         r#"
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {name: jwt-only, namespace: shop}
+metadata: {name: from-issuer, namespace: shop}
 spec:
   action: ALLOW
   rules:
-  - from: [{source: {requestPrincipals: ["*"]}}]
+  - from: [{source: {requestPrincipals: ["https://issuer.example/*"]}}]
 "#,
     );
-    let id = sleep();
     let headers = http::HeaderMap::new();
-    let decision = authorize(&[jwt], &request(Some(&id), "GET", "/", &headers));
-    assert!(!decision.is_allowed());
-    assert!(
-        decision
-            .warnings
-            .iter()
-            .any(|w| w.message.contains("requestPrincipals")),
-        "{:?}",
-        decision.warnings
+    let good = jwt(serde_json::json!({"iss": "https://issuer.example", "sub": "alice"}));
+    let other = jwt(serde_json::json!({"iss": "https://other.example", "sub": "alice"}));
+    let policies = [allow];
+    assert!(authorize(&policies, &with_jwt(&headers, &good)).is_allowed());
+    assert!(!authorize(&policies, &with_jwt(&headers, &other)).is_allowed());
+    let decision = authorize(&policies, &request(Some(&sleep()), "GET", "/", &headers));
+    assert!(!decision.is_allowed(), "no JWT, no request principal");
+    assert!(decision.warnings.is_empty(), "{:?}", decision.warnings);
+}
+
+#[test]
+fn deny_without_request_principal_is_istios_require_jwt_pattern() {
+    // Istio's documented way to require a JWT: DENY notRequestPrincipals ["*"].
+    let require = policy(
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: require-jwt, namespace: shop}
+spec:
+  action: DENY
+  rules:
+  - from: [{source: {notRequestPrincipals: ["*"]}}]
+"#,
     );
+    let headers = http::HeaderMap::new();
+    let token = jwt(serde_json::json!({"iss": "issuer", "sub": "bob"}));
+    let policies = [require];
+    assert!(authorize(&policies, &with_jwt(&headers, &token)).is_allowed());
+    assert!(!authorize(&policies, &request(Some(&sleep()), "GET", "/", &headers)).is_allowed());
+}
+
+#[test]
+fn jwt_conditions_read_principal_audiences_presenter_and_claims() {
+    let allow = policy(
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: claims, namespace: shop}
+spec:
+  action: ALLOW
+  rules:
+  - when:
+    - {key: "request.auth.claims[groups]", values: ["admins"]}
+    - {key: "request.auth.claims[org][team]", values: ["pay*"]}
+    - {key: "request.auth.claims[scope]", values: ["write"]}
+    - {key: "request.auth.audiences", values: ["shop"]}
+    - {key: "request.auth.presenter", notValues: ["untrusted"]}
+    - {key: "request.auth.principal", values: ["issuer/*"]}
+"#,
+    );
+    let headers = http::HeaderMap::new();
+    let claims = serde_json::json!({
+        "iss": "issuer", "sub": "carol", "aud": "shop", "azp": "web",
+        "groups": ["users", "admins"], "org": {"team": "payments"}, "scope": "read write",
+    });
+    let policies = [allow];
+    let decide = |claims: &serde_json::Value| {
+        authorize(&policies, &with_jwt(&headers, &jwt(claims.clone()))).is_allowed()
+    };
+    assert!(decide(&claims));
+    let changed = |key: &str, value: serde_json::Value| {
+        let mut c = claims.clone();
+        c[key] = value;
+        c
+    };
+    assert!(!decide(&changed("groups", serde_json::json!(["users"]))));
+    assert!(!decide(&changed(
+        "org",
+        serde_json::json!({"team": "search"})
+    )));
+    assert!(!decide(&changed("scope", serde_json::json!("read"))));
+    assert!(!decide(&changed("aud", serde_json::json!("other"))));
+    assert!(!decide(&changed("azp", serde_json::json!("untrusted"))));
+    // A single string claim (not a list) matches as itself.
+    assert!(decide(&changed("groups", serde_json::json!("admins"))));
+}
+
+#[test]
+fn unknown_jwt_keys_and_sni_never_hold_and_are_reported() {
+    let allow = policy(
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: odd-keys, namespace: shop}
+spec:
+  action: ALLOW
+  rules:
+  - when: [{key: "request.auth.subject", values: ["*"]}]
+  - when: [{key: "connection.sni", values: ["*"]}]
+"#,
+    );
+    let headers = http::HeaderMap::new();
+    let token = jwt(serde_json::json!({"iss": "issuer", "sub": "dave"}));
+    let decision = authorize(&[allow], &with_jwt(&headers, &token));
+    assert!(!decision.is_allowed());
+    let messages: Vec<&str> = decision
+        .warnings
+        .iter()
+        .map(|w| w.message.as_str())
+        .collect();
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert!(messages[0].starts_with("rules[0] uses request.auth.subject"));
+    assert!(messages[1].starts_with("rules[1] uses connection.sni"));
 }

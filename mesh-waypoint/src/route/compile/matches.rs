@@ -41,14 +41,6 @@ pub(super) fn http_match(
     ] {
         for (name, value) in conditions {
             let hpath = format!("{path}.{field}[{name}]");
-            if name.starts_with("@request.auth.claims") {
-                ctx.unsupported(
-                    &hpath,
-                    "routing on JWT claims needs RequestAuthentication, which the waypoint does not implement; this match block never matches",
-                );
-                out.never = true;
-                continue;
-            }
             let key = HeaderKey::parse(name)
                 .map_err(|why| ctx.error(&hpath, why))
                 .ok();
