@@ -147,53 +147,91 @@ pub struct HttpRequest<'a> {
     pub auth: Option<&'a RequestAuth>,
 }
 
-/// What a validated JWT says about a request, for `requestPrincipals` and the
-/// `request.auth.*` conditions (Istio's "Authorization Policy Conditions").
+/// What a validated JWT says about a request, for `requestPrincipals`, the `request.auth.*`
+/// conditions (Istio's "Authorization Policy Conditions") and a VirtualService's
+/// `@request.auth.claims` matches.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RequestAuth {
-    /// `<iss>/<sub>`, Istio's request principal.
+    /// `<iss>/<sub>`, Istio's request principal; empty (no principal) when the token lacks
+    /// either.
     pub principal: String,
     /// The `aud` claim, a string or a list of them.
     pub audiences: Vec<String>,
     /// The `azp` claim (the authorized presenter).
     pub presenter: Option<String>,
-    /// The token's payload.
+    /// The token's payload, its space-delimited claims split into lists of words, as Envoy
+    /// normalizes the payload it hands on.
     pub claims: serde_json::Map<String, serde_json::Value>,
-    /// Claims whose string value is a space-separated list (`scope` and `permission`, and
-    /// the rule's `spaceDelimitedClaims`): a condition matches any one of its words.
-    pub space_delimited: Vec<String>,
 }
 
 /// The claims every JWT rule treats as space-delimited, as Istio does.
 pub const SPACE_DELIMITED_CLAIMS: [&str; 2] = ["scope", "permission"];
 
 impl RequestAuth {
-    /// The values of the claim at `path` (nested claims: one name per level) that a
-    /// condition compares: a string (or each of its words for a space-delimited claim), each
-    /// string of a list, a number or a boolean as written. Objects and absent claims give
-    /// none.
-    pub fn claim_values(&self, path: &[&str]) -> Vec<String> {
+    /// The facts of a validated token's payload. `space_delimited` names claims (besides
+    /// [`SPACE_DELIMITED_CLAIMS`]) whose string value is a space-separated list.
+    pub fn from_claims(
+        mut claims: serde_json::Map<String, serde_json::Value>,
+        space_delimited: &[String],
+    ) -> RequestAuth {
+        use serde_json::Value;
+        let text = |name: &str| match claims.get(name) {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            _ => None,
+        };
+        let principal = match (text("iss"), text("sub")) {
+            (Some(iss), Some(sub)) => format!("{iss}/{sub}"),
+            _ => String::new(),
+        };
+        let presenter = text("azp");
+        let audiences = match claims.get("aud") {
+            Some(Value::String(aud)) => vec![aud.clone()],
+            Some(Value::Array(auds)) => auds
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let names = SPACE_DELIMITED_CLAIMS
+            .iter()
+            .copied()
+            .chain(space_delimited.iter().map(String::as_str));
+        for name in names {
+            if let Some(Value::String(words)) = claims.get(name) {
+                let list = words
+                    .split_whitespace()
+                    .map(|w| Value::String(w.to_owned()))
+                    .collect();
+                claims.insert(name.to_owned(), Value::Array(list));
+            }
+        }
+        RequestAuth {
+            principal,
+            audiences,
+            presenter,
+            claims,
+        }
+    }
+
+    /// The strings of the claim at `path` (nested claims: one name per level): the claim
+    /// itself if it is a string, the strings of a list. Istio matches claims as strings, so
+    /// numbers, booleans and objects give none, as does an absent claim.
+    pub fn claim<S: AsRef<str>>(&self, path: &[S]) -> Vec<&str> {
+        use serde_json::Value;
         let Some((first, rest)) = path.split_first() else {
             return Vec::new();
         };
-        let mut value = self.claims.get(*first);
-        for name in rest {
-            value = value.and_then(|v| v.get(name));
-        }
-        let split = path.len() == 1 && self.space_delimited.iter().any(|c| c == first);
-        let scalar = |v: &serde_json::Value| match v {
-            serde_json::Value::String(s) => Some(s.clone()),
-            serde_json::Value::Number(n) => Some(n.to_string()),
-            serde_json::Value::Bool(b) => Some(b.to_string()),
-            _ => None,
-        };
+        let value = rest
+            .iter()
+            .try_fold(self.claims.get(first.as_ref()), |v, name| {
+                Some(v?.get(name.as_ref()))
+            })
+            .flatten();
         match value {
-            Some(serde_json::Value::String(s)) if split => {
-                s.split_whitespace().map(str::to_owned).collect()
-            }
-            Some(serde_json::Value::Array(items)) => items.iter().filter_map(scalar).collect(),
-            Some(v) => scalar(v).into_iter().collect(),
-            None => Vec::new(),
+            Some(Value::String(s)) => vec![s.as_str()],
+            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
         }
     }
 }

@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use mesh_core::config::istio::{AuthorizationPolicy, DestinationRule};
+use mesh_core::config::istio::{AuthorizationPolicy, DestinationRule, RequestAuthentication};
 use mesh_core::config::{Model, Name, PodInfo, ServiceInfo};
 use mesh_core::hbone::pool::Pool;
 use mesh_core::identity::manager::CertManager;
@@ -34,8 +34,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 type RouteKey = (String, String);
 /// A compiled table and the snapshot it was compiled from.
 type CachedRoutes = (Arc<Model>, Arc<RouteTable>);
-/// A service's JWT rules through this waypoint, for the snapshot they were compiled from.
-type CachedAuthenticator = (Arc<Model>, Arc<Authenticator>);
+/// A service's JWT rules through this waypoint, with the RequestAuthentications they were
+/// compiled from.
+type CachedAuthenticator = (Vec<Arc<RequestAuthentication>>, Arc<Authenticator>);
 type UpstreamCacheKey = (String, Option<String>, u16, String);
 
 struct CachedUpstream {
@@ -264,7 +265,7 @@ pub struct Destinations {
     routes: Mutex<HashMap<RouteKey, CachedRoutes>>,
     /// By service hostname.
     authenticators: Mutex<HashMap<String, CachedAuthenticator>>,
-    /// The JWKS fetches of the RequestAuthentications' `jwksUri`s.
+    /// The JWKS fetches of the RequestAuthentications' `jwksUri`s and issuers.
     pub jwks: Arc<Fetcher>,
     upstreams: Mutex<HashMap<UpstreamCacheKey, CachedUpstream>>,
     pub pool: Pool,
@@ -323,33 +324,40 @@ impl Destinations {
     }
 
     /// The JWT rules for `service` through the waypoint `waypoint`: the
-    /// RequestAuthentications attached to either. What they ask that the waypoint cannot
-    /// do is logged once per snapshot.
+    /// RequestAuthentications attached to either. They are compiled again only when those
+    /// objects change (not on every snapshot), so fetched keys and verified tokens are kept
+    /// across unrelated config changes; what the rules ask that the waypoint cannot do is
+    /// logged when they are compiled.
     pub fn authenticator(
         &self,
         model: &Arc<Model>,
         service: &ServiceInfo,
         waypoint: &Name,
     ) -> Arc<Authenticator> {
+        let mut policies = model.request_authentications_for_service(service);
+        policies.extend(model.request_authentications_for_waypoint(waypoint));
         let mut cached = self
             .authenticators
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some((seen, authenticator)) = cached.get(&*service.hostname)
-            && Arc::ptr_eq(seen, model)
+        if let Some((compiled_from, authenticator)) = cached.get(&*service.hostname)
+            && compiled_from.len() == policies.len()
+            && compiled_from
+                .iter()
+                .zip(&policies)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
         {
             return authenticator.clone();
         }
-        let mut policies = model.request_authentications_for_service(service);
-        policies.extend(model.request_authentications_for_waypoint(waypoint));
         let authenticator = Arc::new(Authenticator::compile(&policies, Some(&self.jwks)));
         for warning in authenticator.warnings() {
             tracing::warn!(%warning, "RequestAuthentication");
         }
-        cached.retain(|_, (seen, _)| Arc::ptr_eq(seen, model));
+        // Services gone from the config take their rules with them.
+        cached.retain(|host, _| model.service_by_host(host).is_some());
         cached.insert(
             service.hostname.to_string(),
-            (model.clone(), authenticator.clone()),
+            (policies, authenticator.clone()),
         );
         authenticator
     }

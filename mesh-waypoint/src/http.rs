@@ -264,13 +264,13 @@ async fn respond(
         Err(response) => return response,
     };
     let mut facts = RequestFacts::from_parts(&parts, stream.port, source);
-    facts.auth = auth.as_ref();
+    facts.auth = auth.as_deref();
     let request = mesh_core::policy::HttpRequest {
         method: parts.method.as_str(),
         path: parts.uri.path(),
         host: facts.authority,
         headers: &parts.headers,
-        auth: auth.as_ref(),
+        auth: auth.as_deref(),
     };
     if crate::authz::decide(stream, &model, Some(request)).is_some_and(|d| !d.is_allowed()) {
         return local(StatusCode::FORBIDDEN, "RBAC: access denied");
@@ -347,7 +347,7 @@ async fn authenticate(
     stream: &Stream,
     model: &Arc<mesh_core::config::Model>,
     parts: &mut http::request::Parts,
-) -> Result<Option<RequestAuth>, Response<Body>> {
+) -> Result<Option<Arc<RequestAuth>>, Response<Body>> {
     let authenticator = stream.cache.authenticator(model, || {
         let config = &stream.waypoint.config;
         stream.waypoint.destinations.authenticator(
@@ -373,8 +373,9 @@ async fn authenticate(
             .and_then(|h| h.to_str().ok())
             .or(parts.uri.authority().map(|a| a.as_str()))
             .unwrap_or(&stream.service.hostname);
-        let realm = format!("http://{host}{}", parts.uri.path());
-        let mut response = local(StatusCode::UNAUTHORIZED, why.message());
+        let scheme = parts.uri.scheme_str().unwrap_or("http");
+        let realm = format!("{scheme}://{host}{}", parts.uri.path());
+        let mut response = local(why.status(), why.message());
         if let Ok(value) = HeaderValue::from_str(&why.challenge(&realm)) {
             response
                 .headers_mut()

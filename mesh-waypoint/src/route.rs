@@ -50,6 +50,7 @@ pub use decision::{
     NO_EDITS, Redirect, RedirectPort, Rewrite, Target, TcpDecision, WeightedDestinations,
 };
 use decision::{HttpRule, TcpRule};
+pub(crate) use matching::query_param;
 pub use matching::{RequestFacts, Source, TcpFacts};
 pub use policy::{
     AbortError, Fault, FaultAbort, FaultDelay, FaultOutcome, Mirror, Percentage, RetryCondition,

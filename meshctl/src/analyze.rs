@@ -80,8 +80,8 @@ pub(crate) fn run(args: &Args) -> ExitCode {
 /// compiler's findings (a retry condition it does not know, a header it cannot edit, a
 /// VirtualService bound only to ingress gateways, a value it refuses), its DestinationRule
 /// resolution's (an upstream TLS mode it does not use, a consistent hash without a key, a
-/// header name it refuses) and its JWT rules' (keys it does not fetch, a JWK Set it cannot
-/// use). Its warnings replace the support table's per-field warnings for these kinds
+/// header name it refuses) and its JWT rules' (a JWK Set it cannot use, a header name it
+/// cannot set). Its warnings replace the support table's per-field warnings for these kinds
 /// (unless it also found an error, after which it may not have looked further): a waypoint
 /// test holds every field the table calls unsupported to a report here, so nothing is lost.
 /// Its errors (what makes it leave a rule out, or refuse the rule) are errors here, but for a

@@ -222,7 +222,7 @@ pub(super) fn condition(c: &Condition, peer: &Peer<'_>) -> bool {
 }
 
 /// A `when` condition on a key that needs the request.
-fn l7_condition(c: &Condition, request: HttpRequest<'_>, peer: &Peer<'_>) -> bool {
+fn l7_condition<'a>(c: &Condition, request: HttpRequest<'a>, peer: &Peer<'_>) -> bool {
     let (values, not_values) = (&c.values, &c.not_values);
     if let Some(name) = c
         .key
@@ -240,11 +240,13 @@ fn l7_condition(c: &Condition, request: HttpRequest<'_>, peer: &Peer<'_>) -> boo
     }
     if let Some(auth_key) = JwtKey::parse(&c.key) {
         // A request without a validated JWT has none of these attributes.
-        let values_of = |auth: &RequestAuth| match &auth_key {
-            JwtKey::Principal => vec![auth.principal.clone()],
-            JwtKey::Audiences => auth.audiences.clone(),
-            JwtKey::Presenter => auth.presenter.iter().cloned().collect(),
-            JwtKey::Claim(path) => auth.claim_values(path),
+        let values_of = |auth: &'a RequestAuth| -> Vec<&'a str> {
+            match &auth_key {
+                JwtKey::Principal => vec![auth.principal.as_str()],
+                JwtKey::Audiences => auth.audiences.iter().map(String::as_str).collect(),
+                JwtKey::Presenter => auth.presenter.as_deref().into_iter().collect(),
+                JwtKey::Claim(path) => auth.claim(path),
+            }
         };
         let found = request.auth.map(values_of).unwrap_or_default();
         return either(values, not_values, |p| {

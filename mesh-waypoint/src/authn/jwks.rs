@@ -1,13 +1,14 @@
-//! Keys from a rule's `jwksUri`: the waypoint fetches the JWK Set itself (istiod fetches it
-//! for Envoy in Istio), over HTTP or HTTPS (the machine's trusted roots), and keeps it
-//! fresh: again every [`REFRESH`], after a failure with a backoff from 1 s to
-//! [`MAX_BACKOFF`] (the last good set stays in use), and early, at most once per
-//! [`NUDGE_EVERY`], when a token names a key the set does not have (the issuer rotated its
-//! keys). One fetcher per URI serves every rule that names it; its task ends once no
-//! compiled rule holds it.
+//! Keys a rule does not carry inline: the waypoint fetches the JWK Set itself (istiod fetches
+//! it for Envoy in Istio) from the rule's `jwksUri`, or, when the rule gives neither, finds
+//! it from the issuer by OpenID Connect discovery (`<issuer>/.well-known/openid-configuration`,
+//! its `jwks_uri`), over HTTP or HTTPS (the machine's trusted roots). It keeps the set fresh:
+//! again every [`REFRESH`], after a failure with a backoff from 1 s to [`MAX_BACKOFF`] (the
+//! last good set stays in use meanwhile), and early, at most once per [`NUDGE_EVERY`], when a
+//! token names a key the set does not have (the issuer rotated its keys). One fetch task per
+//! origin serves every rule that names it; it ends as soon as no compiled rule holds it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -29,15 +30,33 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 pub const NUDGE_EVERY: Duration = Duration::from_secs(60);
 /// Istio's default for a rule's `timeout`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The largest JWK Set the waypoint takes.
+/// The largest document (JWK Set, OpenID configuration) the waypoint takes.
 const MAX_BODY: usize = 1 << 20;
 
-/// The keys of one `jwksUri`, as last fetched.
+/// Where a rule's keys are found.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// The rule's `jwksUri`.
+    Uri(String),
+    /// The rule's issuer, by OpenID Connect discovery.
+    Discovery(String),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Uri(uri) => f.write_str(uri),
+            Origin::Discovery(issuer) => write!(f, "{issuer} (OpenID discovery)"),
+        }
+    }
+}
+
+/// The keys of one origin, as last fetched.
 pub struct RemoteKeys {
-    uri: String,
-    keys: RwLock<Option<Arc<[Key]>>>,
+    origin: Origin,
+    set: RwLock<Option<Arc<[Key]>>>,
     /// Whether the first fetch has ended (with keys or not): requests wait for it rather
-    /// than fail while the waypoint starts.
+    /// than fail while the waypoint starts. Dropping it (with these keys) ends the task.
     first_done: watch::Receiver<bool>,
     nudge: Arc<Notify>,
     last_fetch: Mutex<Option<Instant>>,
@@ -46,33 +65,34 @@ pub struct RemoteKeys {
 }
 
 impl RemoteKeys {
-    pub fn uri(&self) -> &str {
-        &self.uri
-    }
-
     /// The keys, once the first fetch has ended (waiting for it up to the rule's timeout);
     /// `None` when none could be fetched.
     pub async fn keys(&self) -> Option<Arc<[Key]>> {
         let mut first_done = self.first_done.clone();
         // A fetch that has not ended by the timeout has failed.
         let _ = tokio::time::timeout(self.timeout, first_done.wait_for(|done| *done)).await;
-        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current()
+    }
+
+    /// The keys fetched so far, without waiting.
+    pub fn current(&self) -> Option<Arc<[Key]>> {
+        self.set.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// A token named a key the set lacks: fetch again, unless a fetch was this recent.
     pub fn nudge(&self) {
         let last = *self.last_fetch.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_none_or(|at| at.elapsed() >= self.nudge_every) {
+        if last.is_some_and(|at| at.elapsed() >= self.nudge_every) {
             self.nudge.notify_one();
         }
     }
 }
 
-/// The waypoint's JWKS fetches, one per URI.
+/// The waypoint's JWKS fetches, one per origin.
 pub struct Fetcher {
-    sources: Mutex<HashMap<String, Weak<RemoteKeys>>>,
-    /// Roots for HTTPS: the machine's, read at the first HTTPS fetch, unless given.
-    roots: OnceLock<Result<Arc<RootCertStore>, String>>,
+    sources: Mutex<HashMap<Origin, Weak<RemoteKeys>>>,
+    /// Roots for HTTPS: the machine's, read at the first HTTPS fetch that finds some.
+    roots: Mutex<Option<Arc<RootCertStore>>>,
     /// [`NUDGE_EVERY`], shorter in tests.
     nudge_every: Duration,
 }
@@ -81,31 +101,24 @@ impl Default for Fetcher {
     fn default() -> Fetcher {
         Fetcher {
             sources: Mutex::new(HashMap::new()),
-            roots: OnceLock::new(),
+            roots: Mutex::new(None),
             nudge_every: NUDGE_EVERY,
         }
     }
 }
 
 impl Fetcher {
-    /// A fetcher that trusts `roots` for HTTPS instead of the machine's roots.
-    pub fn with_roots(roots: RootCertStore) -> Fetcher {
-        let fetcher = Fetcher::default();
-        let _ = fetcher.roots.set(Ok(Arc::new(roots)));
-        fetcher
-    }
-
-    /// The keys of `uri`, shared with every rule that names it; the first call starts their
-    /// fetches (on the current tokio runtime).
-    pub fn source(self: &Arc<Self>, uri: &str, timeout: Duration) -> Arc<RemoteKeys> {
+    /// The keys of `origin`, shared with every rule that names it; the first call starts
+    /// their fetches (on the current tokio runtime).
+    pub fn source(self: &Arc<Self>, origin: Origin, timeout: Duration) -> Arc<RemoteKeys> {
         let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(source) = sources.get(uri).and_then(Weak::upgrade) {
+        if let Some(source) = sources.get(&origin).and_then(Weak::upgrade) {
             return source;
         }
         let (done_tx, first_done) = watch::channel(false);
         let source = Arc::new(RemoteKeys {
-            uri: uri.to_owned(),
-            keys: RwLock::new(None),
+            origin: origin.clone(),
+            set: RwLock::new(None),
             first_done,
             nudge: Arc::new(Notify::new()),
             last_fetch: Mutex::new(None),
@@ -113,7 +126,7 @@ impl Fetcher {
             nudge_every: self.nudge_every,
         });
         sources.retain(|_, s| s.strong_count() > 0);
-        sources.insert(uri.to_owned(), Arc::downgrade(&source));
+        sources.insert(origin, Arc::downgrade(&source));
         tokio::spawn(keep_fresh(
             self.clone(),
             Arc::downgrade(&source),
@@ -123,43 +136,71 @@ impl Fetcher {
         source
     }
 
-    fn roots(&self) -> Result<Arc<RootCertStore>, String> {
-        self.roots
-            .get_or_init(|| {
-                let found = rustls_native_certs::load_native_certs();
-                let mut roots = RootCertStore::empty();
-                let (added, _) = roots.add_parsable_certificates(found.certs);
-                if added == 0 {
-                    return Err(format!(
-                        "no trusted root certificates on this machine (install the \
-                         ca-certificates package, or set SSL_CERT_FILE){}",
-                        found
-                            .errors
-                            .first()
-                            .map(|e| format!(": {e}"))
-                            .unwrap_or_default()
-                    ));
-                }
-                Ok(Arc::new(roots))
-            })
-            .clone()
+    async fn roots(&self) -> Result<Arc<RootCertStore>, String> {
+        if let Some(roots) = &*self.roots.lock().unwrap_or_else(|e| e.into_inner()) {
+            return Ok(roots.clone());
+        }
+        // Reading the machine's certificate files is blocking work.
+        let found = tokio::task::spawn_blocking(rustls_native_certs::load_native_certs)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut roots = RootCertStore::empty();
+        let (added, _) = roots.add_parsable_certificates(found.certs);
+        if added == 0 {
+            return Err(format!(
+                "no trusted root certificates on this machine (install the ca-certificates \
+                 package, or set SSL_CERT_FILE){}",
+                found
+                    .errors
+                    .first()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ));
+        }
+        let roots = Arc::new(roots);
+        *self.roots.lock().unwrap_or_else(|e| e.into_inner()) = Some(roots.clone());
+        Ok(roots)
     }
 
-    /// Fetches and parses the set at `uri`.
-    pub async fn fetch(&self, uri: &str, timeout: Duration) -> Result<Vec<Key>, String> {
-        let body = tokio::time::timeout(timeout, self.get(uri))
-            .await
-            .map_err(|_| format!("no answer within {timeout:?}"))??;
+    /// Fetches and parses the set of `origin`, all within `timeout`.
+    pub async fn fetch(&self, origin: &Origin, timeout: Duration) -> Result<Vec<Key>, String> {
+        let body = tokio::time::timeout(timeout, async {
+            let uri = match origin {
+                Origin::Uri(uri) => uri.clone(),
+                Origin::Discovery(issuer) => self.jwks_uri_of(issuer).await?,
+            };
+            self.get(&uri).await
+        })
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))??;
         let text = std::str::from_utf8(&body).map_err(|_| "the body is not UTF-8".to_owned())?;
         let mut unusable = Vec::new();
-        let keys = super::keys(text, &mut |_, message| unusable.push(message));
+        let keys = super::parse_jwk_set(text, &mut |_, message| unusable.push(message));
         if keys.is_empty() {
             return Err(unusable.join("; "));
         }
         for message in unusable {
-            tracing::warn!(uri, %message, "JWKS key left out");
+            tracing::warn!(%origin, %message, "JWKS key left out");
         }
         Ok(keys)
+    }
+
+    /// The `jwks_uri` of an issuer's OpenID configuration.
+    async fn jwks_uri_of(&self, issuer: &str) -> Result<String, String> {
+        let discovery = format!(
+            "{}/.well-known/openid-configuration",
+            issuer.trim_end_matches('/')
+        );
+        let body = self
+            .get(&discovery)
+            .await
+            .map_err(|e| format!("{discovery}: {e}"))?;
+        let config: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| format!("{discovery}: not JSON ({e})"))?;
+        config["jwks_uri"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| format!("{discovery}: names no jwks_uri"))
     }
 
     /// The body of a GET for `uri` (HTTP/1.1, one connection).
@@ -195,7 +236,7 @@ impl Fetcher {
             ))
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
-            .with_root_certificates(self.roots()?)
+            .with_root_certificates(self.roots().await?)
             .with_no_client_auth();
             config.alpn_protocols = vec![b"http/1.1".to_vec()];
             let name = rustls::pki_types::ServerName::try_from(bare_host.to_owned())
@@ -243,33 +284,33 @@ async fn keep_fresh(
 ) {
     let mut backoff = Duration::from_secs(1);
     loop {
-        let Some((uri, timeout)) = source.upgrade().map(|s| (s.uri.clone(), s.timeout)) else {
+        let Some((origin, timeout)) = source.upgrade().map(|s| (s.origin.clone(), s.timeout))
+        else {
             return;
         };
-        let fetched = fetcher.fetch(&uri, timeout).await;
+        let fetched = tokio::select! {
+            fetched = fetcher.fetch(&origin, timeout) => fetched,
+            () = first_done.closed() => return,
+        };
         let Some(keys) = source.upgrade() else {
             return;
         };
         *keys.last_fetch.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         let wait = match fetched {
             Ok(fetched) => {
-                tracing::info!(uri, keys = fetched.len(), "JWKS fetched");
-                *keys.keys.write().unwrap_or_else(|e| e.into_inner()) = Some(fetched.into());
+                tracing::info!(%origin, keys = fetched.len(), "JWKS fetched");
+                *keys.set.write().unwrap_or_else(|e| e.into_inner()) = Some(fetched.into());
                 backoff = Duration::from_secs(1);
                 REFRESH
             }
             Err(error) => {
-                let kept = keys
-                    .keys
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .is_some();
+                let kept = keys.current().is_some();
                 tracing::warn!(
-                    uri,
+                    %origin,
                     %error,
                     retry_in = ?backoff,
                     kept_last_keys = kept,
-                    "JWKS fetch failed; tokens needing these keys are refused until it succeeds"
+                    "JWKS fetch failed; tokens needing these keys are refused until one succeeds"
                 );
                 let wait = backoff;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -281,6 +322,7 @@ async fn keep_fresh(
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = nudge.notified() => {}
+            () = first_done.closed() => return,
         }
     }
 }

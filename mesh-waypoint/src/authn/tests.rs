@@ -6,6 +6,7 @@ use std::path::Path;
 
 use mesh_core::config::Resource;
 use mesh_core::manifest::parse_documents;
+use mesh_core::policy::RequestAuth;
 use serde_json::json;
 
 use super::testing::{Signer, now_plus};
@@ -42,11 +43,11 @@ fn rule(signer: &Signer, more: &str) -> String {
 
 /// [`Authenticator::authenticate`] run to its end: the rules here have their keys inline.
 trait AuthenticateNow {
-    fn authenticate_now(&self, parts: &mut Parts) -> Result<Option<RequestAuth>, Rejection>;
+    fn authenticate_now(&self, parts: &mut Parts) -> Result<Option<Arc<RequestAuth>>, Rejection>;
 }
 
 impl AuthenticateNow for Authenticator {
-    fn authenticate_now(&self, parts: &mut Parts) -> Result<Option<RequestAuth>, Rejection> {
+    fn authenticate_now(&self, parts: &mut Parts) -> Result<Option<Arc<RequestAuth>>, Rejection> {
         tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -88,7 +89,7 @@ fn a_valid_token_gives_the_principal_and_leaves_the_request() {
     assert_eq!(found.principal, format!("{ISSUER}/alice"));
     assert_eq!(found.audiences, ["shop", "web"]);
     assert_eq!(found.presenter.as_deref(), Some("spa"));
-    assert_eq!(found.claim_values(&["groups"]), ["admins"]);
+    assert_eq!(found.claim(&["groups"]), ["admins"]);
     // Not forwarded by default: the upstream never sees the token.
     assert!(parts.headers.get("authorization").is_none());
 }
@@ -217,10 +218,17 @@ fn tokens_are_found_where_the_rule_says() {
             .unwrap()
             .is_some()
     );
+    // The prefix is found as written, as Envoy finds it: `bearer` is another scheme.
     let lower = format!("bearer {token}");
+    assert_eq!(
+        defaults.authenticate_now(&mut request("/", &[("authorization", &lower)])),
+        Ok(None)
+    );
+    // A parameter is percent-decoded.
+    let encoded = format!("/?access_token={}", token.replace('.', "%2E"));
     assert!(
         defaults
-            .authenticate_now(&mut request("/", &[("authorization", &lower)]))
+            .authenticate_now(&mut request(&encoded, &[]))
             .unwrap()
             .is_some()
     );
@@ -294,7 +302,7 @@ fn a_rule_whose_keys_cannot_be_had_refuses_its_tokens() {
     let token = Signer::new("k1").token(&claims("gina"));
     assert_eq!(
         auth.authenticate_now(&mut request("/", &[("authorization", &bearer(&token))])),
-        Err(Rejection::NoKeys)
+        Err(Rejection::KeysNotFetched)
     );
     assert_eq!(auth.authenticate_now(&mut request("/", &[])), Ok(None));
 
@@ -315,7 +323,7 @@ fn a_rule_whose_keys_cannot_be_had_refuses_its_tokens() {
     );
     assert_eq!(
         broken.authenticate_now(&mut request("/", &[("authorization", &bearer(&token))])),
-        Err(Rejection::NoKeys)
+        Err(Rejection::NoValidKeys)
     );
 }
 
@@ -329,4 +337,172 @@ fn the_challenge_names_the_realm_and_the_error() {
         Rejection::Missing.challenge("http://shop/\"x"),
         "Bearer realm=\"http://shop/x\""
     );
+}
+
+#[test]
+fn every_token_in_a_request_must_be_valid() {
+    // Envoy: "If a request has multiple tokens, all of them must be valid", else the
+    // upstream could read the one nobody checked.
+    let signer = Signer::new("k1");
+    let valid = signer.token(&claims("alice"));
+    let forged = Signer::new("k1").token(&claims("mallory"));
+    let auth = authenticator(&rule(&signer, ""));
+    let both = format!("/?access_token={forged}");
+    assert_eq!(
+        auth.authenticate_now(&mut request(&both, &[("authorization", &bearer(&valid))])),
+        Err(Rejection::BadSignature)
+    );
+    let two_headers = authenticator(&rule(
+        &signer,
+        "    fromHeaders: [{name: x-a}, {name: x-b}]\n",
+    ));
+    assert_eq!(
+        two_headers.authenticate_now(&mut request("/", &[("x-a", &valid), ("x-b", &forged)])),
+        Err(Rejection::BadSignature)
+    );
+    let mut parts = request("/", &[("x-a", &valid), ("x-b", &valid)]);
+    assert!(two_headers.authenticate_now(&mut parts).unwrap().is_some());
+    assert!(parts.headers.get("x-a").is_none() && parts.headers.get("x-b").is_none());
+}
+
+#[test]
+fn each_required_rule_needs_its_own_valid_token() {
+    let user = Signer::new("user");
+    let service = Signer::new("service");
+    let rules = format!(
+        "{}  - issuer: https://service.example\n    jwks: '{}'\n    fromHeaders: [{{name: x-service-token}}]\n",
+        rule(&user, "    presence: REQUIRED\n"),
+        service.jwks()
+    );
+    let auth = authenticator(&rules);
+    let service_token = service.token(&json!({"iss": "https://service.example", "sub": "batch"}));
+    let user_token = user.token(&claims("alice"));
+    // Only the optional rule's token: the REQUIRED rule's is missing.
+    assert_eq!(
+        auth.authenticate_now(&mut request("/", &[("x-service-token", &service_token)])),
+        Err(Rejection::Missing)
+    );
+    let both = [
+        ("authorization", bearer(&user_token)),
+        ("x-service-token", service_token.clone()),
+    ];
+    let both: Vec<(&str, &str)> = both.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let found = auth
+        .authenticate_now(&mut request("/", &both))
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.principal, format!("{ISSUER}/alice"));
+}
+
+#[test]
+fn output_headers_come_only_from_a_validated_token() {
+    let signer = Signer::new("k1");
+    let other = Signer::new("k2");
+    let rules = format!(
+        "{}  - issuer: https://other.example\n    jwks: '{}'\n    fromHeaders: [{{name: x-other}}]\n    outputClaimToHeaders: [{{header: x-other-user, claim: sub}}]\n",
+        rule(
+            &signer,
+            "    outputPayloadToHeader: x-jwt-payload\n    outputClaimToHeaders: [{header: x-user, claim: sub}]\n"
+        ),
+        other.jwks()
+    );
+    let auth = authenticator(&rules);
+    let spoofed = [
+        ("x-user", "admin"),
+        ("x-jwt-payload", "e30"),
+        ("x-other-user", "root"),
+    ];
+    // No token: the client's own values do not reach the upstream.
+    let mut parts = request("/", &spoofed);
+    assert_eq!(auth.authenticate_now(&mut parts), Ok(None));
+    for (name, _) in spoofed {
+        assert!(parts.headers.get(name).is_none(), "{name} passed");
+    }
+    // The first rule's token sets its headers; the other rule's stay unset.
+    let token = bearer(&signer.token(&claims("alice")));
+    let mut with_token = spoofed.to_vec();
+    with_token.push(("authorization", &token));
+    let mut parts = request("/", &with_token);
+    assert!(auth.authenticate_now(&mut parts).unwrap().is_some());
+    assert_eq!(parts.headers["x-user"], "alice");
+    assert!(parts.headers.get("x-other-user").is_none());
+}
+
+#[test]
+fn audiences_compare_without_scheme_or_trailing_slash_and_refuse_with_403() {
+    let signer = Signer::new("k1");
+    let auth = authenticator(&rule(&signer, "    audiences: [api.example.com]\n"));
+    let with_aud = |aud: &str| {
+        let token = signer.token(&json!({"iss": ISSUER, "sub": "s", "aud": aud}));
+        auth.authenticate_now(&mut request("/", &[("authorization", &bearer(&token))]))
+    };
+    assert!(with_aud("https://api.example.com/").unwrap().is_some());
+    assert!(with_aud("api.example.com").unwrap().is_some());
+    assert_eq!(
+        with_aud("https://other.example.com"),
+        Err(Rejection::BadAudience)
+    );
+    assert_eq!(Rejection::BadAudience.status(), StatusCode::FORBIDDEN);
+    assert_eq!(Rejection::Expired.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[test]
+fn cors_preflights_pass_without_a_token() {
+    let signer = Signer::new("k1");
+    let auth = authenticator(&rule(&signer, "    presence: REQUIRED\n"));
+    let mut preflight = request(
+        "/",
+        &[
+            ("origin", "https://app.example"),
+            ("access-control-request-method", "POST"),
+        ],
+    );
+    preflight.method = http::Method::OPTIONS;
+    assert_eq!(auth.authenticate_now(&mut preflight), Ok(None));
+    let mut plain_options = request("/", &[]);
+    plain_options.method = http::Method::OPTIONS;
+    assert_eq!(
+        auth.authenticate_now(&mut plain_options),
+        Err(Rejection::Missing)
+    );
+}
+
+#[test]
+fn a_verified_token_is_kept_until_it_expires_or_the_keys_change() {
+    let signer = Signer::new("k1");
+    let auth = authenticator(&rule(&signer, ""));
+    let token = signer.token(&json!({"iss": ISSUER, "sub": "s", "exp": now_plus(600)}));
+    let header = bearer(&token);
+    assert!(
+        auth.authenticate_now(&mut request("/", &[("authorization", &header)]))
+            .unwrap()
+            .is_some()
+    );
+    let rule = &auth.rules[0];
+    let KeySource::Inline(keys) = &rule.keys else {
+        panic!("inline keys")
+    };
+    let now = super::now();
+    assert!(rule.cached(&token, Some(keys), now).is_some(), "kept");
+    assert!(
+        rule.cached(&token, Some(&Arc::from(Vec::new())), now)
+            .is_none(),
+        "other keys"
+    );
+    assert!(
+        rule.cached(&token, Some(keys), now + 3600).is_none(),
+        "expired"
+    );
+    // The expired entry went; the token is verified again next time.
+    assert!(rule.verified.lock().unwrap().entries.is_empty());
+    // The cache holds at most TOKEN_CACHE tokens.
+    for i in 0..=TOKEN_CACHE {
+        let token = signer.token(&json!({"iss": ISSUER, "sub": format!("user{i}")}));
+        assert!(
+            auth.authenticate_now(&mut request("/", &[("authorization", &bearer(&token))]))
+                .unwrap()
+                .is_some()
+        );
+    }
+    assert_eq!(rule.verified.lock().unwrap().entries.len(), TOKEN_CACHE);
 }

@@ -241,12 +241,10 @@ pub(crate) struct HeaderCondition {
 impl HeaderCondition {
     fn holds(&self, facts: &RequestFacts<'_>) -> bool {
         if let HeaderKey::Claim(path) = &self.key {
-            // A list claim matches when one of its strings does (Istio matches claims with
-            // Envoy's list matcher `one_of`); a request without a JWT has no claims.
-            let values = facts
-                .auth
-                .map(|a| claim_strings(a, path))
-                .unwrap_or_default();
+            // A list claim (space-delimited ones split) matches when one of its strings does
+            // (Istio matches claims with Envoy's list matcher `one_of`); a request without a
+            // JWT has no claims.
+            let values = facts.auth.map(|a| a.claim(path)).unwrap_or_default();
             let any = match &self.matcher {
                 StringMatcher::Any => !values.is_empty(),
                 matcher => values.iter().any(|v| matcher.matches(v, false)),
@@ -440,30 +438,5 @@ impl Subnet {
             }
             _ => false,
         }
-    }
-}
-
-/// The string values of the claim at `path` in `auth`'s token: a string, each string of a
-/// list, a number or a boolean as written.
-fn claim_strings(auth: &RequestAuth, path: &[String]) -> Vec<String> {
-    let Some((first, rest)) = path.split_first() else {
-        return Vec::new();
-    };
-    let value = rest
-        .iter()
-        .try_fold(auth.claims.get(first.as_str()), |v, name| {
-            Some(v?.get(name.as_str()))
-        })
-        .flatten();
-    let scalar = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        serde_json::Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    };
-    match value {
-        Some(serde_json::Value::Array(items)) => items.iter().filter_map(scalar).collect(),
-        Some(v) => scalar(v).into_iter().collect(),
-        None => Vec::new(),
     }
 }

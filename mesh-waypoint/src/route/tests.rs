@@ -107,13 +107,10 @@ impl Req {
 
     /// The request carries a validated JWT with `claims`.
     fn jwt(mut self, claims: serde_json::Value) -> Req {
-        self.auth = Some(mesh_core::policy::RequestAuth {
-            principal: "issuer/user".into(),
-            audiences: Vec::new(),
-            presenter: None,
-            claims: claims.as_object().cloned().unwrap_or_default(),
-            space_delimited: Vec::new(),
-        });
+        self.auth = Some(mesh_core::policy::RequestAuth::from_claims(
+            claims.as_object().cloned().unwrap_or_default(),
+            &[],
+        ));
         self
     }
 

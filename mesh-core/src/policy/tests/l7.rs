@@ -218,19 +218,7 @@ fn with_jwt<'a>(headers: &'a http::HeaderMap, auth: &'a RequestAuth) -> Connecti
 }
 
 fn jwt(claims: serde_json::Value) -> RequestAuth {
-    let claims = claims.as_object().cloned().unwrap_or_default();
-    let text = |name: &str| claims.get(name).and_then(|v| v.as_str()).map(str::to_owned);
-    RequestAuth {
-        principal: format!(
-            "{}/{}",
-            text("iss").unwrap_or_default(),
-            text("sub").unwrap_or_default()
-        ),
-        audiences: text("aud").into_iter().collect(),
-        presenter: text("azp"),
-        space_delimited: SPACE_DELIMITED_CLAIMS.map(str::to_owned).to_vec(),
-        claims,
-    }
+    RequestAuth::from_claims(claims.as_object().cloned().unwrap_or_default(), &[])
 }
 
 #[test]
@@ -255,6 +243,10 @@ spec:
     let decision = authorize(&policies, &request(Some(&sleep()), "GET", "/", &headers));
     assert!(!decision.is_allowed(), "no JWT, no request principal");
     assert!(decision.warnings.is_empty(), "{:?}", decision.warnings);
+    // A token without a subject gives no principal, not `<iss>/`.
+    let no_subject = jwt(serde_json::json!({"iss": "https://issuer.example"}));
+    assert_eq!(no_subject.principal, "");
+    assert!(!authorize(&policies, &with_jwt(&headers, &no_subject)).is_allowed());
 }
 
 #[test]
@@ -322,6 +314,27 @@ spec:
     assert!(!decide(&changed("azp", serde_json::json!("untrusted"))));
     // A single string claim (not a list) matches as itself.
     assert!(decide(&changed("groups", serde_json::json!("admins"))));
+    // Claims match as strings: a boolean or a number is no string.
+    let allow_flag = policy(
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: flag, namespace: shop}
+spec:
+  action: ALLOW
+  rules: [{when: [{key: "request.auth.claims[admin]", values: ["true"]}]}]
+"#,
+    );
+    let flag = |value: serde_json::Value| {
+        let token = jwt(serde_json::json!({"iss": "issuer", "sub": "x", "admin": value}));
+        authorize(
+            std::slice::from_ref(&allow_flag),
+            &with_jwt(&headers, &token),
+        )
+        .is_allowed()
+    };
+    assert!(flag(serde_json::json!("true")));
+    assert!(!flag(serde_json::json!(true)));
 }
 
 #[test]

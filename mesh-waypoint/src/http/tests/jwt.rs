@@ -77,7 +77,8 @@ async fn send(
     path: &str,
     token: Option<&str>,
 ) -> (StatusCode, HeaderMap, String) {
-    let mut request = to_echo(http::Method::GET, h2, path);
+    // A client's own x-user never reaches the upstream: only a validated token sets it.
+    let mut request = to_echo(http::Method::GET, h2, path).header("x-user", "spoofed");
     if let Some(token) = token {
         request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }
