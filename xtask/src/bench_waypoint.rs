@@ -8,6 +8,12 @@
 //! and a default route to a DestinationRule subset that sets a response header — so every
 //! request walks the whole route table.
 //!
+//! Then, through the same waypoint with a RequestAuthentication (inline keys) and an
+//! AuthorizationPolicy that requires its tokens, wrk again with a JWT on every request: one
+//! token (what a client holding its token sends; the waypoint's verified-token cache
+//! answers) and [`TOKENS`] tokens in turn (more than the cache holds: a signature check per
+//! request).
+//!
 //! The loads, run inside the client pod (its netns and cgroup, so the redirect sees them):
 //! `wrk -t1 -c16 --latency` (HTTP/1.1, closed loop: req/s, mean, P50, P99); 1000 req/s over
 //! 16 connections from `xtask bench-peer paced` (HTTP/1.1, open loop, see
@@ -36,6 +42,10 @@ const URL: &str = "http://httpbin:8000/bytes/1024";
 const TARGET: (&str, u16, &str) = ("httpbin", 8000, "/bytes/1024");
 /// Requests per second of the paced load (the issue's latency target is at 1000).
 const RATE: u32 = 1000;
+/// Distinct tokens the rotating JWT load sends in turn: more than the waypoint's
+/// verified-token cache keeps.
+const TOKENS: usize = 1000;
+const ISSUER: &str = "https://issuer.bench";
 
 /// The waypoint issue's targets.
 const TARGET_CPU_PER_1000: f64 = 0.1;
@@ -121,6 +131,10 @@ pub(crate) enum Load {
     Wrk,
     Paced,
     H2load,
+    /// wrk with the same JWT on every request.
+    WrkOneToken,
+    /// wrk with [`TOKENS`] JWTs in turn.
+    WrkManyTokens,
 }
 
 impl Load {
@@ -131,6 +145,8 @@ impl Load {
             Load::Wrk => "wrk -t1 -c16, HTTP/1.1".into(),
             Load::Paced => format!("{RATE} req/s, 16 conns, HTTP/1.1"),
             Load::H2load => "h2load -c16 -m10, h2c".into(),
+            Load::WrkOneToken => "wrk, one JWT".into(),
+            Load::WrkManyTokens => format!("wrk, {TOKENS} JWTs in turn"),
         }
     }
 }
@@ -159,6 +175,8 @@ struct Report {
     idle_rss_mb: f64,
     l4: Vec<Row>,
     waypoint: Vec<Row>,
+    /// Through the waypoint with RequestAuthentication: the JWT loads.
+    jwt: Vec<Row>,
 }
 
 pub(crate) fn run(args: &BenchArgs) -> Result<()> {
@@ -221,6 +239,15 @@ fn scenarios(mut lab: Lab, mesh_node: &Path, waypoint: &Path, seconds: u64) -> R
         println!("bench: waypoint, {}", load.label());
         through_waypoint.push(measure(&lab, &client, Some(&waypoint), load, seconds)?);
     }
+    require_jwts(&mut lab, &client)?;
+    let mut jwt = Vec::new();
+    for load in [Load::WrkOneToken, Load::WrkManyTokens] {
+        println!(
+            "bench: waypoint with RequestAuthentication, {}",
+            load.label()
+        );
+        jwt.push(measure(&lab, &client, Some(&waypoint), load, seconds)?);
+    }
     Ok(Report {
         placement: format!(
             "client on {}, server on {}, waypoint on {}",
@@ -229,6 +256,7 @@ fn scenarios(mut lab: Lab, mesh_node: &Path, waypoint: &Path, seconds: u64) -> R
         idle_rss_mb,
         l4,
         waypoint: through_waypoint,
+        jwt,
     })
 }
 
@@ -362,6 +390,100 @@ pub(crate) fn run_load(lab: &Lab, client: &Pod, load: Load, seconds: u64) -> Res
             let args = ["-c16", "-m10", "-D", &seconds.to_string(), URL];
             bench_load::parse_h2load(&exec(lab, client, "h2load", &args)?)
         }
+        Load::WrkOneToken | Load::WrkManyTokens => {
+            let duration = format!("{seconds}s");
+            let script = jwt_file(if matches!(load, Load::WrkOneToken) {
+                "one"
+            } else {
+                "many"
+            });
+            let script = script.to_str().context("the temp dir is not UTF-8")?;
+            let args = [
+                "-t1",
+                "-c16",
+                "-d",
+                &duration,
+                "--latency",
+                "-s",
+                script,
+                URL,
+            ];
+            bench_load::parse_wrk(&exec(lab, client, "wrk", &args)?)
+        }
+    }
+}
+
+/// The wrk script of a JWT load.
+fn jwt_file(which: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("mesh-{LAB}-jwt-{which}.lua"))
+}
+
+/// Applies a RequestAuthentication for httpbin (keys inline) and an AuthorizationPolicy that
+/// lets only its tokens in, writes the JWT loads' wrk scripts, and waits until a request
+/// without a token is refused and one with a token passes.
+fn require_jwts(lab: &mut Lab, client: &Pod) -> Result<()> {
+    use mesh_waypoint::authn::testing::{Signer, now_plus};
+    let signer = Signer::new("bench");
+    let policies = format!(
+        r#"
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: httpbin-jwt}}
+spec:
+  targetRefs: [{{kind: Service, group: "", name: httpbin}}]
+  jwtRules: [{{issuer: "{ISSUER}", jwks: '{jwks}'}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: httpbin-require-jwt}}
+spec:
+  targetRefs: [{{kind: Service, group: "", name: httpbin}}]
+  action: ALLOW
+  rules: [{{from: [{{source: {{requestPrincipals: ["{ISSUER}/*"]}}}}]}}]
+"#,
+        jwks = signer.jwks()
+    );
+    let file = std::env::temp_dir().join(format!("mesh-{LAB}-jwt.yaml"));
+    std::fs::write(&file, policies)?;
+    let applied = lab.apply(&[file], "default")?;
+    if !applied.warnings.is_empty() {
+        bail!("applying the JWT policies: {}", applied.warnings.join("\n"));
+    }
+    let tokens: Vec<String> = (0..TOKENS)
+        .map(|i| {
+            signer.token(&serde_json::json!({
+                "iss": ISSUER, "sub": format!("user{i}"), "exp": now_plus(3600),
+            }))
+        })
+        .collect();
+    // wrk calls `request` for each request it sends.
+    let script = |tokens: &[String]| {
+        let list: Vec<String> = tokens.iter().map(|t| format!("\"{t}\"")).collect();
+        format!(
+            "local tokens = {{{}}}\nlocal i = 0\nrequest = function()\n  i = i % #tokens + 1\n  \
+             return wrk.format(nil, nil, {{[\"Authorization\"] = \"Bearer \" .. tokens[i]}})\nend\n",
+            list.join(",\n")
+        )
+    };
+    std::fs::write(jwt_file("one"), script(&tokens[..1]))?;
+    std::fs::write(jwt_file("many"), script(&tokens))?;
+    let bearer = format!("Authorization: Bearer {}", tokens[0]);
+    let status = |extra: &[&str]| -> Result<String> {
+        let mut args = vec!["-s", "-o", "/dev/null", "-w", "%{http_code}"];
+        args.extend(extra);
+        args.push(URL);
+        exec(lab, client, "curl", &args)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = [status(&[])?, status(&["-H", &bearer])?];
+        if seen == ["403", "200"] {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the JWT policies do not apply after 30 s: without, with a token: {seen:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -392,13 +514,23 @@ fn print(report: &Report, seconds: u64) {
         "TIME-WAIT"
     );
     let opt = |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
-    let rows = report.l4.iter().map(|row| ("L4 mesh", row, None)).chain(
-        report
-            .waypoint
-            .iter()
-            .zip(&report.l4)
-            .map(|(row, l4)| ("waypoint", row, Some(l4))),
-    );
+    let rows = report
+        .l4
+        .iter()
+        .map(|row| ("L4 mesh", row, None))
+        .chain(
+            report
+                .waypoint
+                .iter()
+                .zip(&report.l4)
+                .map(|(row, l4)| ("waypoint", row, Some(l4))),
+        )
+        .chain(
+            report
+                .jwt
+                .iter()
+                .map(|row| ("wp+JWT", row, report.l4.first())),
+        );
     for (path, row, l4) in rows {
         let f = &row.figures;
         let added = l4.and_then(|l4| Some(f.p99? - l4.figures.p99?));

@@ -72,6 +72,11 @@ fn each_lab_benchmark_driver_runs_end_to_end() {
     );
     bench(
         &["waypoint", "--debug-server", "--seconds", "1"],
-        &["waypoint  h2load -c16 -m10, h2c", "waypoint targets"],
+        &[
+            "waypoint  h2load -c16 -m10, h2c",
+            "wp+JWT    wrk, one JWT",
+            "wp+JWT    wrk, 1000 JWTs in turn",
+            "waypoint targets",
+        ],
     );
 }
