@@ -496,6 +496,29 @@ pub fn lint_l7(policy: &AuthorizationPolicy) -> Vec<Warning> {
     warnings
 }
 
+/// The attributes of `rule` that read the request's validated JWT: `requestPrincipals`,
+/// `notRequestPrincipals` and `request.auth.*` conditions. Without a RequestAuthentication
+/// that applies, no request has them.
+pub fn jwt_attributes(rule: &crate::config::istio::Rule) -> Vec<&str> {
+    let mut found = Vec::new();
+    for s in rule.from.iter().filter_map(|f| f.source.as_ref()) {
+        for (name, values) in [
+            ("requestPrincipals", &s.request_principals),
+            ("notRequestPrincipals", &s.not_request_principals),
+        ] {
+            if !values.is_empty() && !found.contains(&name) {
+                found.push(name);
+            }
+        }
+    }
+    for c in &rule.when {
+        if c.key.starts_with("request.auth.") && !found.contains(&c.key.as_str()) {
+            found.push(c.key.as_str());
+        }
+    }
+    found
+}
+
 fn key(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
 }

@@ -6,7 +6,7 @@
 //! Service or ServiceEntry. (`meshctl` adds the waypoint's own findings for VirtualServices
 //! and DestinationRules.)
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::Serialize;
@@ -145,6 +145,7 @@ pub fn analyze(loaded: Loaded) -> Report {
         }
     }
     check_set(&mut out, &resources);
+    check_jwt_sources(&mut out, &resources);
     let mut diagnostics = out.diagnostics;
     diagnostics.sort();
     diagnostics.dedup();
@@ -187,6 +188,50 @@ fn check_one(out: &mut Collector, key: &ResourceKey, resource: &Resource, origin
         };
         for warning in warnings {
             out.object(key, origin, Severity::Warning, warning.message);
+        }
+    }
+}
+
+/// AuthorizationPolicies a waypoint enforces (bound by `targetRefs`) that read a validated
+/// JWT while no RequestAuthentication in the files given attaches to anything in their
+/// namespace: no request would carry one, so those attributes never match.
+fn check_jwt_sources(out: &mut Collector, resources: &BTreeMap<ResourceKey, (Resource, Origin)>) {
+    let with_jwt: BTreeSet<&str> = resources
+        .iter()
+        .filter_map(|(key, (resource, _))| match resource {
+            Resource::RequestAuthentication(ra)
+                if ra.spec.target_ref.is_some() || !ra.spec.target_refs.is_empty() =>
+            {
+                Some(key.namespace.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    for (key, (resource, origin)) in resources {
+        let Resource::AuthorizationPolicy(policy) = resource else {
+            continue;
+        };
+        let at_waypoint = policy.spec.target_ref.is_some() || !policy.spec.target_refs.is_empty();
+        if !at_waypoint || with_jwt.contains(key.namespace.as_str()) {
+            continue;
+        }
+        for (i, rule) in policy.spec.rules.iter().enumerate() {
+            let jwt = crate::policy::jwt_attributes(rule);
+            if jwt.is_empty() {
+                continue;
+            }
+            out.object(
+                key,
+                origin,
+                Severity::Warning,
+                format!(
+                    "rules[{i}] uses {}, but no RequestAuthentication in the files given attaches \
+                     to a Service or waypoint in namespace {}: no request carries a validated \
+                     JWT, so they never match (attach one with targetRefs)",
+                    jwt.join(", "),
+                    key.namespace
+                ),
+            );
         }
     }
 }

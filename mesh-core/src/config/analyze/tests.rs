@@ -392,6 +392,7 @@ spec:
         about("by-waypoint"),
         vec![
             "AuthorizationPolicy default/by-waypoint: rules[1] uses request.auth.subject, which the waypoint does not provide (request.auth keys are principal, audiences, presenter and claims[name]); they never match",
+            "AuthorizationPolicy default/by-waypoint: rules[1] uses requestPrincipals, request.auth.subject, but no RequestAuthentication in the files given attaches to a Service or waypoint in namespace default: no request carries a validated JWT, so they never match (attach one with targetRefs)",
         ],
         "{warnings:#?}"
     );
@@ -413,6 +414,13 @@ metadata: {name: on-service}
 spec:
   targetRefs: [{kind: Service, group: "", name: reviews}]
   jwtRules: [{issuer: "https://issuer.example", jwksUri: "https://issuer.example/jwks.json"}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: require-jwt}
+spec:
+  targetRefs: [{kind: Service, group: "", name: reviews}]
+  rules: [{from: [{source: {requestPrincipals: ["https://issuer.example/*"]}}]}]
 "#);
     assert_eq!(
         lines(&report, Severity::Warning),
