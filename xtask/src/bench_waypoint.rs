@@ -422,27 +422,9 @@ fn jwt_file(which: &str) -> PathBuf {
 /// lets only its tokens in, writes the JWT loads' wrk scripts, and waits until a request
 /// without a token is refused and one with a token passes.
 fn require_jwts(lab: &mut Lab, client: &Pod) -> Result<()> {
-    use mesh_waypoint::authn::testing::{Signer, now_plus};
+    use mesh_waypoint::authn::testing::{Signer, now_plus, require_jwt_manifest};
     let signer = Signer::new("bench");
-    let policies = format!(
-        r#"
-apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {{name: httpbin-jwt}}
-spec:
-  targetRefs: [{{kind: Service, group: "", name: httpbin}}]
-  jwtRules: [{{issuer: "{ISSUER}", jwks: '{jwks}'}}]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {{name: httpbin-require-jwt}}
-spec:
-  targetRefs: [{{kind: Service, group: "", name: httpbin}}]
-  action: ALLOW
-  rules: [{{from: [{{source: {{requestPrincipals: ["{ISSUER}/*"]}}}}]}}]
-"#,
-        jwks = signer.jwks()
-    );
+    let policies = require_jwt_manifest("httpbin", ISSUER, &signer);
     let file = std::env::temp_dir().join(format!("mesh-{LAB}-jwt.yaml"));
     std::fs::write(&file, policies)?;
     let applied = lab.apply(&[file], "default")?;

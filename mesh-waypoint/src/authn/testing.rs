@@ -42,6 +42,30 @@ impl Signer {
     }
 }
 
+/// Istio's "require a JWT" setup in ambient form, for Service `service` (in the namespace
+/// the manifest is applied to): a RequestAuthentication with `signer`'s keys inline for
+/// `issuer`, and an AuthorizationPolicy that admits only that issuer's tokens.
+pub fn require_jwt_manifest(service: &str, issuer: &str, signer: &Signer) -> String {
+    format!(
+        r#"apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: {service}-jwt}}
+spec:
+  targetRefs: [{{kind: Service, group: "", name: {service}}}]
+  jwtRules: [{{issuer: "{issuer}", jwks: '{jwks}'}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: {service}-require-jwt}}
+spec:
+  targetRefs: [{{kind: Service, group: "", name: {service}}}]
+  action: ALLOW
+  rules: [{{from: [{{source: {{requestPrincipals: ["{issuer}/*"]}}}}]}}]
+"#,
+        jwks = signer.jwks()
+    )
+}
+
 /// Seconds since the epoch, `offset` from now.
 pub fn now_plus(offset: i64) -> i64 {
     let now = std::time::SystemTime::now()

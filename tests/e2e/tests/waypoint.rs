@@ -414,7 +414,7 @@ spec:
 
 #[test]
 fn request_authentication_at_the_waypoint_validates_jwts_for_authorization() {
-    use mesh_waypoint::authn::testing::{Signer, now_plus};
+    use mesh_waypoint::authn::testing::{Signer, now_plus, require_jwt_manifest};
     let mut lab = bookinfo_with_waypoint("wjw");
     let issuer = "https://issuer.example";
     let signer = Signer::new("k1");
@@ -422,28 +422,7 @@ fn request_authentication_at_the_waypoint_validates_jwts_for_authorization() {
     // AuthorizationPolicy that requires a token from the issuer, both on productpage.
     let policies = lab.manifest(
         "jwt.yaml",
-        &format!(
-            r#"
-apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {{name: productpage-jwt}}
-spec:
-  targetRefs: [{{kind: Service, group: "", name: productpage}}]
-  jwtRules:
-  - issuer: "{issuer}"
-    jwks: '{jwks}'
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {{name: require-jwt}}
-spec:
-  targetRefs: [{{kind: Service, group: "", name: productpage}}]
-  action: ALLOW
-  rules:
-  - from: [{{source: {{requestPrincipals: ["{issuer}/*"]}}}}]
-"#,
-            jwks = signer.jwks()
-        ),
+        &require_jwt_manifest("productpage", issuer, &signer),
     );
     lab.apply(&[policies]);
     let token = |signer: &Signer, exp: i64| {
