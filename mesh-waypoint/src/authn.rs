@@ -27,15 +27,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
-use jsonwebtoken::jwk::{Jwk, JwkSet};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::Validation;
 use mesh_core::config::istio::{JwtPresence, JwtRule, RequestAuthentication};
 use mesh_core::policy::RequestAuth;
 use serde_json::{Map, Value};
 
 pub mod jwks;
 
-use jwks::{Fetcher, RemoteKeys};
+use jwks::{Fetcher, Key, RemoteKeys, parse_jwk_set};
 
 /// Envoy's default allowance for clocks that disagree, for `exp` and `nbf`.
 const CLOCK_SKEW_SECS: u64 = 60;
@@ -161,24 +160,6 @@ enum KeySource {
     Remote(Arc<RemoteKeys>),
     /// None to be had: a `jwksUri` with nothing to fetch it (`meshctl`).
     Unavailable,
-}
-
-/// One verification key of a JWK Set.
-pub struct Key {
-    kid: Option<String>,
-    /// The algorithm the JWK names, if it names one.
-    alg: Option<Algorithm>,
-    key: DecodingKey,
-}
-
-impl std::fmt::Debug for Key {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Key")
-            .field("kid", &self.kid)
-            .field("alg", &self.alg)
-            .field("family", &self.key.family())
-            .finish_non_exhaustive()
-    }
 }
 
 /// Where a rule looks for its token.
@@ -662,54 +643,6 @@ fn is_cors_preflight(parts: &Parts) -> bool {
         && parts
             .headers
             .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
-}
-
-/// The usable keys of a JWK Set; the others are reported.
-fn parse_jwk_set(jwks: &str, warn: &mut Warn<'_>) -> Vec<Key> {
-    let set: JwkSet = match serde_json::from_str(jwks) {
-        Ok(set) => set,
-        Err(error) => {
-            warn(
-                ".jwks",
-                format!("not a JSON Web Key Set ({error}); the rule's tokens are refused"),
-            );
-            return Vec::new();
-        }
-    };
-    let mut keys = Vec::new();
-    for (k, jwk) in set.keys.iter().enumerate() {
-        match decoding_key(jwk) {
-            Ok(key) => keys.push(key),
-            Err(error) => warn(
-                ".jwks",
-                format!("keys[{k}] is not usable ({error}); left out"),
-            ),
-        }
-    }
-    if keys.is_empty() {
-        warn(
-            ".jwks",
-            "no usable key; the rule's tokens are refused".into(),
-        );
-    }
-    keys
-}
-
-fn decoding_key(jwk: &Jwk) -> Result<Key, String> {
-    let alg = match jwk.common.key_algorithm {
-        Some(alg) => Some(
-            alg.to_string()
-                .parse::<Algorithm>()
-                .map_err(|_| format!("algorithm {alg} is not one for signatures"))?,
-        ),
-        None => None,
-    };
-    let key = DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
-    Ok(Key {
-        kid: jwk.common.key_id.clone(),
-        alg,
-        key,
-    })
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.

@@ -1,4 +1,5 @@
-//! Keys a rule does not carry inline: the waypoint fetches the JWK Set itself (istiod fetches
+//! JWK Sets: parsed into verification keys (`parse_jwk_set`), and, for a rule that does
+//! not carry its keys inline, fetched: the waypoint fetches the JWK Set itself (istiod fetches
 //! it for Envoy in Istio) from the rule's `jwksUri`, or, when the rule gives neither, finds
 //! it from the issuer by OpenID Connect discovery (`<issuer>/.well-known/openid-configuration`,
 //! its `jwks_uri`), over HTTP or HTTPS (the machine's trusted roots). It keeps the set fresh:
@@ -19,7 +20,10 @@ use rustls::RootCertStore;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, watch};
 
-use super::Key;
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey};
+
+use super::Warn;
 
 /// How often a fetched set is fetched again (istiod's default,
 /// `PILOT_JWT_PUB_KEY_REFRESH_INTERVAL`).
@@ -32,6 +36,72 @@ pub const NUDGE_EVERY: Duration = Duration::from_secs(60);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest document (JWK Set, OpenID configuration) the waypoint takes.
 const MAX_BODY: usize = 1 << 20;
+
+/// One verification key of a JWK Set.
+pub struct Key {
+    pub(super) kid: Option<String>,
+    /// The algorithm the JWK names, if it names one.
+    pub(super) alg: Option<Algorithm>,
+    pub(super) key: DecodingKey,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("family", &self.key.family())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The usable keys of a JWK Set; the others are reported.
+pub(super) fn parse_jwk_set(jwks: &str, warn: &mut Warn<'_>) -> Vec<Key> {
+    let set: JwkSet = match serde_json::from_str(jwks) {
+        Ok(set) => set,
+        Err(error) => {
+            warn(
+                ".jwks",
+                format!("not a JSON Web Key Set ({error}); the rule's tokens are refused"),
+            );
+            return Vec::new();
+        }
+    };
+    let mut keys = Vec::new();
+    for (k, jwk) in set.keys.iter().enumerate() {
+        match decoding_key(jwk) {
+            Ok(key) => keys.push(key),
+            Err(error) => warn(
+                ".jwks",
+                format!("keys[{k}] is not usable ({error}); left out"),
+            ),
+        }
+    }
+    if keys.is_empty() {
+        warn(
+            ".jwks",
+            "no usable key; the rule's tokens are refused".into(),
+        );
+    }
+    keys
+}
+
+fn decoding_key(jwk: &Jwk) -> Result<Key, String> {
+    let alg = match jwk.common.key_algorithm {
+        Some(alg) => Some(
+            alg.to_string()
+                .parse::<Algorithm>()
+                .map_err(|_| format!("algorithm {alg} is not one for signatures"))?,
+        ),
+        None => None,
+    };
+    let key = DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
+    Ok(Key {
+        kid: jwk.common.key_id.clone(),
+        alg,
+        key,
+    })
+}
 
 /// Where a rule's keys are found.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -175,7 +245,7 @@ impl Fetcher {
         .map_err(|_| format!("no answer within {timeout:?}"))??;
         let text = std::str::from_utf8(&body).map_err(|_| "the body is not UTF-8".to_owned())?;
         let mut unusable = Vec::new();
-        let keys = super::parse_jwk_set(text, &mut |_, message| unusable.push(message));
+        let keys = parse_jwk_set(text, &mut |_, message| unusable.push(message));
         if keys.is_empty() {
             return Err(unusable.join("; "));
         }

@@ -173,7 +173,7 @@ fn invalid_tokens_are_refused_with_envoys_reason() {
     // An HMAC token cannot pass as the issuer's (an elliptic-curve key): the algorithm
     // must fit the key.
     let hmac = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(Algorithm::HS256),
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &aud(json!({})),
         &jsonwebtoken::EncodingKey::from_secret(b"guessed").unwrap(),
     )
