@@ -219,21 +219,24 @@ impl RequestAuth {
     /// numbers, booleans and objects give none, as does an absent claim.
     pub fn claim<S: AsRef<str>>(&self, path: &[S]) -> Vec<&str> {
         use serde_json::Value;
-        let Some((first, rest)) = path.split_first() else {
-            return Vec::new();
-        };
-        let value = rest
-            .iter()
-            .try_fold(self.claims.get(first.as_ref()), |v, name| {
-                Some(v?.get(name.as_ref()))
-            })
-            .flatten();
-        match value {
+        match claim_at(&self.claims, path) {
             Some(Value::String(s)) => vec![s.as_str()],
             Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
             _ => Vec::new(),
         }
     }
+}
+
+/// The claim at `path` in a JWT payload (nested claims: one name per level), if present.
+pub fn claim_at<'a, S: AsRef<str>>(
+    claims: &'a serde_json::Map<String, serde_json::Value>,
+    path: &[S],
+) -> Option<&'a serde_json::Value> {
+    let (first, rest) = path.split_first()?;
+    rest.iter()
+        .try_fold(claims.get(first.as_ref())?, |value, name| {
+            value.get(name.as_ref())
+        })
 }
 
 /// One inbound connection, as the destination node proxy sees it, or one request, as a
