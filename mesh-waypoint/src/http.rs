@@ -367,12 +367,10 @@ async fn authenticate(
             reason = why.message(),
             "request refused by RequestAuthentication"
         );
-        let host = parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or(parts.uri.authority().map(|a| a.as_str()))
-            .unwrap_or(&stream.service.hostname);
+        let host = match crate::route::authority(parts) {
+            "" => &*stream.service.hostname,
+            sent => sent,
+        };
         let scheme = parts.uri.scheme_str().unwrap_or("http");
         let realm = format!("{scheme}://{host}{}", parts.uri.path());
         let mut response = local(why.status(), why.message());

@@ -50,8 +50,8 @@ pub use decision::{
     NO_EDITS, Redirect, RedirectPort, Rewrite, Target, TcpDecision, WeightedDestinations,
 };
 use decision::{HttpRule, TcpRule};
-pub(crate) use matching::query_param;
 pub use matching::{RequestFacts, Source, TcpFacts};
+pub(crate) use matching::{authority, query_param};
 pub use policy::{
     AbortError, Fault, FaultAbort, FaultDelay, FaultOutcome, Mirror, Percentage, RetryCondition,
     RetryOn, RetryPolicy, UpstreamFailure,

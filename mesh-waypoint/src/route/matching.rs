@@ -57,6 +57,22 @@ pub struct RequestFacts<'a> {
     pub auth: Option<&'a RequestAuth>,
 }
 
+/// The authority a request was sent to: from the URI (HTTP/2) or the `Host` header
+/// (HTTP/1.1), as sent; empty when it names none.
+pub(crate) fn authority(parts: &http::request::Parts) -> &str {
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+        })
+        .unwrap_or_default()
+}
+
 impl<'a> RequestFacts<'a> {
     /// The facts of a request as hyper hands it over: authority from the URI (HTTP/2) or the
     /// `Host` header (HTTP/1.1), scheme from the URI or else `http`.
@@ -65,17 +81,7 @@ impl<'a> RequestFacts<'a> {
         destination_port: u16,
         source: Source<'a>,
     ) -> RequestFacts<'a> {
-        let authority = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(http::header::HOST)
-                    .and_then(|v| v.to_str().ok())
-            })
-            .unwrap_or_default();
+        let authority = authority(parts);
         RequestFacts {
             method: &parts.method,
             scheme: parts.uri.scheme_str().unwrap_or("http"),
