@@ -9,8 +9,21 @@ use crate::bench_config::exec;
 
 /// `wrk -t1 -c16 -d{seconds}s --latency url` in `client`, as the peer figures were measured.
 pub(crate) fn wrk(lab: &Lab, client: &Pod, url: &str, seconds: u64) -> Result<Figures> {
+    wrk_with(lab, client, url, seconds, &[])
+}
+
+/// [`wrk`] with `extra` arguments (a `-s script` that shapes each request).
+pub(crate) fn wrk_with(
+    lab: &Lab,
+    client: &Pod,
+    url: &str,
+    seconds: u64,
+    extra: &[&str],
+) -> Result<Figures> {
     let duration = format!("{seconds}s");
-    let args = ["-t1", "-c16", "-d", &duration, "--latency", url];
+    let mut args = vec!["-t1", "-c16", "-d", &duration, "--latency"];
+    args.extend(extra);
+    args.push(url);
     parse_wrk(&exec(lab, client, "wrk", &args)?)
 }
 

@@ -391,24 +391,13 @@ pub(crate) fn run_load(lab: &Lab, client: &Pod, load: Load, seconds: u64) -> Res
             bench_load::parse_h2load(&exec(lab, client, "h2load", &args)?)
         }
         Load::WrkOneToken | Load::WrkManyTokens => {
-            let duration = format!("{seconds}s");
             let script = jwt_file(if matches!(load, Load::WrkOneToken) {
                 "one"
             } else {
                 "many"
             });
             let script = script.to_str().context("the temp dir is not UTF-8")?;
-            let args = [
-                "-t1",
-                "-c16",
-                "-d",
-                &duration,
-                "--latency",
-                "-s",
-                script,
-                URL,
-            ];
-            bench_load::parse_wrk(&exec(lab, client, "wrk", &args)?)
+            bench_load::wrk_with(lab, client, URL, seconds, &["-s", script])
         }
     }
 }
